@@ -1,0 +1,70 @@
+"""The driver contract.
+
+A driver is a class registered under a name (the YAML ``driver:`` value, see :mod:`drivers.registry`) with a
+pydantic model for its options. The runtime builds it with the device's name and validated options and calls
+:meth:`Driver.run` with a :class:`DeviceContext`. ``run`` connects, reports :meth:`DeviceContext.connected`,
+reads until cancelled, and raises on failure: a :class:`~drivers.errors.TransientError` (or ``OSError``) is
+retried by the supervisor with backoff, a :class:`~drivers.errors.ConfigurationError` stops the device.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import Mapping
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+
+class DriverOptions(BaseModel):
+    """Base of every driver's options model: unknown keys are errors, values are immutable once validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DeviceContext(Protocol):
+    """What the runtime gives a running driver."""
+
+    @property
+    def device(self) -> str:
+        """The device's name from the config."""
+        ...
+
+    @property
+    def log(self) -> logging.Logger:
+        """A logger named for this device."""
+        ...
+
+    def emit(self, kind: str, data: Mapping[str, Any], ts: float | None = None) -> None:
+        """Hand an event to the pipeline. Never blocks: when the pipeline's bounded queue is full the event
+        is dropped and counted (a serial reader must keep reading, or the port overruns at the source).
+        ``ts`` defaults to the receive time."""
+        ...
+
+    def connected(self, detail: str = "") -> None:
+        """Report that the device answered: the supervisor emits ``device.status`` connected and resets its
+        backoff."""
+        ...
+
+    def count(self, counter: str, n: int = 1) -> None:
+        """Add ``n`` to one of this device's named counters (``decode_errors``, ``bytes_skipped``, ...)."""
+        ...
+
+
+OptionsT = TypeVar("OptionsT", bound=DriverOptions)
+
+
+class Driver(abc.ABC, Generic[OptionsT]):
+    """Base of every driver. Subclasses set ``name`` and ``Options`` and implement :meth:`run`."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type[DriverOptions]]
+
+    def __init__(self, device: str, options: OptionsT) -> None:
+        self.device = device
+        self.options = options
+
+    @abc.abstractmethod
+    async def run(self, ctx: DeviceContext) -> None:
+        """Connect, call ``ctx.connected()``, read and emit until cancelled; raise on failure."""

@@ -1,0 +1,1 @@
+"""The edgegw runtime: configuration, supervisor, pipeline, durable buffer, MQTT forwarder, CLI."""
