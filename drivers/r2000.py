@@ -1,0 +1,209 @@
+"""``uhf-r2000``: UHF RFID readers speaking the R2000 "0xA0" serial protocol, on a serial port or through a
+serial-to-Ethernet converter (TCP).
+
+The driver asks the reader for its firmware version (a reader that answers is *connected*), then runs
+inventory rounds without pause: in ``realtime`` mode it selects each configured antenna in turn (0x74) and
+runs a real-time inventory (0x89) on it; in ``fast_switch`` mode one fast-switch-antenna inventory (0x8A)
+covers every configured antenna. Each tag frame becomes an ``rfid.read`` event::
+
+    {"epc": "300833B2DDD9014000000001", "pc": "3000", "antenna": 1, "antenna_name": "lane1-in",
+     "rssi_dbm": -74, "frequency_mhz": 916.0, "reader_address": 1}
+
+Corrupt frames are counted and skipped by the framer; a reader silent for ``read_timeout_s`` is a
+:class:`~drivers.errors.DeviceTimeout`, and the supervisor reconnects with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from protocols import r2000
+from protocols.errors import DecodeError
+
+from .base import DeviceContext, Driver, DriverOptions
+from .errors import DeviceTimeout, ProtocolFailure
+from .transport import ByteLink, open_serial, open_tcp
+
+AntennaNumber = Annotated[int, Field(ge=1, le=8)]
+AntennaName = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class R2000Options(DriverOptions):
+    port: str | None = Field(None, description="Serial port device path, e.g. /dev/ttyUSB0.")
+    host: str | None = Field(None, description="Host of a serial-to-Ethernet converter (with tcp_port).")
+    tcp_port: int | None = Field(None, ge=1, le=65535, description="TCP port of the converter.")
+    baudrate: Literal[9600, 19200, 38400, 57600, 115200] = Field(115200, description="Serial line speed.")
+    address: int = Field(1, ge=0, le=254, description="The reader's address on the bus (0xFF is broadcast).")
+    antennas: dict[AntennaNumber, AntennaName] = Field(
+        default_factory=lambda: {1: "antenna-1"},
+        description="Antenna ports to inventory (1-8) and their names (lane or zone).",
+    )
+    inventory: Literal["realtime", "fast_switch"] = Field(
+        "realtime",
+        description="realtime: 0x89 per antenna in turn; fast_switch: one 0x8A round over all antennas.",
+    )
+    repeat: int = Field(1, ge=1, le=255, description="Inventory repetitions per command.")
+    read_timeout_s: float = Field(5.0, gt=0, le=300, description="Silence longer than this reconnects.")
+    connect_timeout_s: float = Field(5.0, gt=0, le=300, description="TCP connect timeout.")
+
+    @model_validator(mode="after")
+    def _one_link(self) -> R2000Options:
+        serial_given = self.port is not None
+        tcp_given = self.host is not None or self.tcp_port is not None
+        if serial_given and tcp_given:
+            raise ValueError("give either port (serial) or host + tcp_port (TCP), not both")
+        if not serial_given and not tcp_given:
+            raise ValueError("give port (serial) or host + tcp_port (TCP)")
+        if tcp_given and (self.host is None or self.tcp_port is None):
+            raise ValueError("a TCP link needs both host and tcp_port")
+        if not self.antennas:
+            raise ValueError("antennas: at least one antenna is needed")
+        return self
+
+
+class UhfR2000Driver(Driver[R2000Options]):
+    name: ClassVar[str] = "uhf-r2000"
+    Options: ClassVar[type[R2000Options]] = R2000Options
+
+    async def _open(self) -> ByteLink:
+        opts = self.options
+        if opts.port is not None:
+            return await open_serial(opts.port, opts.baudrate)
+        assert opts.host is not None and opts.tcp_port is not None  # guaranteed by R2000Options
+        return await open_tcp(opts.host, opts.tcp_port, connect_timeout=opts.connect_timeout_s)
+
+    async def run(self, ctx: DeviceContext) -> None:
+        async with await self._open() as link:
+            session = _Session(link, self.options, ctx)
+            version = await session.exchange(
+                r2000.get_firmware_version(address=self.options.address),
+                lambda reply: isinstance(reply, r2000.FirmwareVersion),
+            )
+            assert isinstance(version, r2000.FirmwareVersion)
+            ctx.connected(f"firmware {version.major}.{version.minor}")
+            await session.inventory_forever()
+
+
+class _Session:
+    """One connection's exchange with the reader: writes requests and consumes every frame that arrives,
+    emitting tag reads as they come and returning when the awaited reply is seen."""
+
+    def __init__(self, link: ByteLink, options: R2000Options, ctx: DeviceContext) -> None:
+        self.link = link
+        self.options = options
+        self.ctx = ctx
+        self.framer = r2000.R2000Framer()
+        self._skipped = 0
+        self._bad = 0
+        self._overflow = 0
+
+    async def inventory_forever(self) -> None:
+        opts = self.options
+        address = opts.address
+        antennas = sorted(opts.antennas)
+        if opts.inventory == "fast_switch":
+            request = r2000.fast_switch_inventory(
+                [(antenna, 1) for antenna in antennas], repeat=opts.repeat, address=address
+            )
+            while True:
+                await self.exchange(request, _is_round_end)
+        while True:
+            for antenna in antennas:
+                if len(antennas) > 1:
+                    await self.exchange(
+                        r2000.set_work_antenna(antenna, address=address),
+                        lambda reply: isinstance(reply, r2000.CommandStatus)
+                        and reply.command == r2000.Command.SET_WORK_ANTENNA,
+                    )
+                await self.exchange(r2000.real_time_inventory(opts.repeat, address=address), _is_round_end)
+
+    async def exchange(self, request: bytes, done: Callable[[r2000.Reply], bool]) -> r2000.Reply:
+        """Send ``request``; handle frames until one satisfies ``done``, which is returned."""
+        timeout = self.options.read_timeout_s
+        await self.link.write(request)
+        try:
+            return await self._handle_until(done, timeout)
+        except TimeoutError as err:
+            raise DeviceTimeout(f"reader silent for {timeout:g} s") from err
+
+    async def _handle_until(self, done: Callable[[r2000.Reply], bool], timeout: float) -> r2000.Reply:
+        link = self.link
+        ctx = self.ctx
+        framer = self.framer
+        names = self.options.antennas
+        address = self.options.address
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(timeout) as deadline:
+            while True:
+                chunk = await link.read()
+                deadline.reschedule(loop.time() + timeout)
+                now = time.time()
+                frames = framer.feed(chunk)
+                self._account()
+                for frame in frames:
+                    if frame.address != address and frame.address != r2000.BROADCAST:
+                        ctx.count("foreign_frames")
+                        continue
+                    try:
+                        reply = r2000.parse_reply(frame)
+                    except DecodeError as err:
+                        ctx.count("decode_errors")
+                        ctx.log.debug("undecodable frame: %s", err)
+                        continue
+                    if type(reply) is r2000.TagRead:
+                        ctx.emit(
+                            "rfid.read",
+                            {
+                                "epc": reply.epc.hex().upper(),
+                                "pc": f"{reply.pc:04X}",
+                                "antenna": reply.antenna,
+                                "antenna_name": names.get(reply.antenna),
+                                "rssi_dbm": reply.rssi_dbm,
+                                "frequency_mhz": reply.frequency_mhz,
+                                "reader_address": frame.address,
+                            },
+                            now,
+                        )
+                        continue
+                    if done(reply):
+                        return reply
+                    if isinstance(reply, r2000.CommandStatus):
+                        if reply.code != r2000.ErrorCode.SUCCESS:
+                            ctx.count("reader_errors")
+                            ctx.log.debug("reader error 0x%02X for command 0x%02X", reply.code, reply.command)
+                            if reply.command in (
+                                r2000.Command.REAL_TIME_INVENTORY,
+                                r2000.Command.FAST_SWITCH_ANT_INVENTORY,
+                            ):
+                                # An inventory that failed (no tag, antenna missing) ends its round.
+                                return reply
+                            if reply.command == r2000.Command.SET_WORK_ANTENNA:
+                                raise ProtocolFailure(
+                                    f"reader refused to select an antenna (error 0x{reply.code:02X})"
+                                )
+                        continue
+                    ctx.count("unexpected_frames")
+
+    def _account(self) -> None:
+        stats = self.framer.stats
+        if stats.bytes_skipped != self._skipped:
+            self.ctx.count("bytes_skipped", stats.bytes_skipped - self._skipped)
+            self._skipped = stats.bytes_skipped
+        bad = stats.bad_checksum + stats.bad_length
+        if bad != self._bad:
+            self.ctx.count("frames_rejected", bad - self._bad)
+            self._bad = bad
+        overflow = self.link.overflow_bytes
+        if overflow != self._overflow:
+            self.ctx.count("overflow_bytes", overflow - self._overflow)
+            self._overflow = overflow
+
+
+def _is_round_end(reply: r2000.Reply) -> bool:
+    return isinstance(reply, r2000.InventoryEnd)
+

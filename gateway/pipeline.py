@@ -1,0 +1,140 @@
+"""The pipeline between drivers and the buffer.
+
+::
+
+    driver tasks --emit--> EventQueue (bounded) --Ingest--> buffer.append (group commit)
+
+:class:`EventQueue` never blocks a driver: when it is full the event is dropped and counted (a serial reader
+that waited would overrun its port at the source, losing bytes where nobody counts them). :class:`Ingest`
+takes batches of up to ``commit_max_events`` or whatever arrived within ``commit_interval`` of the first
+event, and commits each batch in one transaction: the loss window on power failure is that interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from drivers.event import Event
+
+from .buffer import Buffer
+
+log = logging.getLogger("edgegw.pipeline")
+
+
+class EventQueue:
+    """A bounded FIFO of events: ``put`` never blocks, ``get_batch`` waits for a commit window."""
+
+    def __init__(self, max_events: int) -> None:
+        if max_events < 1:
+            raise ValueError("max_events must be >= 1")
+        self.max_events = max_events
+        self._items: deque[Event] = deque()
+        self._nonempty = asyncio.Event()
+        self._batch_ready = asyncio.Event()
+        self._batch_size = max_events
+        self.dropped = 0
+        self.high_water = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, event: Event) -> bool:
+        """Queue ``event``; False (and counted) when the queue is full."""
+        items = self._items
+        if len(items) >= self.max_events:
+            self.dropped += 1
+            return False
+        items.append(event)
+        n = len(items)
+        if n == 1:
+            self._nonempty.set()
+        if n >= self._batch_size:
+            self._batch_ready.set()
+        if n > self.high_water:
+            self.high_water = n
+        return True
+
+    async def get_batch(self, max_events: int, window: float) -> list[Event]:
+        """Wait for an event, then up to ``window`` seconds more or until ``max_events`` are queued; return
+        at most ``max_events`` events in order."""
+        while not self._items:
+            self._nonempty.clear()
+            await self._nonempty.wait()
+        if len(self._items) < max_events and window > 0:
+            self._batch_size = max_events
+            self._batch_ready.clear()
+            try:
+                async with asyncio.timeout(window):
+                    await self._batch_ready.wait()
+            except TimeoutError:
+                pass
+            finally:
+                self._batch_size = self.max_events
+        return self.take(max_events)
+
+    def take(self, max_events: int) -> list[Event]:
+        """Up to ``max_events`` queued events, without waiting."""
+        items = self._items
+        n = min(max_events, len(items))
+        if n == len(items):
+            batch = list(items)
+            items.clear()
+        else:
+            batch = [items.popleft() for _ in range(n)]
+        return batch
+
+
+Processor = Callable[[Event], Sequence[Event]]
+"""A per-device stage (dedupe, smoothing, ...): takes an event, returns the events to keep."""
+
+
+class Ingest:
+    """Moves events from the queue into the buffer in group commits."""
+
+    def __init__(
+        self,
+        queue: EventQueue,
+        buffer: Buffer,
+        *,
+        commit_interval: float = 0.020,
+        commit_max_events: int = 1000,
+    ) -> None:
+        self.queue = queue
+        self.buffer = buffer
+        self.commit_interval = commit_interval
+        self.commit_max_events = commit_max_events
+        self.committed = 0
+        self.commits = 0
+        self.refused = 0
+        self._commit_task: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        """Commit batches until cancelled. On cancellation whatever is already queued is not committed:
+        call :meth:`drain` after stopping the producers."""
+        while True:
+            batch = await self.queue.get_batch(self.commit_max_events, self.commit_interval)
+            await self._commit(batch)
+
+    async def drain(self) -> None:
+        """Commit everything queued now (on shutdown, once the drivers have stopped and :meth:`run` was
+        cancelled). A commit that was under way when :meth:`run` was cancelled is finished first."""
+        if self._commit_task is not None:
+            await self._commit_task
+        while len(self.queue):
+            await self._commit(self.queue.take(self.commit_max_events))
+
+    async def _commit(self, batch: list[Event]) -> None:
+        # Shielded: cancelling run() must not abandon a batch already taken from the queue.
+        self._commit_task = task = asyncio.ensure_future(self._append(batch))
+        await asyncio.shield(task)
+        self._commit_task = None
+
+    async def _append(self, batch: list[Event]) -> None:
+        seqs = await self.buffer.append(batch)
+        self.commits += 1
+        refused = seqs.count(0)
+        self.committed += len(seqs) - refused
+        self.refused += refused

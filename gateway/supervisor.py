@@ -1,0 +1,125 @@
+"""The supervisor: each device runs as its own task and fails alone.
+
+A device whose driver raises a transient error (or any unexpected exception: a driver bug must not stop a
+device for good, nor any other device) is restarted after an exponential backoff with full jitter, capped at
+``backoff_max``; the backoff restarts from ``backoff_initial`` once the device has connected again. A
+configuration error stops that device only. Every change is reported as a ``device.status`` event::
+
+    {"state": "connected", "detail": "firmware 1.2"}
+    {"state": "disconnected", "reason": "serial port /dev/ttyUSB0: end of file", "retry_in_s": 2.41}
+    {"state": "failed", "reason": "unknown driver 'x'"}     (not retried)
+    {"state": "stopped"}                                     (on shutdown)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from drivers.base import Driver
+from drivers.errors import ConfigurationError, TransientError
+from drivers.event import Event
+
+from .pipeline import EventQueue
+
+STATUS = "device.status"
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    initial: float = 1.0
+    maximum: float = 30.0
+
+    def delay(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
+        """Full jitter: uniform in [initial/2, min(maximum, initial * 2**attempt)]."""
+        ceiling = min(self.maximum, self.initial * (2.0 ** min(attempt, 30)))
+        floor = min(self.initial / 2, ceiling)
+        return floor + (ceiling - floor) * rng()
+
+
+class DeviceRunner:
+    """Runs one device's driver forever, restarting it on failure. Implements the driver's context."""
+
+    def __init__(
+        self,
+        name: str,
+        make_driver: Callable[[], Driver[Any]],
+        queue: EventQueue,
+        backoff: Backoff,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._name = name
+        self._make_driver = make_driver
+        self._queue = queue
+        self._backoff = backoff
+        self._clock = clock
+        self._log = logging.getLogger(f"edgegw.device.{name}")
+        self.counters: Counter[str] = Counter()
+        self.state = "starting"
+        self.restarts = 0
+        self._attempt = 0
+        self.events_emitted = 0
+        self.events_dropped = 0
+
+    # -- the DeviceContext protocol -------------------------------------------------------------------
+    @property
+    def device(self) -> str:
+        return self._name
+
+    @property
+    def log(self) -> logging.Logger:
+        return self._log
+
+    def emit(self, kind: str, data: Mapping[str, Any], ts: float | None = None) -> None:
+        event = Event(self._name, kind, self._clock() if ts is None else ts, data)
+        if self._queue.put(event):
+            self.events_emitted += 1
+        else:
+            self.events_dropped += 1
+
+    def connected(self, detail: str = "") -> None:
+        self._attempt = 0
+        self.state = "connected"
+        self._log.info("connected%s", f": {detail}" if detail else "")
+        self.emit(STATUS, {"state": "connected", "detail": detail})
+
+    def count(self, counter: str, n: int = 1) -> None:
+        self.counters[counter] += n
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    async def run(self) -> None:
+        try:
+            while True:
+                try:
+                    driver = self._make_driver()
+                    await driver.run(self)
+                    reason = "driver returned"
+                except ConfigurationError as err:
+                    self.state = "failed"
+                    self._log.error("stopped for good: %s", err)
+                    self.emit(STATUS, {"state": "failed", "reason": str(err)})
+                    return
+                except (TransientError, OSError) as err:
+                    reason = str(err) or type(err).__name__
+                except Exception as err:  # a driver bug: restart this device, never the others
+                    self._log.exception("driver crashed")
+                    reason = f"internal error: {type(err).__name__}: {err}"
+                delay = self._backoff.delay(self._attempt)
+                self._attempt += 1
+                self.restarts += 1
+                if self.state != "disconnected" or self._attempt == 1:
+                    self._log.warning("disconnected: %s (retry in %.1f s)", reason, delay)
+                self.state = "disconnected"
+                self.emit(STATUS, {"state": "disconnected", "reason": reason, "retry_in_s": round(delay, 2)})
+                await asyncio.sleep(delay)
+        except asyncio.CancelledError:
+            self.state = "stopped"
+            self.emit(STATUS, {"state": "stopped"})
+            raise
