@@ -1,0 +1,205 @@
+"""``edgegw sim FAMILY ...``: run a simulated device on loopback until Ctrl-C or SIGTERM.
+
+``main(argv)`` takes the arguments after ``sim``. Each device family is a subcommand registered in
+:data:`FAMILIES` (a function adding its parser, and the coroutine that runs it), so another family is one more
+entry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TextIO
+
+from .r2000 import Faults, SimOptions, serve_pty, serve_tcp
+
+__all__ = ["FAMILIES", "main", "parse_faults"]
+
+FAULT_HELP = """\
+fault SPECs (repeat --fault, or separate with commas):
+  noise=P            random bytes before a frame, with probability P per frame (0..1)
+  bad-checksum=P     a frame's checksum corrupted, with probability P
+  drop=P             some bytes of a frame lost, with probability P
+  silence=S/EVERY    silent (no answers, no streaming) for S seconds every EVERY seconds
+  disconnect=EVERY[/DOWN]
+                     the link drops every EVERY seconds (pty closed and reopened, the link re-pointed;
+                     TCP connections closed) and stays down DOWN seconds (default 0)
+example: --fault noise=0.01 --fault bad-checksum=0.005,silence=5/30 --fault disconnect=60/2
+"""
+
+
+def _probability(name: str, text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name}={text}: a probability is 0..1")
+    return value
+
+
+def _seconds(name: str, text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise ValueError(f"{name}: {text} seconds must not be negative")
+    return value
+
+
+def parse_faults(specs: list[str]) -> Faults:
+    """Faults from ``--fault`` SPECs (see :data:`FAULT_HELP`); ValueError names a bad one."""
+    values: dict[str, float] = {}
+    for spec in (part.strip() for item in specs for part in item.split(",")):
+        if not spec:
+            continue
+        name, sep, value = spec.partition("=")
+        name = name.strip().lower().replace("_", "-")
+        if not sep or not value:
+            raise ValueError(f"fault {spec!r}: expected NAME=VALUE")
+        try:
+            if name in ("noise", "bad-checksum", "drop"):
+                values[name.replace("-", "_")] = _probability(name, value)
+            elif name == "silence":
+                length, slash, every = value.partition("/")
+                if not slash:
+                    raise ValueError("silence=S/EVERY")
+                values["silence_s"] = _seconds(name, length)
+                values["silence_every_s"] = _seconds(name, every)
+                if values["silence_every_s"] <= 0:
+                    raise ValueError("silence period must be positive")
+            elif name == "disconnect":
+                every, _, down = value.partition("/")
+                values["disconnect_every_s"] = _seconds(name, every)
+                values["disconnect_down_s"] = _seconds(name, down) if down else 0.0
+                if values["disconnect_every_s"] <= 0:
+                    raise ValueError("disconnect period must be positive")
+            else:
+                raise ValueError(f"unknown fault {name!r}")
+        except ValueError as err:
+            raise ValueError(f"fault {spec!r}: {err}") from err
+    return Faults(**values)
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _antennas(text: str) -> tuple[int, ...]:
+    try:
+        antennas = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a list like 1,2,3,4") from err
+    if not antennas or any(not 1 <= a <= 8 for a in antennas):
+        raise argparse.ArgumentTypeError(f"{text!r}: antennas are 1..8")
+    return antennas
+
+
+def _add_r2000(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    parser = sub.add_parser(
+        "uhf-r2000",
+        help="UHF RFID reader, R2000 0xA0 serial protocol",
+        description="Simulated R2000 (0xA0 protocol) UHF RFID reader on a pty or a TCP port.",
+        epilog=FAULT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument(
+        "--link", type=Path, metavar="PATH", help="serve on a pty; PATH becomes a symlink to it"
+    )
+    where.add_argument("--tcp", type=_host_port, metavar="HOST:PORT", help="serve on a TCP port")
+    parser.add_argument("--rate", type=float, default=1000.0, help="tag reads per second (default 1000)")
+    parser.add_argument("--tags", type=int, default=20, help="tag population size (default 20)")
+    parser.add_argument("--address", type=int, default=1, help="reader address (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the population and randomness")
+    parser.add_argument(
+        "--antennas", type=_antennas, default=(1, 2, 3, 4), help="connected antennas (1,2,3,4)"
+    )
+    parser.add_argument("--round-ms", type=float, default=50.0, help="inventory round duration (default 50)")
+    parser.add_argument("--rssi-mean", type=float, default=-60.0, help="mean RSSI in dBm (default -60)")
+    parser.add_argument("--rssi-spread", type=float, default=6.0, help="RSSI spread in dB (default 6)")
+    parser.add_argument("--fault", action="append", default=[], metavar="SPEC", help="inject faults (below)")
+    return parser
+
+
+async def _run_r2000(args: argparse.Namespace, stop: asyncio.Event, out: TextIO) -> None:
+    options = SimOptions(
+        address=args.address,
+        tags=args.tags,
+        rate=args.rate,
+        rssi_mean=args.rssi_mean,
+        rssi_spread=args.rssi_spread,
+        round_ms=args.round_ms,
+        antennas=args.antennas,
+        seed=args.seed,
+        faults=args.faults,
+    )
+    if args.link is not None:
+        async with serve_pty(args.link, options) as sim:
+            print(f"uhf-r2000 simulator (address {options.address}) on pty {sim.link}", file=out, flush=True)
+            await stop.wait()
+    else:
+        host, port = args.tcp
+        async with serve_tcp(host, port, options) as sim:
+            print(
+                f"uhf-r2000 simulator (address {options.address}) on tcp {host}:{sim.port}",
+                file=out,
+                flush=True,
+            )
+            await stop.wait()
+
+
+Runner = Callable[[argparse.Namespace, asyncio.Event, TextIO], Awaitable[None]]
+FAMILIES: dict[str, tuple[Callable[..., argparse.ArgumentParser], Runner]] = {
+    "uhf-r2000": (_add_r2000, _run_r2000),
+}
+"""Subcommand name -> (adds its parser to the subparsers, runs it until the stop event is set)."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgegw sim", description="Run a simulated device on loopback.")
+    sub = parser.add_subparsers(dest="family", metavar="FAMILY", required=True)
+    for name, (add, _) in FAMILIES.items():
+        add(sub).set_defaults(family=name)
+    return parser
+
+
+async def _serve(runner: Runner, args: argparse.Namespace) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await runner(args, stop, sys.stdout)
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+def main(argv: list[str]) -> int:
+    """Run ``edgegw sim`` with ``argv`` (the words after ``sim``); returns the exit status."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else 2
+    try:
+        args.faults = parse_faults(args.fault) if hasattr(args, "fault") else Faults()
+    except ValueError as err:
+        parser.print_usage(sys.stderr)
+        print(f"edgegw sim: error: {err}", file=sys.stderr)
+        return 2
+    _, runner = FAMILIES[args.family]
+    try:
+        asyncio.run(_serve(runner, args))
+    except (OSError, ValueError) as err:
+        print(f"edgegw sim: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # a second Ctrl-C before the handlers were installed
+        return 0
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+    return 0

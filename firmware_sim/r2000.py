@@ -1,0 +1,611 @@
+"""A simulated R2000 "0xA0" UHF RFID reader, on a pty or a TCP port.
+
+It speaks the reader's side of :mod:`protocols.r2000` (requests parsed, replies built with the same codec the
+driver uses) and answers:
+
+- cmd_reset: no reply (a real reader restarts and says nothing on success); the work antenna returns to 1;
+- cmd_get_firmware_version: :class:`~protocols.r2000.FirmwareVersion` from the options;
+- cmd_set_work_antenna / cmd_get_work_antenna: status 0x10 / the antenna;
+- cmd_real_time_inventory: ``repeat`` rounds of tag frames on the work antenna, then the end-of-round frame
+  (antenna, read rate, total read); if the work antenna is not connected, error 0x22;
+- cmd_fast_switch_ant_inventory: for each (antenna, stay) pair, ``stay`` rounds on that antenna (an antenna
+  not connected gets the 2-byte "antenna missing" frame), ``repeat`` times over, then the end frame (total
+  read, duration);
+- anything else addressed to it: status 0x11 (fail). Frames for another address are ignored.
+
+A reader handles one command at a time: commands that arrive during an inventory wait until it ends.
+
+The tag population is deterministic from the seed (:func:`population`): 96-bit EPCs, PC 0x3000. Each round
+lasts ``round_ms`` and carries ``rate * round_ms / 1000`` reads (fractions carried over), each a random tag of
+the population with an RSSI drawn around a per-tag, per-antenna level; the carrier hops over the FCC points
+per round.
+Tag frames are cached once built, so rates of tens of thousands of reads a second are reachable.
+
+Faults (:class:`Faults`): random bytes before a frame, corrupted checksums, dropped bytes, silences and
+disconnects (periodic, or on demand with :meth:`R2000Simulator.silence` / :meth:`R2000Simulator.disconnect`).
+Counters live in :attr:`R2000Simulator.stats`; a test waits for a condition with
+:meth:`R2000Simulator.wait_for` (or ``wait_commands`` / ``wait_tag_frames`` / ``wait_rounds`` /
+``wait_connections``), never by sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, Protocol
+
+from protocols import r2000
+from protocols.errors import DecodeError
+
+from .pty import PtyEndpoint
+
+__all__ = [
+    "Faults",
+    "R2000Simulator",
+    "SimOptions",
+    "SimStats",
+    "population",
+    "serve_pty",
+    "serve_tcp",
+]
+
+PC_96_BITS: Final = 0x3000
+FCC_POINTS: Final = tuple(range(7, 60))
+RSSI_JITTER: Final = (-2, -1, 0, 1, 2)
+CHUNK_FRAMES: Final = 1024
+"""Tag frames handed to the link per write."""
+CACHE_LIMIT: Final = 200_000
+
+
+@dataclass(frozen=True, slots=True)
+class Faults:
+    """What goes wrong, and how often. Probabilities are per frame sent."""
+
+    noise: float = 0.0
+    """Probability of 1..8 random bytes (which may include 0xA0) before a frame."""
+    bad_checksum: float = 0.0
+    """Probability of a frame's checksum being corrupted."""
+    drop: float = 0.0
+    """Probability of a frame losing some of its bytes."""
+    silence_s: float = 0.0
+    """Length of each periodic silence (no answers, no streaming)."""
+    silence_every_s: float = 0.0
+    """Period of silences; 0: only on demand."""
+    disconnect_every_s: float = 0.0
+    """Period of disconnects (pty closed and reopened, TCP connections closed); 0: only on demand."""
+    disconnect_down_s: float = 0.0
+    """How long the link stays down at a periodic disconnect."""
+
+    def __post_init__(self) -> None:
+        for name in ("noise", "bad_checksum", "drop"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"fault {name}={value}: a probability is 0..1")
+        for name in ("silence_s", "silence_every_s", "disconnect_every_s", "disconnect_down_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"fault {name} must not be negative")
+
+    @property
+    def corrupts(self) -> bool:
+        return bool(self.noise or self.bad_checksum or self.drop)
+
+
+@dataclass(frozen=True, slots=True)
+class SimOptions:
+    """How the simulated reader behaves."""
+
+    address: int = 1
+    tags: int = 20
+    """Tag population size."""
+    rate: float = 1000.0
+    """Tag reads per second, overall (paced per round, so the average is right)."""
+    rssi_mean: float = -60.0
+    """dBm."""
+    rssi_spread: float = 6.0
+    """Standard deviation (dBm) of the per-tag, per-antenna RSSI level."""
+    round_ms: float = 50.0
+    """Duration of one inventory round."""
+    antennas: tuple[int, ...] = (1, 2, 3, 4)
+    """Antennas connected (1..8)."""
+    seed: int = 0
+    firmware: tuple[int, int] = (1, 7)
+    faults: Faults = field(default_factory=Faults)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.address <= 0xFE:
+            raise ValueError(f"address {self.address} out of range 0..254")
+        if self.tags < 0:
+            raise ValueError("tags must not be negative")
+        if self.rate < 0:
+            raise ValueError("rate must not be negative")
+        if self.round_ms <= 0:
+            raise ValueError("round_ms must be positive")
+        if any(not 1 <= a <= r2000.MAX_ANTENNAS for a in self.antennas):
+            raise ValueError(f"antennas {self.antennas}: each is 1..{r2000.MAX_ANTENNAS}")
+
+
+@dataclass(slots=True)
+class SimStats:
+    """Counters since the simulator started (monotonic)."""
+
+    commands_received: int = 0
+    """Valid frames addressed to this reader (or broadcast), silenced ones included."""
+    commands_ignored: int = 0
+    """Commands received while silent."""
+    tag_frames_sent: int = 0
+    """Tag frames written intact (decodable); corrupted ones are not counted here."""
+    frames_sent: int = 0
+    """Every frame written intact (tags, replies, end frames)."""
+    frames_corrupted: int = 0
+    """Frames written with a bad checksum or missing bytes."""
+    noise_bytes: int = 0
+    rounds: int = 0
+    """Inventory commands completed (end frame written)."""
+    connections: int = 0
+    """Sessions started (TCP connections accepted; pty opened or reopened)."""
+    disconnects: int = 0
+
+
+def population(tags: int, seed: int = 0) -> tuple[bytes, ...]:
+    """The EPCs (12 bytes, distinct) of a simulated population, deterministic from ``seed``."""
+    rng = random.Random(f"edgegw-r2000-population-{seed}")
+    seen: set[bytes] = set()
+    epcs: list[bytes] = []
+    while len(epcs) < tags:
+        epc = b"\x30" + rng.randbytes(11)
+        if epc not in seen:
+            seen.add(epc)
+            epcs.append(epc)
+    return tuple(epcs)
+
+
+class _Link(Protocol):
+    async def read(self) -> bytes: ...
+
+    async def write(self, data: bytes) -> None: ...
+
+
+class _PtyLink:
+    """One pty generation: reads end (b"") and writes fail once the pty is closed or replaced."""
+
+    def __init__(self, endpoint: PtyEndpoint) -> None:
+        self.endpoint = endpoint
+        self.generation = endpoint.generation
+
+    async def read(self) -> bytes:
+        return await self.endpoint.read(self.generation)
+
+    async def write(self, data: bytes) -> None:
+        await self.endpoint.write(data, self.generation)
+
+
+class _TcpLink:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    async def read(self) -> bytes:
+        try:
+            return await self.reader.read(65536)
+        except OSError:
+            return b""
+
+    async def write(self, data: bytes) -> None:
+        if self.writer.is_closing():
+            raise ConnectionError("connection closed")
+        self.writer.write(data)
+        await self.writer.drain()
+
+
+class _Aborted(Exception):
+    """The current command stops without an answer (silence began)."""
+
+
+class R2000Simulator:
+    """The reader's state, counters and controls; served by :func:`serve_pty` or :func:`serve_tcp`."""
+
+    def __init__(self, options: SimOptions | None = None) -> None:
+        self.options = options or SimOptions()
+        self.stats = SimStats()
+        self.population = population(self.options.tags, self.options.seed)
+        self.port: int | None = None
+        """The bound TCP port (serve_tcp)."""
+        self.link: Path | None = None
+        """The symlink clients open (serve_pty)."""
+        self.work_antenna = 1
+        self._rng = random.Random(f"edgegw-r2000-sim-{self.options.seed}")
+        self._fault_rng = random.Random(f"edgegw-r2000-faults-{self.options.seed}")
+        levels = random.Random(f"edgegw-r2000-rssi-{self.options.seed}")
+        self._rssi_level = [
+            [
+                levels.gauss(self.options.rssi_mean, self.options.rssi_spread)
+                for _ in range(r2000.MAX_ANTENNAS)
+            ]
+            for _ in range(self.options.tags)
+        ]
+        self._frames: dict[tuple[int, int, int, int, int], bytes] = {}
+        self._carry = 0.0
+        self._clock = 0.0
+        self._silent_until = 0.0
+        self._waiters: list[tuple[Callable[[SimStats], bool], asyncio.Future[None]]] = []
+        self._disconnect_hook: Callable[[float], contextlib.AbstractAsyncContextManager[None]] | None = None
+
+    # ---------------------------------------------------------------- controls for tests and the CLI
+
+    @property
+    def silent(self) -> bool:
+        return asyncio.get_running_loop().time() < self._silent_until
+
+    def silence(self, seconds: float) -> None:
+        """Stop answering and streaming for ``seconds`` (an inventory in progress stops without its end)."""
+        loop = asyncio.get_running_loop()
+        self._silent_until = max(self._silent_until, loop.time() + seconds)
+
+    def unsilence(self) -> None:
+        """End a silence now."""
+        self._silent_until = 0.0
+
+    async def disconnect(self, downtime: float = 0.0) -> None:
+        """Drop the link: the pty is closed (and reopened after ``downtime``, the symlink re-pointed), or the
+        TCP connections are closed (new ones refused during ``downtime``). Returns once the link is back."""
+        if self._disconnect_hook is None:
+            raise RuntimeError("the simulator is not serving")
+        async with self._disconnect_hook(downtime):
+            self.stats.disconnects += 1
+            self._notify()
+
+    async def wait_for(self, predicate: Callable[[SimStats], bool]) -> None:
+        """Return once ``predicate(stats)`` holds (wrap in ``asyncio.timeout``)."""
+        if predicate(self.stats):
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (predicate, future)
+        self._waiters.append(entry)
+        try:
+            await future
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(entry)
+
+    async def wait_commands(self, n: int) -> None:
+        await self.wait_for(lambda s: s.commands_received >= n)
+
+    async def wait_tag_frames(self, n: int) -> None:
+        await self.wait_for(lambda s: s.tag_frames_sent >= n)
+
+    async def wait_rounds(self, n: int) -> None:
+        await self.wait_for(lambda s: s.rounds >= n)
+
+    async def wait_connections(self, n: int) -> None:
+        await self.wait_for(lambda s: s.connections >= n)
+
+    def _notify(self) -> None:
+        for predicate, future in self._waiters:
+            if not future.done() and predicate(self.stats):
+                future.set_result(None)
+
+    # ---------------------------------------------------------------- one session (a connection or a pty)
+
+    async def serve_link(self, link: _Link) -> None:
+        """Answer the commands arriving on ``link`` until it closes."""
+        self.stats.connections += 1
+        self._notify()
+        framer = r2000.R2000Framer()
+        try:
+            while True:
+                data = await link.read()
+                if not data:
+                    return
+                for frame in framer.feed(data):
+                    await self._handle(link, frame)
+        except ConnectionError:
+            return
+
+    async def _handle(self, link: _Link, frame: r2000.Frame) -> None:
+        address = self.options.address
+        if frame.address not in (address, r2000.BROADCAST):
+            return
+        self.stats.commands_received += 1
+        self._notify()
+        if self.silent:
+            self.stats.commands_ignored += 1
+            return
+        try:
+            request = r2000.parse_request(frame)
+        except DecodeError:
+            await self._reply(link, r2000.CommandStatus(frame.command, r2000.ErrorCode.FAIL))
+            return
+        try:
+            await self._execute(link, request)
+        except _Aborted:
+            return
+
+    async def _execute(self, link: _Link, request: r2000.Request) -> None:
+        if isinstance(request, r2000.Reset):
+            self.work_antenna = 1
+        elif isinstance(request, r2000.GetFirmwareVersion):
+            await self._reply(link, r2000.FirmwareVersion(*self.options.firmware))
+        elif isinstance(request, r2000.SetWorkAntenna):
+            self.work_antenna = request.antenna
+            await self._reply(link, r2000.CommandStatus(request.command, r2000.ErrorCode.SUCCESS))
+        elif isinstance(request, r2000.GetWorkAntenna):
+            await self._reply(link, r2000.WorkAntenna(self.work_antenna))
+        elif isinstance(request, r2000.RealTimeInventory):
+            await self._real_time_inventory(link, request)
+        else:
+            await self._fast_switch_inventory(link, request)
+
+    async def _real_time_inventory(self, link: _Link, request: r2000.RealTimeInventory) -> None:
+        command = r2000.Command.REAL_TIME_INVENTORY
+        antenna = self.work_antenna
+        if antenna not in self.options.antennas:
+            await self._reply(link, r2000.CommandStatus(command, r2000.ErrorCode.ANTENNA_MISSING))
+            return
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        self._clock = max(self._clock, start)
+        total = 0
+        for _ in range(max(1, request.repeat)):
+            total += await self._round(link, antenna, command)
+        elapsed = loop.time() - start
+        read_rate = min(0xFFFF, round(total / elapsed)) if elapsed > 0 else 0
+        end = r2000.InventoryEnd(command, min(total, 0xFFFFFFFF), antenna=antenna, read_rate=read_rate)
+        await self._reply(link, end)
+        self.stats.rounds += 1
+        self._notify()
+
+    async def _fast_switch_inventory(self, link: _Link, request: r2000.FastSwitchInventory) -> None:
+        command = r2000.Command.FAST_SWITCH_ANT_INVENTORY
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        self._clock = max(self._clock, start)
+        total = 0
+        for _ in range(max(1, request.repeat)):
+            for antenna, stay in request.antennas:
+                if antenna not in self.options.antennas:
+                    await self._reply(link, r2000.AntennaMissing(antenna))
+                    continue
+                for _ in range(max(1, stay)):
+                    total += await self._round(link, antenna, command)
+                if request.interval_ms:
+                    self._clock += request.interval_ms / 1000
+                    await self._pace()
+        duration_ms = round((loop.time() - start) * 1000)
+        end = r2000.InventoryEnd(command, min(total, 0xFFFFFF), duration_ms=min(duration_ms, 0xFFFFFFFF))
+        await self._reply(link, end)
+        self.stats.rounds += 1
+        self._notify()
+
+    async def _round(self, link: _Link, antenna: int, command: int) -> int:
+        """One inventory round on ``antenna``: write its tag frames, then wait for the round's end."""
+        options = self.options
+        round_s = options.round_ms / 1000
+        self._carry += options.rate * round_s
+        count = int(self._carry)
+        self._carry -= count
+        if not self.population:
+            count = 0
+        rng = self._rng
+        frequency = rng.choice(FCC_POINTS)
+        tags = len(self.population)
+        frame_for = self._tag_frame
+        sent = 0
+        while sent < count:
+            batch = min(CHUNK_FRAMES, count - sent)
+            frames = [
+                frame_for(int(rng.random() * tags), antenna, frequency, int(rng.random() * 5), command)
+                for _ in range(batch)
+            ]
+            await self._send(link, frames, tags=True)
+            sent += batch
+        self._clock += round_s
+        await self._pace()
+        return count
+
+    async def _pace(self) -> None:
+        loop = asyncio.get_running_loop()
+        delay = self._clock - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if self.silent:
+            raise _Aborted
+
+    def _tag_frame(self, tag: int, antenna: int, frequency: int, jitter: int, command: int) -> bytes:
+        key = (tag, antenna, frequency, jitter, command)
+        frame = self._frames.get(key)
+        if frame is None:
+            if len(self._frames) >= CACHE_LIMIT:
+                self._frames.clear()
+            base_key = (tag, antenna, 0, jitter, command)
+            base = self._frames.get(base_key)
+            if base is None:
+                level = self._rssi_level[tag][antenna - 1] + RSSI_JITTER[jitter]
+                read = r2000.TagRead(
+                    antenna, 0, PC_96_BITS, self.population[tag], r2000.rssi_raw(level), command
+                )
+                base = self._frames[base_key] = r2000.encode_reply(read, self.options.address)
+            # The same frame on another frequency point: FreqAnt grows by index << 2, the checksum shrinks by
+            # as much (cheaper than encoding each of the ~50 hop channels; tested against encode_reply).
+            delta = frequency << 2
+            frame = self._frames[key] = b"".join(
+                (base[:4], bytes((base[4] + delta,)), base[5:-1], bytes(((base[-1] - delta) & 0xFF,)))
+            )
+        return frame
+
+    async def _reply(self, link: _Link, reply: r2000.Reply) -> None:
+        await self._send(link, [r2000.encode_reply(reply, self.options.address)], tags=False)
+
+    async def _send(self, link: _Link, frames: list[bytes], *, tags: bool) -> None:
+        if self.silent:
+            raise _Aborted
+        stats = self.stats
+        faults = self.options.faults
+        if not faults.corrupts:
+            data = b"".join(frames)
+            good = len(frames)
+        else:
+            data, good = self._apply_faults(frames, faults)
+        await link.write(data)
+        stats.frames_sent += good
+        if tags:
+            stats.tag_frames_sent += good
+        self._notify()
+
+    def _apply_faults(self, frames: list[bytes], faults: Faults) -> tuple[bytes, int]:
+        rng = self._fault_rng
+        stats = self.stats
+        out = bytearray()
+        good = 0
+        for frame in frames:
+            if rng.random() < faults.noise:
+                noise = rng.randbytes(rng.randint(1, 8))
+                out += noise
+                stats.noise_bytes += len(noise)
+            if rng.random() < faults.bad_checksum:
+                out += frame[:-1]
+                out.append(frame[-1] ^ rng.randint(1, 0xFF))
+                stats.frames_corrupted += 1
+            elif rng.random() < faults.drop:
+                cut = rng.randrange(1, len(frame))
+                lost = rng.randint(1, len(frame) - cut)
+                out += frame[:cut] + frame[cut + lost :]
+                stats.frames_corrupted += 1
+            else:
+                out += frame
+                good += 1
+        return bytes(out), good
+
+    # ---------------------------------------------------------------- periodic faults
+
+    async def _periodic_faults(self) -> None:
+        faults = self.options.faults
+        tasks: list[asyncio.Task[None]] = []
+        if faults.silence_every_s > 0 and faults.silence_s > 0:
+            tasks.append(asyncio.create_task(self._every(faults.silence_every_s, self._periodic_silence)))
+        if faults.disconnect_every_s > 0:
+            tasks.append(
+                asyncio.create_task(self._every(faults.disconnect_every_s, self._periodic_disconnect))
+            )
+        if not tasks:
+            return
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    @staticmethod
+    async def _every(period: float, action: Callable[[], object]) -> None:
+        while True:
+            await asyncio.sleep(period)
+            result = action()
+            if asyncio.iscoroutine(result):
+                await result
+
+    def _periodic_silence(self) -> None:
+        self.silence(self.options.faults.silence_s)
+
+    async def _periodic_disconnect(self) -> None:
+        await self.disconnect(self.options.faults.disconnect_down_s)
+
+
+async def _cancel_all(tasks: set[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in list(tasks):
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+
+@contextlib.asynccontextmanager
+async def serve_pty(link: Path, options: SimOptions | None = None) -> AsyncIterator[R2000Simulator]:
+    """Serve a simulated reader on a new pty whose slave ``link`` points to (removed on exit)."""
+    sim = R2000Simulator(options)
+    sim.link = link
+    endpoint = PtyEndpoint(link)
+    link_up = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def disconnect(downtime: float) -> AsyncIterator[None]:
+        link_up.clear()
+        endpoint.disconnect()
+        if downtime > 0:
+            await asyncio.sleep(downtime)
+        endpoint.open()
+        link_up.set()
+        yield
+
+    async def run() -> None:
+        while True:
+            await link_up.wait()
+            session = _PtyLink(endpoint)
+            await sim.serve_link(session)
+            if endpoint.is_open and endpoint.generation == session.generation:
+                # The session ended while its pty is still up (cannot happen on a pty we hold open).
+                await endpoint.wait_closed()
+
+    endpoint.open()
+    link_up.set()
+    sim._disconnect_hook = disconnect
+    tasks = {asyncio.create_task(run()), asyncio.create_task(sim._periodic_faults())}
+    try:
+        yield sim
+    finally:
+        sim._disconnect_hook = None
+        await _cancel_all(tasks)
+        endpoint.close()
+
+
+@contextlib.asynccontextmanager
+async def serve_tcp(host: str, port: int, options: SimOptions | None = None) -> AsyncIterator[R2000Simulator]:
+    """Serve a simulated reader on a TCP port (0: any free port, see ``sim.port``); a session a connection."""
+    sim = R2000Simulator(options)
+    sessions: set[asyncio.Task[None]] = set()
+    writers: set[asyncio.StreamWriter] = set()
+    down_until = 0.0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        if asyncio.get_running_loop().time() < down_until:
+            writer.close()
+            return
+        sessions.add(task)
+        writers.add(writer)
+        try:
+            await sim.serve_link(_TcpLink(reader, writer))
+        finally:
+            writers.discard(writer)
+            sessions.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    @contextlib.asynccontextmanager
+    async def disconnect(downtime: float) -> AsyncIterator[None]:
+        nonlocal down_until
+        down_until = asyncio.get_running_loop().time() + downtime
+        for writer in list(writers):
+            writer.close()
+        if downtime > 0:
+            await asyncio.sleep(downtime)
+        yield
+
+    server = await asyncio.start_server(handle, host, port)
+    sim.port = server.sockets[0].getsockname()[1]
+    sim._disconnect_hook = disconnect
+    periodic = {asyncio.create_task(sim._periodic_faults())}
+    try:
+        yield sim
+    finally:
+        sim._disconnect_hook = None
+        server.close()
+        await _cancel_all(periodic)
+        for writer in list(writers):
+            writer.close()
+        await _cancel_all(sessions)
+        await server.wait_closed()

@@ -1,0 +1,485 @@
+"""The R2000 0xA0 codec and framer: reference frames, both directions of every message, framer properties."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from protocols import r2000
+from protocols.errors import DecodeError, EncodeError
+
+# Reference frames from public documentation of the protocol.
+RESET = bytes.fromhex("A0 03 01 70 EC")
+REAL_TIME_INVENTORY = bytes.fromhex("A0 04 01 89 01 D1")
+TAG_FRAME = bytes.fromhex("A0 13 01 89 8C 30 00 30 08 33 B2 DD D9 01 40 00 00 00 01 37 BB")
+GET_FIRMWARE_VERSION = bytes.fromhex("A0 03 01 72 EA")
+
+
+def frame_of(raw: bytes) -> r2000.Frame:
+    return r2000.decode_frame(raw)
+
+
+# ------------------------------------------------------------------------------------------ reference frames
+
+
+def test_reference_reset() -> None:
+    assert r2000.reset() == RESET
+    assert r2000.parse_request(frame_of(RESET)) == r2000.Reset()
+
+
+def test_reference_real_time_inventory() -> None:
+    assert r2000.real_time_inventory(1) == REAL_TIME_INVENTORY
+    assert r2000.parse_request(frame_of(REAL_TIME_INVENTORY)) == r2000.RealTimeInventory(1)
+
+
+def test_reference_tag_frame() -> None:
+    frame = frame_of(TAG_FRAME)
+    assert frame == r2000.Frame(1, 0x89, TAG_FRAME[4:-1])
+    tag = r2000.parse_reply(frame)
+    assert tag == r2000.TagRead(
+        antenna=1,
+        frequency_index=35,
+        pc=0x3000,
+        epc=bytes.fromhex("300833B2DDD9014000000001"),
+        rssi=0x37,
+    )
+    assert isinstance(tag, r2000.TagRead)
+    assert tag.frequency_mhz == 916.0
+    assert tag.rssi_dbm == 0x37 - 130
+    assert r2000.encode_reply(tag) == TAG_FRAME
+
+
+def test_reference_firmware_version_request() -> None:
+    assert r2000.get_firmware_version() == GET_FIRMWARE_VERSION
+
+
+def test_checksum_is_twos_complement_of_the_sum() -> None:
+    assert r2000.checksum(bytes([0xA0, 0x03, 0x01, 0x72])) == 0xEA
+    assert r2000.checksum(bytes([1, 2, 3, 4])) == 246
+    assert r2000.checksum(bytes([134, 200, 3, 253])) == 178
+
+
+# ------------------------------------------------------------------------------------------ conversions
+
+
+@pytest.mark.parametrize(
+    ("index", "mhz"),
+    [(0, 865.0), (5, 867.5), (6, 868.0), (7, 902.0), (14, 905.5), (35, 916.0), (59, 928.0), (60, None)],
+)
+def test_frequency_table(index: int, mhz: float | None) -> None:
+    assert r2000.frequency_mhz(index) == mhz
+
+
+@pytest.mark.parametrize(("raw", "dbm"), [(127, -2), (98, -31), (90, -39), (89, -41), (55, -75), (0, -130)])
+def test_rssi_table(raw: int, dbm: int) -> None:
+    assert r2000.rssi_dbm(raw) == dbm
+
+
+@given(st.integers(0, 127))
+def test_rssi_raw_inverts_rssi_dbm(raw: int) -> None:
+    assert r2000.rssi_raw(r2000.rssi_dbm(raw)) == raw
+
+
+# ------------------------------------------------------------------------------------------ frames
+
+
+def test_decode_frame_errors_say_what_is_wrong() -> None:
+    with pytest.raises(DecodeError, match="bad head 0x55"):
+        r2000.decode_frame(b"\x55" + RESET[1:])
+    with pytest.raises(DecodeError, match="length mismatch: Len says 19, 17 bytes follow"):
+        r2000.decode_frame(TAG_FRAME[:-2])
+    with pytest.raises(DecodeError, match="bad checksum: expected 0xBB, found 0x12"):
+        r2000.decode_frame(TAG_FRAME[:-1] + b"\x12")
+    with pytest.raises(DecodeError, match="bad length"):
+        r2000.decode_frame(bytes([0xA0, 0x02, 0x01, 0x70, 0xED]))
+    with pytest.raises(DecodeError, match="truncated"):
+        r2000.decode_frame(b"\xa0\x03")
+
+
+def test_encode_frame_rejects_what_does_not_fit() -> None:
+    with pytest.raises(EncodeError):
+        r2000.encode_frame(r2000.Frame(1, 0x89, bytes(253)))
+    with pytest.raises(EncodeError):
+        r2000.encode_frame(r2000.Frame(256, 0x89, b""))
+
+
+frames = st.builds(
+    r2000.Frame,
+    address=st.integers(0, 255),
+    command=st.integers(0, 255),
+    data=st.binary(max_size=r2000.MAX_DATA),
+)
+
+
+@given(frames)
+def test_frame_round_trip(frame: r2000.Frame) -> None:
+    raw = r2000.encode_frame(frame)
+    assert raw[0] == r2000.HEAD and raw[1] == len(frame.data) + 3
+    assert sum(raw) & 0xFF == 0
+    assert r2000.decode_frame(raw) == frame
+
+
+# ------------------------------------------------------------------------------------------ requests
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (r2000.reset(address=5), r2000.Reset()),
+        (r2000.get_firmware_version(), r2000.GetFirmwareVersion()),
+        (r2000.set_work_antenna(3), r2000.SetWorkAntenna(3)),
+        (r2000.get_work_antenna(), r2000.GetWorkAntenna()),
+        (r2000.real_time_inventory(255), r2000.RealTimeInventory(255)),
+        (
+            r2000.fast_switch_inventory([(1, 1), (2, 3)], interval_ms=5, repeat=2),
+            r2000.FastSwitchInventory(((1, 1), (2, 3)), 5, 2),
+        ),
+    ],
+)
+def test_request_builders_parse_back(raw: bytes, expected: r2000.Request) -> None:
+    assert r2000.parse_request(frame_of(raw)) == expected
+    assert expected.encode(frame_of(raw).address) == raw
+
+
+def test_set_work_antenna_is_zero_based_on_the_wire() -> None:
+    assert r2000.set_work_antenna(1) == bytes.fromhex("A0 04 01 74 00 E7")
+    assert frame_of(r2000.set_work_antenna(8)).data == b"\x07"
+    with pytest.raises(EncodeError):
+        r2000.set_work_antenna(0)
+    with pytest.raises(DecodeError, match="antenna id 8"):
+        r2000.parse_request(r2000.Frame(1, 0x74, b"\x08"))
+
+
+def test_fast_switch_four_antenna_form() -> None:
+    raw = r2000.fast_switch_inventory([(1, 1), (2, 1), (3, 1), (4, 1)], interval_ms=0, repeat=1)
+    assert raw == bytes.fromhex("A0 0D 01 8A 00 01 01 01 02 01 03 01 00 01 BD")
+    # Unused slots carry antenna 0xFF ("skip").
+    data = frame_of(r2000.fast_switch_inventory([(2, 4)])).data
+    assert data == bytes([1, 4, 0xFF, 0, 0xFF, 0, 0xFF, 0, 0, 1])
+
+
+def test_fast_switch_eight_antenna_form() -> None:
+    pairs = [(a, 1) for a in range(1, 9)]
+    frame = frame_of(r2000.fast_switch_inventory(pairs, interval_ms=2, repeat=3))
+    assert len(frame.data) + 3 == 0x20  # Len of the 8-antenna form
+    assert frame.data[:16] == bytes(b for a in range(8) for b in (a, 1))
+    assert frame.data[16] == 2  # interval
+    assert frame.data[17:22] == bytes(5)  # reserved
+    assert frame.data[22] == 1  # session S1 by default
+    assert frame.data[-1] == 3  # repeat
+    parsed = r2000.parse_request(frame)
+    assert parsed == r2000.FastSwitchInventory(tuple(pairs), 2, 3, session=1)
+
+
+def test_fast_switch_skips_ids_above_seven_and_rejects_bad_lengths() -> None:
+    data = bytes([0, 1, 9, 1, 0xFF, 1, 3, 2, 0, 1])
+    assert r2000.parse_request(r2000.Frame(1, 0x8A, data)) == r2000.FastSwitchInventory(((1, 1), (4, 2)))
+    with pytest.raises(DecodeError, match="10 or 29"):
+        r2000.parse_request(r2000.Frame(1, 0x8A, bytes(11)))
+    with pytest.raises(EncodeError):
+        r2000.FastSwitchInventory(()).encode()
+    with pytest.raises(EncodeError):
+        r2000.FastSwitchInventory(tuple((a, 1) for a in range(1, 10))).encode()
+
+
+def test_parse_request_rejects_unknown_and_malformed() -> None:
+    with pytest.raises(DecodeError, match="0x99"):
+        r2000.parse_request(r2000.Frame(1, 0x99, b""))
+    with pytest.raises(DecodeError):
+        r2000.parse_request(r2000.Frame(1, 0x70, b"\x00"))
+    with pytest.raises(DecodeError):
+        r2000.parse_request(r2000.Frame(1, 0x89, b""))
+
+
+antenna = st.integers(1, 8)
+pairs = st.lists(st.tuples(antenna, st.integers(0, 255)), min_size=1, max_size=8)
+
+
+@st.composite
+def fast_switch_requests(draw: st.DrawFn) -> r2000.FastSwitchInventory:
+    antennas = tuple(draw(pairs))
+    eight = len(antennas) > 4 or draw(st.booleans())
+    if not eight:
+        return r2000.FastSwitchInventory(antennas, draw(st.integers(0, 255)), draw(st.integers(0, 255)))
+    return r2000.FastSwitchInventory(
+        antennas,
+        draw(st.integers(0, 255)),
+        draw(st.integers(0, 255)),
+        session=draw(st.integers(0, 3)),
+        target=draw(st.integers(0, 1)),
+        phase=draw(st.booleans()),
+    )
+
+
+requests = st.one_of(
+    st.just(r2000.Reset()),
+    st.just(r2000.GetFirmwareVersion()),
+    st.builds(r2000.SetWorkAntenna, antenna),
+    st.just(r2000.GetWorkAntenna()),
+    st.builds(r2000.RealTimeInventory, st.integers(0, 255)),
+    fast_switch_requests(),
+)
+
+
+@given(requests, st.integers(0, 255))
+def test_request_round_trip(request: r2000.Request, address: int) -> None:
+    frame = frame_of(request.encode(address))
+    assert frame.address == address and frame.command == request.command
+    assert r2000.parse_request(frame) == request
+
+
+# ------------------------------------------------------------------------------------------ replies
+
+
+def test_every_reply_both_ways() -> None:
+    # (reply, its frame without the checksum byte)
+    cases: list[tuple[r2000.Reply, str]] = [
+        (r2000.FirmwareVersion(1, 7), "A0 05 01 72 01 07"),
+        (r2000.CommandStatus(0x74, r2000.ErrorCode.SUCCESS), "A0 04 01 74 10"),
+        (r2000.WorkAntenna(2), "A0 04 01 75 01"),
+        (
+            r2000.InventoryEnd(0x89, total_read=0x100, antenna=1, read_rate=0x20),
+            "A0 0A 01 89 00 00 20 00 00 01 00",
+        ),
+        (r2000.InventoryEnd(0x8A, total_read=3, duration_ms=1000), "A0 0A 01 8A 00 00 03 00 00 03 E8"),
+        (r2000.AntennaMissing(3), "A0 05 01 8A 02 22"),
+        (r2000.CommandStatus(0x89, r2000.ErrorCode.ANTENNA_MISSING), "A0 04 01 89 22"),
+    ]
+    for reply, body in cases:
+        head = bytes.fromhex(body)
+        expected = head + bytes([(0x100 - sum(head) % 0x100) % 0x100])
+        assert r2000.encode_reply(reply) == expected, reply
+        assert r2000.parse_reply(frame_of(expected)) == reply
+
+
+def test_error_code_to_inventory_is_a_command_status() -> None:
+    reply = r2000.parse_reply(r2000.Frame(1, 0x89, bytes([r2000.ErrorCode.NO_TAG])))
+    assert reply == r2000.CommandStatus(0x89, 0x36)
+    assert isinstance(reply, r2000.CommandStatus) and not reply.ok
+
+
+def test_eight_port_antennas_use_rssi_bit_seven() -> None:
+    tag = r2000.TagRead(6, 10, 0x3000, bytes(12), 50, command=0x8A)
+    frame = frame_of(r2000.encode_reply(tag))
+    assert frame.command == 0x8A
+    assert frame.data[0] == (10 << 2) | 1 and frame.data[-1] == 0x80 | 50
+    assert r2000.parse_reply(frame) == tag
+
+
+def test_parse_reply_rejects_inconsistent_data() -> None:
+    with pytest.raises(DecodeError, match="EPC length mismatch"):
+        r2000.parse_reply(r2000.Frame(1, 0x89, TAG_FRAME[4:-4] + TAG_FRAME[-2:-1]))
+    with pytest.raises(DecodeError, match="unknown command 0x99"):
+        r2000.parse_reply(r2000.Frame(1, 0x99, b"\x10"))
+    with pytest.raises(DecodeError):
+        r2000.parse_reply(r2000.Frame(1, 0x89, bytes(5)))
+    with pytest.raises(DecodeError):
+        r2000.parse_reply(r2000.Frame(1, 0x72, b"\x01\x02\x03"))
+
+
+def test_encode_reply_rejects_inconsistent_values() -> None:
+    with pytest.raises(EncodeError):
+        r2000.encode_reply(r2000.TagRead(1, 0, 0x3000, bytes(10), 0))
+    with pytest.raises(EncodeError):
+        r2000.encode_reply(r2000.TagRead(9, 0, 0x3000, bytes(12), 0))
+    with pytest.raises(EncodeError):
+        r2000.encode_reply(r2000.InventoryEnd(0x89, 1, duration_ms=3))
+
+
+@st.composite
+def tag_reads(draw: st.DrawFn) -> r2000.TagRead:
+    words = draw(st.integers(0, 31))
+    pc = (words << 11) | draw(st.integers(0, 0x7FF))
+    return r2000.TagRead(
+        antenna=draw(antenna),
+        frequency_index=draw(st.integers(0, 63)),
+        pc=pc,
+        epc=draw(st.binary(min_size=2 * words, max_size=2 * words)),
+        rssi=draw(st.integers(0, 127)),
+        command=draw(st.sampled_from([0x89, 0x8A])),
+    )
+
+
+replies = st.one_of(
+    tag_reads(),
+    st.builds(
+        r2000.InventoryEnd,
+        st.just(0x89),
+        st.integers(0, 0xFFFFFFFF),
+        antenna=antenna,
+        read_rate=st.integers(0, 0xFFFF),
+    ),
+    st.builds(
+        r2000.InventoryEnd, st.just(0x8A), st.integers(0, 0xFFFFFF), duration_ms=st.integers(0, 2**32 - 1)
+    ),
+    st.builds(r2000.AntennaMissing, antenna, st.integers(0, 255)),
+    st.builds(r2000.FirmwareVersion, st.integers(0, 255), st.integers(0, 255)),
+    st.builds(r2000.WorkAntenna, antenna),
+    st.builds(
+        r2000.CommandStatus,
+        st.sampled_from([0x70, 0x74, 0x72, 0x89, 0x8A, 0x75, 0x76]),
+        st.integers(0x10, 0xFF),
+    ),
+)
+
+
+@given(replies, st.integers(0, 255))
+def test_reply_round_trip(reply: r2000.Reply, address: int) -> None:
+    frame = frame_of(r2000.encode_reply(reply, address))
+    assert frame.address == address
+    assert r2000.parse_reply(frame) == reply
+
+
+@given(st.sampled_from([0x89, 0x8A]), st.binary(min_size=4, max_size=40))
+def test_tag_fast_path_agrees_with_construct_spec(command: int, data: bytes) -> None:
+    try:
+        expected: r2000.TagRead | None = r2000.parse_tag_data_spec(command, data)
+    except DecodeError:
+        expected = None
+    if len(data) % 2:
+        assert expected is None  # tag data is 4 + 2k bytes
+        return
+    try:
+        got = r2000.parse_reply(r2000.Frame(1, command, data))
+    except DecodeError:
+        assert expected is None
+    else:
+        assert got == expected
+
+
+@given(tag_reads())
+def test_tag_spec_and_fast_path_agree_on_valid_tags(tag: r2000.TagRead) -> None:
+    frame = frame_of(r2000.encode_reply(tag))
+    assert r2000.parse_tag_data_spec(tag.command, frame.data) == r2000.parse_reply(frame) == tag
+
+
+# ------------------------------------------------------------------------------------------ framer
+
+
+def test_framer_reference_stream() -> None:
+    framer = r2000.R2000Framer()
+    assert framer.feed(TAG_FRAME[:7]) == []
+    assert framer.pending == 7
+    found = framer.feed(TAG_FRAME[7:] + RESET)
+    assert found == [frame_of(TAG_FRAME), frame_of(RESET)]
+    assert framer.pending == 0
+    assert framer.stats.frames == 2 and framer.stats.bytes_skipped == 0
+
+
+def test_framer_counts_bad_checksum_and_finds_the_next_frame() -> None:
+    framer = r2000.R2000Framer()
+    corrupt = TAG_FRAME[:-1] + b"\x00"
+    assert framer.feed(corrupt + RESET) == [frame_of(RESET)]
+    assert framer.stats.bad_checksum == 1
+    assert framer.stats.bytes_skipped == len(corrupt)
+
+
+def test_framer_counts_impossible_length() -> None:
+    framer = r2000.R2000Framer()
+    assert framer.feed(b"\xa0\x01" + RESET) == [frame_of(RESET)]
+    assert framer.stats.bad_length == 1
+    assert framer.stats.bytes_skipped == 2
+
+
+def test_framer_finds_a_frame_that_starts_inside_a_bad_one() -> None:
+    # A false start whose Len covers the real frame that follows: only its 0xA0 is skipped.
+    framer = r2000.R2000Framer()
+    assert framer.feed(b"\xa0\x08\x01" + RESET + b"\x00\x00") == [frame_of(RESET)]
+    assert framer.stats.bad_checksum == 1
+
+
+@given(st.binary(max_size=600), st.lists(st.integers(0, 600), max_size=6))
+def test_framer_never_raises(data: bytes, cuts: list[int]) -> None:
+    framer = r2000.R2000Framer()
+    found: list[r2000.Frame] = []
+    for piece in _split(data, cuts):
+        found += framer.feed(piece)
+    # Every byte is in a frame returned, skipped, or held back.
+    framed = sum(len(frame.data) + 5 for frame in found)
+    assert framed + framer.stats.bytes_skipped + framer.pending == len(data)
+    assert framer.stats.frames == len(found)
+    assert framer.pending <= 257
+
+
+def _split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c for c in cuts if 0 < c < len(data)})
+    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+
+
+def _accidental_frames(stream: bytes, real: list[tuple[int, int]]) -> bool:
+    """True if a checksum-valid frame starts at a garbage position (it could hide a real frame)."""
+    inside: set[int] = set()
+    for start, end in real:
+        inside.update(range(start, end))
+    for pos, byte in enumerate(stream):
+        if byte != r2000.HEAD or pos in inside or pos + 1 >= len(stream):
+            continue
+        length = stream[pos + 1]
+        end = pos + length + 2
+        if length >= 3 and end <= len(stream) and sum(stream[pos:end]) & 0xFF == 0:
+            return True
+    return False
+
+
+@given(
+    st.lists(st.tuples(st.binary(max_size=30), frames), max_size=6),
+    st.binary(max_size=30),
+    st.lists(st.integers(0, 2000), max_size=8),
+)
+def test_framer_finds_every_frame_in_garbage(
+    pieces: list[tuple[bytes, r2000.Frame]], tail: bytes, cuts: list[int]
+) -> None:
+    stream = bytearray()
+    real: list[tuple[int, int]] = []
+    garbage = 0
+    for noise, frame in pieces:
+        stream += noise
+        garbage += len(noise)
+        raw = r2000.encode_frame(frame)
+        real.append((len(stream), len(stream) + len(raw)))
+        stream += raw
+    # The tail, then enough zeros that any false start near the end is resolved (Len <= 255).
+    padding = tail + bytes(257)
+    stream += padding
+    garbage += len(padding)
+    # A checksum-valid frame may occur in garbage by chance; then a real frame may be hidden in it.
+    assume(not _accidental_frames(bytes(stream), real))
+    framer = r2000.R2000Framer()
+    found: list[r2000.Frame] = []
+    for piece in _split(bytes(stream), cuts):
+        found += framer.feed(piece)
+    assert found == [frame for _, frame in pieces]
+    assert framer.stats.bytes_skipped == garbage
+    assert framer.pending == 0
+
+
+@given(st.lists(frames, min_size=1, max_size=5), st.lists(st.integers(0, 1500), max_size=20))
+def test_framer_finds_frames_split_anywhere(items: list[r2000.Frame], cuts: list[int]) -> None:
+    stream = b"".join(r2000.encode_frame(frame) for frame in items)
+    framer = r2000.R2000Framer()
+    found: list[r2000.Frame] = []
+    for piece in _split(stream, cuts):
+        found += framer.feed(piece)
+    assert found == items
+    assert framer.stats.bytes_skipped == 0 and framer.pending == 0
+
+
+@given(st.binary(max_size=200).filter(lambda b: r2000.HEAD not in b), frames)
+def test_bytes_skipped_equals_garbage_without_head(garbage: bytes, frame: r2000.Frame) -> None:
+    framer = r2000.R2000Framer()
+    assert framer.feed(garbage + r2000.encode_frame(frame)) == [frame]
+    assert framer.stats.bytes_skipped == len(garbage)
+
+
+@given(frames, frames, st.integers(1, 255))
+def test_bad_checksum_counted_and_following_frame_found(
+    first: r2000.Frame, second: r2000.Frame, flip: int
+) -> None:
+    bad = bytearray(r2000.encode_frame(first))
+    bad[-1] ^= flip
+    stream = bytes(bad) + r2000.encode_frame(second) + bytes(257)
+    assume(not _accidental_frames(stream, [(len(bad), len(bad) + len(second.data) + 5)]))
+    framer = r2000.R2000Framer()
+    assert framer.feed(stream) == [second]
+    assert framer.stats.bad_checksum >= 1
