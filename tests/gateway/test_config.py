@@ -1,0 +1,344 @@
+"""Configuration loading: golden cases (``config_cases/<case>/``) and the behaviour of good configs.
+
+A golden case is a directory with ``gateway.yaml`` (and a ``devices.d/`` where relevant) and ``expected.err``:
+the exact problem lines, in order, with FILE relative to the case directory. In an expected line, ``...``
+matches any text (used where the text belongs to a driver's own model, such as its validator messages or
+the list of registered drivers). Every case is loaded with the environment :data:`CASE_ENV`, and no output
+may contain ``do-not-print`` (the marker of every secret in the cases).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from pydantic import Field
+
+from drivers.base import DeviceContext, Driver, DriverOptions
+from gateway.buffer import WhenFull
+from gateway.config import Config, ConfigError, Problem, load_config
+from gateway.yamlsrc import YamlError, load_file, load_text
+
+CASES = Path(__file__).parent / "config_cases"
+EXAMPLE = Path(__file__).parents[2] / "config" / "examples" / "roadside-lane.yaml"
+CASE_ENV = {"EDGEGW_TEST_PASSWORD": "do-not-print-env-s3cret"}
+SECRET_MARKER = "do-not-print"
+
+MINIMAL = """\
+gateway:
+  id: lane-demo
+buffer:
+  path: buffer.db
+upstream:
+  mqtt:
+    url: mqtt://127.0.0.1:1883
+"""
+
+
+def _line_matches(expected: str, actual: str) -> bool:
+    pattern = ".*".join(re.escape(part) for part in expected.split("..."))
+    return re.fullmatch(pattern, actual) is not None
+
+
+@pytest.mark.parametrize("case", sorted(p.name for p in CASES.iterdir() if p.is_dir()))
+def test_golden_case(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    case_dir = CASES / case
+    expected = (case_dir / "expected.err").read_text().splitlines()
+    monkeypatch.chdir(case_dir)
+    with pytest.raises(ConfigError) as caught:
+        load_config("gateway.yaml", environ=CASE_ENV)
+    actual = str(caught.value).splitlines()
+    assert [str(p) for p in caught.value.problems] == actual
+    assert SECRET_MARKER not in str(caught.value)
+    assert len(actual) == len(expected), "\n".join(actual)
+    for want, got in zip(expected, actual, strict=True):
+        assert _line_matches(want, got), f"expected {want!r}\n     got {got!r}"
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+# -- good configs --------------------------------------------------------------------------------------
+
+
+def test_example_loads() -> None:
+    config = load_config(EXAMPLE)
+    assert config.source == EXAMPLE.absolute()
+    assert config.gateway.id == "lane-demo"
+    assert config.buffer.path == Path("/var/lib/edgegw/buffer.db")
+    mqtt = config.upstream.mqtt
+    assert (mqtt.host, mqtt.port, mqtt.tls_enabled) == ("127.0.0.1", 1883, False)
+    assert mqtt.client_id == "edgegw-lane-demo"
+    assert [d.name for d in config.devices] == ["reader-1", "reader-2"]
+    serial, tcp = config.devices
+    assert serial.driver == "uhf-r2000"
+    assert serial.options.model_dump()["port"] == "/dev/ttyUSB0"
+    assert serial.options.model_dump()["antennas"] == {1: "lane1-in", 2: "lane1-out"}
+    assert (tcp.options.model_dump()["host"], tcp.options.model_dump()["tcp_port"]) == ("192.168.1.50", 4001)
+    assert serial.driver_class.name == "uhf-r2000"
+    assert serial.file == EXAMPLE.absolute()
+    assert EXAMPLE.read_text().splitlines()[serial.line - 1].strip() == "- name: reader-1"
+
+
+def test_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path / "gw.yaml", MINIMAL))
+    assert config.gateway.log_level == "INFO"
+    buffer = config.buffer
+    assert (buffer.max_bytes, buffer.when_full, buffer.synchronous) == (2**30, WhenFull.DROP_OLDEST, "full")
+    assert (buffer.commit_interval_ms, buffer.commit_max_events) == (20, 1000)
+    mqtt = config.upstream.mqtt
+    assert (mqtt.prefix, mqtt.client_id, mqtt.protocol, mqtt.qos) == ("edgegw", "edgegw-lane-demo", "5", 1)
+    assert (mqtt.keepalive_s, mqtt.max_inflight, mqtt.batch_max_events) == (30, 100, 1)
+    assert (mqtt.username, mqtt.password) == (None, None)
+    assert (mqtt.reconnect.initial_s, mqtt.reconnect.max_s) == (0.5, 30.0)
+    assert mqtt.tls.insecure is False
+    assert mqtt.tls.ca_file is None
+    assert (config.supervisor.backoff_initial_s, config.supervisor.backoff_max_s) == (1.0, 30.0)
+    assert config.queue.max_events == 10_000
+    assert (config.devices, config.devices_dir) == ([], None)
+    # A `devices:` whose entries are all commented out is no devices, not an error.
+    empty = load_config(write(tmp_path / "empty.yaml", MINIMAL + "devices:\n  # - name: reader-1\n"))
+    assert empty.devices == []
+
+
+def test_relative_buffer_path_is_relative_to_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(tmp_path / "etc" / "gw.yaml", MINIMAL.replace("buffer.db", "data/buffer.db"))
+    monkeypatch.chdir(tmp_path)
+    config = load_config("etc/gw.yaml")
+    assert config.buffer.path == tmp_path / "etc" / "data" / "buffer.db"
+    assert config.source == tmp_path / "etc" / "gw.yaml"
+    absolute = load_config(write(tmp_path / "abs.yaml", MINIMAL.replace("buffer.db", "/srv/b.db")))
+    assert absolute.buffer.path == Path("/srv/b.db")
+
+
+def test_devices_dir_loads_in_order(tmp_path: Path) -> None:
+    device = "driver: uhf-r2000\nport: /dev/ttyUSB{n}\n"
+    inline = "devices:\n  - name: inline\n    driver: uhf-r2000\n    port: /dev/ttyUSB0\n"
+    write(tmp_path / "gw.yaml", MINIMAL + inline + "devices_dir: devices.d\n")
+    write(
+        tmp_path / "devices.d" / "20-exit.yaml",
+        "- name: exit-a\n  driver: uhf-r2000\n  port: /dev/a\n"
+        "- name: exit-b\n  driver: uhf-r2000\n  host: converter.local\n  tcp_port: 4001\n",
+    )
+    write(tmp_path / "devices.d" / "10-entry.yaml", "# entry reader\nname: entry\n" + device.format(n=1))
+    write(tmp_path / "devices.d" / "15-more.yml", "name: more\n" + device.format(n=2))
+    write(tmp_path / "devices.d" / ".hidden.yaml", "this: is ignored\n")
+    write(tmp_path / "devices.d" / "notes.txt", "ignored too\n")
+    config = load_config(tmp_path / "gw.yaml")
+    assert [d.name for d in config.devices] == ["inline", "entry", "more", "exit-a", "exit-b"]
+    assert config.devices_dir == tmp_path / "devices.d"
+    entry, exit_b = config.devices[1], config.devices[4]
+    assert (entry.file, entry.line) == (tmp_path / "devices.d" / "10-entry.yaml", 2)
+    assert (exit_b.file, exit_b.line) == (tmp_path / "devices.d" / "20-exit.yaml", 4)
+
+
+def test_password_from_file_and_env_never_printed(tmp_path: Path) -> None:
+    write(tmp_path / "secrets" / "mqtt.password", "do-not-print-file-s3cret\n")
+    from_file = MINIMAL + "    username: gw\n    password_file: secrets/mqtt.password\n"
+    config = load_config(write(tmp_path / "file.yaml", from_file))
+    mqtt = config.upstream.mqtt
+    assert mqtt.password is not None
+    assert mqtt.password.get_secret_value() == "do-not-print-file-s3cret"
+    assert mqtt.password_file == tmp_path / "secrets" / "mqtt.password"
+
+    from_env = MINIMAL + "    username: gw\n    password_env: GW_PASSWORD\n"
+    env_config = load_config(
+        write(tmp_path / "env.yaml", from_env), environ={"GW_PASSWORD": "do-not-print-2"}
+    )
+    assert env_config.upstream.mqtt.password is not None
+    assert env_config.upstream.mqtt.password.get_secret_value() == "do-not-print-2"
+
+    for shown in (repr(config), str(config), config.model_dump_json(), repr(env_config), str(env_config)):
+        assert SECRET_MARKER not in shown
+
+
+def test_secret_not_in_errors_of_a_config_that_also_has_a_secret(tmp_path: Path) -> None:
+    write(tmp_path / "pw", "do-not-print-s3cret")
+    text = MINIMAL.replace("lane-demo", "lane demo") + (
+        "    username: gw\n    password: do-not-print-inline\n    password_file: pw\n"
+        "    tls: {key_password: [do-not-print-key]}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path / "gw.yaml", text))
+    # Cross-field checks (at most one password source) run once the section's own fields are valid.
+    assert [p.field for p in caught.value.problems] == ["gateway.id", "upstream.mqtt.tls.key_password"]
+    assert SECRET_MARKER not in str(caught.value)
+    assert SECRET_MARKER not in repr(caught.value.problems)
+
+
+def test_mqtts_with_tls_files_and_key_password(tmp_path: Path) -> None:
+    for name in ("ca.pem", "client.pem", "client.key"):
+        write(tmp_path / "certs" / name, "-----BEGIN-----\n")
+    text = MINIMAL.replace("mqtt://127.0.0.1:1883", "mqtts://[::1]") + (
+        "    tls:\n      ca_file: certs/ca.pem\n      cert_file: certs/client.pem\n"
+        "      key_file: certs/client.key\n      key_password_env: KEY_PW\n"
+    )
+    config = load_config(write(tmp_path / "gw.yaml", text), environ={"KEY_PW": "do-not-print-key"})
+    mqtt = config.upstream.mqtt
+    assert (mqtt.host, mqtt.port, mqtt.tls_enabled) == ("::1", 8883, True)
+    assert mqtt.tls.ca_file == tmp_path / "certs" / "ca.pem"
+    assert mqtt.tls.key_password is not None
+    assert mqtt.tls.key_password.get_secret_value() == "do-not-print-key"
+    assert SECRET_MARKER not in repr(config)
+
+
+@pytest.mark.parametrize(
+    ("written", "value"),
+    [
+        ("1000", 1000),
+        ("512MiB", 512 * 2**20),
+        ("1GB", 10**9),
+        ("1gib", 2**30),
+        ("64 KiB", 64 * 1024),
+        ("1.5GiB", 3 * 2**29),
+        ("'2048'", 2048),
+    ],
+)
+def test_max_bytes_sizes(tmp_path: Path, written: str, value: int) -> None:
+    text = MINIMAL.replace("  path: buffer.db\n", f"  path: buffer.db\n  max_bytes: {written}\n")
+    assert load_config(write(tmp_path / "gw.yaml", text)).buffer.max_bytes == value
+
+
+def test_options_and_scalars_accept_their_documented_forms(tmp_path: Path) -> None:
+    text = MINIMAL.replace("  id: lane-demo\n", "  id: lane-demo\n  log_level: debug\n") + (
+        "    prefix: site-1/edgegw\n    protocol: 3.1.1\n    client_id: custom\nqueue: {max_events: 5}\n"
+    )
+    config = load_config(write(tmp_path / "gw.yaml", text))
+    assert config.gateway.log_level == "DEBUG"
+    assert (config.upstream.mqtt.prefix, config.upstream.mqtt.protocol) == ("site-1/edgegw", "3.1.1")
+    assert config.upstream.mqtt.client_id == "custom"
+    assert config.queue.max_events == 5
+    five = load_config(write(tmp_path / "five.yaml", MINIMAL + "    protocol: 5\n"))
+    assert five.upstream.mqtt.protocol == "5"
+
+
+class _TestOptions(DriverOptions):
+    level: int = Field(default=1, ge=0, le=3)
+
+
+class _TestDriver(Driver[_TestOptions]):
+    name: ClassVar[str] = "test-driver"
+    Options: ClassVar[type[DriverOptions]] = _TestOptions
+
+    async def run(self, ctx: DeviceContext) -> None:  # pragma: no cover - never run here
+        raise NotImplementedError
+
+
+def _test_lookup(name: str) -> type[Driver[Any]]:
+    if name != "test-driver":
+        raise LookupError(f"no driver {name!r} in this test")
+    return _TestDriver
+
+
+def test_driver_lookup_is_injectable(tmp_path: Path) -> None:
+    text = MINIMAL + "devices:\n  - {name: t1, driver: test-driver, level: 2}\n  - {name: t2, driver: x}\n"
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path / "gw.yaml", text), driver_lookup=_test_lookup)
+    assert [str(p) for p in caught.value.problems] == [
+        f"{tmp_path / 'gw.yaml'}:10: devices[1].driver: no driver 'x' in this test"
+    ]
+    config = load_config(
+        write(tmp_path / "ok.yaml", text.split("  - {name: t2")[0]), driver_lookup=_test_lookup
+    )
+    (device,) = config.devices
+    assert device.driver_class is _TestDriver
+    assert isinstance(device.options, _TestOptions)
+    assert device.options.level == 2
+
+
+def test_missing_file_is_a_problem_of_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path / "absent.yaml")
+    (problem,) = caught.value.problems
+    assert (problem.line, problem.field) == (0, "")
+    assert "No such file" in problem.message
+
+
+def test_problem_str() -> None:
+    assert (
+        str(Problem("gw.yaml", 3, "upstream.mqtt.url", "missing host"))
+        == "gw.yaml:3: upstream.mqtt.url: missing host"
+    )
+    assert str(Problem("gw.yaml", 1, "", "empty file")) == "gw.yaml:1: empty file"
+    error = ConfigError([Problem("a", 1, "x", "m"), Problem("b", 2, "", "n")])
+    assert str(error) == "a:1: x: m\nb:2: n"
+
+
+def test_config_json_schema_documents_every_option() -> None:
+    def walk(schema: dict[str, Any]) -> None:
+        for name, prop in schema.get("properties", {}).items():
+            assert prop.get("description"), name
+
+    schema = Config.model_json_schema()
+    walk(schema)
+    for definition in schema["$defs"].values():
+        if definition.get("title") != "DriverOptions":
+            walk(definition)
+
+
+# -- yamlsrc -----------------------------------------------------------------------------------------------
+
+
+def test_yamlsrc_values_and_lines() -> None:
+    doc = load_text("# c\na:\n  b: 1\n  antennas: {1: in, 2: out}\nlist:\n  - x\n  -\n    y: true\n")
+    assert doc.value == {"a": {"b": 1, "antennas": {1: "in", 2: "out"}}, "list": ["x", {"y": True}]}
+    assert doc.lines[()] == 2
+    assert doc.lines[("a",)] == 2
+    assert doc.lines[("a", "b")] == 3
+    assert doc.lines[("a", "antennas", 2)] == 4
+    assert doc.lines[("list", 1)] == 8
+    assert doc.lines[("list", 1, "y")] == 8
+    assert doc.line_of(("a", "missing", "deeper")) == 2
+    assert doc.problems == ()
+
+
+def test_yamlsrc_duplicate_keys_keep_the_first() -> None:
+    doc = load_text("a: 1\nb: 2\na: 3\n")
+    assert doc.value == {"a": 1, "b": 2}
+    (problem,) = doc.problems
+    assert (problem.line, problem.path, problem.message) == (3, ("a",), "duplicate key 'a' (first at line 1)")
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "message"),
+    [
+        ("a: [1\nb: 2\n", 2, "expected ',' or ']'"),
+        ("a: 1\n---\nb: 2\n", 2, "expected a single document"),
+        ("base: &b {x: 1}\nuse:\n  <<: *b\n", 3, "merge keys (<<) are not supported"),
+        ("a: !vault do-not-print\n", 1, "could not determine a constructor"),
+        ("a: *nowhere\n", 1, "undefined alias"),
+        ("? [1, 2]\n: x\n", 1, "mapping key must be a plain value"),
+        ("a: !!set {x}\n", 1, "unsupported tag"),
+    ],
+)
+def test_yamlsrc_errors(text: str, line: int, message: str) -> None:
+    with pytest.raises(YamlError) as caught:
+        load_text(text)
+    assert caught.value.line == line
+    assert message in caught.value.message
+    assert SECRET_MARKER not in caught.value.message
+
+
+def test_yamlsrc_empty_and_non_utf8(tmp_path: Path) -> None:
+    assert load_text("# only a comment\n").value is None
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"a: 1\nb: caf\xe9\n")
+    with pytest.raises(YamlError) as caught:
+        load_file(path)
+    assert (caught.value.line, caught.value.message) == (2, "not UTF-8 text")
+
+
+def test_environment_is_os_environ_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGEGW_TEST_DEFAULT_ENV", "do-not-print-os")
+    text = MINIMAL + "    username: gw\n    password_env: EDGEGW_TEST_DEFAULT_ENV\n"
+    config = load_config(write(tmp_path / "gw.yaml", text))
+    assert config.upstream.mqtt.password is not None
+    assert config.upstream.mqtt.password.get_secret_value() == os.environ["EDGEGW_TEST_DEFAULT_ENV"]
