@@ -3,8 +3,8 @@
 ::
 
     DriverError
-     +-- ConfigurationError      the device's options cannot work; the device is not started (or stops for good)
-     +-- MissingDependencyError  the driver needs an optional package that is not installed
+     +-- ConfigurationError      the device's options cannot work: the device stops for good
+     |    +-- MissingDependencyError  an optional package the driver needs is not installed
      +-- TransientError          retried by the supervisor with backoff
           +-- DeviceUnavailable  the port or host cannot be opened / connected
           +-- ConnectionLost     the link dropped while reading (EOF, reset, port unplugged)

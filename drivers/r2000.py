@@ -117,8 +117,10 @@ class _Session:
                 if len(antennas) > 1:
                     await self.exchange(
                         r2000.set_work_antenna(antenna, address=address),
-                        lambda reply: isinstance(reply, r2000.CommandStatus)
-                        and reply.command == r2000.Command.SET_WORK_ANTENNA,
+                        lambda reply: (
+                            isinstance(reply, r2000.CommandStatus)
+                            and reply.command == r2000.Command.SET_WORK_ANTENNA
+                        ),
                     )
                 await self.exchange(r2000.real_time_inventory(opts.repeat, address=address), _is_round_end)
 
@@ -146,7 +148,7 @@ class _Session:
                 frames = framer.feed(chunk)
                 self._account()
                 for frame in frames:
-                    if frame.address != address and frame.address != r2000.BROADCAST:
+                    if frame.address not in (address, r2000.BROADCAST):
                         ctx.count("foreign_frames")
                         continue
                     try:
@@ -172,8 +174,12 @@ class _Session:
                         continue
                     if done(reply):
                         return reply
+                    if isinstance(reply, r2000.AntennaMissing):
+                        # A fast-switch round skips it and goes on to its end frame.
+                        ctx.count("antenna_missing")
+                        continue
                     if isinstance(reply, r2000.CommandStatus):
-                        if reply.code != r2000.ErrorCode.SUCCESS:
+                        if not reply.ok:
                             ctx.count("reader_errors")
                             ctx.log.debug("reader error 0x%02X for command 0x%02X", reply.code, reply.command)
                             if reply.command in (
@@ -206,4 +212,3 @@ class _Session:
 
 def _is_round_end(reply: r2000.Reply) -> bool:
     return isinstance(reply, r2000.InventoryEnd)
-

@@ -21,6 +21,7 @@ from drivers.base import Driver
 from .buffer import Buffer, SqliteBuffer
 from .config import Config, DeviceConfig
 from .forwarder import Forwarder, ForwarderSettings
+from .loopmon import LoopMonitor
 from .pipeline import EventQueue, Ingest
 from .supervisor import Backoff, DeviceRunner
 
@@ -84,6 +85,7 @@ class Gateway:
         self.upstream: Upstream | None = None
         self.runners: dict[str, DeviceRunner] = {}
         self.ready = asyncio.Event()
+        self.loop_monitor = LoopMonitor()
 
     def _runner(self, device: DeviceConfig, backoff: Backoff) -> DeviceRunner:
         cls: type[Driver[Any]] = registry.load(device.driver)
@@ -97,6 +99,33 @@ class Gateway:
             queue_dropped=self.queue.dropped,
             buffer_depth=self.buffer.stats().depth if self.buffer else 0,
             devices={name: runner.state for name, runner in self.runners.items()},
+        )
+
+    def _log_summary(self) -> None:
+        """One line per device and one for the loop, at shutdown: what an operator (or the bench) reads."""
+        for name, runner in self.runners.items():
+            counters = " ".join(f"{k}={v}" for k, v in sorted(runner.counters.items()))
+            log.info(
+                "summary device=%s emitted=%d dropped=%d restarts=%d %s",
+                name,
+                runner.events_emitted,
+                runner.events_dropped,
+                runner.restarts,
+                counters,
+            )
+        lag = self.loop_monitor.stats
+        log.info(
+            "summary loop lag_max_ms=%.1f lag_mean_ms=%.2f samples=%d over_10ms=%d over_50ms=%d "
+            "queue_dropped=%d queue_high_water=%d committed=%d commits=%d",
+            lag.max_s * 1000,
+            lag.mean_s * 1000,
+            lag.samples,
+            lag.over_10ms,
+            lag.over_50ms,
+            self.queue.dropped,
+            self.queue.high_water,
+            self.ingest.committed if self.ingest else 0,
+            self.ingest.commits if self.ingest else 0,
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -123,9 +152,11 @@ class Gateway:
             core = [
                 asyncio.create_task(ingest.run(), name="ingest"),
                 asyncio.create_task(upstream.run(), name="upstream"),
+                asyncio.create_task(self.loop_monitor.run(), name="loop-monitor"),
             ]
             devices = [
-                asyncio.create_task(runner.run(), name=f"device:{name}") for name, runner in self.runners.items()
+                asyncio.create_task(runner.run(), name=f"device:{name}")
+                for name, runner in self.runners.items()
             ]
             stopping = asyncio.create_task(stop.wait(), name="stop")
             try:
@@ -141,6 +172,7 @@ class Gateway:
                 await ingest.drain()
                 log.info("committed everything queued; closing upstream")
                 await _cancel_all(core[1:])
+                self._log_summary()
         finally:
             await buffer.close()
             log.info("buffer closed")

@@ -46,7 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("args", nargs=argparse.REMAINDER)
 
     demo = sub.add_parser("demo", help="run a simulated roadside lane end to end")
-    demo.add_argument("--mqtt", metavar="URL", help="broker to publish to (default: 127.0.0.1:1883 if it answers)")
+    demo.add_argument(
+        "--mqtt", metavar="URL", help="broker to publish to (default: 127.0.0.1:1883 if it answers)"
+    )
     demo.add_argument("--rate", type=float, default=20.0, help="tag reads per second per reader (default 20)")
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     demo.add_argument("--log-level", default="warning")
@@ -71,7 +73,7 @@ def cmd_check(path: Path) -> int:
 
 
 async def _run_until_signalled(config: Config) -> None:
-    from .app import Gateway
+    from .app import Gateway  # noqa: PLC0415  # `edgegw check` stays light: no asyncio runtime imports
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -100,11 +102,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         return cmd_run(args.config, args.log_level)
     if args.command == "sim":
-        from firmware_sim.cli import main as sim_main
+        from firmware_sim.cli import main as sim_main  # noqa: PLC0415  # simulators load only for `sim`
 
         return sim_main(list(args.args))
     if args.command == "demo":
-        from .demo import main as demo_main
+        from .demo import main as demo_main  # noqa: PLC0415  # the demo pulls in the simulators
 
         setup_logging(args.log_level)
         return demo_main(mqtt_url=args.mqtt, rate=args.rate, duration=args.duration)

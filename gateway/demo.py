@@ -103,7 +103,7 @@ def _subscriber(url: str) -> Iterator[None]:
             if msg.topic.endswith("/status"):
                 print(f"{'':>16}  gateway status: {msg.payload.decode(errors='replace')}", flush=True)
             else:
-                print(_describe(msg.topic, msg.payload), flush=True)
+                print(_describe(msg.topic, bytes(msg.payload)), flush=True)
 
     client.on_connect = on_connect
     client.on_message = on_message
@@ -140,13 +140,17 @@ async def _demo(mqtt_url: str | None, rate: float, duration: float | None) -> No
             config = load_config(config_path)
             print(f"edgegw demo: two simulated R2000 readers, {rate:g} reads/s each; config {config_path}")
             if url is not None:
-                print(f"edgegw demo: upstream is the MQTT broker at {url}; showing what it delivers on "
-                      f"{PREFIX}/{GATEWAY_ID}/#  (Ctrl-C stops)")
+                print(
+                    f"edgegw demo: upstream is the MQTT broker at {url}; showing what it delivers on "
+                    f"{PREFIX}/{GATEWAY_ID}/#  (Ctrl-C stops)"
+                )
                 gateway = Gateway(config)
                 viewer: contextlib.AbstractContextManager[None] = _subscriber(url)
             else:
-                print(f"edgegw demo: no MQTT broker answered on {DEFAULT_BROKER} (and no --mqtt given): "
-                      "showing the upstream messages on the console  (Ctrl-C stops)")
+                print(
+                    f"edgegw demo: no MQTT broker answered on {DEFAULT_BROKER} (and no --mqtt given): "
+                    "showing the upstream messages on the console  (Ctrl-C stops)"
+                )
                 gateway = Gateway(
                     config,
                     upstream=lambda buffer: ConsoleUpstream(buffer, gateway_id=GATEWAY_ID, prefix=PREFIX),

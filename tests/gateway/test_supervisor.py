@@ -34,11 +34,11 @@ class ScriptedDriver(Driver[NoOptions]):
         n = len(self.runs)
         self.runs.append(n)
         step = self.steps[n] if n < len(self.steps) else None
-        if step is None:
-            ctx.connected(f"run {n}")
-            ctx.emit("test.reading", {"run": n})
-            await asyncio.Event().wait()  # reads forever
-        raise step
+        if step is not None:
+            raise step
+        ctx.connected(f"run {n}")
+        ctx.emit("test.reading", {"run": n})
+        await asyncio.Event().wait()  # reads forever
 
 
 def runner_for(
@@ -123,7 +123,8 @@ async def test_one_failing_device_does_not_stall_another() -> None:
     events = await wait_for_events(
         queue, lambda seen: sum(e.device == "good" and e.kind == "test.reading" for e in seen) == 200
     )
-    assert [e.data["i"] for e in events if e.device == "good" and e.kind == "test.reading"] == list(range(200))
+    good = [e.data["i"] for e in events if e.device == "good" and e.kind == "test.reading"]
+    assert good == list(range(200))
     assert failing.restarts >= 1
     assert healthy.restarts == 0
     for task in tasks:

@@ -1,0 +1,489 @@
+"""The MQTT forwarder: buffer -> broker, QoS 1, at least once, same id on every delivery.
+
+One :class:`Forwarder` per upstream. It reads the buffer in seq order, publishes each event (or, with
+``batch_max_events > 1``, each run of consecutive events of one device and kind that is already pending)
+on ``<prefix>/<gateway>/<device>/<kind>``, keeps at most ``max_inflight`` publishes unacknowledged (and no
+more than the broker's Receive Maximum), and deletes from the buffer only what the broker acknowledged.
+Acks are handed to the buffer in one call per loop iteration, not one per message.
+
+Payload (bytes concatenated around ``Stored.data_json``; the data is never decoded)::
+
+    {"id": "<gateway>:<seq>", "seq": N, "device": "...", "kind": "...", "ts": 1717000000.5, "data": {...}}
+
+and with batching, a JSON array of such objects in one message.
+
+Failure policy:
+
+- **Connection lost**: the moment paho reports it, every publish in flight is forgotten (it will never be
+  acknowledged on this connection), acks already received are flushed to the buffer, and the next
+  connection starts reading from the start of the buffer, i.e. from the lowest unacknowledged seq: the
+  unacknowledged events go out again with the same ids. Each connection is a fresh clean-start session, so
+  paho never replays anything itself. Reconnects back off exponentially with full jitter
+  (``uniform(0, min(reconnect_max_s, reconnect_initial_s * 2**attempt))``), reset once connected.
+- **Refusal** (MQTT 5 PUBACK reason >= 0x80, e.g. 0x87 not authorised): not an acknowledgement. The events
+  stay in the buffer, are counted in ``refused`` and logged (at most one line per
+  ``REFUSAL_LOG_INTERVAL_S``). They are not retried on the same connection (so a permanently refused
+  topic can never spin) and do not block newer events (the cursor moves past them); they are retried once
+  after each reconnect, when the cursor rewinds. Until then they count against the buffer's byte cap like
+  any other backlog.
+- **Status**: the will is ``offline`` (retained, QoS 1) on ``<prefix>/<gateway>/status``; after each connect
+  the forwarder publishes ``online`` there, retained; on a clean stop it publishes ``offline`` retained,
+  waits (bounded) for what is in flight, then sends DISCONNECT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from gateway.buffer import Buffer, Stored
+from gateway.mqtt import MqttConnectError, MqttConnection, MqttError, MqttNotConnected, TlsOptions, Will
+
+log = logging.getLogger(__name__)
+
+REFUSAL_LOG_INTERVAL_S = 10.0
+"""At most one log line about refused publishes per this many seconds."""
+SHUTDOWN_GRACE_S = 5.0
+"""On a clean stop: how long to wait for in-flight acks and the ``offline`` PUBACK before disconnecting."""
+_READ_CAP = 10_000
+"""With batching: at most this many events read per iteration."""
+_REFUSED = 0x80
+
+
+@dataclass(frozen=True)
+class ForwarderSettings:
+    """One upstream broker. Secrets are kept out of ``repr`` (and out of every log line)."""
+
+    gateway_id: str
+    host: str
+    port: int = 1883
+    prefix: str = "edgegw"
+    client_id: str | None = None
+    """Stable MQTT client id; None: ``edgegw-<gateway_id>``."""
+    protocol: Literal["5", "3.1.1"] = "5"
+    keepalive_s: int = 30
+    max_inflight: int = 100
+    """Bound on unacknowledged publishes (messages, including the status message)."""
+    batch_max_events: int = 1
+    """1: one event per message. >1: up to this many pending events of one device and kind per message."""
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False
+    ca_file: str | None = None
+    """CA bundle for verifying the broker; None: the system CAs."""
+    cert_file: str | None = None
+    key_file: str | None = None
+    key_password: str | None = field(default=None, repr=False)
+    tls_insecure: bool = False
+    """Skip the broker host name check (the chain is still verified). Only when explicitly set."""
+    reconnect_initial_s: float = 0.5
+    reconnect_max_s: float = 30.0
+    connect_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.protocol not in ("5", "3.1.1"):
+            raise ValueError(f"protocol must be '5' or '3.1.1', not {self.protocol!r}")
+        if self.max_inflight < 1:
+            raise ValueError("max_inflight must be >= 1")
+        if self.batch_max_events < 1:
+            raise ValueError("batch_max_events must be >= 1")
+        if self.reconnect_initial_s <= 0 or self.reconnect_max_s < self.reconnect_initial_s:
+            raise ValueError("need 0 < reconnect_initial_s <= reconnect_max_s")
+        for name, value in (("gateway_id", self.gateway_id), ("prefix", self.prefix)):
+            if not value or any(c in value for c in "/+#"):
+                raise ValueError(f"{name} must be non-empty and contain no '/', '+' or '#': {value!r}")
+
+    @property
+    def effective_client_id(self) -> str:
+        return self.client_id or f"edgegw-{self.gateway_id}"
+
+    @property
+    def status_topic(self) -> str:
+        return f"{self.prefix}/{self.gateway_id}/status"
+
+
+@dataclass(frozen=True, slots=True)
+class ForwarderStats:
+    published: int
+    """Events published (resends included)."""
+    acked: int
+    """Events the broker acknowledged."""
+    refused: int
+    """Events in publishes the broker refused (PUBACK reason >= 0x80); they stay buffered."""
+    resent: int
+    """Events published again (after a reconnect, or a refused one retried)."""
+    connects: int
+    disconnects: int
+    """Connections lost (a clean stop is not counted)."""
+    connected: bool
+    inflight: int
+    """Publishes (messages) awaiting a PUBACK now."""
+    max_inflight_seen: int
+    """High-water mark of ``inflight``."""
+
+
+class Forwarder:
+    """Reads ``buffer`` in seq order and forwards to one MQTT broker until cancelled or :meth:`stop`."""
+
+    def __init__(self, buffer: Buffer, settings: ForwarderSettings) -> None:
+        self._buffer = buffer
+        self.settings = settings
+        self.connected_event = asyncio.Event()
+        """Set while connected (after CONNACK and the ``online`` publish), cleared when the link is lost."""
+        self.disconnected_event = asyncio.Event()
+        """The opposite of ``connected_event``: set at once when the connection is lost."""
+        self.disconnected_event.set()
+        self._conn: MqttConnection | None = None
+        self._pending: dict[int, tuple[int, ...]] = {}
+        self._acked: list[int] = []
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._lost = False
+        self._window = settings.max_inflight
+        self._topics: dict[tuple[str, str], tuple[str, bytes]] = {}
+        gateway = json.dumps(settings.gateway_id)[1:-1].encode()
+        self._id_head = b'{"id":"' + gateway + b":"
+        self._max_sent_seq = 0
+        self._refused_unlogged = 0
+        self._refusal_logged_at = -REFUSAL_LOG_INTERVAL_S
+        self.published = 0
+        self.acked = 0
+        self.refused = 0
+        self.resent = 0
+        self.connects = 0
+        self.disconnects = 0
+        self.max_inflight_seen = 0
+
+    def __repr__(self) -> str:
+        s = self.settings
+        return (
+            f"Forwarder(gateway_id={s.gateway_id!r}, broker={s.host}:{s.port}, "
+            f"client_id={s.effective_client_id!r}, connected={self.connected})"
+        )
+
+    @property
+    def connected(self) -> bool:
+        return self.connected_event.is_set()
+
+    @property
+    def inflight(self) -> int:
+        return len(self._pending)
+
+    def stats(self) -> ForwarderStats:
+        return ForwarderStats(
+            published=self.published,
+            acked=self.acked,
+            refused=self.refused,
+            resent=self.resent,
+            connects=self.connects,
+            disconnects=self.disconnects,
+            connected=self.connected,
+            inflight=len(self._pending),
+            max_inflight_seen=self.max_inflight_seen,
+        )
+
+    async def wait_connected(self) -> None:
+        await self.connected_event.wait()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to publish ``offline``, disconnect cleanly and return."""
+        self._stop.set()
+        self._wake.set()
+
+    # -- the loop ----------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Forward until cancelled or stopped; a clean shutdown either way."""
+        s = self.settings
+        attempt = 0
+        try:
+            while not self._stop.is_set():
+                conn = self._new_connection()
+                try:
+                    await conn.connect()
+                except MqttConnectError as err:
+                    delay = self._backoff(attempt)
+                    attempt += 1
+                    log.warning("MQTT %s:%d: %s; retrying in %.2f s", s.host, s.port, err, delay)
+                    await self._pause(delay)
+                    continue
+                attempt = 0
+                self._start_session(conn)
+                await self._session(conn)
+                if self._lost:
+                    await self._flush_acks()
+                    await self._pause(self._backoff(0))
+                    attempt = 1
+        except asyncio.CancelledError:
+            await self._shutdown()
+            raise
+        await self._shutdown()
+
+    def _new_connection(self) -> MqttConnection:
+        s = self.settings
+        tls = None
+        if s.tls:
+            tls = TlsOptions(
+                ca_file=s.ca_file,
+                cert_file=s.cert_file,
+                key_file=s.key_file,
+                key_password=s.key_password,
+                insecure=s.tls_insecure,
+            )
+        conn: MqttConnection
+
+        def on_ack(mid: int, reason: int) -> None:
+            if self._conn is conn:
+                self._handle_ack(mid, reason)
+
+        def on_lost(reason: str) -> None:
+            if self._conn is conn:
+                self._handle_lost(reason)
+
+        conn = MqttConnection(
+            host=s.host,
+            port=s.port,
+            client_id=s.effective_client_id,
+            on_ack=on_ack,
+            on_lost=on_lost,
+            protocol=s.protocol,
+            keepalive_s=s.keepalive_s,
+            username=s.username,
+            password=s.password,
+            tls=tls,
+            will=Will(s.status_topic, b"offline", qos=1, retain=True),
+            connect_timeout_s=s.connect_timeout_s,
+        )
+        self._conn = conn
+        return conn
+
+    def _backoff(self, attempt: int) -> float:
+        s = self.settings
+        return random.uniform(0.0, min(s.reconnect_max_s, s.reconnect_initial_s * 2.0 ** min(attempt, 30)))
+
+    async def _pause(self, delay: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._stop.wait()
+
+    def _start_session(self, conn: MqttConnection) -> None:
+        s = self.settings
+        self._lost = False
+        self._pending.clear()
+        window = s.max_inflight
+        if conn.receive_maximum is not None:
+            window = max(1, min(window, conn.receive_maximum))
+        self._window = window
+        self.connects += 1
+        mid = conn.publish(s.status_topic, b"online", qos=1, retain=True)
+        self._pending[mid] = ()
+        self.connected_event.set()
+        self.disconnected_event.clear()
+        log.info(
+            "MQTT connected to %s:%d as %r (MQTT %s%s, window %d)",
+            s.host,
+            s.port,
+            s.effective_client_id,
+            s.protocol,
+            ", TLS" if s.tls else "",
+            window,
+        )
+
+    async def _session(self, conn: MqttConnection) -> None:
+        """Publish from the buffer while the connection lasts (returns when lost or stopping)."""
+        buffer = self._buffer
+        pending = self._pending
+        batch = self.settings.batch_max_events
+        wake = self._wake
+        cursor = 0  # rewind: the buffer holds only unacknowledged events, so this is the lowest of them
+        waiter: asyncio.Task[None] | None = None
+        try:
+            while not self._lost and not self._stop.is_set():
+                wake.clear()
+                if self._acked:
+                    await self._flush_acks()
+                space = self._window - len(pending)
+                if space > 0:
+                    limit = space if batch == 1 else min(space * batch, _READ_CAP)
+                    rows = await buffer.read(cursor, limit)
+                    if self._lost or self._stop.is_set():
+                        break
+                    consumed = len(rows)
+                    if rows:
+                        try:
+                            cursor, consumed = self._publish(conn, rows, space)
+                        except MqttNotConnected:
+                            break
+                    if consumed < len(rows) or len(pending) >= self._window:
+                        pass  # window full: wait for acks
+                    elif len(rows) == limit:
+                        continue  # maybe more to read at once
+                    elif waiter is None or waiter.done():
+                        waiter = asyncio.ensure_future(buffer.wait_for_new(cursor))
+                        waiter.add_done_callback(self._waiter_done)
+                await wake.wait()
+        finally:
+            if waiter is not None and not waiter.done():
+                waiter.cancel()
+
+    def _waiter_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("buffer.wait_for_new failed: %r", task.exception())
+        self._wake.set()
+
+    def _publish(self, conn: MqttConnection, rows: Sequence[Stored], space: int) -> tuple[int, int]:
+        """Publish ``rows`` (at most ``space`` messages); return (last seq published, rows consumed)."""
+        publish = conn.publish
+        pending = self._pending
+        topics = self._topics
+        id_head = self._id_head
+        max_sent = self._max_sent_seq
+        resent = 0
+        if self.settings.batch_max_events == 1:
+            rows = rows[:space]
+            for r in rows:
+                key = (r.device, r.kind)
+                entry = topics.get(key)
+                if entry is None:
+                    entry = self._topic_entry(key)
+                seq = r.seq
+                payload = b'%s%d","seq":%d%s%r,"data":%s}' % (id_head, seq, seq, entry[1], r.ts, r.data_json)
+                pending[publish(entry[0], payload)] = (seq,)
+                if seq <= max_sent:
+                    resent += 1
+            consumed = len(rows)
+            events = consumed
+            last = rows[-1].seq
+        else:
+            batch = self.settings.batch_max_events
+            consumed = 0
+            messages = 0
+            n = len(rows)
+            while consumed < n and messages < space:
+                first = rows[consumed]
+                key = (first.device, first.kind)
+                end = consumed + 1
+                while (
+                    end < n
+                    and end - consumed < batch
+                    and rows[end].device == key[0]
+                    and rows[end].kind == key[1]
+                ):
+                    end += 1
+                entry = topics.get(key)
+                if entry is None:
+                    entry = self._topic_entry(key)
+                head = entry[1]
+                parts = []
+                seqs = []
+                for r in rows[consumed:end]:
+                    seq = r.seq
+                    parts.append(
+                        b'%s%d","seq":%d%s%r,"data":%s}' % (id_head, seq, seq, head, r.ts, r.data_json)
+                    )
+                    seqs.append(seq)
+                    if seq <= max_sent:
+                        resent += 1
+                pending[publish(entry[0], b"[" + b",".join(parts) + b"]")] = tuple(seqs)
+                messages += 1
+                consumed = end
+            events = consumed
+            last = rows[consumed - 1].seq
+        self._max_sent_seq = max(max_sent, last)
+        self.published += events
+        self.resent += resent
+        self.max_inflight_seen = max(self.max_inflight_seen, len(pending))
+        return last, consumed
+
+    def _topic_entry(self, key: tuple[str, str]) -> tuple[str, bytes]:
+        device, kind = key
+        s = self.settings
+        head = b',"device":%s,"kind":%s,"ts":' % (json.dumps(device).encode(), json.dumps(kind).encode())
+        entry = (f"{s.prefix}/{s.gateway_id}/{device}/{kind}", head)
+        self._topics[key] = entry
+        return entry
+
+    # -- callbacks from the connection (loop thread) -------------------------------------------------------
+
+    def _handle_ack(self, mid: int, reason: int) -> None:
+        seqs = self._pending.pop(mid, None)
+        if seqs is None:
+            return
+        if reason < _REFUSED:
+            if seqs:
+                self._acked.extend(seqs)
+                self.acked += len(seqs)
+        else:
+            self._note_refusal(mid, seqs, reason)
+        self._wake.set()
+
+    def _note_refusal(self, mid: int, seqs: tuple[int, ...], reason: int) -> None:
+        self.refused += len(seqs)
+        self._refused_unlogged += len(seqs)
+        now = time.monotonic()
+        if now - self._refusal_logged_at >= REFUSAL_LOG_INTERVAL_S:
+            self._refusal_logged_at = now
+            count, self._refused_unlogged = self._refused_unlogged, 0
+            what = f"seq {seqs[0]}" if seqs else f"status message (mid {mid})"
+            log.warning(
+                "MQTT broker refused %d event(s) since last report (latest: %s, reason 0x%02x); "
+                "kept in the buffer, retried after the next reconnect",
+                count,
+                what,
+                reason,
+            )
+
+    def _handle_lost(self, reason: str) -> None:
+        self._lost = True
+        lost = len(self._pending)
+        self._pending.clear()
+        self.disconnects += 1
+        self.connected_event.clear()
+        self.disconnected_event.set()
+        self._wake.set()
+        s = self.settings
+        log.warning(
+            "MQTT connection to %s:%d lost (%s); %d publish(es) in flight", s.host, s.port, reason, lost
+        )
+
+    async def _flush_acks(self) -> None:
+        if self._acked:
+            seqs, self._acked = self._acked, []
+            try:
+                await self._buffer.ack(seqs)
+            except asyncio.CancelledError:
+                self._acked[:0] = seqs  # maybe not applied: acking again is harmless
+                raise
+
+    async def _shutdown(self) -> None:
+        conn = self._conn
+        try:
+            if conn is not None and conn.connected and not self._lost:
+                try:
+                    async with asyncio.timeout(SHUTDOWN_GRACE_S):
+                        mid = conn.publish(self.settings.status_topic, b"offline", qos=1, retain=True)
+                        self._pending[mid] = ()
+                        while self._pending and not self._lost:
+                            self._wake.clear()
+                            await self._wake.wait()
+                except (TimeoutError, MqttError) as err:
+                    log.warning("MQTT: clean shutdown incomplete: %s", err or "timed out")
+                await self._flush_acks()
+                await conn.disconnect()
+            else:
+                await self._flush_acks()
+        finally:
+            self._conn = None
+            self._pending.clear()
+            self.connected_event.clear()
+            self.disconnected_event.set()
+
+
+__all__ = ["Forwarder", "ForwarderSettings", "ForwarderStats"]

@@ -1,0 +1,395 @@
+"""paho-mqtt driven from the asyncio loop, with as little per-message overhead as we can manage.
+
+One :class:`MqttConnection` is one MQTT connection: a fresh paho ``Client`` (clean start, so paho never
+replays anything of its own after a reconnect: the forwarder owns redelivery). It mirrors what aiomqtt
+does, without a Future per message:
+
+- paho's socket callbacks register the socket with the loop (``add_reader`` -> ``loop_read``,
+  ``add_writer`` -> ``loop_write`` while paho has bytes queued), and a periodic ``loop_misc`` keeps the
+  keepalive going;
+- the blocking part of connecting (TCP connect, TLS handshake) runs in the default executor, never on the
+  loop thread, so the serial readers sharing the loop are never starved;
+- :meth:`MqttConnection.publish` is synchronous and returns the packet id (``mid``); the broker's PUBACK is
+  reported through ``on_ack(mid, reason_code)``; a lost connection through ``on_lost(reason)``, called
+  once, the moment paho notices (EOF, socket error, keepalive timeout, DISCONNECT from the broker).
+
+Errors::
+
+    MqttError
+     +-- MqttConnectError      connect failed (socket, TLS, timeout, CONNACK refusal); transient
+     +-- MqttNotConnected      publish() on a connection that is not (or no longer) up
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+log = logging.getLogger(__name__)
+
+AckCallback = Callable[[int, int], None]
+"""``on_ack(mid, reason_code)``: reason codes >= 0x80 are refusals (MQTT 5); MQTT 3.1.1 always gives 0."""
+LostCallback = Callable[[str], None]
+"""``on_lost(reason)``: the connection is gone; every publish without an ack so far never gets one."""
+
+_MISC_INTERVAL_S = 1.0
+
+
+class MqttError(Exception):
+    """Base of this module's errors."""
+
+
+class MqttConnectError(MqttError):
+    """Connecting failed: socket or TLS error, timeout, or the broker refused (CONNACK reason)."""
+
+
+class MqttNotConnected(MqttError):
+    """The connection is not up (never was, or was lost)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TlsOptions:
+    """TLS for the upstream connection. Verification (chain and host name) is on unless ``insecure``."""
+
+    ca_file: str | None = None
+    """CA bundle to verify the broker against; None: the system CAs."""
+    cert_file: str | None = None
+    key_file: str | None = None
+    key_password: str | None = field(default=None, repr=False)
+    insecure: bool = False
+    """Skip the host name check (paho's ``tls_insecure_set``). The chain is still verified."""
+
+
+@dataclass(frozen=True, slots=True)
+class Will:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+class _Client(paho.Client):
+    """paho's ``Client`` with a cheaper PUBACK path.
+
+    paho 2.x decodes every MQTT 5 PUBACK into a ``ReasonCode`` and a ``Properties`` object (about a third of
+    its CPU per QoS 1 message). A PUBACK is a packet id and, in MQTT 5, an optional reason code byte; this
+    reads those two and does the same bookkeeping as ``_do_on_publish`` (drop the message, release the
+    in-flight slot, mark its info published), then calls ``on_ack_fast`` directly. PUBCOMP and anything
+    unexpected take paho's own path. Pinned to paho-mqtt 2.x (pyproject: <3)."""
+
+    on_ack_fast: AckCallback | None = None
+
+    def _handle_pubackcomp(self, cmd: Literal["PUBACK", "PUBCOMP"]) -> MQTTErrorCode:
+        ack = self.on_ack_fast
+        packet = self._in_packet["packet"]
+        if cmd != "PUBACK" or ack is None or len(packet) < 2:
+            return super()._handle_pubackcomp(cmd)
+        mid = (packet[0] << 8) | packet[1]
+        reason = packet[2] if len(packet) > 2 else 0  # MQTT 5 may omit a 0 reason; 3.1.1 has none
+        with self._out_message_mutex:
+            msg = self._out_messages.pop(mid, None)
+            if msg is None:
+                return MQTTErrorCode.MQTT_ERR_SUCCESS
+            self._inflight_messages -= 1
+        msg.info._set_as_published()
+        ack(mid, reason)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+
+class MqttConnection:
+    """One MQTT connection on the running loop. Create, :meth:`connect`, :meth:`publish`...,
+    :meth:`disconnect`; after it is lost, make a new one."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        client_id: str,
+        on_ack: AckCallback,
+        on_lost: LostCallback,
+        protocol: Literal["5", "3.1.1"] = "5",
+        keepalive_s: int = 30,
+        username: str | None = None,
+        password: str | None = None,
+        tls: TlsOptions | None = None,
+        will: Will | None = None,
+        connect_timeout_s: float = 10.0,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.client_id = client_id
+        self.protocol = protocol
+        self._on_ack = on_ack
+        self._on_lost = on_lost
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._connack: asyncio.Future[None] | None = None
+        self._closed: asyncio.Future[None] = self._loop.create_future()
+        self._misc: asyncio.TimerHandle | None = None
+        self._sock: Any = None
+        self._lost_reported = False
+        self.connected = False
+        self.receive_maximum: int | None = None
+        """The broker's Receive Maximum from CONNACK (MQTT 5), if it sent one."""
+
+        v5 = protocol == "5"
+        client = _Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=None if v5 else True,
+            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+            reconnect_on_failure=False,
+        )
+        client.max_inflight_messages = 0  # the caller bounds its window; paho must not queue behind it
+        client.max_queued_messages = 0
+        if username is not None:
+            client.username_pw_set(username, password)
+        if tls is not None:
+            client.tls_set(
+                ca_certs=tls.ca_file,
+                certfile=tls.cert_file,
+                keyfile=tls.key_file,
+                keyfile_password=tls.key_password,
+                cert_reqs=ssl.CERT_REQUIRED,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+            if tls.insecure:
+                client.tls_insecure_set(True)
+        if will is not None:
+            client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+        client.on_connect = self._handle_connect
+        client.on_disconnect = self._handle_disconnect
+        client.on_publish = self._handle_publish  # PUBCOMP, or a PUBACK the fast path leaves to paho
+        client.on_ack_fast = on_ack
+        client.on_socket_open = self._handle_socket_open
+        client.on_socket_close = self._handle_socket_close
+        client.on_socket_register_write = self._handle_register_write
+        client.on_socket_unregister_write = self._handle_unregister_write
+        self._client = client
+        self._tls = tls is not None
+        self._keepalive_s = keepalive_s
+        self._connect_timeout_s = connect_timeout_s
+
+    def __repr__(self) -> str:
+        return (
+            f"MqttConnection(host={self.host!r}, port={self.port}, client_id={self.client_id!r}, "
+            f"protocol={self.protocol!r}, tls={self._tls}, connected={self.connected})"
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open the socket (in the executor), send CONNECT, wait for a successful CONNACK, all within
+        ``connect_timeout_s``. Raises :class:`MqttConnectError` on any failure, leaving nothing open."""
+        timeout = self._connect_timeout_s
+        self._connack = self._loop.create_future()
+        self._client.connect_timeout = timeout
+        fut = self._loop.run_in_executor(None, self._blocking_connect)
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(fut)
+                await self._connack
+        except BaseException as err:
+            # Whatever happened (timeout, refusal, cancellation), leave no socket behind: if the executor
+            # is still connecting, close what it opens once it is done.
+            if fut.done():
+                self._abort()
+            else:
+                fut.add_done_callback(lambda _f: self._abort())
+            if isinstance(err, MqttConnectError):
+                raise
+            if isinstance(err, TimeoutError):
+                raise MqttConnectError(f"connecting to {self.host}:{self.port} timed out") from None
+            if isinstance(err, OSError | ValueError):  # ssl.SSLError is an OSError
+                raise MqttConnectError(f"connecting to {self.host}:{self.port}: {err}") from err
+            raise
+        self.connected = True
+        self._misc = self._loop.call_later(_MISC_INTERVAL_S, self._run_misc)
+
+    def _blocking_connect(self) -> None:
+        rc = self._client.connect(self.host, self.port, keepalive=self._keepalive_s)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise MqttConnectError(f"connecting to {self.host}:{self.port}: {paho.error_string(rc)}")
+
+    async def disconnect(self, *, grace_s: float = 5.0) -> None:
+        """Send DISCONNECT (so the broker does not publish the will) and wait for the socket to close."""
+        if self._sock is None:
+            self._abort()
+            return
+        self.connected = False
+        self._lost_reported = True  # the close we ask for is not a loss
+        self._client.disconnect()
+        try:
+            async with asyncio.timeout(grace_s):
+                await asyncio.shield(self._closed)
+        except TimeoutError:
+            log.warning(
+                "MQTT %s:%d: DISCONNECT not sent within %.1f s; closing", self.host, self.port, grace_s
+            )
+        finally:
+            self._abort()
+
+    def _abort(self) -> None:
+        """Close the socket without DISCONNECT (the broker publishes the will)."""
+        if self._misc is not None:
+            self._misc.cancel()
+            self._misc = None
+        self.connected = False
+        self._lost_reported = True  # a close we asked for is not a loss to report
+        sock = self._client.socket()
+        if sock is not None:
+            self._remove_fd(sock.fileno())
+            with contextlib.suppress(OSError):
+                sock.close()
+        self._sock = None
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    # -- publishing --------------------------------------------------------------------------------------
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> int:
+        """Queue a PUBLISH; return its mid. The PUBACK arrives through ``on_ack``."""
+        if not self.connected:
+            raise MqttNotConnected(f"not connected to {self.host}:{self.port}")
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise MqttNotConnected(f"publish to {self.host}:{self.port}: {paho.error_string(info.rc)}")
+        return info.mid
+
+    # -- paho callbacks (loop thread, except socket open/register during connect: executor thread) ------
+
+    def _handle_connect(
+        self,
+        _client: paho.Client,
+        _userdata: Any,
+        _flags: Any,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        waiter = self._connack
+        if reason.is_failure:
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(MqttConnectError(f"broker refused the connection: {reason}"))
+            return
+        if properties is not None and hasattr(properties, "ReceiveMaximum"):
+            self.receive_maximum = int(properties.ReceiveMaximum)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _handle_disconnect(
+        self,
+        _client: paho.Client,
+        _userdata: Any,
+        _flags: Any,
+        reason: ReasonCode,
+        _properties: Properties | None,
+    ) -> None:
+        self._report_lost(f"disconnected: {reason}")
+
+    def _handle_publish(
+        self,
+        _client: paho.Client,
+        _userdata: Any,
+        mid: int,
+        reason: ReasonCode,
+        _properties: Properties,
+    ) -> None:
+        self._on_ack(mid, reason.value)
+
+    def _handle_socket_open(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
+        self._sock = sock
+        self._in_loop(self._add_reader, sock)
+
+    def _handle_socket_close(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
+        self._in_loop(self._remove_fd, sock.fileno())  # the fd now: the socket is closed right after
+        self._sock = None
+        self._in_loop(self._socket_closed)
+
+    def _handle_register_write(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
+        self._in_loop(self._add_writer, sock)
+
+    def _handle_unregister_write(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
+        self._in_loop(self._loop.remove_writer, sock)
+
+    def _in_loop(self, fn: Callable[..., Any], *args: Any) -> None:
+        if threading.get_ident() == self._loop_thread:
+            fn(*args)
+        else:
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def _add_reader(self, sock: Any) -> None:
+        if self._sock is sock and sock.fileno() != -1:
+            self._loop.add_reader(sock, self._readable)
+
+    def _add_writer(self, sock: Any) -> None:
+        if self._sock is sock and sock.fileno() != -1:
+            self._loop.add_writer(sock, self._writable)
+
+    def _remove_fd(self, fd: int) -> None:
+        if fd >= 0:
+            self._loop.remove_reader(fd)
+            self._loop.remove_writer(fd)
+
+    def _socket_closed(self) -> None:
+        if not self._closed.done():
+            self._closed.set_result(None)
+        waiter = self._connack
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(MqttConnectError(f"{self.host}:{self.port} closed the connection"))
+        self._report_lost("socket closed")
+
+    def _report_lost(self, reason: str) -> None:
+        self.connected = False
+        if self._misc is not None:
+            self._misc.cancel()
+            self._misc = None
+        if self._lost_reported:
+            return
+        self._lost_reported = True
+        if self._connack is not None and self._connack.done():
+            self._on_lost(reason)
+
+    # -- I/O readiness -----------------------------------------------------------------------------------
+
+    def _readable(self) -> None:
+        client = self._client
+        client.loop_read()
+        # TLS may hold decrypted bytes the selector cannot see: drain them now.
+        sock = self._sock
+        while isinstance(sock, ssl.SSLSocket) and sock.pending() and self._sock is sock:
+            client.loop_read()
+
+    def _writable(self) -> None:
+        self._client.loop_write()
+
+    def _run_misc(self) -> None:
+        self._misc = None
+        if self._sock is None:
+            return
+        self._client.loop_misc()
+        if self._sock is not None:
+            self._misc = self._loop.call_later(_MISC_INTERVAL_S, self._run_misc)
+
+
+__all__ = [
+    "AckCallback",
+    "LostCallback",
+    "MqttConnectError",
+    "MqttConnection",
+    "MqttError",
+    "MqttNotConnected",
+    "TlsOptions",
+    "Will",
+]
