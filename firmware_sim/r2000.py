@@ -578,6 +578,10 @@ async def serve_tcp(host: str, port: int, options: SimOptions | None = None) -> 
         writers.add(writer)
         try:
             await sim.serve_link(_TcpLink(reader, writer))
+        except asyncio.CancelledError:
+            # The server is closing. End normally: on Python 3.11, asyncio's stream callback calls
+            # task.exception() on a cancelled connection task, which raises and logs a traceback.
+            pass
         finally:
             writers.discard(writer)
             sessions.discard(task)

@@ -46,7 +46,7 @@ from typing import Literal
 from gateway.buffer import Buffer, Stored
 from gateway.mqtt import MqttConnectError, MqttConnection, MqttError, MqttNotConnected, TlsOptions, Will
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("edgegw.forwarder")
 
 REFUSAL_LOG_INTERVAL_S = 10.0
 """At most one log line about refused publishes per this many seconds."""

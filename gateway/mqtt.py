@@ -36,7 +36,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("edgegw.mqtt")
 
 AckCallback = Callable[[int, int], None]
 """``on_ack(mid, reason_code)``: reason codes >= 0x80 are refusals (MQTT 5); MQTT 3.1.1 always gives 0."""

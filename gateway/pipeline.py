@@ -53,8 +53,7 @@ class EventQueue:
             self._nonempty.set()
         if n >= self._batch_size:
             self._batch_ready.set()
-        if n > self.high_water:
-            self.high_water = n
+        self.high_water = max(self.high_water, n)
         return True
 
     async def get_batch(self, max_events: int, window: float) -> list[Event]:

@@ -219,7 +219,7 @@ async def test_refused_publishes_stay_buffered_and_do_not_block_others(
         await buffer.append(batch)
         denied = [e.seq for e in batch if e.device == "forbidden"]
         async with Subscriber(acl_broker, f"edgegw/{gw}/#") as sub:
-            with caplog.at_level(logging.WARNING, logger="gateway.forwarder"):
+            with caplog.at_level(logging.WARNING, logger="edgegw.forwarder"):
                 async with running(forwarder):
                     await sub.wait_count(60, TIMEOUT, f"edgegw/{gw}/allowed/")
                     await eventually(
