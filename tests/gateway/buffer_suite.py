@@ -1,0 +1,556 @@
+"""The Buffer contract as one test suite, for every implementation.
+
+Use it by subclassing :class:`BufferSuite` in a ``test_*.py`` module, in a class whose name starts with
+``Test``, and implementing :meth:`BufferSuite.open_buffer`::
+
+    class TestMyBuffer(BufferSuite):
+        async def open_buffer(self, path, *, max_bytes=1 << 30, when_full=WhenFull.DROP_OLDEST):
+            return await MyBuffer.open(path, max_bytes=max_bytes, when_full=when_full)
+
+``path`` names the buffer's storage (a file path in a fresh temporary directory); opening the same path again
+must reopen what was stored there.
+
+The suite assumes only what the contract says. In particular it does not know how an implementation
+counts bytes against the cap: it measures the size of one event on a probe buffer (``stats().bytes``) and
+uses events that all have that same size, so the cap can be set in whole events. It assumes that the size
+counted for an event depends only on the event, and that ``stats()`` is up to date once an append or
+``close`` returned (acks show in ``stats()`` after the next commit).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import json
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from drivers.event import Event
+from gateway.buffer import Buffer, BufferClosedError, DropReason, Stored, WhenFull
+
+DEVICE = "dev-1"
+KIND = "test.event"
+TS0 = 1_700_000_000.0
+BIG = 1 << 30
+HANG = 30.0  # only a guard against a hang: never reached by a passing test
+
+OLDEST = DropReason.DROPPED_OLDEST.value
+REJECTED = DropReason.REJECTED_NEW.value
+OVERSIZE = DropReason.OVERSIZE.value
+
+
+def ev(i: int) -> Event:
+    """Event number ``i``: every such event has the same size (``i`` < 10**8)."""
+    return Event(DEVICE, KIND, TS0 + i, {"i": f"{i:08d}", "ok": True})
+
+
+def evs(start: int, n: int) -> list[Event]:
+    return [ev(i) for i in range(start, start + n)]
+
+
+def data_json(data: Any) -> bytes:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def committed(seqs: list[int]) -> list[int]:
+    return [s for s in seqs if s]
+
+
+async def read_all(buf: Buffer, after_seq: int = 0) -> list[Stored]:
+    return await buf.read(after_seq, 1_000_000)
+
+
+async def read_seqs(buf: Buffer, after_seq: int = 0) -> list[int]:
+    return [r.seq for r in await read_all(buf, after_seq)]
+
+
+def assert_increasing(seqs: list[int], above: int = 0) -> None:
+    assert all(s > 0 for s in seqs), seqs
+    assert seqs == sorted(set(seqs)), seqs
+    if seqs:
+        assert seqs[0] > above, (seqs, above)
+
+
+class BufferSuite(abc.ABC):
+    """The contract's tests. Subclass and implement :meth:`open_buffer`."""
+
+    @abc.abstractmethod
+    async def open_buffer(
+        self, path: Path, *, max_bytes: int = BIG, when_full: WhenFull = WhenFull.DROP_OLDEST
+    ) -> Buffer:
+        """Open (or reopen) the implementation's buffer stored at ``path``."""
+
+    # ---- plumbing -----------------------------------------------------------------------------------
+
+    @pytest.fixture(autouse=True)
+    async def _close_opened(self) -> AsyncIterator[None]:
+        self._opened: list[Buffer] = []
+        yield
+        for buf in self._opened:
+            await buf.close()
+
+    async def open(self, path: Path, **opts: Any) -> Buffer:
+        buf = await self.open_buffer(path, **opts)
+        self._opened.append(buf)
+        return buf
+
+    async def event_size(self, path: Path) -> int:
+        """The bytes one ``ev(i)`` counts against the cap, measured on a probe buffer."""
+        buf = await self.open_buffer(path)
+        try:
+            await buf.append([ev(0)])
+            size = buf.stats().bytes
+            assert size > 0
+            return size
+        finally:
+            await buf.close()
+
+    async def capped(self, tmp_path: Path, events: int, when_full: WhenFull) -> tuple[Buffer, int]:
+        """A buffer whose cap holds exactly ``events`` of our events; and the size of one."""
+        size = await self.event_size(tmp_path / "probe")
+        buf = await self.open(tmp_path / "buffer", max_bytes=events * size + size // 2, when_full=when_full)
+        return buf, size
+
+    # ---- append / read ------------------------------------------------------------------------------
+
+    async def test_append_assigns_increasing_seqs(self, tmp_path: Path) -> None:
+        buf = await self.open(tmp_path / "buffer")
+        first = evs(0, 3)
+        seqs1 = await buf.append(first)
+        seqs2 = await buf.append(evs(3, 2))
+        assert len(seqs1) == 3 and len(seqs2) == 2
+        assert_increasing(seqs1 + seqs2)
+        assert [e.seq for e in first] == seqs1
+        assert buf.stats().last_seq == seqs2[-1]
+        assert await buf.append([]) == []
+
+    async def test_read_in_order_with_after_seq_and_limit(self, tmp_path: Path) -> None:
+        buf = await self.open(tmp_path / "buffer")
+        events = evs(0, 10)
+        seqs = await buf.append(events)
+        rows = await buf.read(0, 100)
+        assert [r.seq for r in rows] == seqs
+        for row, e in zip(rows, events, strict=True):
+            assert (row.device, row.kind, row.ts, row.data_json) == (
+                e.device,
+                e.kind,
+                e.ts,
+                data_json(e.data),
+            )
+            assert isinstance(row.data_json, bytes)
+        assert [r.seq for r in await buf.read(seqs[3], 4)] == seqs[4:8]
+        assert [r.seq for r in await buf.read(seqs[7], 100)] == seqs[8:]
+        assert await buf.read(seqs[-1], 100) == []
+        assert await buf.read(0, 0) == []
+
+    async def test_data_json_is_compact_utf8(self, tmp_path: Path) -> None:
+        buf = await self.open(tmp_path / "buffer")
+        data = {"epc": "E280 1160", "name": "Zürich – 東京", "rssi": -61.5, "n": [1, {"a": None}], "t": False}
+        [seq] = await buf.append([Event("gate-3", "rfid.read", 12.25, data)])
+        [row] = await buf.read(0, 10)
+        assert row.seq == seq
+        assert row.data_json == data_json(data)
+        assert b'"rssi":-61.5,' in row.data_json  # no spaces
+        assert "東京".encode() in row.data_json  # UTF-8, not \u escapes
+        assert json.loads(row.data_json) == data
+
+    async def test_data_json_cannot_carry_is_committed_as_valid_json(self, tmp_path: Path) -> None:
+        # A driver bug (a NaN, a non-JSON value) must neither lose the event nor stop the pipeline by
+        # raising out of append: the event is committed with its data made strictly valid JSON.
+        buf = await self.open(tmp_path / "buffer")
+        seqs = await buf.append([ev(0), Event(DEVICE, KIND, TS0, {"x": object(), "y": float("nan")})])
+        assert committed(seqs)
+        assert await read_seqs(buf) == seqs
+        stored = (await buf.read(0, 10))[1]
+
+        def refuse(name: str) -> object:
+            raise ValueError(f"not JSON: {name}")
+
+        data = json.loads(stored.data_json, parse_constant=refuse)
+        assert data["y"] is None
+        assert isinstance(data["x"], str)
+
+    # ---- ack ----------------------------------------------------------------------------------------
+
+    async def test_ack_deletes_and_read_never_returns_acked(self, tmp_path: Path) -> None:
+        buf = await self.open(tmp_path / "buffer")
+        seqs = await buf.append(evs(0, 6))
+        await buf.ack([seqs[1], seqs[3]])
+        assert await read_seqs(buf) == [seqs[0], seqs[2], seqs[4], seqs[5]]
+        assert await read_seqs(buf, seqs[1]) == [seqs[2], seqs[4], seqs[5]]
+        # Unknown and already deleted seqs are ignored.
+        await buf.ack([0, -1, seqs[1], seqs[3]])
+        await buf.ack(iter([seqs[0]]))
+        assert await read_seqs(buf) == [seqs[2], seqs[4], seqs[5]]
+        more = await buf.append(evs(6, 1))  # the deletions are committed by now
+        s = buf.stats()
+        assert s.depth == 4
+        assert await read_seqs(buf) == [seqs[2], seqs[4], seqs[5], *more]
+
+    async def test_ack_scattered_and_in_runs(self, tmp_path: Path) -> None:
+        size = await self.event_size(tmp_path / "probe")
+        buf = await self.open(tmp_path / "buffer")
+        seqs = await buf.append(evs(0, 100))
+        await buf.ack(seqs[::2])  # 50 scattered seqs
+        await buf.ack(seqs[91:96])  # a run, partly already acked
+        more = await buf.append(evs(100, 1))
+        left = [s for i, s in enumerate(seqs) if i % 2 and not 91 <= i < 96] + more
+        assert await read_seqs(buf) == left
+        assert buf.stats().depth == len(left)
+        assert buf.stats().bytes == len(left) * size
+
+    async def test_read_never_returns_acked_while_consuming(self, tmp_path: Path) -> None:
+        """A forwarder's loop: read from the start, ack what was read, read again at once."""
+        buf = await self.open(tmp_path / "buffer")
+        seqs = await buf.append(evs(0, 120))
+        acked: set[int] = set()
+        seen: list[int] = []
+        while rows := await buf.read(0, 7):
+            got = [r.seq for r in rows]
+            assert not acked.intersection(got)
+            seen += got
+            await buf.ack(got)
+            acked.update(got)
+        assert seen == seqs
+
+    async def test_ack_is_durable_after_next_append_and_on_close(self, tmp_path: Path) -> None:
+        path = tmp_path / "buffer"
+        buf = await self.open(path)
+        seqs = await buf.append(evs(0, 5))
+        await buf.ack(seqs[:2])
+        more = await buf.append(evs(5, 1))
+        await buf.ack(seqs[2:3])  # nothing appended after this one: close must commit it
+        await buf.close()
+        buf = await self.open(path)
+        assert await read_seqs(buf) == seqs[3:] + more
+        assert buf.stats().depth == 3
+
+    async def test_seq_never_reused(self, tmp_path: Path) -> None:
+        path = tmp_path / "buffer"
+        buf = await self.open(path)
+        seqs = await buf.append(evs(0, 5))
+        await buf.ack(seqs)
+        after_delete = await buf.append(evs(5, 2))
+        assert_increasing(after_delete, above=seqs[-1])
+        await buf.ack(after_delete)
+        await buf.close()
+
+        buf = await self.open(path)
+        assert await read_seqs(buf) == []
+        assert buf.stats().last_seq == after_delete[-1]
+        assert buf.stats().depth == 0
+        after_reopen = await buf.append(evs(7, 3))
+        assert_increasing(after_reopen, above=after_delete[-1])
+
+    # ---- the cap ------------------------------------------------------------------------------------
+
+    async def test_sizes_add_up(self, tmp_path: Path) -> None:
+        size = await self.event_size(tmp_path / "probe")
+        buf = await self.open(tmp_path / "buffer")
+        await buf.append(evs(0, 4))
+        assert buf.stats().bytes == 4 * size
+        assert buf.stats().depth == 4
+
+    async def test_drop_oldest(self, tmp_path: Path) -> None:
+        buf, size = await self.capped(tmp_path, 5, WhenFull.DROP_OLDEST)
+        a = await buf.append(evs(0, 3))
+        b = await buf.append(evs(3, 4))
+        assert_increasing(a + b)
+        assert await read_seqs(buf) == a[2:] + b
+        s = buf.stats()
+        assert (s.depth, s.bytes) == (5, 5 * size)
+        assert s.dropped[OLDEST] == 2
+        assert (s.dropped[REJECTED], s.dropped[OVERSIZE]) == (0, 0)
+        assert s.oldest_ts == TS0 + 2
+
+        # One append larger than the cap: everything stored goes, and its own oldest events are displaced.
+        c = await buf.append(evs(7, 7))
+        assert c[:2] == [0, 0]
+        assert_increasing(c[2:], above=b[-1])
+        assert await read_seqs(buf) == c[2:]
+        assert [r.data_json for r in await read_all(buf)] == [data_json(e.data) for e in evs(9, 5)]
+        assert buf.stats().dropped[OLDEST] == 2 + 5 + 2
+        assert buf.stats().depth == 5
+
+    async def test_drop_oldest_frees_by_ack_first(self, tmp_path: Path) -> None:
+        buf, _ = await self.capped(tmp_path, 4, WhenFull.DROP_OLDEST)
+        a = await buf.append(evs(0, 4))
+        await buf.ack(a[:2])
+        b = await buf.append(evs(4, 2))
+        assert await read_seqs(buf) == a[2:] + b
+        assert buf.stats().dropped[OLDEST] == 0
+
+    async def test_reject_new(self, tmp_path: Path) -> None:
+        buf, size = await self.capped(tmp_path, 5, WhenFull.REJECT_NEW)
+        a = await buf.append(evs(0, 3))
+        events = evs(3, 4)
+        b = await buf.append(events)
+        assert b[2:] == [0, 0]
+        assert_increasing(a + b[:2])
+        assert [e.seq for e in events] == [b[0], b[1], None, None]
+        assert await read_seqs(buf) == a + b[:2]
+        s = buf.stats()
+        assert (s.depth, s.bytes) == (5, 5 * size)
+        assert s.dropped[REJECTED] == 2
+        assert (s.dropped[OLDEST], s.dropped[OVERSIZE]) == (0, 0)
+
+        assert await buf.append(evs(7, 2)) == [0, 0]  # nothing fits: refused, not an error
+        assert buf.stats().dropped[REJECTED] == 4
+
+        await buf.ack(a[:2])
+        c = await buf.append(evs(9, 3))
+        assert c[2] == 0
+        assert_increasing(c[:2], above=b[1])
+        assert await read_seqs(buf) == a[2:] + b[:2] + c[:2]
+        assert buf.stats().dropped[REJECTED] == 5
+
+    @pytest.mark.parametrize("when_full", list(WhenFull))
+    async def test_oversize_event_is_refused(self, tmp_path: Path, when_full: WhenFull) -> None:
+        buf, size = await self.capped(tmp_path, 3, when_full)
+        a = await buf.append(evs(0, 2))
+        huge = Event(DEVICE, KIND, TS0, {"blob": "x" * (4 * size)})
+        b = await buf.append([ev(2), huge])
+        assert b[1] == 0 and huge.seq is None
+        assert_increasing(a + b[:1])
+        assert await read_seqs(buf) == a + b[:1]  # nothing was dropped to make room for it
+        s = buf.stats()
+        assert s.dropped[OVERSIZE] == 1
+        assert (s.dropped[OLDEST], s.dropped[REJECTED]) == (0, 0)
+        assert await buf.append([huge]) == [0]
+        assert buf.stats().dropped[OVERSIZE] == 2
+
+    # ---- stats --------------------------------------------------------------------------------------
+
+    async def test_stats(self, tmp_path: Path) -> None:
+        size = await self.event_size(tmp_path / "probe")
+        buf = await self.open(tmp_path / "buffer", max_bytes=12345)
+        s = buf.stats()
+        assert (s.depth, s.bytes, s.max_bytes, s.last_seq, s.oldest_ts) == (0, 0, 12345, 0, None)
+        assert s.dropped == {OLDEST: 0, REJECTED: 0, OVERSIZE: 0}
+
+        seqs = await buf.append(evs(0, 3))
+        s = buf.stats()
+        assert (s.depth, s.bytes, s.last_seq, s.oldest_ts) == (3, 3 * size, seqs[-1], TS0)
+        await buf.ack(seqs[:1])
+        more = await buf.append([Event(DEVICE, KIND, 5.0, {"i": "x"})])  # older event time, higher seq
+        s = buf.stats()
+        assert s.depth == 3 and s.last_seq == more[0]
+        assert s.oldest_ts == TS0 + 1  # the oldest *stored* event: the lowest seq
+        assert 2 * size < s.bytes < 3 * size
+        await buf.ack([*seqs, *more])
+        await buf.append([])
+        await buf.close()
+        buf = await self.open(tmp_path / "buffer", max_bytes=12345)
+        s = buf.stats()
+        assert (s.depth, s.bytes, s.last_seq, s.oldest_ts) == (0, 0, more[0], None)
+        s.dropped[OLDEST] = 99  # a snapshot: changing it changes nothing
+        assert buf.stats().dropped[OLDEST] == 0
+
+    # ---- wait_for_new -------------------------------------------------------------------------------
+
+    async def test_wait_for_new(self, tmp_path: Path) -> None:
+        buf = await self.open(tmp_path / "buffer")
+        seqs = await buf.append(evs(0, 2))
+        await asyncio.wait_for(buf.wait_for_new(seqs[0]), HANG)  # already there: returns at once
+
+        waiter = asyncio.ensure_future(buf.wait_for_new(seqs[-1]))
+        other = asyncio.ensure_future(buf.wait_for_new(seqs[-1] + 1000))
+        done, _ = await asyncio.wait({waiter}, timeout=0.05)  # must not return: nothing new yet
+        assert not done
+        await buf.ack(seqs)  # a deletion is not new
+        await buf.read(0, 10)
+        assert not waiter.done()
+        more = await buf.append(evs(2, 1))
+        await asyncio.wait_for(waiter, HANG)
+        assert buf.stats().last_seq == more[0]
+        assert not other.done()
+        other.cancel()
+
+    async def test_wait_for_new_ends_on_close(self, tmp_path: Path) -> None:
+        buf = await self.open(tmp_path / "buffer")
+        waiter = asyncio.ensure_future(buf.wait_for_new(0))
+        await buf.close()
+        with pytest.raises(BufferClosedError):
+            await asyncio.wait_for(waiter, HANG)
+
+    # ---- concurrency --------------------------------------------------------------------------------
+
+    async def test_concurrent_appends(self, tmp_path: Path) -> None:
+        buf = await self.open(tmp_path / "buffer")
+        tasks, per_task = 40, 25
+        batches = [evs(t * per_task, per_task) for t in range(tasks)]
+
+        async def one(events: list[Event]) -> list[int]:
+            out: list[int] = []
+            for i in range(0, len(events), 5):
+                out += await buf.append(events[i : i + 5])
+            return out
+
+        results = await asyncio.gather(*(one(b) for b in batches))
+        every = [s for r in results for s in r]
+        assert len(set(every)) == tasks * per_task and all(every)
+        for r in results:
+            assert_increasing(r)
+        rows = await read_all(buf)
+        assert [r.seq for r in rows] == sorted(every)
+        by_seq = {e.seq: e for b in batches for e in b}
+        for row in rows:
+            assert row.data_json == data_json(by_seq[row.seq].data)
+        assert buf.stats().depth == tasks * per_task
+
+    # ---- persistence --------------------------------------------------------------------------------
+
+    async def test_persistence_across_reopen(self, tmp_path: Path) -> None:
+        size = await self.event_size(tmp_path / "probe")
+        path = tmp_path / "buffer"
+        opts: dict[str, Any] = {"max_bytes": 4 * size + 1, "when_full": WhenFull.DROP_OLDEST}
+        buf = await self.open(path, **opts)
+        seqs = await buf.append(evs(0, 6))  # 2 dropped
+        await buf.ack(seqs[2:3])
+        await buf.append([Event(DEVICE, KIND, TS0, {"blob": "x" * (5 * size)})])  # oversize
+        before_rows = await read_all(buf)
+        before = buf.stats()
+        await buf.close()
+        await buf.close()  # idempotent
+
+        buf = await self.open(path, **opts)
+        assert await read_all(buf) == before_rows
+        assert buf.stats() == before
+        assert before.dropped == {OLDEST: 2, REJECTED: 0, OVERSIZE: 1}
+        assert before.depth == 3
+
+        # Counters keep counting from where they were, under the other policy too.
+        await buf.close()
+        buf = await self.open(path, max_bytes=4 * size + 1, when_full=WhenFull.REJECT_NEW)
+        assert await buf.append(evs(6, 2)) != [0, 0]
+        assert buf.stats().dropped == {OLDEST: 2, REJECTED: 1, OVERSIZE: 1}
+
+    async def test_closed_buffer_refuses_use(self, tmp_path: Path) -> None:
+        buf = await self.open(tmp_path / "buffer")
+        await buf.close()
+        with pytest.raises(BufferClosedError):
+            await buf.append([ev(0)])
+        with pytest.raises(BufferClosedError):
+            await buf.read(0, 1)
+        with pytest.raises(BufferClosedError):
+            await buf.ack([1])
+
+    # ---- against a model ----------------------------------------------------------------------------
+
+    def test_random_operations_agree_with_a_model(self, tmp_path: Path) -> None:
+        size = asyncio.run(self.event_size(tmp_path / "probe"))
+
+        @settings(
+            max_examples=100,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+        )
+        @given(
+            when_full=st.sampled_from(list(WhenFull)),
+            cap=st.integers(2, 6),
+            ops=st.lists(_OPS, max_size=30),
+        )
+        def run(when_full: WhenFull, cap: int, ops: list[Op]) -> None:
+            with tempfile.TemporaryDirectory() as tmp:
+                model = _Model(cap, when_full, size)
+                asyncio.run(self._run_model(Path(tmp) / "buffer", model, ops))
+
+        run()
+
+    async def _run_model(self, path: Path, m: _Model, ops: list[Op]) -> None:
+        opts: dict[str, Any] = {"max_bytes": m.cap * m.size + m.size // 2, "when_full": m.when_full}
+        buf = await self.open_buffer(path, **opts)
+        try:
+            for op in ops:
+                if op.name == "append":
+                    events = evs(m.next_i, op.n)
+                    m.next_i += op.n
+                    seqs = await buf.append(events)
+                    m.append(events, seqs)
+                    m.check_stats(buf.stats())
+                elif op.name == "ack":
+                    chosen = [m.all_seqs[i] if i < len(m.all_seqs) else -i for i in op.picks]
+                    await buf.ack(chosen)
+                    m.ack(chosen)
+                elif op.name == "read":
+                    after = 0 if op.n >= len(m.all_seqs) else m.all_seqs[op.n] + op.picks[0] % 2
+                    got = await buf.read(after, op.picks[1])
+                    assert [(r.seq, r.data_json) for r in got] == m.read(after, op.picks[1])
+                else:
+                    await buf.close()
+                    buf = await self.open_buffer(path, **opts)
+                    m.check_stats(buf.stats())
+            assert [(r.seq, r.data_json) for r in await read_all(buf)] == m.read(0, 1 << 30)
+        finally:
+            await buf.close()
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    n: int = 0
+    picks: tuple[int, ...] = ()
+
+
+_OPS = st.one_of(
+    st.builds(Op, st.just("append"), st.integers(1, 8)),
+    st.builds(Op, st.just("ack"), st.just(0), st.lists(st.integers(0, 40), max_size=6).map(tuple)),
+    st.builds(Op, st.just("read"), st.integers(0, 40), st.tuples(st.integers(0, 1), st.integers(1, 6))),
+    st.just(Op("reopen")),
+)
+
+
+@dataclass
+class _Model:
+    """What a buffer of ``cap`` equal-sized events must hold."""
+
+    cap: int
+    when_full: WhenFull
+    size: int
+    next_i: int = 0
+    stored: dict[int, bytes] = field(default_factory=dict)  # seq -> data_json, in seq order
+    all_seqs: list[int] = field(default_factory=list)
+    dropped: dict[str, int] = field(default_factory=lambda: {OLDEST: 0, REJECTED: 0, OVERSIZE: 0})
+
+    def append(self, events: list[Event], seqs: list[int]) -> None:
+        n = len(events)
+        assert len(seqs) == n
+        if self.when_full is WhenFull.DROP_OLDEST:
+            displaced = max(0, n - self.cap)
+            assert seqs[:displaced] == [0] * displaced
+            new = seqs[displaced:]
+            self.dropped[OLDEST] += displaced
+        else:
+            room = max(0, self.cap - len(self.stored))
+            new = seqs[: min(n, room)]
+            assert seqs[len(new) :] == [0] * (n - len(new))
+            self.dropped[REJECTED] += n - len(new)
+        assert_increasing(new, above=self.all_seqs[-1] if self.all_seqs else 0)
+        kept = events[n - len(new) :] if self.when_full is WhenFull.DROP_OLDEST else events[: len(new)]
+        for seq, e in zip(new, kept, strict=True):
+            assert e.seq == seq
+            self.stored[seq] = data_json(e.data)
+        self.all_seqs += new
+        while len(self.stored) > self.cap:
+            del self.stored[next(iter(self.stored))]
+            self.dropped[OLDEST] += 1
+
+    def ack(self, seqs: list[int]) -> None:
+        for s in seqs:
+            self.stored.pop(s, None)
+
+    def read(self, after: int, limit: int) -> list[tuple[int, bytes]]:
+        return [(s, d) for s, d in self.stored.items() if s > after][:limit]
+
+    def check_stats(self, s: Any) -> None:
+        assert s.depth == len(self.stored)
+        assert s.bytes == len(self.stored) * self.size
+        assert s.last_seq == (self.all_seqs[-1] if self.all_seqs else 0)
+        assert s.dropped == self.dropped

@@ -1,0 +1,437 @@
+"""SqliteBuffer: the shared Buffer suite, then what is particular to SQLite (pragmas, threads, group commit,
+errors, and surviving kill -9)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drivers.event import Event
+from gateway.buffer import (
+    Buffer,
+    BufferCommitError,
+    BufferOpenError,
+    SqliteBuffer,
+    WhenFull,
+)
+
+from .buffer_suite import BIG, HANG, BufferSuite, evs, read_seqs
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class TestSqliteBufferContract(BufferSuite):
+    async def open_buffer(
+        self, path: Path, *, max_bytes: int = BIG, when_full: WhenFull = WhenFull.DROP_OLDEST
+    ) -> Buffer:
+        return await SqliteBuffer.open(path, max_bytes=max_bytes, when_full=when_full)
+
+
+@pytest.fixture
+async def buf(tmp_path: Path) -> AsyncIterator[SqliteBuffer]:
+    b = await SqliteBuffer.open(tmp_path / "buffer.db")
+    yield b
+    await b.close()
+
+
+def scalar(conn: sqlite3.Connection, sql: str) -> object:
+    return conn.execute(sql).fetchone()[0]
+
+
+class WriterGate:
+    """Holds the writer thread inside a job until released, so jobs queue up behind it."""
+
+    def __init__(self, buffer: SqliteBuffer) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.task = asyncio.ensure_future(buffer._on_writer(self._hold))
+
+    def _hold(self, _: sqlite3.Connection) -> None:
+        self.entered.set()
+        self.release.wait(HANG)
+
+    async def __aenter__(self) -> WriterGate:
+        assert await asyncio.to_thread(self.entered.wait, HANG)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release.set()
+        await self.task
+
+
+# ---- pragmas, files -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("synchronous", "level"), [("full", 2), ("normal", 1)])
+async def test_wal_and_synchronous(tmp_path: Path, synchronous: str, level: int) -> None:
+    path = tmp_path / "buffer.db"
+    b = await SqliteBuffer.open(path, synchronous=synchronous)
+    try:
+        assert await b._on_writer(lambda c: scalar(c, "PRAGMA journal_mode")) == "wal"
+        assert await b._on_writer(lambda c: scalar(c, "PRAGMA synchronous")) == level
+        with sqlite3.connect(path) as other:
+            assert scalar(other, "PRAGMA journal_mode") == "wal"  # persistent in the file
+            sql = scalar(other, "SELECT sql FROM sqlite_master WHERE name = 'events'")
+            assert "AUTOINCREMENT" in str(sql)
+    finally:
+        await b.close()
+
+
+async def test_default_is_synchronous_full(buf: SqliteBuffer) -> None:
+    assert await buf._on_writer(lambda c: scalar(c, "PRAGMA synchronous")) == 2
+
+
+def _wal_size(path: Path) -> int:
+    wal = Path(f"{path}-wal")
+    return wal.stat().st_size if wal.exists() else 0
+
+
+async def test_close_checkpoints_the_wal(tmp_path: Path) -> None:
+    path = tmp_path / "buffer.db"
+    b = await SqliteBuffer.open(path)
+    await b.append(evs(0, 100))
+    await b.close()
+    assert _wal_size(path) == 0
+    with sqlite3.connect(path) as other:
+        assert scalar(other, "SELECT count(*) FROM events") == 100
+
+
+async def test_data_is_stored_as_the_compact_json_bytes(buf: SqliteBuffer, tmp_path: Path) -> None:
+    await buf.append([Event("d", "k", 1.5, {"a": "ä", "b": [1, 2]})])
+    await buf.close()
+    with sqlite3.connect(tmp_path / "buffer.db") as other:
+        data, size = other.execute("SELECT data, size FROM events").fetchone()
+    assert data == '{"a":"ä","b":[1,2]}'.encode()
+    assert size == len(data) + len(b"d") + len(b"k") + 24
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"max_bytes": 0},
+        {"max_bytes": -1},
+        {"when_full": "drop_newest"},
+        {"synchronous": "off"},
+        {"ack_delay": -1.0},
+    ],
+)
+async def test_bad_options(tmp_path: Path, bad: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        await SqliteBuffer.open(tmp_path / "buffer.db", **bad)
+
+
+async def test_when_full_accepts_the_yaml_string(tmp_path: Path) -> None:
+    b = await SqliteBuffer.open(tmp_path / "buffer.db", when_full="reject_new")
+    assert b.when_full is WhenFull.REJECT_NEW
+    await b.close()
+
+
+# ---- errors ---------------------------------------------------------------------------------------------
+
+
+async def test_missing_directory(tmp_path: Path) -> None:
+    path = tmp_path / "nope" / "buffer.db"
+    with pytest.raises(BufferOpenError, match="does not exist") as err:
+        await SqliteBuffer.open(path)
+    assert str(path) in str(err.value)
+    assert not path.parent.exists()
+
+
+async def test_not_a_database(tmp_path: Path) -> None:
+    path = tmp_path / "buffer.db"
+    path.write_bytes(os.urandom(8192))
+    with pytest.raises(BufferOpenError, match="not a database") as err:
+        await SqliteBuffer.open(path)
+    assert str(path) in str(err.value)
+
+
+async def test_text_file(tmp_path: Path) -> None:
+    path = tmp_path / "buffer.db"
+    path.write_text("gateway:\n  id: gw-1\n" * 200)
+    with pytest.raises(BufferOpenError) as err:
+        await SqliteBuffer.open(path)
+    assert str(path) in str(err.value)
+
+
+async def test_another_applications_database(tmp_path: Path) -> None:
+    path = tmp_path / "buffer.db"
+    with sqlite3.connect(path) as other:
+        other.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+    with pytest.raises(BufferOpenError, match="another application") as err:
+        await SqliteBuffer.open(path)
+    assert str(path) in str(err.value)
+    with sqlite3.connect(path) as other:  # untouched
+        assert scalar(other, "SELECT count(*) FROM sqlite_master") == 1
+        assert scalar(other, "PRAGMA journal_mode") == "delete"
+
+
+async def test_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(BufferOpenError, match="directory") as err:
+        await SqliteBuffer.open(tmp_path)
+    assert str(tmp_path) in str(err.value)
+
+
+OPEN_AS_CHILD = """
+import asyncio, sys
+from gateway.buffer import BufferOpenError, SqliteBuffer
+
+async def main() -> None:
+    try:
+        buffer = await SqliteBuffer.open(sys.argv[1])
+    except BufferOpenError as err:
+        print("BufferOpenError:", err)
+        return
+    await buffer.close()
+    print("opened")
+
+asyncio.run(main())
+"""
+
+
+async def test_permission_denied() -> None:
+    # Root ignores file modes, so as root the open is tried by a child that runs as nobody (setpriv).
+    as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
+    source_root = str(Path(__file__).resolve().parents[2])  # noqa: ASYNC240  # no I/O: a path computation
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+        os.chmod(tmp, 0o755)  # nobody may enter the directory, not write the file
+        path = Path(tmp) / "buffer.db"
+        b = await SqliteBuffer.open(path)
+        await b.close()
+        path.chmod(0o600 if as_nobody else 0o400)
+        child = await asyncio.create_subprocess_exec(
+            *as_nobody,
+            sys.executable,
+            "-c",
+            OPEN_AS_CHILD,
+            str(path),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=tmp,
+            env={"PYTHONPATH": source_root, "PATH": os.environ.get("PATH", "")},
+        )
+        out, _ = await child.communicate()
+        path.chmod(0o600)
+    assert child.returncode == 0, out.decode()
+    assert out.decode().startswith("BufferOpenError:"), out.decode()
+    assert str(path) in out.decode()
+
+
+async def test_a_failed_commit_fails_every_append_in_it(buf: SqliteBuffer) -> None:
+    """Disk full (simulated with max_page_count): every append of the transaction gets the error, nothing
+    of it is stored, and the buffer works again once there is room."""
+    first = await buf.append(evs(0, 10))
+    pages = await buf._on_writer(lambda c: scalar(c, "PRAGMA page_count"))
+    await buf._on_writer(lambda c: c.execute(f"PRAGMA max_page_count = {pages}").fetchall())
+    before = buf.stats()
+    async with WriterGate(buf):  # what follows queues up and shares one transaction
+        await buf.ack(first[:3])
+        tasks = [asyncio.ensure_future(buf.append(evs(100 * k, 200))) for k in range(1, 4)]
+    for task in tasks:
+        with pytest.raises(BufferCommitError, match="full") as err:
+            await task
+        assert str(buf.path) in str(err.value)
+    assert buf.stats() == before
+    assert await read_seqs(buf) == first[3:]  # the acks stay in force (and are retried)
+
+    await buf._on_writer(lambda c: c.execute("PRAGMA max_page_count = 1073741823").fetchall())
+    more = await buf.append(evs(1000, 2))
+    assert more[0] > first[-1]
+    assert await read_seqs(buf) == first[3:] + more
+    assert buf.stats().depth == 9
+    with sqlite3.connect(buf.path) as other:
+        assert scalar(other, "SELECT count(*) FROM events") == 9
+
+
+# ---- threads and group commit ---------------------------------------------------------------------------
+
+
+async def test_appends_waiting_for_the_writer_share_one_commit(buf: SqliteBuffer) -> None:
+    await buf.append(evs(0, 1))
+    seqs = await buf.read(0, 10)
+    async with WriterGate(buf):
+        tasks = [asyncio.ensure_future(buf.append(evs(10 * k, 10))) for k in range(1, 11)]
+        await buf.ack([seqs[0].seq])
+        commits = buf.commits
+    results = await asyncio.gather(*tasks)
+    assert buf.commits == commits + 1
+    every = [s for r in results for s in r]
+    assert every == list(range(2, 102))  # in queue order
+    assert buf.stats().depth == 100
+
+
+async def test_read_does_not_wait_for_the_writer(buf: SqliteBuffer) -> None:
+    seqs = await buf.append(evs(0, 5))
+    async with WriterGate(buf):
+        pending = asyncio.ensure_future(buf.append(evs(5, 5)))
+        rows = await asyncio.wait_for(buf.read(0, 100), HANG)  # the writer is stuck; reads are not
+        assert [r.seq for r in rows] == seqs
+        assert not pending.done()
+    assert len(await pending) == 5
+
+
+async def test_cancelled_append_is_still_committed(buf: SqliteBuffer) -> None:
+    events = evs(0, 3)
+    async with WriterGate(buf):
+        task = asyncio.ensure_future(buf.append(events))
+        await asyncio.sleep(0)  # let it queue its job
+        task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    later = await buf.append(evs(3, 1))  # commits after the cancelled one
+    assert [e.seq for e in events] == [1, 2, 3]
+    assert await read_seqs(buf) == [1, 2, 3, *later]
+
+
+async def test_ack_alone_is_committed_without_an_append(buf: SqliteBuffer) -> None:
+    seqs = await buf.append(evs(0, 4))
+    signal_ = buf._commit_signal
+    await buf.ack(seqs[:3])
+    await asyncio.wait_for(signal_.wait(), HANG)  # the next commit: the deletion, on its own
+    assert buf.stats().depth == 1
+    with sqlite3.connect(buf.path) as other:
+        assert scalar(other, "SELECT count(*) FROM events") == 1
+
+
+async def test_many_acks_share_one_commit(tmp_path: Path) -> None:
+    b = await SqliteBuffer.open(tmp_path / "buffer.db", ack_delay=HANG)  # only an append ends the wait
+    try:
+        seqs = await b.append(evs(0, 50))
+        commits = b.commits
+        for s in seqs[:40]:
+            await b.ack([s])
+        assert await read_seqs(b) == seqs[40:]
+        await b.append(evs(50, 1))
+        assert b.commits == commits + 1
+        assert b.stats().depth == 11
+    finally:
+        await b.close()
+
+
+async def test_close_commits_queued_appends_and_joins_threads(tmp_path: Path) -> None:
+    path = tmp_path / "buffer.db"
+    b = await SqliteBuffer.open(path)
+    async with WriterGate(b):
+        tasks = [asyncio.ensure_future(b.append(evs(10 * k, 10))) for k in range(5)]
+        closing = asyncio.ensure_future(b.close())
+        await asyncio.sleep(0)
+    await closing
+    assert all(len(t.result()) == 10 for t in tasks)
+    assert not b._writer.is_alive()
+    assert not [t for t in threading.enumerate() if t.name.startswith("buffer-")]
+    with sqlite3.connect(path) as other:
+        assert scalar(other, "SELECT count(*) FROM events") == 50
+
+
+# ---- kill -9 --------------------------------------------------------------------------------------------
+
+
+def _run_child_until(path: Path, lines: int) -> tuple[set[int], set[int], set[int]]:
+    """Start the child, read until it reported ``lines`` commits, SIGKILL it (mid-append: it appends in a
+    tight loop), then take whatever complete lines it wrote before dying. Returns the seqs it reported
+    committed, acked (maybe deleted) and deleted for good."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.gateway.buffer_crash_child", str(path)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    reported: dict[bytes, set[int]] = {b"C": set(), b"A": set(), b"D": set()}
+    assert proc.stdout is not None and proc.stderr is not None
+
+    def take(line: bytes) -> None:
+        tag, *seqs = line.split()
+        reported[tag].update(int(s) for s in seqs)
+
+    try:
+        seen = 0
+        for line in proc.stdout:
+            take(line)
+            seen += line.startswith(b"C")
+            if seen >= lines:
+                break
+        proc.send_signal(signal.SIGKILL)
+        for line in proc.stdout.read().splitlines(keepends=True):
+            if line.endswith(b"\n"):  # a line cut by the kill reports nothing
+                take(line)
+        assert seen >= lines, proc.stderr.read().decode()
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    return reported[b"C"], reported[b"A"], reported[b"D"]
+
+
+async def _reopen_and_check(path: Path, committed: set[int], acked: set[int], deleted: set[int]) -> int:
+    b = await SqliteBuffer.open(path)
+    try:
+        present = set(await read_seqs(b))
+        assert committed - acked <= present, "a committed event is missing"
+        assert not deleted & present, "an acked event came back"
+        assert b.stats().depth == len(present)
+        assert b.stats().last_seq >= max(committed)
+        [seq] = await b.append(evs(0, 1))
+        assert seq > max(committed | deleted)
+        return seq
+    finally:
+        await b.close()
+
+
+def test_survives_kill_9(tmp_path: Path) -> None:
+    path = tmp_path / "buffer.db"
+    committed: set[int] = set()
+    acked: set[int] = set()
+    deleted: set[int] = set()
+    for lines in (1, 3, 9, 20, 40):
+        c, a, d = _run_child_until(path, lines)
+        assert c, "the child reported no commit"
+        assert d <= a <= c
+        committed |= c
+        acked |= a
+        deleted |= d
+        last = asyncio.run(_reopen_and_check(path, committed, acked, deleted))
+        committed.add(last)
+
+
+def _strict_json(raw: bytes) -> object:
+    def refuse(name: str) -> object:
+        raise ValueError(f"not JSON: {name}")
+
+    return json.loads(raw, parse_constant=refuse)
+
+
+async def test_data_json_cannot_carry_is_stored_sanitised_never_dropped(buf: SqliteBuffer) -> None:
+    circular: dict[str, object] = {"a": 1}
+    circular["self"] = circular
+    odd: list[dict[str, object]] = [
+        {"v": float("nan"), "ok": 1.5},
+        {"v": [float("inf"), -float("inf")]},
+        {"when": datetime.date(2026, 11, 23), "raw": b"\x01"},
+        circular,
+    ]
+    seqs = await buf.append([Event("dev", "test.kind", 1.0, data) for data in odd])
+    assert 0 not in seqs
+    assert buf.sanitised == 4
+    stored = await buf.read(0, 10)
+    assert [_strict_json(s.data_json) for s in stored[:3]] == [
+        {"v": None, "ok": 1.5},
+        {"v": [None, None]},
+        {"when": "2026-11-23", "raw": "b'\\x01'"},
+    ]
+    assert "unencodable" in str(_strict_json(stored[3].data_json))
+    await buf.append([Event("dev", "test.kind", 2.0, {"fine": 1})])
+    assert buf.sanitised == 4
