@@ -26,6 +26,9 @@ class FramerStats:
     """Candidate frames whose checksum did not match."""
     bad_length: int = 0
     """Candidate frames whose length field was impossible."""
+    overlapping: int = 0
+    """Candidate frames that passed their check but held a whole valid frame inside them: a false start in
+    garbage whose weak checksum matched by chance, which would otherwise swallow real frames."""
 
 
 class Framer(abc.ABC, Generic[FrameT]):

@@ -292,13 +292,30 @@ def decode_frame(raw: bytes) -> Frame:
     return Frame(parsed.address, parsed.command, bytes(parsed.data))
 
 
+def _holds_a_frame(buffer: bytearray, begin: int, end: int) -> bool:
+    """Whether a whole frame with a valid checksum lies within ``buffer[begin:end]``.
+
+    The checksum is 8 bits: a false start in garbage (a stray 0xA0 with a large Len after it) passes it one
+    time in 256, and would swallow every real frame inside its span. A genuine frame holding a whole valid
+    frame in its data is far rarer (about 1e-6 per tag frame), so such a candidate is rejected and the real
+    frames inside it are found on the rescan."""
+    inner = buffer.find(HEAD, begin, end)
+    while inner >= 0 and inner + 1 < end:
+        inner_end = inner + buffer[inner + 1] + 2
+        if buffer[inner + 1] >= MIN_LEN and inner_end <= end and not sum(buffer[inner:inner_end]) & 0xFF:
+            return True
+        inner = buffer.find(HEAD, inner + 1, end)
+    return False
+
+
 class R2000Framer(Framer[Frame]):
     """Splits a byte stream from (or to) a reader into :class:`Frame`\\ s.
 
     It hunts for 0xA0, reads Len, waits for the whole frame, checks the checksum. A candidate with an
     impossible Len (below 3) or a bad checksum is counted and only its 0xA0 is skipped, so a real frame that
-    starts inside it is still found. Every byte discarded is counted in ``stats.bytes_skipped``. It never
-    raises on input.
+    starts inside it is still found; so is a candidate that holds a whole valid frame (see
+    :func:`_holds_a_frame`). Every byte discarded is counted in ``stats.bytes_skipped``. It never raises on
+    input.
     """
 
     __slots__ = ("_buffer",)
@@ -340,6 +357,11 @@ class R2000Framer(Framer[Frame]):
                 break
             if sum(buffer[start:end]) & 0xFF:
                 stats.bad_checksum += 1
+                stats.bytes_skipped += 1
+                pos = start + 1
+                continue
+            if _holds_a_frame(buffer, start + 1, end):
+                stats.overlapping += 1
                 stats.bytes_skipped += 1
                 pos = start + 1
                 continue

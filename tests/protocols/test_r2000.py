@@ -483,3 +483,41 @@ def test_bad_checksum_counted_and_following_frame_found(
     framer = r2000.R2000Framer()
     assert framer.feed(stream) == [second]
     assert framer.stats.bad_checksum >= 1
+
+
+# -- a false start whose checksum matches by chance --------------------------------------------------------
+
+
+def false_start_over(inner: bytes, lead: bytes = b"") -> bytes:
+    """Garbage that begins a 'frame' (A0, Len) spanning ``lead + inner`` and one last byte chosen so the
+    8-bit checksum of the whole span passes: what a stray 0xA0 in line noise achieves 1 time in 256."""
+    length = len(lead) + len(inner) + 1  # Len counts the bytes after itself: lead, inner, check byte
+    assert length <= 0xFF
+    body = bytes((r2000.HEAD, length)) + lead + inner
+    return body + bytes(((-sum(body)) & 0xFF,))
+
+
+def test_a_false_start_that_passes_the_checksum_does_not_swallow_real_frames() -> None:
+    tag = bytes.fromhex("A0 13 01 89 8C 30 00 30 08 33 B2 DD D9 01 40 00 00 00 01 37 BB")
+    stream = false_start_over(tag + tag, lead=b"\x01\x89") + tag
+    assert sum(stream[: 2 + stream[1]]) & 0xFF == 0  # the false candidate's checksum does pass
+    framer = r2000.R2000Framer()
+    frames = framer.feed(stream)
+    assert frames == [frame_of(tag)] * 3
+    assert framer.stats.overlapping == 1
+
+
+@given(
+    inner=st.lists(frames, min_size=1, max_size=4),
+    lead=st.binary(max_size=6).filter(lambda b: r2000.HEAD not in b),
+    split=st.integers(0, 400),
+)
+def test_real_frames_inside_a_lucky_false_start_are_all_found(
+    inner: list[r2000.Frame], lead: bytes, split: int
+) -> None:
+    encoded = b"".join(r2000.encode_frame(f) for f in inner)
+    assume(len(lead) + len(encoded) + 1 <= 0xFF)
+    stream = false_start_over(encoded, lead)
+    framer = r2000.R2000Framer()
+    got = framer.feed(stream[:split]) + framer.feed(stream[split:])
+    assert got[: len(inner)] == inner
