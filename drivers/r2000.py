@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Annotated, ClassVar, Literal
 
@@ -48,6 +49,13 @@ class R2000Options(DriverOptions):
         description="realtime: 0x89 per antenna in turn; fast_switch: one 0x8A round over all antennas.",
     )
     repeat: int = Field(1, ge=1, le=255, description="Inventory repetitions per command.")
+    reply_timeout_s: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="No byte for this long while a reply is awaited: the reply was lost on the line "
+        "(a corrupt end-of-round frame, say) and the command is sent again.",
+    )
     read_timeout_s: float = Field(5.0, gt=0, le=300, description="Silence longer than this reconnects.")
     connect_timeout_s: float = Field(5.0, gt=0, le=300, description="TCP connect timeout.")
 
@@ -98,6 +106,11 @@ class _Session:
         self.options = options
         self.ctx = ctx
         self.framer = r2000.R2000Framer()
+        self._last_byte = 0.0
+        self._backlog: deque[r2000.Frame] = deque()
+        self._received_at = 0.0
+        # Antennas a tag frame may plausibly come from: in realtime mode only the selected work antenna.
+        self._expected_antennas = frozenset(options.antennas)
         self._skipped = 0
         self._bad = 0
         self._overflow = 0
@@ -115,23 +128,34 @@ class _Session:
         while True:
             for antenna in antennas:
                 if len(antennas) > 1:
-                    await self.exchange(
-                        r2000.set_work_antenna(antenna, address=address),
-                        lambda reply: (
-                            isinstance(reply, r2000.CommandStatus)
-                            and reply.command == r2000.Command.SET_WORK_ANTENNA
-                        ),
+                    status = await self.exchange(
+                        r2000.set_work_antenna(antenna, address=address), _is_set_antenna_status
                     )
+                    if isinstance(status, r2000.CommandStatus) and not status.ok:
+                        raise ProtocolFailure(
+                            f"reader refused to select antenna {antenna} (error 0x{status.code:02X})"
+                        )
+                self._expected_antennas = frozenset((antenna,))
                 await self.exchange(r2000.real_time_inventory(opts.repeat, address=address), _is_round_end)
 
     async def exchange(self, request: bytes, done: Callable[[r2000.Reply], bool]) -> r2000.Reply:
-        """Send ``request``; handle frames until one satisfies ``done``, which is returned."""
-        timeout = self.options.read_timeout_s
-        await self.link.write(request)
-        try:
-            return await self._handle_until(done, timeout)
-        except TimeoutError as err:
-            raise DeviceTimeout(f"reader silent for {timeout:g} s") from err
+        """Send ``request``; handle frames until one satisfies ``done``, which is returned.
+
+        A reply lost on the line (its frame corrupt) would leave the reader idle, waiting for a command:
+        after ``reply_timeout_s`` without a byte the request is sent again. Only ``read_timeout_s`` of
+        silence across retries means the reader is gone."""
+        opts = self.options
+        loop = asyncio.get_running_loop()
+        silent_since = loop.time()
+        while True:
+            await self.link.write(request)
+            try:
+                return await self._handle_until(done, min(opts.reply_timeout_s, opts.read_timeout_s))
+            except TimeoutError:
+                silent_since = max(silent_since, self._last_byte)
+                if loop.time() - silent_since >= opts.read_timeout_s:
+                    raise DeviceTimeout(f"reader silent for {opts.read_timeout_s:g} s") from None
+                self.ctx.count("reply_timeouts")
 
     async def _handle_until(self, done: Callable[[r2000.Reply], bool], timeout: float) -> r2000.Reply:
         link = self.link
@@ -140,14 +164,20 @@ class _Session:
         names = self.options.antennas
         address = self.options.address
         loop = asyncio.get_running_loop()
+        backlog = self._backlog
         async with asyncio.timeout(timeout) as deadline:
             while True:
-                chunk = await link.read()
-                deadline.reschedule(loop.time() + timeout)
-                now = time.time()
-                frames = framer.feed(chunk)
-                self._account()
-                for frame in frames:
+                if not backlog:
+                    chunk = await link.read()
+                    self._last_byte = now_mono = loop.time()
+                    deadline.reschedule(now_mono + timeout)
+                    self._received_at = time.time()
+                    backlog.extend(framer.feed(chunk))
+                    self._account()
+                now = self._received_at
+                while backlog:
+                    # Frames after the awaited reply stay in the backlog for the next exchange.
+                    frame = backlog.popleft()
                     if frame.address not in (address, r2000.BROADCAST):
                         ctx.count("foreign_frames")
                         continue
@@ -158,6 +188,10 @@ class _Session:
                         ctx.log.debug("undecodable frame: %s", err)
                         continue
                     if type(reply) is r2000.TagRead:
+                        if reply.antenna not in self._expected_antennas or reply.frequency_mhz is None:
+                            # The 8-bit checksum passes 1 in 256 damaged frames; these cannot be real.
+                            ctx.count("implausible_frames")
+                            continue
                         ctx.emit(
                             "rfid.read",
                             {
@@ -188,10 +222,6 @@ class _Session:
                             ):
                                 # An inventory that failed (no tag, antenna missing) ends its round.
                                 return reply
-                            if reply.command == r2000.Command.SET_WORK_ANTENNA:
-                                raise ProtocolFailure(
-                                    f"reader refused to select an antenna (error 0x{reply.code:02X})"
-                                )
                         continue
                     ctx.count("unexpected_frames")
 
@@ -200,7 +230,7 @@ class _Session:
         if stats.bytes_skipped != self._skipped:
             self.ctx.count("bytes_skipped", stats.bytes_skipped - self._skipped)
             self._skipped = stats.bytes_skipped
-        bad = stats.bad_checksum + stats.bad_length
+        bad = stats.bad_checksum + stats.bad_length + stats.overlapping
         if bad != self._bad:
             self.ctx.count("frames_rejected", bad - self._bad)
             self._bad = bad
@@ -212,3 +242,7 @@ class _Session:
 
 def _is_round_end(reply: r2000.Reply) -> bool:
     return isinstance(reply, r2000.InventoryEnd)
+
+
+def _is_set_antenna_status(reply: r2000.Reply) -> bool:
+    return isinstance(reply, r2000.CommandStatus) and reply.command == r2000.Command.SET_WORK_ANTENNA
