@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--mqtt", metavar="URL", help="broker to publish to (default: 127.0.0.1:1883 if it answers)"
     )
+    demo.add_argument("--console", action="store_true", help="show upstream messages on the console, no MQTT")
     demo.add_argument("--rate", type=float, default=20.0, help="tag reads per second per reader (default 20)")
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     demo.add_argument("--log-level", default="warning")
@@ -109,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .demo import main as demo_main  # noqa: PLC0415  # the demo pulls in the simulators
 
         setup_logging(args.log_level)
-        return demo_main(mqtt_url=args.mqtt, rate=args.rate, duration=args.duration)
+        return demo_main(mqtt_url=args.mqtt, console=args.console, rate=args.rate, duration=args.duration)
     raise AssertionError(args.command)
 
 

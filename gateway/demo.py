@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import socket
 import sys
@@ -88,7 +89,7 @@ def _describe(topic: str, payload: bytes) -> str:
 def _subscriber(url: str) -> Iterator[None]:
     """Print what the broker delivers on the demo's topics (paho's own network thread)."""
     parts = urlsplit(url)
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="edgegw-demo-viewer")
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"edgegw-demo-viewer-{os.getpid()}")
     if parts.scheme == "mqtts":
         client.tls_set()
     if parts.username:
@@ -116,9 +117,9 @@ def _subscriber(url: str) -> Iterator[None]:
         client.loop_stop()
 
 
-async def _demo(mqtt_url: str | None, rate: float, duration: float | None) -> None:
+async def _demo(mqtt_url: str | None, console: bool, rate: float, duration: float | None) -> None:
     url = mqtt_url
-    if url is None and broker_answers(DEFAULT_BROKER):
+    if url is None and not console and broker_answers(DEFAULT_BROKER):
         url = DEFAULT_BROKER
     with tempfile.TemporaryDirectory(prefix="edgegw-demo-") as tmp:
         workdir = Path(tmp)
@@ -147,10 +148,12 @@ async def _demo(mqtt_url: str | None, rate: float, duration: float | None) -> No
                 gateway = Gateway(config)
                 viewer: contextlib.AbstractContextManager[None] = _subscriber(url)
             else:
-                print(
-                    f"edgegw demo: no MQTT broker answered on {DEFAULT_BROKER} (and no --mqtt given): "
-                    "showing the upstream messages on the console  (Ctrl-C stops)"
+                why = (
+                    "--console given"
+                    if console
+                    else f"no MQTT broker answered on {DEFAULT_BROKER} (and no --mqtt given)"
                 )
+                print(f"edgegw demo: {why}: showing the upstream messages on the console  (Ctrl-C stops)")
                 gateway = Gateway(
                     config,
                     upstream=lambda buffer: ConsoleUpstream(buffer, gateway_id=GATEWAY_ID, prefix=PREFIX),
@@ -172,6 +175,9 @@ async def _demo(mqtt_url: str | None, rate: float, duration: float | None) -> No
             )
 
 
-def main(*, mqtt_url: str | None, rate: float, duration: float | None) -> int:
-    asyncio.run(_demo(mqtt_url, rate, duration))
+def main(*, mqtt_url: str | None, console: bool = False, rate: float, duration: float | None) -> int:
+    if mqtt_url is not None and console:
+        print("edgegw demo: --mqtt and --console exclude each other", file=sys.stderr)
+        return 2
+    asyncio.run(_demo(mqtt_url, console, rate, duration))
     return 0

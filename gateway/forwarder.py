@@ -41,7 +41,7 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Final, Literal
 
 from gateway.buffer import Buffer, Stored
 from gateway.mqtt import MqttConnectError, MqttConnection, MqttError, MqttNotConnected, TlsOptions, Will
@@ -55,6 +55,32 @@ SHUTDOWN_GRACE_S = 5.0
 _READ_CAP = 10_000
 """With batching: at most this many events read per iteration."""
 _REFUSED = 0x80
+
+
+PAYLOAD_FORMAT: Final = b'%s%d","seq":%d%s%r,"data":%s}'
+"""``PAYLOAD_FORMAT % (id_head(gateway), seq, seq, topic_head(device, kind), ts, data_json)``: the upstream
+JSON of one event, built around the buffer's stored JSON without decoding it."""
+
+
+def id_head(gateway_id: str) -> bytes:
+    return b'{"id":"' + json.dumps(gateway_id)[1:-1].encode() + b":"
+
+
+def topic_head(device: str, kind: str) -> bytes:
+    return b',"device":%s,"kind":%s,"ts":' % (json.dumps(device).encode(), json.dumps(kind).encode())
+
+
+def encode_payload(gateway_id: str, event: Stored) -> bytes:
+    """The payload of one event (the forwarder's hot loop inlines the same format)."""
+    seq = event.seq
+    return PAYLOAD_FORMAT % (
+        id_head(gateway_id),
+        seq,
+        seq,
+        topic_head(event.device, event.kind),
+        event.ts,
+        event.data_json,
+    )
 
 
 @dataclass(frozen=True)
@@ -148,8 +174,7 @@ class Forwarder:
         self._lost = False
         self._window = settings.max_inflight
         self._topics: dict[tuple[str, str], tuple[str, bytes]] = {}
-        gateway = json.dumps(settings.gateway_id)[1:-1].encode()
-        self._id_head = b'{"id":"' + gateway + b":"
+        self._id_head = id_head(settings.gateway_id)
         self._max_sent_seq = 0
         self._refused_unlogged = 0
         self._refusal_logged_at = -REFUSAL_LOG_INTERVAL_S
@@ -343,7 +368,8 @@ class Forwarder:
         publish = conn.publish
         pending = self._pending
         topics = self._topics
-        id_head = self._id_head
+        head_id = self._id_head
+        fmt = PAYLOAD_FORMAT
         max_sent = self._max_sent_seq
         resent = 0
         if self.settings.batch_max_events == 1:
@@ -354,7 +380,7 @@ class Forwarder:
                 if entry is None:
                     entry = self._topic_entry(key)
                 seq = r.seq
-                payload = b'%s%d","seq":%d%s%r,"data":%s}' % (id_head, seq, seq, entry[1], r.ts, r.data_json)
+                payload = fmt % (head_id, seq, seq, entry[1], r.ts, r.data_json)
                 pending[publish(entry[0], payload)] = (seq,)
                 if seq <= max_sent:
                     resent += 1
@@ -385,9 +411,7 @@ class Forwarder:
                 seqs = []
                 for r in rows[consumed:end]:
                     seq = r.seq
-                    parts.append(
-                        b'%s%d","seq":%d%s%r,"data":%s}' % (id_head, seq, seq, head, r.ts, r.data_json)
-                    )
+                    parts.append(fmt % (head_id, seq, seq, head, r.ts, r.data_json))
                     seqs.append(seq)
                     if seq <= max_sent:
                         resent += 1
@@ -405,8 +429,7 @@ class Forwarder:
     def _topic_entry(self, key: tuple[str, str]) -> tuple[str, bytes]:
         device, kind = key
         s = self.settings
-        head = b',"device":%s,"kind":%s,"ts":' % (json.dumps(device).encode(), json.dumps(kind).encode())
-        entry = (f"{s.prefix}/{s.gateway_id}/{device}/{kind}", head)
+        entry = (f"{s.prefix}/{s.gateway_id}/{device}/{kind}", topic_head(device, kind))
         self._topics[key] = entry
         return entry
 
