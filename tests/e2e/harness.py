@@ -34,6 +34,8 @@ class Received:
     conflicting_duplicates: list[str] = field(default_factory=list)
     statuses: list[str] = field(default_factory=list)
     topics_ok: bool = True
+    kinds: dict[str, int] = field(default_factory=dict)
+    """Distinct ids seen per kind (kept as messages arrive: predicates run on every wake-up)."""
 
     def seqs(self) -> list[int]:
         return sorted(message["seq"] for message in self.by_id.values())
@@ -91,6 +93,7 @@ class Collector:
                 r.conflicting_duplicates.append(message["id"])
             return
         r.by_id[message["id"]] = message
+        r.kinds[message["kind"]] = r.kinds.get(message["kind"], 0) + 1
 
     async def wait_for(self, what: str, predicate: Callable[[Received], bool], timeout: float = 60) -> None:
         """Wait until ``predicate(received)`` holds; fail with ``what`` after ``timeout`` seconds."""
@@ -113,7 +116,12 @@ class Collector:
         with self._lock:
             r = self.received
             return Received(
-                dict(r.by_id), r.duplicates, list(r.conflicting_duplicates), list(r.statuses), r.topics_ok
+                dict(r.by_id),
+                r.duplicates,
+                list(r.conflicting_duplicates),
+                list(r.statuses),
+                r.topics_ok,
+                dict(r.kinds),
             )
 
     def close(self) -> None:
