@@ -39,6 +39,7 @@ import json
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
@@ -53,6 +54,7 @@ REFUSAL_LOG_INTERVAL_S = 10.0
 SHUTDOWN_GRACE_S = 5.0
 """On a clean stop: how long to wait for in-flight acks and the ``offline`` PUBACK before disconnecting."""
 _READ_CAP = 10_000
+_READ_AHEAD = 1_000  # rows read from the buffer at once, ahead of the in-flight window
 """With batching: at most this many events read per iteration."""
 _REFUSED = 0x80
 
@@ -328,6 +330,9 @@ class Forwarder:
         batch = self.settings.batch_max_events
         wake = self._wake
         cursor = 0  # rewind: the buffer holds only unacknowledged events, so this is the lowest of them
+        # Rows read ahead of the window: refilling it as acks free slots needs no buffer round trip
+        # (an executor hop, several loop turns under load, which capped one-per-message throughput).
+        ahead: deque[Stored] = deque()
         waiter: asyncio.Task[None] | None = None
         try:
             while not self._lost and not self._stop.is_set():
@@ -336,21 +341,24 @@ class Forwarder:
                     await self._flush_acks()
                 space = self._window - len(pending)
                 if space > 0:
-                    limit = space if batch == 1 else min(space * batch, _READ_CAP)
-                    rows = await buffer.read(cursor, limit)
-                    if self._lost or self._stop.is_set():
-                        break
-                    consumed = len(rows)
-                    if rows:
+                    want = min(space * batch, _READ_CAP)
+                    if len(ahead) < want:
+                        rows = await buffer.read(cursor, max(_READ_AHEAD, want - len(ahead)))
+                        if self._lost or self._stop.is_set():
+                            break
+                        if rows:
+                            ahead.extend(rows)
+                            cursor = rows[-1].seq
+                    if ahead:
+                        chunk = [ahead.popleft() for _ in range(min(len(ahead), want))]
                         try:
-                            cursor, consumed = self._publish(conn, rows, space)
+                            _, consumed = self._publish(conn, chunk, space)
                         except MqttNotConnected:
                             break
-                    if consumed < len(rows) or len(pending) >= self._window:
-                        pass  # window full: wait for acks
-                    elif len(rows) == limit:
-                        continue  # maybe more to read at once
-                    elif waiter is None or waiter.done():
+                        ahead.extendleft(reversed(chunk[consumed:]))
+                    if ahead and len(pending) < self._window:
+                        continue  # room left and rows in hand
+                    if not ahead and (waiter is None or waiter.done()):
                         waiter = asyncio.ensure_future(buffer.wait_for_new(cursor))
                         waiter.add_done_callback(self._waiter_done)
                 await wake.wait()
