@@ -47,6 +47,13 @@ class DeviceContext(Protocol):
         backoff."""
         ...
 
+    async def room(self) -> None:
+        """Return at once unless the pipeline is congested (its queue over half full); then wait until it
+        has drained. A command-driven driver calls it before asking the device for more, so that overload
+        slows the device down instead of reading events only to drop them. Reading what already arrived
+        never waits."""
+        ...
+
     def count(self, counter: str, n: int = 1) -> None:
         """Add ``n`` to one of this device's named counters (``decode_errors``, ``bytes_skipped``, ...)."""
         ...

@@ -124,6 +124,7 @@ class _Session:
                 [(antenna, 1) for antenna in antennas], repeat=opts.repeat, address=address
             )
             while True:
+                await self.ctx.room()
                 await self.exchange(request, _is_round_end)
         while True:
             for antenna in antennas:
@@ -135,6 +136,7 @@ class _Session:
                         raise ProtocolFailure(
                             f"reader refused to select antenna {antenna} (error 0x{status.code:02X})"
                         )
+                await self.ctx.room()
                 self._expected_antennas = frozenset((antenna,))
                 await self.exchange(r2000.real_time_inventory(opts.repeat, address=address), _is_round_end)
 

@@ -35,6 +35,9 @@ class EventQueue:
         self._nonempty = asyncio.Event()
         self._batch_ready = asyncio.Event()
         self._batch_size = max_events
+        self.low_water = max_events // 2
+        self._room = asyncio.Event()
+        self._room.set()
         self.dropped = 0
         self.high_water = 0
 
@@ -83,7 +86,15 @@ class EventQueue:
             items.clear()
         else:
             batch = [items.popleft() for _ in range(n)]
+        if len(items) <= self.low_water:
+            self._room.set()
         return batch
+
+    async def room(self) -> None:
+        """Wait while the queue is over half full (see :meth:`drivers.base.DeviceContext.room`)."""
+        while len(self._items) > self.low_water:
+            self._room.clear()
+            await self._room.wait()
 
 
 Processor = Callable[[Event], Sequence[Event]]

@@ -90,6 +90,9 @@ class DeviceRunner:
         self._log.info("connected%s", f": {detail}" if detail else "")
         self.emit(STATUS, {"state": "connected", "detail": detail})
 
+    async def room(self) -> None:
+        await self._queue.room()
+
     def count(self, counter: str, n: int = 1) -> None:
         self.counters[counter] += n
 

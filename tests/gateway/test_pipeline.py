@@ -66,3 +66,16 @@ async def test_order_is_kept_across_batches() -> None:
         seen += [e.data["i"] for e in await queue.get_batch(64, window=0.0)]
     assert seen == list(range(250))
     assert queue.high_water == 250
+
+
+async def test_room_waits_while_more_than_half_full_and_resumes_when_drained() -> None:
+    queue = EventQueue(10)
+    for i in range(5):
+        queue.put(ev(i))
+    await asyncio.wait_for(queue.room(), 10)  # half full: room at once
+    queue.put(ev(5))
+    waiter = asyncio.create_task(queue.room())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    queue.take(1)  # back to half: room again
+    await asyncio.wait_for(waiter, 10)
