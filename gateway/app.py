@@ -131,6 +131,8 @@ class Gateway:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set (or a core task fails, which is raised)."""
         cfg = self.config
+        with contextlib.suppress(OSError):  # if it cannot be made, opening the buffer says so clearly
+            cfg.buffer.path.parent.mkdir(parents=True, exist_ok=True)
         self.buffer = buffer = await SqliteBuffer.open(
             cfg.buffer.path,
             max_bytes=cfg.buffer.max_bytes,
