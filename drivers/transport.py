@@ -216,8 +216,8 @@ async def open_serial(
         )
     except (serial.SerialException, OSError) as err:
         raise DeviceUnavailable(f"serial port {port}: {err}") from err
-    # No reset_input_buffer(): bytes already waiting are reads the device made; the framer resynchronises
-    # on whatever partial frame they start with.
+    # pyserial's open() has already discarded input waiting from before (stale bytes); from here on every
+    # byte is read, and the framer resynchronises on whatever partial frame the stream starts with.
     return SerialLink(handle, max_buffered=max_buffered)
 
 
