@@ -18,12 +18,13 @@ from typing import Any, Protocol
 from drivers import registry
 from drivers.base import Driver
 
+from .backoff import Backoff
 from .buffer import Buffer, SqliteBuffer
 from .config import Config, DeviceConfig
 from .forwarder import Forwarder, ForwarderSettings
 from .loopmon import LoopMonitor
 from .pipeline import EventQueue, Ingest
-from .supervisor import Backoff, DeviceRunner
+from .supervisor import DeviceRunner
 
 log = logging.getLogger("edgegw")
 

@@ -37,13 +37,13 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
+from gateway.backoff import Backoff
 from gateway.buffer import Buffer, Stored
 from gateway.mqtt import MqttConnectError, MqttConnection, MqttError, MqttNotConnected, TlsOptions, Will
 
@@ -175,6 +175,7 @@ class Forwarder:
         self._stop = asyncio.Event()
         self._lost = False
         self._window = settings.max_inflight
+        self._reconnect = Backoff(settings.reconnect_initial_s, settings.reconnect_max_s)
         self._topics: dict[tuple[str, str], tuple[str, bytes]] = {}
         self._id_head = id_head(settings.gateway_id)
         self._max_sent_seq = 0
@@ -292,8 +293,7 @@ class Forwarder:
         return conn
 
     def _backoff(self, attempt: int) -> float:
-        s = self.settings
-        return random.uniform(0.0, min(s.reconnect_max_s, s.reconnect_initial_s * 2.0 ** min(attempt, 30)))
+        return self._reconnect.delay(attempt)
 
     async def _pause(self, delay: float) -> None:
         with contextlib.suppress(TimeoutError):

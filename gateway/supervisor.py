@@ -15,32 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from drivers.base import Driver
 from drivers.errors import ConfigurationError, TransientError
 from drivers.event import Event
 
+from .backoff import Backoff
 from .pipeline import EventQueue
 
 STATUS = "device.status"
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    initial: float = 1.0
-    maximum: float = 30.0
-
-    def delay(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
-        """Full jitter: uniform in [initial/2, min(maximum, initial * 2**attempt)]."""
-        ceiling = min(self.maximum, self.initial * (2.0 ** min(attempt, 30)))
-        floor = min(self.initial / 2, ceiling)
-        return floor + (ceiling - floor) * rng()
 
 
 class DeviceRunner:

@@ -14,8 +14,9 @@ import pytest
 from drivers.event import Event
 from drivers.r2000 import R2000Options, UhfR2000Driver
 from firmware_sim.r2000 import Faults, R2000Simulator, SimOptions, serve_pty, serve_tcp
+from gateway.backoff import Backoff
 from gateway.pipeline import EventQueue
-from gateway.supervisor import Backoff, DeviceRunner
+from gateway.supervisor import DeviceRunner
 
 pytestmark = pytest.mark.timeout(60)
 

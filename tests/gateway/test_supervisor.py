@@ -11,8 +11,9 @@ import pytest
 from drivers.base import DeviceContext, Driver, DriverOptions
 from drivers.errors import ConfigurationError, ConnectionLost
 from drivers.event import Event
+from gateway.backoff import Backoff
 from gateway.pipeline import EventQueue
-from gateway.supervisor import Backoff, DeviceRunner
+from gateway.supervisor import DeviceRunner
 
 
 class NoOptions(DriverOptions):
