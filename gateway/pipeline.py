@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
 
 from drivers.event import Event
 
@@ -95,10 +94,6 @@ class EventQueue:
         while len(self._items) > self.low_water:
             self._room.clear()
             await self._room.wait()
-
-
-Processor = Callable[[Event], Sequence[Event]]
-"""A per-device stage (dedupe, smoothing, ...): takes an event, returns the events to keep."""
 
 
 class Ingest:
