@@ -190,7 +190,8 @@ class _Session:
                         ctx.log.debug("undecodable frame: %s", err)
                         continue
                     if type(reply) is r2000.TagRead:
-                        if reply.antenna not in self._expected_antennas or reply.frequency_mhz is None:
+                        mhz = reply.frequency_mhz
+                        if reply.antenna not in self._expected_antennas or mhz is None:
                             # The 8-bit checksum passes 1 in 256 damaged frames; these cannot be real.
                             ctx.count("implausible_frames")
                             continue
@@ -202,7 +203,7 @@ class _Session:
                                 "antenna": reply.antenna,
                                 "antenna_name": names.get(reply.antenna),
                                 "rssi_dbm": reply.rssi_dbm,
-                                "frequency_mhz": reply.frequency_mhz,
+                                "frequency_mhz": mhz,
                                 "reader_address": frame.address,
                             },
                             now,

@@ -85,7 +85,6 @@ class Gateway:
         self.ingest: Ingest | None = None
         self.upstream: Upstream | None = None
         self.runners: dict[str, DeviceRunner] = {}
-        self.ready = asyncio.Event()
         self.loop_monitor = LoopMonitor()
 
     def _runner(self, device: DeviceConfig, backoff: Backoff) -> DeviceRunner:
@@ -151,7 +150,6 @@ class Gateway:
             self.upstream = upstream = self._make_upstream(buffer)
             backoff = Backoff(cfg.supervisor.backoff_initial_s, cfg.supervisor.backoff_max_s)
             self.runners = {device.name: self._runner(device, backoff) for device in cfg.devices}
-            self.ready.set()
             core = [
                 asyncio.create_task(ingest.run(), name="ingest"),
                 asyncio.create_task(upstream.run(), name="upstream"),

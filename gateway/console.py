@@ -24,7 +24,6 @@ class ConsoleUpstream:
         self.gateway_id = gateway_id
         self.prefix = prefix
         self.write = write
-        self.delivered = 0
 
     async def run(self) -> None:
         cursor = 0
@@ -38,4 +37,3 @@ class ConsoleUpstream:
             if events:
                 cursor = events[-1].seq
                 await self.buffer.ack(e.seq for e in events)
-                self.delivered += len(events)
