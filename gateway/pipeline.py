@@ -13,14 +13,11 @@ event, and commits each batch in one transaction: the loss window on power failu
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import deque
 
 from drivers.event import Event
 
 from .buffer import Buffer
-
-log = logging.getLogger("edgegw.pipeline")
 
 
 class EventQueue:
