@@ -16,10 +16,11 @@ Corrupt frames are counted and skipped by the framer; a reader silent for ``read
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, ClassVar, Final, Literal
 
 from pydantic import Field, model_validator
 
@@ -28,6 +29,7 @@ from protocols.errors import DecodeError
 
 from .base import DeviceContext, Driver, DriverOptions
 from .errors import DeviceTimeout, ProtocolFailure
+from .event import EncodedData
 from .transport import ByteLink, open_serial, open_tcp
 
 AntennaNumber = Annotated[int, Field(ge=1, le=8)]
@@ -107,10 +109,11 @@ class _Session:
         self.ctx = ctx
         self.framer = r2000.R2000Framer()
         self._last_byte = 0.0
-        self._backlog: deque[r2000.Frame] = deque()
+        self._backlog: deque[r2000.Frame | r2000.RawTag] = deque()
         self._received_at = 0.0
         # Antennas a tag frame may plausibly come from: in realtime mode only the selected work antenna.
         self._expected_antennas = frozenset(options.antennas)
+        self._names_json = {antenna: _json(name) for antenna, name in options.antennas.items()}
         self._skipped = 0
         self._bad = 0
         self._overflow = 0
@@ -162,9 +165,14 @@ class _Session:
     async def _handle_until(self, done: Callable[[r2000.Reply], bool], timeout: float) -> r2000.Reply:
         link = self.link
         ctx = self.ctx
-        framer = self.framer
+        emit = ctx.emit
+        feed = self.framer.feed_reads
         names = self.options.antennas
+        names_json = self._names_json
         address = self.options.address
+        broadcast = r2000.BROADCAST
+        frequencies = r2000.FREQUENCY_MHZ
+        rssi_dbm = r2000.RSSI_DBM
         loop = asyncio.get_running_loop()
         backlog = self._backlog
         async with asyncio.timeout(timeout) as deadline:
@@ -174,40 +182,57 @@ class _Session:
                     self._last_byte = now_mono = loop.time()
                     deadline.reschedule(now_mono + timeout)
                     self._received_at = time.time()
-                    backlog.extend(framer.feed(chunk))
+                    backlog.extend(feed(chunk))
                     self._account()
                 now = self._received_at
+                expected = self._expected_antennas
                 while backlog:
                     # Frames after the awaited reply stay in the backlog for the next exchange.
-                    frame = backlog.popleft()
-                    if frame.address not in (address, r2000.BROADCAST):
+                    item = backlog.popleft()
+                    if type(item) is tuple:  # a tag frame, the hot path (see R2000Framer.feed_reads)
+                        frame_address, _, antenna, frequency, pc, epc, rssi = item
+                        mhz = frequencies[frequency]
+                        if frame_address not in (address, broadcast):
+                            ctx.count("foreign_frames")
+                        elif antenna not in expected or mhz is None:
+                            # The 8-bit checksum passes 1 in 256 damaged frames; these cannot be real.
+                            ctx.count("implausible_frames")
+                        else:
+                            epc_hex = epc.hex().upper()
+                            pc_hex = f"{pc:04X}"
+                            dbm = rssi_dbm[rssi]
+                            data = EncodedData(
+                                epc=epc_hex,
+                                pc=pc_hex,
+                                antenna=antenna,
+                                antenna_name=names.get(antenna),
+                                rssi_dbm=dbm,
+                                frequency_mhz=mhz,
+                                reader_address=frame_address,
+                            )
+                            data.json = (
+                                _READ_JSON
+                                % (
+                                    epc_hex,
+                                    pc_hex,
+                                    antenna,
+                                    names_json.get(antenna, "null"),
+                                    dbm,
+                                    _FREQUENCY_JSON[frequency],
+                                    frame_address,
+                                )
+                            ).encode()
+                            emit("rfid.read", data, now)
+                        continue
+                    assert isinstance(item, r2000.Frame)
+                    if item.address not in (address, broadcast):
                         ctx.count("foreign_frames")
                         continue
                     try:
-                        reply = r2000.parse_reply(frame)
+                        reply = r2000.parse_reply(item)
                     except DecodeError as err:
                         ctx.count("decode_errors")
                         ctx.log.debug("undecodable frame: %s", err)
-                        continue
-                    if type(reply) is r2000.TagRead:
-                        mhz = reply.frequency_mhz
-                        if reply.antenna not in self._expected_antennas or mhz is None:
-                            # The 8-bit checksum passes 1 in 256 damaged frames; these cannot be real.
-                            ctx.count("implausible_frames")
-                            continue
-                        ctx.emit(
-                            "rfid.read",
-                            {
-                                "epc": reply.epc.hex().upper(),
-                                "pc": f"{reply.pc:04X}",
-                                "antenna": reply.antenna,
-                                "antenna_name": names.get(reply.antenna),
-                                "rssi_dbm": reply.rssi_dbm,
-                                "frequency_mhz": mhz,
-                                "reader_address": frame.address,
-                            },
-                            now,
-                        )
                         continue
                     if done(reply):
                         return reply
@@ -241,6 +266,16 @@ class _Session:
         if overflow != self._overflow:
             self.ctx.count("overflow_bytes", overflow - self._overflow)
             self._overflow = overflow
+
+
+_json: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+# An rfid.read's data as the buffer's encoder writes it (compact, no ASCII escaping; float repr), filled
+# in on the hot path instead of encoding a dict per read. Tested against json.dumps of the same mapping.
+_READ_JSON: Final = (
+    '{"epc":"%s","pc":"%s","antenna":%d,"antenna_name":%s,"rssi_dbm":%d,"frequency_mhz":%s,'
+    '"reader_address":%d}'
+)
+_FREQUENCY_JSON: Final = tuple("null" if mhz is None else _json(mhz) for mhz in r2000.FREQUENCY_MHZ)
 
 
 def _is_round_end(reply: r2000.Reply) -> bool:

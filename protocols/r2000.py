@@ -49,7 +49,9 @@ from protocols.framing import Framer
 
 __all__ = [
     "BROADCAST",
+    "FREQUENCY_MHZ",
     "HEAD",
+    "RSSI_DBM",
     "AntennaMissing",
     "Command",
     "CommandStatus",
@@ -61,6 +63,7 @@ __all__ = [
     "GetWorkAntenna",
     "InventoryEnd",
     "R2000Framer",
+    "RawTag",
     "RealTimeInventory",
     "Reply",
     "Request",
@@ -329,10 +332,22 @@ class R2000Framer(Framer[Frame]):
         return len(self._buffer)
 
     def feed(self, data: bytes) -> list[Frame]:
+        return self._scan(data, False)  # type: ignore[return-value]  # no RawTag without raw_tags
+
+    def feed_reads(self, data: bytes) -> list[Frame | RawTag]:
+        """Like :meth:`feed`, but a well-formed tag frame of an inventory command comes out as a
+        :data:`RawTag` tuple instead of a :class:`Frame`: a busy reader sends tens of thousands a second,
+        and skipping the Frame, the :class:`TagRead` and :func:`parse_reply`'s dispatch is most of the
+        cost of reading them. A tag frame whose PC disagrees with its length stays a Frame, so
+        :func:`parse_reply` reports it."""
+        return self._scan(data, True)
+
+    def _scan(self, data: bytes, raw_tags: bool) -> list[Frame | RawTag]:
         buffer = self._buffer
         buffer += data
         stats = self.stats
-        frames: list[Frame] = []
+        frames: list[Frame | RawTag] = []
+        append = frames.append
         size = len(buffer)
         pos = 0
         while pos < size:
@@ -360,17 +375,48 @@ class R2000Framer(Framer[Frame]):
                 stats.bytes_skipped += 1
                 pos = start + 1
                 continue
-            if _holds_a_frame(buffer, start + 1, end):
+            if buffer.find(HEAD, start + 1, end) >= 0 and _holds_a_frame(buffer, start + 1, end):
                 stats.overlapping += 1
                 stats.bytes_skipped += 1
                 pos = start + 1
                 continue
-            frames.append(Frame(buffer[start + 2], buffer[start + 3], bytes(buffer[start + 4 : end - 1])))
             pos = end
+            command = buffer[start + 3]
+            if raw_tags and command in (_REAL_TIME, _FAST_SWITCH) and length >= 7:
+                # Data = FreqAnt, PC (2), EPC (2 * (PC >> 11)), RSSI: Len = 3 + 4 + EPC length.
+                pc = (buffer[start + 5] << 8) | buffer[start + 6]
+                if length == 7 + ((pc >> 11) << 1):
+                    freq_ant = buffer[start + 4]
+                    rssi = buffer[end - 2]
+                    append(
+                        (
+                            buffer[start + 2],
+                            command,
+                            (((rssi >> 7) << 2) | (freq_ant & 0x03)) + 1,
+                            freq_ant >> 2,
+                            pc,
+                            bytes(buffer[start + 7 : end - 2]),
+                            rssi & 0x7F,
+                        )
+                    )
+                    continue
+            append(Frame(buffer[start + 2], command, bytes(buffer[start + 4 : end - 1])))
         if pos:
             del buffer[:pos]
         stats.frames += len(frames)
         return frames
+
+
+_REAL_TIME: Final = int(Command.REAL_TIME_INVENTORY)
+_FAST_SWITCH: Final = int(Command.FAST_SWITCH_ANT_INVENTORY)
+RawTag = tuple[int, int, int, int, int, bytes, int]
+"""A tag frame as :meth:`R2000Framer.feed_reads` gives it: (address, command, antenna 1..8, frequency
+index, PC, EPC, raw RSSI), the fields of :class:`TagRead` plus the frame's address."""
+
+FREQUENCY_MHZ: Final = tuple(frequency_mhz(i) for i in range(64))
+""":func:`frequency_mhz` by frequency index, for the hot path."""
+RSSI_DBM: Final = tuple(rssi_dbm(i) for i in range(128))
+"""`rssi_dbm` by raw RSSI, for the hot path."""
 
 
 # ----------------------------------------------------------------------------------------------------

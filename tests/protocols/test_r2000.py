@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
@@ -400,6 +402,47 @@ def test_framer_never_raises(data: bytes, cuts: list[int]) -> None:
     assert framed + framer.stats.bytes_skipped + framer.pending == len(data)
     assert framer.stats.frames == len(found)
     assert framer.pending <= 257
+
+
+@given(
+    st.lists(
+        st.one_of(st.binary(max_size=30), st.builds(r2000.encode_reply, replies, st.integers(0, 255))),
+        max_size=12,
+    ),
+    st.lists(st.integers(0, 600), max_size=6),
+)
+def test_feed_reads_agrees_with_feed_and_parse_reply(pieces: list[bytes], cuts: list[int]) -> None:
+    # The driver's hot path must see exactly what the general path sees: the same frames in the same
+    # order, the same counters, with well-formed tag frames as RawTag tuples.
+    data = b"".join(pieces)
+    general, fast = r2000.R2000Framer(), r2000.R2000Framer()
+    frames: list[r2000.Frame] = []
+    items: list[r2000.Frame | r2000.RawTag] = []
+    for piece in _split(data, cuts):
+        frames += general.feed(piece)
+        items += fast.feed_reads(piece)
+    assert general.stats == fast.stats
+    assert len(items) == len(frames)
+    for frame, item in zip(frames, items, strict=True):
+        if isinstance(item, r2000.Frame):
+            assert item == frame
+            if frame.command in (0x89, 0x8A):
+                with contextlib.suppress(DecodeError):
+                    assert not isinstance(r2000.parse_reply(frame), r2000.TagRead)
+            continue
+        tag = r2000.parse_reply(frame)
+        assert isinstance(tag, r2000.TagRead)
+        fields = (tag.command, tag.antenna, tag.frequency_index, tag.pc, tag.epc, tag.rssi)
+        assert item == (frame.address, *fields)
+
+
+def test_feed_reads_on_the_reference_tag_frame() -> None:
+    framer = r2000.R2000Framer()
+    raw = bytes.fromhex("A0 13 01 89 8C 30 00 30 08 33 B2 DD D9 01 40 00 00 00 01 37 BB")
+    (item,) = framer.feed_reads(raw)
+    assert item == (1, 0x89, 1, 35, 0x3000, bytes.fromhex("300833B2DDD9014000000001"), 0x37)
+    assert r2000.FREQUENCY_MHZ[35] == 916.0
+    assert r2000.RSSI_DBM[0x37] == r2000.rssi_dbm(0x37)
 
 
 def _split(data: bytes, cuts: list[int]) -> list[bytes]:
