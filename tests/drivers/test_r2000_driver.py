@@ -4,6 +4,7 @@ run by the real supervisor into the real event queue."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -11,10 +12,11 @@ from typing import Any
 
 import pytest
 
-from drivers.event import Event
+from drivers.event import EncodedData, Event
 from drivers.r2000 import R2000Options, UhfR2000Driver
 from firmware_sim.r2000 import Faults, R2000Simulator, SimOptions, serve_pty, serve_tcp
 from gateway.backoff import Backoff
+from gateway.buffer import encode_data
 from gateway.pipeline import EventQueue
 from gateway.supervisor import DeviceRunner
 
@@ -102,6 +104,24 @@ async def test_reads_over_tcp_in_fast_switch_mode() -> None:
             "reads on all four antennas", lambda ev: {r["antenna"] for r in run.reads()} == {1, 2, 3, 4}
         )
     check_reads(run.reads(), sim, NAMES)
+
+
+async def test_reads_carry_exactly_the_json_the_buffer_would_write(tmp_path: Path) -> None:
+    # The driver fills a JSON template instead of leaving the buffer to encode each read: the bytes
+    # must be what the buffer's own encoder makes of the mapping, escapes and non-ASCII names included.
+    antennas = {1: 'voie "1" entrée', 2: "lane\\2\tout", 3: "車線3"}
+    async with (
+        serve_pty(tmp_path / "tty", SimOptions(tags=30, rate=2000, antennas=(1, 2, 3))) as sim,
+        running(port=str(tmp_path / "tty"), antennas=antennas, inventory="fast_switch") as run,
+    ):
+        three = {1, 2, 3}
+        await run.until("reads on three antennas", lambda ev: {r["antenna"] for r in run.reads()} == three)
+    check_reads(run.reads(), sim, antennas)
+    reads = [e.data for e in run.events if e.kind == "rfid.read"]
+    for data in reads:
+        assert isinstance(data, EncodedData)
+        assert data.json == encode_data(dict(data))[0]
+        assert json.loads(data.json) == data
 
 
 async def test_a_frame_with_a_bad_checksum_is_never_decoded(tmp_path: Path) -> None:
