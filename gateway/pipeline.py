@@ -94,7 +94,13 @@ class EventQueue:
 
 
 class Ingest:
-    """Moves events from the queue into the buffer in group commits."""
+    """Moves events from the queue into the buffer in group commits.
+
+    Up to ``max_in_flight`` batches are on their way into the buffer at once: while one commits (inserts
+    and an fsync on the writer thread), the next is taken from the queue and encoded, and the writer folds
+    the batches waiting for it into its next transaction. One at a time, the ingest rate would be capped
+    at a batch per commit time, and the queue would overflow behind a slow disk. Batches reach the
+    buffer in queue order, so seqs follow the order events were emitted in."""
 
     def __init__(
         self,
@@ -103,36 +109,52 @@ class Ingest:
         *,
         commit_interval: float = 0.020,
         commit_max_events: int = 1000,
+        max_in_flight: int = 3,
     ) -> None:
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
         self.queue = queue
         self.buffer = buffer
         self.commit_interval = commit_interval
         self.commit_max_events = commit_max_events
+        self.max_in_flight = max_in_flight
         self.committed = 0
         self.commits = 0
         self.refused = 0
-        self._commit_task: asyncio.Task[None] | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
-        """Commit batches until cancelled. On cancellation whatever is already queued is not committed:
-        call :meth:`drain` after stopping the producers."""
+        """Commit batches until cancelled; a failed commit ends it with that error. On cancellation
+        whatever is still queued is not committed: call :meth:`drain` after stopping the producers."""
+        in_flight = self._in_flight
         while True:
+            while len(in_flight) >= self.max_in_flight:
+                await asyncio.wait(set(in_flight), return_when=asyncio.FIRST_COMPLETED)
+                self._raise_failed()
             batch = await self.queue.get_batch(self.commit_max_events, self.commit_interval)
-            await self._commit(batch)
+            self._raise_failed()
+            # A task of its own: cancelling run() must not abandon a batch already taken from the queue.
+            task = asyncio.ensure_future(self._append(batch))
+            in_flight.add(task)
+
+    def _raise_failed(self) -> None:
+        failed: BaseException | None = None
+        for task in [t for t in self._in_flight if t.done()]:
+            self._in_flight.discard(task)
+            error = task.exception()  # every failure retrieved; the first raised
+            if failed is None:
+                failed = error
+        if failed is not None:
+            raise failed
 
     async def drain(self) -> None:
         """Commit everything queued now (on shutdown, once the drivers have stopped and :meth:`run` was
-        cancelled). A commit that was under way when :meth:`run` was cancelled is finished first."""
-        if self._commit_task is not None:
-            await self._commit_task
+        cancelled). Commits under way when :meth:`run` was cancelled are finished first."""
+        while self._in_flight:
+            task = self._in_flight.pop()
+            await task
         while len(self.queue):
-            await self._commit(self.queue.take(self.commit_max_events))
-
-    async def _commit(self, batch: list[Event]) -> None:
-        # Shielded: cancelling run() must not abandon a batch already taken from the queue.
-        self._commit_task = task = asyncio.ensure_future(self._append(batch))
-        await asyncio.shield(task)
-        self._commit_task = None
+            await self._append(self.queue.take(self.commit_max_events))
 
     async def _append(self, batch: list[Event]) -> None:
         seqs = await self.buffer.append(batch)

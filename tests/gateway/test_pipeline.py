@@ -1,13 +1,17 @@
-"""The bounded event queue and its commit windows."""
+"""The bounded event queue, its commit windows, and the ingest stage that commits it to the buffer."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
 from drivers.event import Event
-from gateway.pipeline import EventQueue
+from gateway.buffer import BufferClosedError, SqliteBuffer
+from gateway.pipeline import EventQueue, Ingest
 
 
 def ev(i: int) -> Event:
@@ -79,3 +83,89 @@ async def test_room_waits_while_more_than_half_full_and_resumes_when_drained() -
     assert not waiter.done()
     queue.take(1)  # back to half: room again
     await asyncio.wait_for(waiter, 10)
+
+
+class Watched(SqliteBuffer):
+    """The real buffer, noting how many appends are under way at once and how many events it committed."""
+
+    in_flight = 0
+    most_in_flight = 0
+    committed = 0
+
+    def watch(self, target: int) -> None:
+        self.started = asyncio.Event()
+        self.done = asyncio.Event()
+        self.target = target
+
+    async def append(self, events: Sequence[Event]) -> list[int]:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        self.started.set()
+        try:
+            seqs = await super().append(events)
+        finally:
+            self.in_flight -= 1
+        self.committed += len(seqs)
+        if self.committed >= self.target:
+            self.done.set()
+        return seqs
+
+
+async def test_ingest_commits_concurrent_batches_in_queue_order(tmp_path: Path) -> None:
+    buffer = await Watched.open(tmp_path / "b.db")
+    buffer.watch(500)
+    queue = EventQueue(1000)
+    ingest = Ingest(queue, buffer, commit_interval=0.001, commit_max_events=7, max_in_flight=3)
+    for i in range(500):
+        assert queue.put(ev(i))
+    task = asyncio.create_task(ingest.run())
+    try:
+        async with asyncio.timeout(20):
+            await buffer.done.wait()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await ingest.drain()
+    rows = await buffer.read(0, 1000)
+    await buffer.close()
+    assert ingest.committed == 500
+    assert [r.seq for r in rows] == list(range(1, 501))
+    assert [json.loads(r.data_json)["i"] for r in rows] == list(range(500))
+    assert 1 < buffer.most_in_flight <= 3
+
+
+async def test_ingest_drain_finishes_commits_under_way_and_the_queue(tmp_path: Path) -> None:
+    buffer = await Watched.open(tmp_path / "b.db")
+    buffer.watch(95)
+    queue = EventQueue(1000)
+    ingest = Ingest(queue, buffer, commit_interval=0.001, commit_max_events=10, max_in_flight=2)
+    for i in range(95):
+        queue.put(ev(i))
+    task = asyncio.create_task(ingest.run())
+    async with asyncio.timeout(10):
+        await buffer.started.wait()  # a commit is under way: stop run() now
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert buffer.in_flight > 0 and len(queue) > 0
+    await ingest.drain()
+    assert ingest.committed == 95 and len(queue) == 0
+    rows = await buffer.read(0, 1000)
+    await buffer.close()
+    assert [json.loads(r.data_json)["i"] for r in rows] == list(range(95))
+
+
+async def test_ingest_run_ends_with_a_failed_commit(tmp_path: Path) -> None:
+    buffer = await SqliteBuffer.open(tmp_path / "b.db")
+    await buffer.close()
+    queue = EventQueue(10)
+    queue.put(ev(1))
+    queue.put(ev(2))
+    ingest = Ingest(queue, buffer, commit_interval=0.001, commit_max_events=1, max_in_flight=2)
+    with pytest.raises(BufferClosedError):
+        async with asyncio.timeout(10):
+            await ingest.run()
+
+
+def test_ingest_needs_a_commit_in_flight() -> None:
+    with pytest.raises(ValueError, match="max_in_flight"):
+        Ingest(EventQueue(1), None, max_in_flight=0)  # type: ignore[arg-type]
