@@ -17,9 +17,11 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import fcntl
 import itertools
 import json
 import math
+import os
 import queue
 import sqlite3
 import threading
@@ -376,6 +378,7 @@ class SqliteBuffer(Buffer):
         self._conn: sqlite3.Connection | None = None
         self._wstate = _State(0, 0, 0, None, {})
         self._carry_acks: list[int] = []  # deletions of a failed transaction, retried with the next one
+        self._lock_fd: int | None = None  # see _take_lock
 
     # ---- opening -----------------------------------------------------------------------------------
 
@@ -443,9 +446,11 @@ class SqliteBuffer(Buffer):
             )
         if self.path.is_dir():
             raise BufferOpenError(f"cannot open buffer {self.path}: it is a directory")
+        self._lock_fd = _take_lock(self.path)
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True, timeout=5.0)
         except sqlite3.Error as err:
+            self._release_lock()
             raise self._open_error(err) from err
         try:
             self._check_file(conn)
@@ -465,13 +470,20 @@ class SqliteBuffer(Buffer):
             state = self._load_state(conn)
         except BufferOpenError:
             conn.close()
+            self._release_lock()
             raise
         except sqlite3.Error as err:
             conn.close()
+            self._release_lock()
             raise self._open_error(err) from err
         self._conn = conn
         self._wstate = state
         return _copy_state(state)
+
+    def _release_lock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)  # releases the flock
 
     def _check_file(self, conn: sqlite3.Connection) -> None:
         """Refuse a database that is not a buffer (or a buffer of a newer schema) before writing to it.
@@ -735,6 +747,7 @@ class SqliteBuffer(Buffer):
                 error = BufferStoreError(f"closing buffer {self.path}: checkpoint failed: {err}")
             finally:
                 conn.close()
+        self._release_lock()
         for job in closing:
             if error is None:
                 self._post(_resolve, job.future, None)
@@ -872,6 +885,32 @@ class SqliteBuffer(Buffer):
             last_seq += 1
             job.seqs[i] = last_seq
         return [row for _, _, row in kept], n, freed, len(kept)
+
+
+def _take_lock(path: Path) -> int:
+    """An exclusive lock on ``<buffer>.lock``, held while the buffer is open.
+
+    Two gateways on one buffer file would both forward and delete the same events: each would see rows
+    vanish that it never acknowledged, and the seq counters they keep would disagree. The lock makes the
+    second one fail at start, naming the first one's pid. (Readers such as ``edgegw buffer export`` open the
+    database read-only and take no lock.)"""
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as err:
+        raise BufferOpenError(f"cannot open buffer {path}: lock file {lock_path}: {err.strerror}") from err
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise BufferOpenError(
+            f"cannot open buffer {path}: it is in use by another gateway (pid {holder}); "
+            "one gateway per buffer file"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def _insert(conn: sqlite3.Connection, rows: Iterable[_Row]) -> None:

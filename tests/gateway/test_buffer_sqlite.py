@@ -229,6 +229,33 @@ async def test_permission_denied() -> None:
     assert str(path) in out.decode()
 
 
+async def test_one_gateway_per_buffer_file(tmp_path: Path) -> None:
+    # A second gateway on the same file (another process) is refused at start, naming the first's pid;
+    # once the first closes, the file opens again.
+    path = tmp_path / "buffer.db"
+    first = await SqliteBuffer.open(path)
+    source_root = str(Path(__file__).resolve().parents[2])  # noqa: ASYNC240  # no I/O: a path computation
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        OPEN_AS_CHILD,
+        str(path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={"PYTHONPATH": source_root, "PATH": os.environ.get("PATH", "")},
+    )
+    out, _ = await child.communicate()
+    assert out.decode().startswith("BufferOpenError:"), out.decode()
+    assert f"in use by another gateway (pid {os.getpid()})" in out.decode()
+    with pytest.raises(BufferOpenError, match="in use by another gateway"):
+        await SqliteBuffer.open(path)  # a second open in this process is refused too
+    await first.append(evs(0, 3))
+    await first.close()
+    again = await SqliteBuffer.open(path)
+    assert again.stats().depth == 3
+    await again.close()
+
+
 async def test_a_failed_commit_fails_every_append_in_it(buf: SqliteBuffer) -> None:
     """Disk full (simulated with max_page_count): every append of the transaction gets the error, nothing
     of it is stored, and the buffer works again once there is room."""
