@@ -6,6 +6,9 @@
     edgegw check -c FILE        validate a config without opening any port: exit 0, or 2 with FILE:LINE lines
     edgegw sim   FAMILY ...     run a simulated device on loopback (see ``edgegw sim --help``)
     edgegw demo  [--mqtt URL]   a simulated roadside lane end to end
+    edgegw decode PROTOCOL HEX  decode a captured frame, or say what is wrong with it (exit 0 good, 1 bad)
+    edgegw buffer inspect|export|purge   field tools on a gateway's buffer file (running or stopped)
+    edgegw schema [--device-file]   the config's JSON Schema, for YAML editors
 """
 
 from __future__ import annotations
@@ -53,7 +56,91 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=float, default=20.0, help="tag reads per second per reader (default 20)")
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     demo.add_argument("--log-level", default="warning")
+
+    decode = sub.add_parser(
+        "decode",
+        help="decode a captured frame; say what is wrong with a bad one",
+        description="Decode one captured frame. Exit 0: a good frame; 1: a bad one (the reasons are "
+        "printed); 2: a usage error.",
+    )
+    decode.add_argument("protocol", metavar="PROTOCOL", help="the frame's protocol, e.g. r2000")
+    decode.add_argument(
+        "hex",
+        nargs="+",
+        metavar="HEX",
+        help="the frame's bytes in hex, e.g. 'A0 04 01 89 01 D1', a0:04:01:89:01:d1 or '0xA0, 0x04, ...' "
+        "(several arguments are joined; - reads the hex from stdin)",
+    )
+
+    buffer = sub.add_parser("buffer", help="inspect, export or purge a gateway's buffer file")
+    actions = buffer.add_subparsers(dest="action", required=True, metavar="ACTION")
+    where = argparse.ArgumentParser(add_help=False)
+    source = where.add_mutually_exclusive_group()
+    source.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        help="gateway YAML file naming the buffer (default /etc/edgegw/gateway.yaml)",
+    )
+    source.add_argument("--buffer", type=Path, metavar="FILE", help="the buffer file itself")
+
+    inspect = actions.add_parser(
+        "inspect",
+        parents=[where],
+        help="what the buffer holds: depth, bytes, ages, per device and kind, drops",
+    )
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    export = actions.add_parser(
+        "export",
+        parents=[where],
+        help="write the stored events as JSON lines, one upstream payload per line",
+        description="Write the stored events as JSON lines (exactly the payloads the gateway publishes, "
+        "id included), in seq order, up to the newest event present when the export starts. Safe beside a "
+        "running gateway.",
+    )
+    export.add_argument("--out", type=Path, metavar="FILE", help="a new file to write (default: stdout)")
+    export.add_argument("--after-seq", type=_non_negative, default=0, metavar="SEQ", help="start after SEQ")
+    export.add_argument("--limit", type=_positive, default=None, metavar="N", help="at most N events")
+    export.add_argument(
+        "--gateway-id", metavar="ID", help="for the events' id (default: gateway.id of the config)"
+    )
+
+    purge = actions.add_parser(
+        "purge",
+        parents=[where],
+        help="delete stored events up to a seq (or all); the gateway must be stopped",
+        description="Delete stored events, never to be delivered. Refused while a gateway has the buffer "
+        "open: stop it (systemctl stop edgegw), purge, start it. Without --yes, only says what it would "
+        "delete.",
+    )
+    upto = purge.add_mutually_exclusive_group(required=True)
+    upto.add_argument("--up-to", type=_positive, metavar="SEQ", help="delete the events with seq <= SEQ")
+    upto.add_argument("--all", action="store_true", help="delete every stored event")
+    purge.add_argument("--yes", action="store_true", help="really delete")
+
+    schema = sub.add_parser(
+        "schema",
+        help="print the JSON Schema of the config (for YAML editors)",
+        description="Print the JSON Schema of the gateway file (or, with --device-file, of a devices.d "
+        "file), with the options of every driver installed here.",
+    )
+    schema.add_argument("--device-file", action="store_true", help="the schema of a devices.d/*.yaml file")
     return parser
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, not {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, not {value}")
+    return value
 
 
 def _load(path: Path) -> Config | None:
@@ -96,6 +183,82 @@ def cmd_run(path: Path, log_level: str | None) -> int:
     return EXIT_OK
 
 
+def cmd_decode(protocol: str, hex_args: Sequence[str]) -> int:
+    from .decode import UnknownProtocol, decode, parse_hex  # noqa: PLC0415  # loads the codecs
+
+    text = sys.stdin.read() if list(hex_args) == ["-"] else " ".join(hex_args)
+    try:
+        raw = parse_hex(text)
+        decoded = decode(protocol, raw)
+    except (ValueError, UnknownProtocol) as err:
+        print(f"edgegw decode: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(decoded.render())
+    return EXIT_OK if decoded.ok else EXIT_FAILURE
+
+
+def cmd_buffer(args: argparse.Namespace) -> int:
+    import json  # noqa: PLC0415
+
+    from . import buffertool  # noqa: PLC0415  # pulls in the forwarder's payload encoding
+
+    try:
+        path, gateway_id = buffertool.locate(args.config, args.buffer)
+        if args.action == "inspect":
+            inspection = buffertool.inspect(path)
+            print(json.dumps(inspection.to_json(), indent=2) if args.json else inspection.render())
+            return EXIT_OK
+        if args.action == "export":
+            gateway_id = args.gateway_id or gateway_id
+            if gateway_id is None:
+                print(
+                    "edgegw buffer export: the events' id needs the gateway id: give --gateway-id ID "
+                    "(or -c CONFIG)",
+                    file=sys.stderr,
+                )
+                return EXIT_CONFIG
+            options = {"after_seq": args.after_seq, "limit": args.limit}
+            if args.out is None:
+                result = buffertool.export(path, gateway_id, sys.stdout.buffer, **options)
+                sys.stdout.buffer.flush()
+                where = "stdout"
+            else:
+                result = buffertool.export_to_file(path, gateway_id, args.out, **options)
+                where = str(args.out)
+            if result.events:
+                print(
+                    f"exported {result.events} events (seq {result.first_seq}..{result.last_seq}) "
+                    f"to {where}; "
+                    f"once they are delivered: edgegw buffer purge --up-to {result.last_seq} --yes "
+                    "(with the gateway stopped)",
+                    file=sys.stderr,
+                )
+            else:
+                print(f"exported 0 events to {where}", file=sys.stderr)
+            return EXIT_OK
+        up_to = None if args.all else args.up_to
+        if not args.yes:
+            plan = buffertool.plan_purge(path, up_to)
+            print(f"{path}: would purge {plan.describe()}; nothing deleted: add --yes to delete")
+            return EXIT_FAILURE
+        plan = buffertool.purge(path, up_to)
+        print(f"{path}: purged {plan.describe().replace('would remain', 'remain')}")
+        return EXIT_OK
+    except buffertool.BufferToolError as err:
+        print(f"edgegw buffer {args.action}: {err}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def cmd_schema(device_file: bool) -> int:
+    from .schema import build, dumps  # noqa: PLC0415  # loads every driver
+
+    gateway_schema, device_schema, left_out = build()
+    for line in left_out:
+        print(f"edgegw schema: {line}", file=sys.stderr)
+    sys.stdout.write(dumps(device_schema if device_file else gateway_schema))
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check":
@@ -111,6 +274,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         setup_logging(args.log_level)
         return demo_main(mqtt_url=args.mqtt, console=args.console, rate=args.rate, duration=args.duration)
+    if args.command == "decode":
+        return cmd_decode(args.protocol, args.hex)
+    if args.command == "buffer":
+        return cmd_buffer(args)
+    if args.command == "schema":
+        return cmd_schema(args.device_file)
     raise AssertionError(args.command)
 
 

@@ -1,0 +1,567 @@
+"""``edgegw buffer inspect|export|purge``: field tools on a gateway's buffer file, running or stopped.
+
+When the uplink has been dead for days, a technician wants to know what the box holds (``inspect``), carry
+the backlog out on a USB stick (``export``: JSON lines, one event per line, exactly the payload the
+forwarder would publish, ``id`` included, so the consumer's deduplication works on them unchanged), and
+perhaps drop what was carried out (``purge``).
+
+How each one touches the file (the buffer's schema is :mod:`gateway.buffer`'s, version 1):
+
+- **inspect** and **export** use read-only SQL on their own connection (``PRAGMA query_only``). The buffer's
+  public API is not used for them: :meth:`SqliteBuffer.open` starts a writer, and a second writer beside a
+  running gateway is exactly what a tool must not be. SQLite in WAL mode lets this reader run beside the
+  gateway's writer without blocking it. ``inspect`` reads one consistent snapshot; ``export`` reads page by
+  page, each page its own short read transaction (a read transaction held for a whole export would keep
+  the gateway from checkpointing its WAL, which then grows for as long as the export takes). The export
+  stops at the highest seq present when it started, so it ends even while the gateway keeps appending;
+  an event the gateway delivers (and deletes) while the export runs may be missing from it, which is
+  harmless: it reached the broker, and the consumer deduplicates on ``id``.
+- **purge** deletes events with ``seq <= N`` (or all) in one transaction, and only while *no one else* has
+  the file open: it takes the gateway's own lock (``flock`` on ``<buffer>.lock``, which names the
+  holder's pid) and SQLite's exclusive lock (``locking_mode=EXCLUSIVE``); either fails at once while a
+  gateway (or another tool) has the buffer open. Purging under a running gateway would leave its
+  in-memory count of stored bytes too high (it loads the count when it opens the file), so its byte cap
+  would drop events early until it restarts. So: ``systemctl stop edgegw``, purge, ``systemctl start
+  edgegw`` (a gateway started meanwhile fails at once on the lock, and systemd restarts it). Seqs are
+  never reused after a purge (the AUTOINCREMENT counter is untouched), and the number of purged events
+  is kept in the buffer's ``meta`` table under ``purged`` (``inspect`` shows it; the gateway reads only
+  the ``dropped.*`` keys there).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sqlite3
+import time
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Final
+
+from .buffer import _APPLICATION_ID, _SCHEMA_VERSION, DropReason, Stored
+from .forwarder import encode_payload
+from .yamlsrc import YamlError, load_file
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "BufferInUseError",
+    "BufferToolError",
+    "ExportResult",
+    "Inspection",
+    "PurgePlan",
+    "export",
+    "export_to_file",
+    "inspect",
+    "iter_events",
+    "locate",
+    "plan_purge",
+    "purge",
+]
+
+DEFAULT_CONFIG: Final = Path("/etc/edgegw/gateway.yaml")
+PURGED_KEY: Final = "purged"
+_BUSY_TIMEOUT_S: Final = 5.0
+"""How long a read waits for a lock a writer holds for a moment (a WAL checkpoint resetting the log)."""
+
+
+class BufferToolError(Exception):
+    """The tool cannot do what was asked; the message says why and names the file."""
+
+
+class BufferInUseError(BufferToolError):
+    """Purge refused: a gateway (or another tool) has the buffer open."""
+
+
+# --------------------------------------------------------------------------------------------------------
+# Finding the buffer
+
+
+def locate(config: Path | None, buffer: Path | None) -> tuple[Path, str | None]:
+    """The buffer file and the gateway id: ``buffer`` as given (no id known), or ``buffer.path`` and
+    ``gateway.id`` from the gateway file ``config`` (:data:`DEFAULT_CONFIG` when neither is given).
+
+    Only those two keys are read, not the whole config validated: a technician's shell usually lacks the
+    service's secrets (``password_env``) and the laptop may lack a driver's dependency, and neither matters
+    for reading the buffer. A relative ``buffer.path`` is relative to the gateway file, as for the gateway.
+    """
+    if buffer is not None:
+        return buffer, None
+    source = config or DEFAULT_CONFIG
+    try:
+        doc = load_file(source)
+    except OSError as err:
+        raise BufferToolError(f"cannot read {source}: {err.strerror or err}") from None
+    except YamlError as err:
+        raise BufferToolError(f"{source}:{err.line}: invalid YAML: {err.message}") from None
+    data = doc.value if isinstance(doc.value, dict) else {}
+    section = data.get("buffer")
+    raw_path = section.get("path") if isinstance(section, dict) else None
+    if not isinstance(raw_path, str) or not raw_path.strip():
+        line = doc.line_of(("buffer", "path"))
+        raise BufferToolError(f"{source}:{line}: buffer.path: missing (or give --buffer FILE)")
+    gateway = data.get("gateway")
+    gateway_id = gateway.get("id") if isinstance(gateway, dict) else None
+    path = Path(raw_path)
+    if not path.is_absolute():
+        path = source.absolute().parent / path
+    return path, gateway_id if isinstance(gateway_id, str) and gateway_id else None
+
+
+# --------------------------------------------------------------------------------------------------------
+# Connections
+
+
+def _connect(path: Path, *, exclusive: bool = False) -> sqlite3.Connection:
+    """A connection to an existing buffer file; never creates one (``mode=rw`` fails on a missing file).
+    Read-write rather than ``mode=ro`` so that, when it is the last connection to close, SQLite tidies
+    the WAL and shared-memory files away as the gateway does; ``query_only`` keeps it from writing data."""
+    if not path.exists():
+        raise BufferToolError(f"{path}: no such file")
+    if path.is_dir():
+        raise BufferToolError(f"{path}: is a directory, not a buffer file")
+    uri = "file:" + _uri_path(path) + "?mode=rw"
+    try:
+        conn = sqlite3.connect(
+            uri, uri=True, isolation_level=None, timeout=0 if exclusive else _BUSY_TIMEOUT_S
+        )
+    except sqlite3.Error as err:
+        raise BufferToolError(f"cannot open {path}: {err}") from None
+    try:
+        if exclusive:
+            conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+        else:
+            conn.execute("PRAGMA query_only = ON")
+        _check_buffer(conn, path)
+    except sqlite3.OperationalError as err:
+        conn.close()
+        if exclusive and _is_busy(err):
+            raise _in_use(path) from None
+        raise BufferToolError(f"cannot read {path}: {err}") from None
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _uri_path(path: Path) -> str:
+    # Characters that mean something in a URI ('?', '#', '%') must be escaped in the file name.
+    return "".join(c if c not in "?#%" else f"%{ord(c):02X}" for c in str(path.absolute()))
+
+
+def _is_busy(err: sqlite3.Error) -> bool:
+    text = str(err).lower()
+    return "locked" in text or "busy" in text
+
+
+def _in_use(path: Path, pid: str | None = None) -> BufferInUseError:
+    who = f"a running gateway (pid {pid})" if pid else "a running gateway (or another edgegw buffer command)"
+    return BufferInUseError(
+        f"{path} is open by {who}: stop it first "
+        "(systemctl stop edgegw), purge, then start it again. Purging under a running gateway would "
+        "leave its count of stored bytes wrong, and its byte cap would drop events early."
+    )
+
+
+def _check_buffer(conn: sqlite3.Connection, path: Path) -> None:
+    try:
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+    except sqlite3.DatabaseError as err:
+        if isinstance(err, sqlite3.OperationalError) and _is_busy(err):
+            raise
+        raise BufferToolError(f"{path} is not an edgegw buffer: {err}") from None
+    if app_id != _APPLICATION_ID:
+        raise BufferToolError(f"{path} is not an edgegw buffer (SQLite application_id {app_id:#x})")
+    if version > _SCHEMA_VERSION:
+        raise BufferToolError(
+            f"{path} has buffer schema {version}, newer than this edgegw understands ({_SCHEMA_VERSION})"
+        )
+
+
+# --------------------------------------------------------------------------------------------------------
+# inspect
+
+
+@dataclass(frozen=True)
+class KindCount:
+    device: str
+    kind: str
+    events: int
+    bytes: int
+    first_seq: int
+    last_seq: int
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """What a buffer holds, as of one snapshot."""
+
+    path: Path
+    file_bytes: int
+    """The database file and its WAL, on disk."""
+    depth: int
+    """Events stored (not yet acknowledged upstream)."""
+    bytes: int
+    """Bytes they count against the gateway's ``buffer.max_bytes``."""
+    oldest_seq: int | None
+    newest_seq: int | None
+    oldest_ts: float | None
+    newest_ts: float | None
+    last_seq: int
+    """The highest seq ever assigned (the next event gets a higher one, even after deletes)."""
+    by_kind: list[KindCount]
+    dropped: dict[str, int]
+    """Events the gateway dropped, by :class:`~gateway.buffer.DropReason`, since the file was made."""
+    purged: int
+    """Events deleted by ``edgegw buffer purge``."""
+    taken_at: float = field(default_factory=time.time)
+
+    def age(self, ts: float | None) -> float | None:
+        return None if ts is None else self.taken_at - ts
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "file_bytes": self.file_bytes,
+            "depth": self.depth,
+            "bytes": self.bytes,
+            "oldest_seq": self.oldest_seq,
+            "newest_seq": self.newest_seq,
+            "oldest_ts": self.oldest_ts,
+            "newest_ts": self.newest_ts,
+            "oldest_age_s": self.age(self.oldest_ts),
+            "newest_age_s": self.age(self.newest_ts),
+            "last_seq": self.last_seq,
+            "by_kind": [vars(k) for k in self.by_kind],
+            "dropped": self.dropped,
+            "purged": self.purged,
+        }
+
+    def render(self) -> str:
+        lines = [
+            f"buffer    {self.path} ({_size(self.file_bytes)} on disk)",
+            f"events    {self.depth} pending, {self.bytes} bytes ({_size(self.bytes)})",
+        ]
+        if self.oldest_seq is None:
+            lines.append(f"seq       none pending; highest ever assigned {self.last_seq}")
+        else:
+            lines.append(
+                f"seq       oldest {self.oldest_seq} (age {_age(self.age(self.oldest_ts))}), "
+                f"newest {self.newest_seq} (age {_age(self.age(self.newest_ts))}); "
+                f"highest ever assigned {self.last_seq}"
+            )
+        if self.by_kind:
+            lines.append("by device and kind:")
+            dw = max(len(k.device) for k in self.by_kind)
+            kw = max(len(k.kind) for k in self.by_kind)
+            lines.extend(
+                f"  {k.device:<{dw}}  {k.kind:<{kw}}  {k.events:>9} events  {k.bytes:>12} bytes  "
+                f"seq {k.first_seq}..{k.last_seq}"
+                for k in self.by_kind
+            )
+        lines.append("dropped   " + " ".join(f"{reason}={n}" for reason, n in self.dropped.items()))
+        lines.append(f"purged    {self.purged}")
+        return "\n".join(lines)
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError  # pragma: no cover
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    sign = "-" if seconds < 0 else ""
+    whole = int(abs(seconds))
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    clock = f"{hours:d}:{minutes:02d}:{secs:02d}"
+    return f"{sign}{days}d {clock}" if days else f"{sign}{clock}"
+
+
+def inspect(path: Path) -> Inspection:
+    """Read what ``path`` holds, running gateway or not (read-only SQL, one snapshot)."""
+    conn = _connect(path)
+    try:
+        conn.execute("BEGIN")  # one snapshot for every figure below
+        depth, nbytes, oldest_seq, newest_seq = conn.execute(
+            "SELECT count(*), coalesce(sum(size), 0), min(seq), max(seq) FROM events"
+        ).fetchone()
+        oldest_ts = _ts_at(conn, oldest_seq)
+        newest_ts = _ts_at(conn, newest_seq)
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        last_seq = max(row[0] if row else 0, newest_seq or 0)
+        by_kind = [
+            KindCount(*r)
+            for r in conn.execute(
+                "SELECT device, kind, count(*), sum(size), min(seq), max(seq) FROM events "
+                "GROUP BY device, kind ORDER BY device, kind"
+            )
+        ]
+        dropped = {reason.value: 0 for reason in DropReason}
+        purged = 0
+        for key, value in conn.execute("SELECT key, value FROM meta"):
+            if key.startswith("dropped."):
+                dropped[key.removeprefix("dropped.")] = value
+            elif key == PURGED_KEY:
+                purged = value
+        conn.execute("COMMIT")
+    except sqlite3.Error as err:
+        raise BufferToolError(f"reading {path} failed: {err}") from None
+    finally:
+        conn.close()
+    file_bytes = sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists())
+    return Inspection(
+        path=path,
+        file_bytes=file_bytes,
+        depth=depth,
+        bytes=nbytes,
+        oldest_seq=oldest_seq,
+        newest_seq=newest_seq,
+        oldest_ts=oldest_ts,
+        newest_ts=newest_ts,
+        last_seq=last_seq,
+        by_kind=by_kind,
+        dropped=dropped,
+        purged=purged,
+    )
+
+
+def _ts_at(conn: sqlite3.Connection, seq: int | None) -> float | None:
+    if seq is None:
+        return None
+    row = conn.execute("SELECT ts FROM events WHERE seq = ?", (seq,)).fetchone()
+    return None if row is None else float(row[0])
+
+
+# --------------------------------------------------------------------------------------------------------
+# export
+
+
+def iter_events(
+    path: Path, *, after_seq: int = 0, limit: int | None = None, page: int = 1000
+) -> Generator[Stored, None, None]:
+    """The stored events with ``seq > after_seq``, in seq order, at most ``limit``, up to the highest seq
+    present when the iteration starts. Each page of ``page`` rows is one short read transaction: no lock
+    or snapshot is held between pages (nor while the caller handles a page)."""
+    if page < 1:
+        raise ValueError(f"page must be >= 1, not {page}")
+    conn = _connect(path)
+    try:
+        upto = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+        cursor = after_seq
+        remaining = limit
+        while remaining is None or remaining > 0:
+            n = page if remaining is None else min(page, remaining)
+            rows = conn.execute(
+                "SELECT seq, device, kind, ts, data FROM events WHERE seq > ? AND seq <= ? "
+                "ORDER BY seq LIMIT ?",
+                (cursor, upto, n),
+            ).fetchall()  # the statement, and with it the read transaction, ends here
+            if not rows:
+                return
+            for row in rows:
+                yield Stored(row[0], row[1], row[2], float(row[3]), bytes(row[4]))
+            cursor = rows[-1][0]
+            if remaining is not None:
+                remaining -= len(rows)
+    except sqlite3.Error as err:
+        raise BufferToolError(f"reading {path} failed: {err}") from None
+    finally:
+        conn.close()
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    events: int
+    first_seq: int | None
+    last_seq: int | None
+
+
+def export(
+    path: Path,
+    gateway_id: str,
+    out: IO[bytes],
+    *,
+    after_seq: int = 0,
+    limit: int | None = None,
+    page: int = 1000,
+) -> ExportResult:
+    """Write the events of ``path`` to ``out`` as JSON lines: each line exactly the payload the forwarder
+    publishes for that event (:func:`gateway.forwarder.encode_payload`). See :func:`iter_events` for which
+    events."""
+    count = 0
+    first = last = None
+    with contextlib.closing(iter_events(path, after_seq=after_seq, limit=limit, page=page)) as events:
+        for event in events:
+            out.write(encode_payload(gateway_id, event) + b"\n")
+            count += 1
+            if first is None:
+                first = event.seq
+            last = event.seq
+    return ExportResult(count, first, last)
+
+
+def export_to_file(
+    path: Path,
+    gateway_id: str,
+    target: Path,
+    *,
+    after_seq: int = 0,
+    limit: int | None = None,
+    page: int = 1000,
+) -> ExportResult:
+    """:func:`export` into a new file ``target``, atomically and durably: written as ``target.partial``,
+    fsync'd, then renamed, so a stick pulled out early never holds a truncated file under the final name,
+    and one pulled out right after the command returns holds all of it. Refuses to overwrite a file."""
+    if target.exists():
+        raise BufferToolError(
+            f"{target} exists: choose another name (an earlier export is never overwritten)"
+        )
+    partial = target.with_name(target.name + ".partial")
+    try:
+        with partial.open("wb") as f:
+            result = export(path, gateway_id, f, after_seq=after_seq, limit=limit, page=page)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, target)
+        _fsync_dir(target.parent)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        raise BufferToolError(f"writing {target} failed: {err.strerror or err}") from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        raise
+    return result
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return  # some file systems (vfat on a stick, through some drivers) cannot open a directory
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------------------------------------
+# purge
+
+
+@dataclass(frozen=True)
+class PurgePlan:
+    """What a purge deletes (or deleted): ``events`` events, seq ``first_seq``..``last_seq``, ``bytes``."""
+
+    up_to: int | None
+    """Delete ``seq <= up_to``; None: everything."""
+    events: int
+    bytes: int
+    first_seq: int | None
+    last_seq: int | None
+    remaining: int
+    """Events left afterwards."""
+
+    def describe(self) -> str:
+        if not self.events:
+            return "nothing to purge"
+        return (
+            f"{self.events} events, seq {self.first_seq}..{self.last_seq}, {self.bytes} bytes "
+            f"({self.remaining} would remain)"
+        )
+
+
+_PLAN_SQL: Final = "SELECT count(*), coalesce(sum(size), 0), min(seq), max(seq) FROM events WHERE seq <= ?"
+
+
+def _plan(conn: sqlite3.Connection, up_to: int | None) -> PurgePlan:
+    bound = up_to if up_to is not None else (1 << 63) - 1
+    events, nbytes, first, last = conn.execute(_PLAN_SQL, (bound,)).fetchone()
+    total = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+    return PurgePlan(up_to, events, nbytes, first, last, total - events)
+
+
+def plan_purge(path: Path, up_to: int | None) -> PurgePlan:
+    """What :func:`purge` would delete, read-only (works beside a running gateway)."""
+    conn = _connect(path)
+    try:
+        conn.execute("BEGIN")
+        plan = _plan(conn, up_to)
+        conn.execute("COMMIT")
+        return plan
+    except sqlite3.Error as err:
+        raise BufferToolError(f"reading {path} failed: {err}") from None
+    finally:
+        conn.close()
+
+
+def purge(path: Path, up_to: int | None) -> PurgePlan:
+    """Delete the events with ``seq <= up_to`` (all when None) and count them under ``purged``. Raises
+    :class:`BufferInUseError` (and deletes nothing) while anyone else has the file open."""
+    with _gateway_lock(path):
+        return _purge(path, up_to)
+
+
+@contextlib.contextmanager
+def _gateway_lock(path: Path) -> Iterator[None]:
+    """Hold the lock a gateway holds while it has the buffer open (``flock`` on ``<buffer>.lock``, see
+    :class:`~gateway.buffer.SqliteBuffer`), so that none runs, or starts, during the purge. The lock file is
+    opened read-only and never created: a file made here by root would keep the service's user from
+    opening it. Without one (no gateway ever opened this buffer), SQLite's exclusive lock alone guards."""
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        yield
+        return
+    except OSError as err:
+        raise BufferToolError(f"cannot open the lock file {lock_path}: {err.strerror or err}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise _in_use(path, holder) from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _purge(path: Path, up_to: int | None) -> PurgePlan:
+    conn = _connect(path, exclusive=True)
+    try:
+        try:
+            conn.execute("BEGIN EXCLUSIVE")
+        except sqlite3.OperationalError as err:
+            if _is_busy(err):
+                raise _in_use(path) from None
+            raise
+        plan = _plan(conn, up_to)
+        if plan.events:
+            bound = up_to if up_to is not None else (1 << 63) - 1
+            conn.execute("DELETE FROM events WHERE seq <= ?", (bound,))
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = value + excluded.value",
+                (PURGED_KEY, plan.events),
+            )
+        conn.execute("COMMIT")
+        return plan
+    except sqlite3.Error as err:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise BufferToolError(f"purging {path} failed (nothing was deleted): {err}") from None
+    finally:
+        conn.close()

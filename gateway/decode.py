@@ -1,0 +1,261 @@
+"""``edgegw decode PROTOCOL HEX``: what a captured frame says, or exactly what is wrong with it.
+
+A field technician holds a frame copied from a serial sniffer, a Wireshark dump or the gateway's debug log
+and wants to know whether the device or the line is at fault. Every protocol the gateway speaks has one
+entry in :data:`DECODERS`: a function from the frame's bytes to a :class:`Decoded`, built on the
+protocol's own codec in ``protocols/`` (so the tool and the driver can never disagree about a frame). A
+decoder never raises for bad input: a frame that does not decode comes back with ``problems`` (bad
+checksum with the expected and found values, length mismatch, unknown command, ...).
+
+Adding a protocol is a few lines::
+
+    @decoder("modbus-rtu")
+    def _modbus_rtu(raw: bytes) -> Decoded:
+        out = Decoded("modbus-rtu", raw)
+        ...  # out.field(...) for each part on the wire, out.meaning / out.problems from the codec
+        return out
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+from protocols import r2000
+from protocols.errors import ProtocolError
+
+__all__ = ["DECODERS", "Decoded", "Decoder", "UnknownProtocol", "decode", "decoder", "parse_hex"]
+
+
+@dataclass
+class Decoded:
+    """A frame taken apart. ``fields`` are its parts in wire order (as far as the bytes go, even when the
+    frame is bad, so the technician sees where it went wrong); ``meaning`` what a good frame carries;
+    ``problems`` what is wrong (empty for a good frame)."""
+
+    protocol: str
+    raw: bytes
+    fields: list[tuple[str, str]] = field(default_factory=list)
+    meaning: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def field(self, name: str, value: str) -> None:
+        self.fields.append((name, value))
+
+    def render(self) -> str:
+        lines = [f"{self.protocol}: {_count(len(self.raw), 'byte')}: {self.raw.hex(' ').upper()}"]
+        width = max((len(name) for name, _ in self.fields), default=0)
+        lines.extend(f"  {name:<{width}}  {value}" for name, value in self.fields)
+        lines.extend(self.meaning)
+        if self.ok:
+            lines.append("OK")
+        else:
+            lines.extend(f"BAD: {problem}" for problem in self.problems)
+        return "\n".join(lines)
+
+
+Decoder = Callable[[bytes], Decoded]
+
+DECODERS: dict[str, Decoder] = {}
+"""Protocol name (as given on the command line) -> decoder."""
+
+
+def decoder(*names: str) -> Callable[[Decoder], Decoder]:
+    """Register a decoder under one or more names."""
+
+    def register(fn: Decoder) -> Decoder:
+        for name in names:
+            DECODERS[name] = fn
+        return fn
+
+    return register
+
+
+class UnknownProtocol(LookupError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"unknown protocol {name!r} (known: {', '.join(sorted(DECODERS))})")
+
+
+def decode(protocol: str, raw: bytes) -> Decoded:
+    """Decode ``raw`` as one frame of ``protocol``; :class:`UnknownProtocol` for a name not registered."""
+    fn = DECODERS.get(protocol.lower())
+    if fn is None:
+        raise UnknownProtocol(protocol)
+    return fn(raw)
+
+
+_SEPARATORS: Final = re.compile(r"[\s:,;.\-]+")
+
+
+def parse_hex(text: str) -> bytes:
+    """Bytes from hex as people paste it: ``A0 04 01 89 01 D1``, ``a0:04:01``, ``0xA0, 0x04``,
+    ``A00401``, any case. ``ValueError`` says what is wrong with the text."""
+    tokens = [t for t in _SEPARATORS.split(text.strip()) if t]
+    digits = "".join(t[2:] if t[:2] in ("0x", "0X") else t for t in tokens)
+    if not digits:
+        raise ValueError("no hex digits given")
+    for position, char in enumerate(digits):
+        if char not in string.hexdigits:
+            raise ValueError(f"{char!r} is not a hex digit (hex digit {position + 1})")
+    if len(digits) % 2:
+        raise ValueError(f"odd number of hex digits ({len(digits)}): each byte is two digits")
+    return bytes.fromhex(digits)
+
+
+# --------------------------------------------------------------------------------------------------------
+# R2000 "0xA0"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _r2000_command(code: int) -> str:
+    try:
+        return f"0x{code:02X} {r2000.Command(code).name.lower()}"
+    except ValueError:
+        return f"0x{code:02X} (not a command of this protocol)"
+
+
+def _r2000_status(code: int) -> str:
+    try:
+        return f"0x{code:02X} {r2000.ErrorCode(code).name.lower()}"
+    except ValueError:
+        return f"0x{code:02X} (not a status code of this protocol)"
+
+
+def _r2000_reply(reply: r2000.Reply) -> tuple[str, list[str]]:
+    """What a reply says, and what makes it implausible (the driver drops such frames)."""
+    if isinstance(reply, r2000.TagRead):
+        mhz = reply.frequency_mhz
+        freq = f"{mhz} MHz (index {reply.frequency_index})" if mhz is not None else "not in the table"
+        epc = reply.epc.hex().upper() or "(empty)"
+        text = (
+            f"tag read: EPC {epc}, PC {reply.pc:04X}, antenna {reply.antenna}, "
+            f"RSSI {reply.rssi_dbm} dBm (raw {reply.rssi}), frequency {freq}"
+        )
+        if mhz is None:
+            return text, [f"frequency index {reply.frequency_index} is not in the frequency table (0..59)"]
+        return text, []
+    if isinstance(reply, r2000.InventoryEnd):
+        if reply.antenna is not None:
+            return (
+                f"end of real-time inventory on antenna {reply.antenna}: {reply.read_rate} tags/s, "
+                f"{reply.total_read} reads",
+                [],
+            )
+        return f"end of fast-switch inventory: {reply.total_read} reads in {reply.duration_ms} ms", []
+    if isinstance(reply, r2000.AntennaMissing):
+        return f"fast-switch inventory skipped antenna {reply.antenna}: {_r2000_status(reply.code)}", []
+    if isinstance(reply, r2000.FirmwareVersion):
+        return f"firmware version {reply.major}.{reply.minor}", []
+    if isinstance(reply, r2000.WorkAntenna):
+        return f"the work antenna is {reply.antenna}", []
+    if isinstance(reply, r2000.CommandStatus):
+        text = f"status of {_r2000_command(reply.command)}: {_r2000_status(reply.code)}"
+        known = reply.code in r2000.ErrorCode.__members__.values()
+        return text, [] if known else [f"status code 0x{reply.code:02X} is not one the protocol defines"]
+    return repr(reply), []
+
+
+def _r2000_request(request: r2000.Request) -> str:
+    if isinstance(request, r2000.RealTimeInventory):
+        return f"real-time inventory on the work antenna, repeat {request.repeat}"
+    if isinstance(request, r2000.SetWorkAntenna):
+        return f"set the work antenna to {request.antenna}"
+    if isinstance(request, r2000.FastSwitchInventory):
+        slots = ", ".join(f"antenna {a} x{stay}" for a, stay in request.antennas)
+        return f"fast-switch inventory: {slots}; interval {request.interval_ms} ms, repeat {request.repeat}"
+    names = {
+        r2000.Reset: "reset the reader",
+        r2000.GetFirmwareVersion: "get the firmware version",
+        r2000.GetWorkAntenna: "get the work antenna",
+    }
+    return names.get(type(request), repr(request))
+
+
+def _r2000_frames_inside(raw: bytes) -> list[tuple[int, int]]:
+    """(offset, size) of every whole, valid frame within ``raw``: what a capture with extra bytes holds."""
+    found = []
+    for start in range(len(raw) - 4):
+        if raw[start] == r2000.HEAD and raw[start + 1] >= 3:
+            end = start + raw[start + 1] + 2
+            if end <= len(raw) and not sum(raw[start:end]) & 0xFF and (start, end) != (0, len(raw)):
+                found.append((start, end - start))
+    return found
+
+
+@decoder("r2000", "uhf-r2000")
+def decode_r2000(raw: bytes) -> Decoded:
+    """An R2000 frame, either direction: ``A0 Len Address Cmd Data... Check``."""
+    out = Decoded("r2000", raw)
+    size = len(raw)
+    if size >= 1:
+        ok = raw[0] == r2000.HEAD
+        out.field("head", f"0x{raw[0]:02X}" + ("" if ok else f" (expected 0x{r2000.HEAD:02X})"))
+    if size >= 2:
+        end = raw[1] + 2  # where the frame ends by its Len
+        given = "" if end == size else f", {_count(size, 'byte')} given"
+        out.field("length", f"{raw[1]}: a frame of {_count(end, 'byte')}{given}")
+    if size >= 3:
+        out.field("address", f"{raw[2]}" + (" (broadcast)" if raw[2] == r2000.BROADCAST else ""))
+    if size >= 4:
+        out.field("command", _r2000_command(raw[3]))
+    if size >= 2 and raw[1] >= r2000.MIN_LEN:
+        data = raw[4 : min(end - 1, size)]
+        if data:
+            out.field("data", f"{data.hex(' ').upper()} ({_count(len(data), 'byte')})")
+        if end <= size:
+            expected = r2000.checksum(raw[: end - 1])
+            verdict = "ok" if raw[end - 1] == expected else f"expected 0x{expected:02X}"
+            out.field("check", f"0x{raw[end - 1]:02X} ({verdict})")
+        else:
+            out.field("check", f"missing: the frame is cut short by {_count(end - size, 'byte')}")
+        if size > end:
+            out.field(
+                "trailing", f"{raw[end:].hex(' ').upper()} ({_count(size - end, 'byte')} after the frame)"
+            )
+    try:
+        frame = r2000.decode_frame(raw)
+    except ProtocolError as err:
+        out.problems.append(str(err))
+        inside = _r2000_frames_inside(raw)
+        if inside:
+            where = ", ".join(f"{length} bytes at offset {offset}" for offset, length in inside[:8])
+            out.problems.append(f"the bytes hold {len(inside)} valid frame(s) ({where}): decode each alone")
+        return out
+    if frame.command not in r2000.Command.__members__.values():
+        out.problems.append(f"unknown command 0x{frame.command:02X}")
+        return out
+
+    readings: list[tuple[str, str, list[str]]] = []
+    reasons: list[str] = []
+    try:
+        request = r2000.parse_request(frame)
+    except ProtocolError as err:
+        reasons.append(f"as a request (host -> reader): {err}")
+    else:
+        readings.append(("request (host -> reader)", _r2000_request(request), []))
+    try:
+        reply = r2000.parse_reply(frame)
+    except ProtocolError as err:
+        reasons.append(f"as a reply (reader -> host): {err}")
+    else:
+        text, doubts = _r2000_reply(reply)
+        readings.append(("reply (reader -> host)", text, doubts))
+    if len(readings) == 2:  # the same bytes read both ways: keep the plausible reading
+        readings = [r for r in readings if not r[2]] or readings
+    if not readings:
+        out.problems.extend(reasons)
+        return out
+    for direction, text, doubts in readings:
+        out.meaning.append(f"{direction}: {text}")
+        out.problems.extend(doubts)
+    return out

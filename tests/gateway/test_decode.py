@@ -1,0 +1,294 @@
+"""``edgegw decode``: good frames are explained, bad ones say exactly what is wrong, nothing raises."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway import cli
+from gateway.decode import DECODERS, UnknownProtocol, decode, parse_hex
+from protocols import r2000
+
+EDGEGW = str(Path(sys.executable).with_name("edgegw"))
+
+EPC = bytes.fromhex("300833B2DDD9014000000001")
+TAG = r2000.encode_reply(r2000.TagRead(antenna=2, frequency_index=20, pc=0x3000, epc=EPC, rssi=98))
+
+
+# ---- hex as people paste it ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "A0 04 01 89 01 D1",
+        "a0:04:01:89:01:d1",
+        "0xA0, 0x04, 0x01, 0x89, 0x01, 0xD1",
+        "a00401 8901d1",
+        " A0-04-01-89-01-D1\n",
+    ],
+)
+def test_parse_hex_accepts_the_usual_spellings(text: str) -> None:
+    assert parse_hex(text) == bytes.fromhex("A00401 8901D1")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("", "no hex digits"), ("A0 4", "odd number of hex digits (3)"), ("A0 G1", "'G' is not a hex digit")],
+)
+def test_parse_hex_says_what_is_wrong(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_hex(text)
+
+
+@given(st.binary(min_size=1, max_size=300), st.sampled_from([" ", ":", ", ", "-", ""]), st.booleans())
+def test_parse_hex_round_trips_any_bytes(data: bytes, separator: str, prefixed: bool) -> None:
+    pairs = [f"{b:02x}" for b in data]
+    if prefixed:
+        pairs = ["0x" + p for p in pairs]
+        separator = separator or " "
+    assert parse_hex(separator.join(pairs).upper()) == data
+    assert parse_hex(separator.join(pairs)) == data
+
+
+# ---- r2000: good frames ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("frame", "meaning"),
+    [
+        (
+            TAG,
+            "reply (reader -> host): tag read: EPC 300833B2DDD9014000000001, PC 3000, antenna 2, "
+            "RSSI -31 dBm (raw 98), frequency 908.5 MHz (index 20)",
+        ),
+        (
+            r2000.encode_reply(r2000.InventoryEnd(0x89, 120, antenna=1, read_rate=55)),
+            "reply (reader -> host): end of real-time inventory on antenna 1: 55 tags/s, 120 reads",
+        ),
+        (
+            r2000.encode_reply(r2000.InventoryEnd(0x8A, 300, duration_ms=250)),
+            "reply (reader -> host): end of fast-switch inventory: 300 reads in 250 ms",
+        ),
+        (
+            r2000.encode_reply(r2000.AntennaMissing(3)),
+            "reply (reader -> host): fast-switch inventory skipped antenna 3: 0x22 antenna_missing",
+        ),
+        (r2000.encode_reply(r2000.FirmwareVersion(1, 7)), "reply (reader -> host): firmware version 1.7"),
+        (
+            r2000.encode_reply(r2000.CommandStatus(r2000.Command.SET_WORK_ANTENNA, r2000.ErrorCode.SUCCESS)),
+            "reply (reader -> host): status of 0x74 set_work_antenna: 0x10 success",
+        ),
+        (
+            r2000.real_time_inventory(repeat=1),
+            "request (host -> reader): real-time inventory on the work antenna, repeat 1",
+        ),
+        (r2000.get_firmware_version(), "request (host -> reader): get the firmware version"),
+        (r2000.set_work_antenna(4), "request (host -> reader): set the work antenna to 4"),
+        (
+            r2000.fast_switch_inventory([(1, 1), (2, 3)], interval_ms=5, repeat=2),
+            "request (host -> reader): fast-switch inventory: antenna 1 x1, antenna 2 x3; interval 5 ms, "
+            "repeat 2",
+        ),
+    ],
+)
+def test_good_r2000_frames_are_explained(frame: bytes, meaning: str) -> None:
+    decoded = decode("r2000", frame)
+    assert decoded.problems == []
+    assert decoded.ok
+    assert decoded.meaning == [meaning]
+    assert decoded.render().endswith(f"{meaning}\nOK")
+
+
+def test_the_wire_fields_are_listed_in_order() -> None:
+    decoded = decode("r2000", TAG)
+    assert decoded.fields == [
+        ("head", "0xA0"),
+        ("length", "19: a frame of 21 bytes"),
+        ("address", "1"),
+        ("command", "0x89 real_time_inventory"),
+        ("data", "51 30 00 30 08 33 B2 DD D9 01 40 00 00 00 01 62 (16 bytes)"),
+        ("check", "0xCB (ok)"),
+    ]
+
+
+# ---- r2000: bad frames -----------------------------------------------------------------------------------
+
+
+def test_bad_checksum_gives_expected_and_found() -> None:
+    bad = TAG[:-1] + bytes([TAG[-1] ^ 0x01])
+    decoded = decode("r2000", bad)
+    assert not decoded.ok
+    assert decoded.problems == ["bad checksum: expected 0xCB, found 0xCA"]
+    assert ("check", "0xCA (expected 0xCB)") in decoded.fields
+
+
+def test_a_frame_cut_short_is_a_length_mismatch() -> None:
+    decoded = decode("r2000", TAG[:-1])
+    assert decoded.problems == ["length mismatch: Len says 19, 18 bytes follow"]
+    assert ("check", "missing: the frame is cut short by 1 byte") in decoded.fields
+
+
+def test_two_frames_pasted_together_are_found() -> None:
+    version = r2000.encode_reply(r2000.FirmwareVersion(1, 7))
+    decoded = decode("r2000", version + TAG)
+    assert decoded.problems == [
+        "length mismatch: Len says 5, 26 bytes follow",
+        "the bytes hold 2 valid frame(s) (7 bytes at offset 0, 21 bytes at offset 7): decode each alone",
+    ]
+    assert ("trailing", f"{TAG.hex(' ').upper()} (21 bytes after the frame)") in decoded.fields
+
+
+def test_unknown_command() -> None:
+    frame = r2000.encode_frame(r2000.Frame(1, 0x55, b""))
+    decoded = decode("r2000", frame)
+    assert decoded.problems == ["unknown command 0x55"]
+    assert ("command", "0x55 (not a command of this protocol)") in decoded.fields
+
+
+def test_a_known_command_with_data_that_fits_neither_direction() -> None:
+    frame = r2000.encode_frame(r2000.Frame(1, r2000.Command.REAL_TIME_INVENTORY, b"\x01\x02\x03"))
+    decoded = decode("r2000", frame)
+    assert decoded.problems == [
+        "as a request (host -> reader): real-time inventory takes 1 data byte, 3 given",
+        "as a reply (reader -> host): inventory reply (0x89) with 3 data bytes",
+    ]
+
+
+def test_a_tag_frame_whose_pc_disagrees_with_its_length() -> None:
+    data = bytes([0x51, 0x40, 0x00]) + EPC + bytes([98])  # PC says 8 words, the EPC has 6
+    decoded = decode("r2000", r2000.encode_frame(r2000.Frame(1, r2000.Command.REAL_TIME_INVENTORY, data)))
+    assert "as a reply (reader -> host): EPC length mismatch: PC 0x4000 says 16 bytes, frame has 12" in (
+        decoded.problems
+    )
+
+
+def test_a_frequency_outside_the_table_is_reported() -> None:
+    frame = r2000.encode_reply(r2000.TagRead(antenna=1, frequency_index=62, pc=0x3000, epc=EPC, rssi=90))
+    decoded = decode("r2000", frame)
+    assert decoded.problems == ["frequency index 62 is not in the frequency table (0..59)"]
+
+
+def test_a_bad_head_and_a_bad_length() -> None:
+    assert decode("r2000", bytes.fromhex("A1 03 01 72 EA")).problems == ["bad head 0xA1"]
+    assert decode("r2000", bytes.fromhex("A0 02 01 72 00")).problems == ["bad length: Len is 2, at least 3"]
+    assert decode("r2000", b"").problems == ["truncated: 0 bytes, a frame has at least 5"]
+
+
+@given(st.binary(max_size=300))
+def test_any_bytes_decode_to_a_verdict_never_an_exception(data: bytes) -> None:
+    decoded = decode("r2000", data)
+    if decoded.ok:
+        assert r2000.decode_frame(data).command in set(r2000.Command)
+    else:
+        assert decoded.problems
+    assert decoded.render()
+
+
+@given(
+    st.integers(0, 255),
+    st.sampled_from(list(r2000.Command)),
+    st.binary(max_size=r2000.MAX_DATA),
+    st.integers(1, 255),
+)
+def test_any_corrupted_check_byte_is_reported_with_both_values(
+    address: int, command: int, data: bytes, flip: int
+) -> None:
+    frame = r2000.encode_frame(r2000.Frame(address, command, data))
+    bad = frame[:-1] + bytes([frame[-1] ^ flip])
+    assert decode("r2000", bad).problems[0] == (
+        f"bad checksum: expected 0x{frame[-1]:02X}, found 0x{bad[-1]:02X}"
+    )
+
+
+@given(
+    st.integers(1, 8),
+    st.integers(0, 59),
+    st.integers(0, 31).flatmap(
+        lambda words: st.tuples(st.just(words), st.binary(min_size=2 * words, max_size=2 * words))
+    ),
+    st.integers(0, 127),
+)
+def test_every_plausible_tag_frame_decodes(
+    antenna: int, frequency: int, pc_epc: tuple[int, bytes], rssi: int
+) -> None:
+    words, epc = pc_epc
+    frame = r2000.encode_reply(
+        r2000.TagRead(antenna=antenna, frequency_index=frequency, pc=words << 11, epc=epc, rssi=rssi)
+    )
+    decoded = decode("r2000", frame)
+    assert decoded.ok, decoded.problems
+    assert f"antenna {antenna}," in decoded.meaning[-1]
+    assert f"(index {frequency})" in decoded.meaning[-1]
+
+
+def test_unknown_protocol_names_the_known_ones() -> None:
+    with pytest.raises(UnknownProtocol, match=r"unknown protocol 'nope' \(known: .*r2000"):
+        decode("nope", b"")
+    assert decode("R2000", TAG).ok  # protocol names are case-insensitive
+    assert DECODERS["uhf-r2000"] is DECODERS["r2000"]  # the driver's name works too
+
+
+# ---- the command -----------------------------------------------------------------------------------------
+
+
+def test_cli_good_frame_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["decode", "r2000", *TAG.hex(" ").split()]) == 0
+    out = capsys.readouterr().out
+    assert "tag read: EPC 300833B2DDD9014000000001" in out
+    assert out.rstrip().endswith("OK")
+
+
+def test_cli_bad_frame_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["decode", "r2000", "a0:04:01:89:01:d2"]) == 1
+    assert "BAD: bad checksum: expected 0xD1, found 0xD2" in capsys.readouterr().out
+
+
+def test_cli_reads_hex_from_stdin(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(TAG.hex(":") + "\n"))
+    assert cli.main(["decode", "r2000", "-"]) == 0
+    assert "OK" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["decode", "modbus-rtux", "01"], "edgegw decode: unknown protocol 'modbus-rtux'"),
+        (["decode", "r2000", "A0", "0"], "edgegw decode: odd number of hex digits (3)"),
+        (["decode", "r2000", "nothex"], "edgegw decode: 'n' is not a hex digit"),
+    ],
+)
+def test_cli_usage_errors_exit_2(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(args) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(message)
+    assert captured.out == ""
+
+
+def test_the_installed_command() -> None:
+    good = subprocess.run(
+        [EDGEGW, "decode", "r2000", "A0 04 01 89 01 D1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert good.returncode == 0, good.stderr
+    assert "request (host -> reader): real-time inventory on the work antenna, repeat 1" in good.stdout
+    bad = subprocess.run(
+        [EDGEGW, "decode", "r2000", "A0 04 01 89 01"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert bad.returncode == 1
+    assert "BAD: length mismatch: Len says 4, 3 bytes follow" in bad.stdout
+    usage = subprocess.run(
+        [EDGEGW, "decode", "r2000"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert usage.returncode == 2
