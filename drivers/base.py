@@ -67,6 +67,9 @@ class Driver(abc.ABC, Generic[OptionsT]):
 
     name: ClassVar[str]
     Options: ClassVar[type[DriverOptions]]
+    emits: ClassVar[frozenset[str]] = frozenset()
+    """The event kinds it produces besides ``device.status``: the config allows an RFID device's
+    ``smoothing:`` only on a driver that emits ``rfid.read``."""
 
     def __init__(self, device: str, options: OptionsT) -> None:
         self.device = device

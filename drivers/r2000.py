@@ -7,7 +7,10 @@ runs a real-time inventory (0x89) on it; in ``fast_switch`` mode one fast-switch
 covers every configured antenna. Each tag frame becomes an ``rfid.read`` event::
 
     {"epc": "300833B2DDD9014000000001", "pc": "3000", "antenna": 1, "antenna_name": "lane1-in",
-     "rssi_dbm": -74, "frequency_mhz": 916.0, "reader_address": 1}
+     "rssi_dbm": -75, "frequency_mhz": 916.0, "reader_address": 1,
+     "epc_uri": "urn:epc:id:sgtin:0867360217.005.1"}
+
+``epc_uri`` (EPC Tag Data Standard, :mod:`protocols.epc`) is there when the EPC decodes to one.
 
 Corrupt frames are counted and skipped by the framer; a reader silent for ``read_timeout_s`` is a
 :class:`~drivers.errors.DeviceTimeout`, and the supervisor reconnects with backoff.
@@ -25,6 +28,7 @@ from typing import Annotated, ClassVar, Final, Literal
 from pydantic import Field, model_validator
 
 from protocols import r2000
+from protocols.epc import epc_uri
 from protocols.errors import DecodeError
 
 from .base import DeviceContext, Driver, DriverOptions
@@ -79,6 +83,7 @@ class R2000Options(DriverOptions):
 class UhfR2000Driver(Driver[R2000Options]):
     name: ClassVar[str] = "uhf-r2000"
     Options: ClassVar[type[R2000Options]] = R2000Options
+    emits: ClassVar[frozenset[str]] = frozenset({"rfid.read"})
 
     async def _open(self) -> ByteLink:
         opts = self.options
@@ -114,6 +119,7 @@ class _Session:
         # Antennas a tag frame may plausibly come from: in realtime mode only the selected work antenna.
         self._expected_antennas = frozenset(options.antennas)
         self._names_json = {antenna: _json(name) for antenna, name in options.antennas.items()}
+        self._uris: dict[bytes, str] = {}  # EPC -> its pure-identity URI, "" for none (see _uri)
         self._skipped = 0
         self._bad = 0
         self._overflow = 0
@@ -169,6 +175,7 @@ class _Session:
         feed = self.framer.feed_reads
         names = self.options.antennas
         names_json = self._names_json
+        uris = self._uris
         address = self.options.address
         broadcast = r2000.BROADCAST
         frequencies = r2000.FREQUENCY_MHZ
@@ -210,18 +217,24 @@ class _Session:
                                 frequency_mhz=mhz,
                                 reader_address=frame_address,
                             )
-                            data.json = (
-                                _READ_JSON
-                                % (
-                                    epc_hex,
-                                    pc_hex,
-                                    antenna,
-                                    names_json.get(antenna, "null"),
-                                    dbm,
-                                    _FREQUENCY_JSON[frequency],
-                                    frame_address,
-                                )
-                            ).encode()
+                            text = _READ_JSON % (
+                                epc_hex,
+                                pc_hex,
+                                antenna,
+                                names_json.get(antenna, "null"),
+                                dbm,
+                                _FREQUENCY_JSON[frequency],
+                                frame_address,
+                            )
+                            uri = uris.get(epc)
+                            if uri is None:
+                                uri = self._uri(epc)
+                            if uri:
+                                # Pure-identity URIs of the 96-bit schemes are digits, dots, colons and
+                                # letters: nothing JSON escapes.
+                                data["epc_uri"] = uri
+                                text = f'{text[:-1]},"epc_uri":"{uri}"}}'
+                            data.json = text.encode()
                             emit("rfid.read", data, now)
                         continue
                     assert isinstance(item, r2000.Frame)
@@ -253,6 +266,14 @@ class _Session:
                         continue
                     ctx.count("unexpected_frames")
 
+    def _uri(self, epc: bytes) -> str:
+        """The EPC's pure-identity URI ("" when it has none), remembered for the next reads of that tag:
+        a reader sees the same tags many times a second. At most :data:`_URI_CACHE` are kept."""
+        if len(self._uris) >= _URI_CACHE:
+            self._uris.clear()
+        uri = self._uris[epc] = epc_uri(epc) or ""
+        return uri
+
     def _account(self) -> None:
         stats = self.framer.stats
         if stats.bytes_skipped != self._skipped:
@@ -275,6 +296,7 @@ _READ_JSON: Final = (
     '{"epc":"%s","pc":"%s","antenna":%d,"antenna_name":%s,"rssi_dbm":%d,"frequency_mhz":%s,'
     '"reader_address":%d}'
 )
+_URI_CACHE: Final = 8192
 _FREQUENCY_JSON: Final = tuple("null" if mhz is None else _json(mhz) for mhz in r2000.FREQUENCY_MHZ)
 
 

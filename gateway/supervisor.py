@@ -14,6 +14,7 @@ configuration error stops that device only. Every change is reported as a ``devi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -26,6 +27,7 @@ from drivers.event import Event
 
 from .backoff import Backoff
 from .pipeline import EventQueue
+from .processors import Processor
 
 STATUS = "device.status"
 
@@ -40,9 +42,13 @@ class DeviceRunner:
         queue: EventQueue,
         backoff: Backoff,
         *,
+        processor: Processor | None = None,
+        tick_interval: float = 1.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._name = name
+        self.processor = processor
+        self._tick_interval = tick_interval
         self._make_driver = make_driver
         self._queue = queue
         self._backoff = backoff
@@ -66,6 +72,19 @@ class DeviceRunner:
 
     def emit(self, kind: str, data: Mapping[str, Any], ts: float | None = None) -> None:
         event = Event(self._name, kind, self._clock() if ts is None else ts, data)
+        if self.processor is None:
+            self._put(event)
+            return
+        try:
+            events = self.processor.process(event)
+        except Exception:  # a processor bug must not stop the device: the event goes on unprocessed
+            self.counters["processor_errors"] += 1
+            self._log.exception("processor failed on a %s event; passed on as it was", kind)
+            events = [event]
+        for out in events:
+            self._put(out)
+
+    def _put(self, event: Event) -> None:
         if self._queue.put(event):
             self.events_emitted += 1
         else:
@@ -85,6 +104,47 @@ class DeviceRunner:
 
     # -- lifecycle -------------------------------------------------------------------------------------
     async def run(self) -> None:
+        """Run the driver, restarting it on failure, until cancelled; a processor's clock ticks throughout
+        (a reader that died still has its tags depart)."""
+        if self.processor is None:
+            await self._supervise()
+            return
+        ticker = asyncio.create_task(self._tick_forever(self.processor), name=f"ticks:{self._name}")
+        try:
+            await self._supervise()
+        finally:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+            self._tick(self.processor)  # what is due by now, on the way out too
+            self._flush(self.processor)  # and what is still open: tracked tags depart ("stopped")
+
+    async def _tick_forever(self, processor: Processor) -> None:
+        while True:
+            await asyncio.sleep(self._tick_interval)
+            self._tick(processor)
+
+    def _tick(self, processor: Processor) -> None:
+        try:
+            events = processor.tick(self._clock())
+        except Exception:
+            self.counters["processor_errors"] += 1
+            self._log.exception("processor tick failed")
+            return
+        for event in events:
+            self._put(event)
+
+    def _flush(self, processor: Processor) -> None:
+        try:
+            events = processor.flush()
+        except Exception:
+            self.counters["processor_errors"] += 1
+            self._log.exception("processor flush failed")
+            return
+        for event in events:
+            self._put(event)
+
+    async def _supervise(self) -> None:
         try:
             while True:
                 try:

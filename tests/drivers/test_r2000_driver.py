@@ -19,6 +19,7 @@ from gateway.backoff import Backoff
 from gateway.buffer import encode_data
 from gateway.pipeline import EventQueue
 from gateway.supervisor import DeviceRunner
+from protocols.epc import epc_uri
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -122,6 +123,8 @@ async def test_reads_carry_exactly_the_json_the_buffer_would_write(tmp_path: Pat
         assert isinstance(data, EncodedData)
         assert data.json == encode_data(dict(data))[0]
         assert json.loads(data.json) == data
+        assert data.get("epc_uri") == epc_uri(data["epc"])  # present exactly when the EPC decodes
+    assert any("epc_uri" in data for data in reads) and not all("epc_uri" in data for data in reads)
 
 
 async def test_a_frame_with_a_bad_checksum_is_never_decoded(tmp_path: Path) -> None:

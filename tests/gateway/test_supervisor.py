@@ -13,6 +13,7 @@ from drivers.errors import ConfigurationError, ConnectionLost
 from drivers.event import Event
 from gateway.backoff import Backoff
 from gateway.pipeline import EventQueue
+from gateway.processors import RfidSmoothing, SmoothingOptions
 from gateway.supervisor import DeviceRunner
 
 
@@ -148,3 +149,67 @@ async def test_emit_drops_and_counts_when_the_queue_is_full() -> None:
     assert runner.events_emitted == 2
     assert runner.events_dropped == 3
     assert queue.dropped == 3
+
+
+class TagDriver(Driver[NoOptions]):
+    """Connects, reports one tag twice on antenna 1, then reads nothing more (the tag has left)."""
+
+    name: ClassVar[str] = "tags"
+    Options: ClassVar[type[DriverOptions]] = NoOptions
+    emits: ClassVar[frozenset[str]] = frozenset({"rfid.read"})
+
+    async def run(self, ctx: DeviceContext) -> None:
+        ctx.connected()
+        for _ in range(2):
+            ctx.emit("rfid.read", {"epc": "300833B2DDD9014000000001", "antenna": 1, "rssi_dbm": -60})
+        await asyncio.Event().wait()
+
+
+class Exploding(RfidSmoothing):
+    def process(self, event: Event) -> list[Event]:
+        raise RuntimeError("processor bug")
+
+
+async def test_a_processor_sees_every_event_and_its_clock_ticks() -> None:
+    queue = EventQueue(100)
+    smoothing = RfidSmoothing("dev", SmoothingOptions(depart_after_s=0.05))
+    runner = DeviceRunner(
+        "dev",
+        lambda: TagDriver("dev", NoOptions()),
+        queue,
+        Backoff(0.001, 0.002),
+        processor=smoothing,
+        tick_interval=0.01,
+    )
+    task = asyncio.create_task(runner.run())
+    try:
+        # The departure comes from a tick alone: the driver emits nothing after its two reads.
+        seen = await wait_for_events(queue, lambda ev: any(e.kind == "rfid.departed" for e in ev))
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    kinds = [e.kind for e in seen]
+    assert kinds == ["device.status", "rfid.arrived", "rfid.departed"]  # raw reads not forwarded
+    assert seen[2].data["count"] == 2
+    assert smoothing.counters()["tracked"] == 0
+
+
+async def test_a_failing_processor_passes_events_on_and_counts() -> None:
+    queue = EventQueue(100)
+    runner = DeviceRunner(
+        "dev",
+        lambda: TagDriver("dev", NoOptions()),
+        queue,
+        Backoff(0.001, 0.002),
+        processor=Exploding("dev", SmoothingOptions()),
+        tick_interval=0.01,
+    )
+    task = asyncio.create_task(runner.run())
+    try:
+        seen = await wait_for_events(queue, lambda ev: sum(e.kind == "rfid.read" for e in ev) == 2)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    # The connected status, both reads, and the stopped status on cancellation; each went on as it was.
+    assert runner.counters["processor_errors"] == 4
+    assert [e.kind for e in seen] == ["device.status", "rfid.read", "rfid.read"]
