@@ -16,6 +16,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TextIO
 
+from protocols.epc import encode_epc
+from protocols.errors import EncodeError
+
+from . import dlt645 as _dlt645
 from .r2000 import Faults, SimOptions, serve_pty, serve_tcp
 
 __all__ = ["FAMILIES", "main", "parse_faults"]
@@ -88,6 +92,21 @@ def _host_port(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def _epc(text: str) -> bytes:
+    if text.startswith("urn:"):
+        try:
+            return encode_epc(text)
+        except EncodeError as err:
+            raise argparse.ArgumentTypeError(str(err)) from err
+    try:
+        epc = bytes.fromhex(text)
+    except ValueError:
+        epc = b""
+    if len(epc) != 12:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected 24 hex digits (a 96-bit EPC) or an EPC URI")
+    return epc
+
+
 def _antennas(text: str) -> tuple[int, ...]:
     try:
         antennas = tuple(int(part) for part in text.split(",") if part.strip())
@@ -113,6 +132,15 @@ def _add_r2000(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     where.add_argument("--tcp", type=_host_port, metavar="HOST:PORT", help="serve on a TCP port")
     parser.add_argument("--rate", type=float, default=1000.0, help="tag reads per second (default 1000)")
     parser.add_argument("--tags", type=int, default=20, help="tag population size (default 20)")
+    parser.add_argument(
+        "--epc",
+        type=_epc,
+        action="append",
+        default=[],
+        metavar="EPC",
+        help="a tag of the population, as 24 hex digits or an EPC URI (urn:epc:tag:grai-96:... or "
+        "urn:epc:id:sscc:...); repeat for more; replaces --tags",
+    )
     parser.add_argument("--address", type=int, default=1, help="reader address (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the population and randomness")
     parser.add_argument(
@@ -129,6 +157,7 @@ async def _run_r2000(args: argparse.Namespace, stop: asyncio.Event, out: TextIO)
     options = SimOptions(
         address=args.address,
         tags=args.tags,
+        epcs=tuple(args.epc),
         rate=args.rate,
         rssi_mean=args.rssi_mean,
         rssi_spread=args.rssi_spread,
@@ -155,6 +184,7 @@ async def _run_r2000(args: argparse.Namespace, stop: asyncio.Event, out: TextIO)
 Runner = Callable[[argparse.Namespace, asyncio.Event, TextIO], Awaitable[None]]
 FAMILIES: dict[str, tuple[Callable[..., argparse.ArgumentParser], Runner]] = {
     "uhf-r2000": (_add_r2000, _run_r2000),
+    "dlt645": (_dlt645.add_parser, _dlt645.run_from_args),
 }
 """Subcommand name -> (adds its parser to the subparsers, runs it until the stop event is set)."""
 

@@ -100,7 +100,9 @@ class SimOptions:
 
     address: int = 1
     tags: int = 20
-    """Tag population size."""
+    """Tag population size (of random SGTIN-96-headed EPCs; ignored when ``epcs`` is given)."""
+    epcs: tuple[bytes, ...] = ()
+    """The tag population, explicitly: 96-bit EPCs (12 bytes each, PC 0x3000 like the random ones)."""
     rate: float = 1000.0
     """Tag reads per second, overall (paced per round, so the average is right)."""
     rssi_mean: float = -60.0
@@ -120,6 +122,11 @@ class SimOptions:
             raise ValueError(f"address {self.address} out of range 0..254")
         if self.tags < 0:
             raise ValueError("tags must not be negative")
+        for epc in self.epcs:
+            if len(epc) != 12:
+                raise ValueError(f"EPC {epc.hex().upper()}: 12 bytes (96 bits) expected, got {len(epc)}")
+        if len(set(self.epcs)) != len(self.epcs):
+            raise ValueError("epcs: each tag once")
         if self.rate < 0:
             raise ValueError("rate must not be negative")
         if self.round_ms <= 0:
@@ -211,7 +218,7 @@ class R2000Simulator:
     def __init__(self, options: SimOptions | None = None) -> None:
         self.options = options or SimOptions()
         self.stats = SimStats()
-        self.population = population(self.options.tags, self.options.seed)
+        self.population = self.options.epcs or population(self.options.tags, self.options.seed)
         self.port: int | None = None
         """The bound TCP port (serve_tcp)."""
         self.link: Path | None = None

@@ -6,6 +6,7 @@ conditions, with timeouts; nothing asserts on timing.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import errno
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 from firmware_sim import cli
 from firmware_sim.r2000 import Faults, R2000Simulator, SimOptions, population, serve_pty, serve_tcp
 from protocols import r2000
+from protocols.epc import encode_epc, epc_uri
 from protocols.errors import DecodeError
 
 TIMEOUT = 10.0
@@ -290,6 +292,33 @@ def test_population_is_deterministic_and_distinct() -> None:
     epcs = population(50, seed=1)
     assert epcs == population(50, seed=1) != population(50, seed=2)
     assert len(set(epcs)) == 50 and all(len(epc) == 12 for epc in epcs)
+
+
+async def test_an_explicit_population_is_what_the_reader_sees() -> None:
+    # A port gate's trucks: GRAI-96 and SSCC-96 tags, given as URIs on the command line.
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="family")
+    cli.FAMILIES["uhf-r2000"][0](sub)
+    grai, sscc = "urn:epc:tag:grai-96:1.0614141.12345.400", "urn:epc:id:sscc:0614141.1234567890"
+    args = parser.parse_args(["uhf-r2000", "--tcp", "127.0.0.1:0", "--epc", grai, "--epc", sscc])
+    epcs = tuple(args.epc)
+    assert epcs == (encode_epc(grai), encode_epc(sscc))
+    options = SimOptions(epcs=epcs, rate=5000, round_ms=5, antennas=(1,))
+    async with serve_tcp("127.0.0.1", 0, options) as sim, tcp_client(sim.port or 0) as host:
+        replies = await host.ask(r2000.real_time_inventory(repeat=4), r2000.InventoryEnd)
+    tags = {reply.epc for reply in replies if isinstance(reply, r2000.TagRead)}
+    assert tags == set(epcs)
+    assert {epc_uri(epc) for epc in tags} == {"urn:epc:id:grai:0614141.12345.400", sscc}
+
+
+def test_an_explicit_population_is_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ValueError, match="12 bytes"):
+        SimOptions(epcs=(b"\x30" * 8,))
+    with pytest.raises(ValueError, match="each tag once"):
+        SimOptions(epcs=(b"\x30" * 12, b"\x30" * 12))
+    assert cli.main(["uhf-r2000", "--tcp", "127.0.0.1:0", "--epc", "30AB"]) == 2
+    assert cli.main(["uhf-r2000", "--tcp", "127.0.0.1:0", "--epc", "urn:epc:id:grai:x"]) == 2
+    assert "--epc" in capsys.readouterr().err
 
 
 def test_cli_fault_specs() -> None:

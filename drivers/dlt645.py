@@ -1,0 +1,349 @@
+"""``dlt645``: DL/T 645-2007 energy meters on an RS-485 line (default 2400 baud, 8E1), or behind a
+serial-to-Ethernet converter (TCP).
+
+One device is one meter (one 12-digit address). Several meters on one line share it through
+:mod:`drivers.bus`: one request at a time, fair across the meters, and a dead meter costs the others at most
+its own timeout per attempt. Every ``poll_s`` the driver reads each of its ``points`` (data identifiers, by
+hex or by name from :data:`protocols.dlt645.ITEMS`) and emits one ``meter.reading`` event::
+
+    {"values": {"energy_active_forward": 1206.42, "voltage_a": 229.8, ...},
+     "units": {"energy_active_forward": "kWh", "voltage_a": "V", ...}}
+
+Nothing doubtful becomes a value. A reply that fails the framer (bad checksum, no 0x16 where its length
+says: ``frames_rejected``, with ``bytes_skipped`` for garbage) or with a value of the wrong length or not BCD
+(``bad_values``) is counted and the request asked again at once (``retries`` times); a frame from another
+address (``wrong_address``) or for another identifier (``unexpected_replies``) is counted and waited past,
+and the request is asked again if its own reply does not come within ``timeout_s``. A point still without a
+good reply after the retries is left out of that reading (``points_missed``); so is one the meter refuses with
+an error reply (``meter_errors``; the reason is logged). A poll with no value emits nothing
+(``empty_polls``). Frames left from an abandoned exchange are dropped (``stale_frames``).
+
+A meter that never answers is a :class:`~drivers.errors.DeviceTimeout`: the supervisor restarts the device
+with backoff, and the bus makes the meter wait its own backoff before it may claim the line again. The
+counters of the shared line (bytes skipped, frames rejected) go to the meter whose exchange saw them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from protocols import dlt645
+from protocols.errors import DecodeError
+
+from . import bus
+from .base import DeviceContext, Driver, DriverOptions
+from .errors import ConnectionLost
+from .transport import ByteLink, open_serial, open_tcp
+
+DEFAULT_POINTS = (
+    "energy_active_forward",
+    "energy_active_reverse",
+    "voltage_a",
+    "voltage_b",
+    "voltage_c",
+    "current_a",
+    "current_b",
+    "current_c",
+    "power_active",
+    "power_factor",
+    "frequency",
+)
+
+
+class Dlt645Options(DriverOptions):
+    port: str | None = Field(default=None, description="Serial port device path, e.g. /dev/ttyUSB0.")
+    host: str | None = Field(
+        default=None, description="Host of a serial-to-Ethernet converter (with tcp_port)."
+    )
+    tcp_port: int | None = Field(default=None, ge=1, le=65535, description="TCP port of the converter.")
+    baudrate: Literal[1200, 2400, 4800, 9600, 19200] = Field(default=2400, description="Serial line speed.")
+    parity: Literal["E", "N", "O"] = Field(default="E", description="Serial parity (DL/T 645: even, 8E1).")
+    address: str = Field(
+        description="The meter's address: 12 digits as on its nameplate, quoted ('000102030425')."
+    )
+    points: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_POINTS),
+        min_length=1,
+        description="Data identifiers to read each poll: 8 hex digits ('02010100') or a name ('voltage_a').",
+    )
+    poll_s: float = Field(
+        default=10.0, gt=0, le=86400, description="Seconds between the starts of two polls."
+    )
+    timeout_s: float = Field(
+        default=1.0, gt=0, le=30, description="A reply not complete this long after its request is lost."
+    )
+    retries: int = Field(default=1, ge=0, le=5, description="Further attempts for a lost or damaged reply.")
+    preamble: int = Field(
+        default=4, ge=0, le=4, description="Wake-up bytes 0xFE sent before each request (0-4)."
+    )
+    connect_timeout_s: float = Field(
+        default=5.0, gt=0, le=300, description="Opening the port or TCP connection."
+    )
+
+    @field_validator("address", mode="before")
+    @classmethod
+    def _address(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            raise ValueError(
+                "quote the address: 12 digits as a string, e.g. '000102030425' (unquoted, YAML reads a "
+                "number and drops its leading zeros)"
+            )
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.upper() == dlt645.WILDCARD or text == dlt645.BROADCAST:
+            raise ValueError(
+                f"{text} is the {'wildcard' if text.upper() == dlt645.WILDCARD else 'broadcast'} address, "
+                "not a meter's: give the 12 digits on the meter's nameplate"
+            )
+        if not dlt645.is_meter_address(text):
+            raise ValueError(
+                f"{value!r} is not a DL/T 645 meter address (12 BCD digits 0-9, e.g. '000102030425')"
+            )
+        return text
+
+    @field_validator("points")
+    @classmethod
+    def _points(cls, points: list[str]) -> list[str]:
+        seen: dict[int, str] = {}
+        for point in points:
+            item = dlt645.find_item(point)
+            if item is None:
+                raise ValueError(
+                    f"{point!r} is not a known data identifier: give 8 hex digits (DI3..DI0, e.g. "
+                    "'02010100') or a name such as voltage_a, current_a, power_active, "
+                    "energy_active_forward, frequency"
+                )
+            if item.di in seen:
+                raise ValueError(
+                    f"{point!r} repeats {seen[item.di]!r} ({dlt645.di_text(item.di)} {item.name})"
+                )
+            seen[item.di] = point
+        return points
+
+    @model_validator(mode="after")
+    def _one_link(self) -> Dlt645Options:
+        serial_given = self.port is not None
+        tcp_given = self.host is not None or self.tcp_port is not None
+        if serial_given and tcp_given:
+            raise ValueError("give either port (serial) or host + tcp_port (TCP), not both")
+        if not serial_given and not tcp_given:
+            raise ValueError("give port (serial) or host + tcp_port (TCP)")
+        if tcp_given and (self.host is None or self.tcp_port is None):
+            raise ValueError("a TCP link needs both host and tcp_port")
+        return self
+
+    @property
+    def items(self) -> list[dlt645.DataItem]:
+        """The table lines of ``points``, in order."""
+        found = [dlt645.find_item(point) for point in self.points]
+        return [item for item in found if item is not None]
+
+    @property
+    def bus_key(self) -> str:
+        """The line this meter hangs on: meters with the same key share it."""
+        return f"serial:{self.port}" if self.port is not None else f"tcp:{self.host}:{self.tcp_port}"
+
+
+class BadReply(Exception):
+    """A reply that must not be decoded into a value (already counted); the request is asked again."""
+
+
+class Line:
+    """One open link to a meter line, shared by the meters on it (the bus's link object).
+
+    A reader task frames everything that arrives, so a late reply to an abandoned request is consumed (and
+    discarded) rather than mistaken for the answer to the next one. Framer counters are charged to the
+    meter whose exchange is running."""
+
+    def __init__(self, link: ByteLink, lost: Callable[[BaseException], None]) -> None:
+        self.link = link
+        self.framer = dlt645.Dlt645Framer()
+        self._frames: deque[dlt645.Frame] = deque()
+        self._arrived = asyncio.Event()
+        self._lost = lost
+        self._error: BaseException | None = None
+        self._skipped = 0
+        self._rejected = 0
+        self._overflow = 0
+        self._reader = asyncio.get_running_loop().create_task(self._read_forever())
+
+    async def _read_forever(self) -> None:
+        try:
+            while True:
+                data = await self.link.read()
+                self._frames.extend(self.framer.feed(data))
+                self._arrived.set()
+        except (ConnectionLost, OSError) as err:
+            self._error = err
+            self._arrived.set()
+            self._lost(err)
+
+    def close(self) -> None:
+        self._reader.cancel()
+        self.link.close()
+
+    def _account(self, ctx: DeviceContext) -> None:
+        stats = self.framer.stats
+        if stats.bytes_skipped != self._skipped:
+            ctx.count("bytes_skipped", stats.bytes_skipped - self._skipped)
+            self._skipped = stats.bytes_skipped
+        overflow = self.link.overflow_bytes
+        if overflow != self._overflow:
+            ctx.count("overflow_bytes", overflow - self._overflow)
+            self._overflow = overflow
+
+    def _rejections(self) -> int:
+        """Candidate frames the framer rejected since the last call."""
+        stats = self.framer.stats
+        rejected = stats.bad_checksum + stats.bad_length + stats.overlapping
+        new, self._rejected = rejected - self._rejected, rejected
+        return new
+
+    async def read(self, request: bytes, address: str, di: int, ctx: DeviceContext) -> dlt645.Reply:
+        """Send a read-data request and return the meter's reply to it (data or error).
+
+        Frames already framed belong to earlier, abandoned requests: they are dropped. Request frames
+        (an adapter's echo) are ignored; a frame from another address or for another identifier is counted
+        and waited past (the right reply may still come); a damaged frame is counted and raises
+        :class:`BadReply` at once, since the reply it was is lost."""
+        stale = len(self._frames)
+        if stale:
+            ctx.count("stale_frames", stale)
+            self._frames.clear()
+        self._rejections()
+        self._account(ctx)
+        await self.link.write(request)
+        while True:
+            while self._frames:
+                frame = self._frames.popleft()
+                if not frame.control & dlt645.REPLY_BIT:
+                    continue
+                if frame.address != address:
+                    ctx.count("wrong_address")
+                    continue
+                try:
+                    reply = dlt645.parse_reply(frame)
+                except DecodeError as err:
+                    ctx.count("bad_replies")
+                    raise BadReply(str(err)) from err
+                if isinstance(reply, dlt645.ErrorReply) and reply.function == dlt645.Control.READ_DATA:
+                    return reply
+                if isinstance(reply, dlt645.DataReply) and reply.di == di and reply.seq is None:
+                    return reply
+                ctx.count("unexpected_replies")
+            self._account(ctx)
+            if self._error is not None:
+                raise ConnectionLost(str(self._error)) from self._error
+            rejected = self._rejections()
+            if rejected:
+                ctx.count("frames_rejected", rejected)
+                raise BadReply(f"{rejected} damaged frame(s) on the line")
+            self._arrived.clear()
+            await self._arrived.wait()
+
+
+class Dlt645Driver(Driver[Dlt645Options]):
+    name: ClassVar[str] = "dlt645"
+    Options: ClassVar[type[Dlt645Options]] = Dlt645Options
+
+    def __init__(self, device: str, options: Dlt645Options) -> None:
+        super().__init__(device, options)
+        self._requests = [
+            (item, dlt645.read_data(options.address, item.di, options.preamble)) for item in options.items
+        ]
+        self._refused: set[int] = set()
+
+    async def _open(self, lost: Callable[[BaseException], None]) -> Line:
+        opts = self.options
+        if opts.port is not None:
+            link: ByteLink = await open_serial(opts.port, opts.baudrate, parity=opts.parity)
+        else:
+            assert opts.host is not None and opts.tcp_port is not None  # guaranteed by Dlt645Options
+            link = await open_tcp(opts.host, opts.tcp_port, connect_timeout=opts.connect_timeout_s)
+        return Line(link, lost)
+
+    async def run(self, ctx: DeviceContext) -> None:
+        opts = self.options
+        settings = ("dlt645", opts.baudrate, opts.parity) if opts.port is not None else ("dlt645",)
+        async with bus.attach(
+            opts.bus_key,
+            self._open,
+            settings=settings,
+            device=self.device,
+            open_timeout_s=opts.connect_timeout_s,
+        ) as port:
+            loop = asyncio.get_running_loop()
+            # Meters with equal periods do not all ask at once (see drivers.bus).
+            await asyncio.sleep(port.phase * opts.poll_s)
+            due = loop.time()
+            connected = False
+            while True:
+                await ctx.room()
+                values, units = await self._poll(port, ctx)
+                if not connected:
+                    ctx.connected(f"meter {opts.address}")
+                    connected = True
+                if values:
+                    ctx.emit("meter.reading", {"values": values, "units": units})
+                else:
+                    ctx.count("empty_polls")
+                due += opts.poll_s
+                now = loop.time()
+                if due < now:  # a poll overran its period: skip the missed ones, do not burst
+                    ctx.count("polls_overrun")
+                    due = now
+                await asyncio.sleep(due - now)
+
+    async def _poll(
+        self, port: bus.Port[Line], ctx: DeviceContext
+    ) -> tuple[dict[str, float], dict[str, str]]:
+        """Read every point once, one request per bus turn; the values and units of those the meter gave.
+
+        A point whose replies were all damaged, or that the meter refuses, is left out of this reading; a
+        meter that does not answer at all raises DeviceTimeout (from the bus)."""
+        address = self.options.address
+        values: dict[str, float] = {}
+        units: dict[str, str] = {}
+        for item, request in self._requests:
+
+            async def exchange(
+                line: Line, request: bytes = request, item: dlt645.DataItem = item
+            ) -> float | dlt645.ErrorReply:
+                reply = await line.read(request, address, item.di, ctx)
+                if isinstance(reply, dlt645.ErrorReply):
+                    return reply
+                assert isinstance(reply, dlt645.DataReply)
+                try:
+                    return dlt645.decode_value(item, reply.payload)
+                except DecodeError as err:
+                    ctx.count("bad_values")
+                    raise BadReply(str(err)) from err
+
+            try:
+                result = await port.request(
+                    exchange,
+                    timeout=self.options.timeout_s,
+                    attempts=1 + self.options.retries,
+                    retry_on=(BadReply,),
+                )
+            except BadReply as err:
+                ctx.count("points_missed")
+                ctx.log.debug("%s (%s): %s", item.name, dlt645.di_text(item.di), err)
+                continue
+            if isinstance(result, dlt645.ErrorReply):
+                ctx.count("meter_errors")
+                level = logging.DEBUG if item.di in self._refused else logging.WARNING
+                self._refused.add(item.di)
+                ctx.log.log(level, "%s (%s): %s", item.name, dlt645.di_text(item.di), result.describe())
+                continue
+            values[item.name] = result
+            if item.unit:  # as the Modbus driver does: a dimensionless value (power factor) has no unit
+                units[item.name] = item.unit
+        return values, units

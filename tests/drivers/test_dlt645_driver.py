@@ -1,0 +1,333 @@
+"""The dlt645 driver against the simulated meter line, over a real pseudo-terminal and a real TCP socket, run
+by the real supervisor into the real event queue; several meters share one line through drivers.bus."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from drivers import bus
+from drivers.dlt645 import DEFAULT_POINTS, Dlt645Driver, Dlt645Options
+from drivers.event import Event
+from firmware_sim.dlt645 import Dlt645Simulator, Faults, SimOptions, serve_pty, serve_tcp
+from gateway.backoff import Backoff
+from gateway.pipeline import EventQueue
+from gateway.supervisor import DeviceRunner
+from protocols import dlt645
+
+pytestmark = pytest.mark.timeout(60)
+
+METERS = ("000000000001", "000000000002", "000000000003", "000000000004")
+FAST = {"poll_s": 0.02, "timeout_s": 0.5}
+
+
+class Site:
+    """Devices running under the supervisor into one queue, and what they emitted so far."""
+
+    def __init__(self, queue: EventQueue) -> None:
+        self.queue = queue
+        self.runners: dict[str, DeviceRunner] = {}
+        self.events: list[Event] = []
+
+    async def until(self, what: str, predicate: Callable[[], bool], timeout: float = 30) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                while not predicate():
+                    self.events += await self.queue.get_batch(10_000, window=0.0)
+        except TimeoutError:
+            raise AssertionError(f"timed out waiting for {what}; statuses: {self.statuses()}") from None
+
+    def readings(self, device: str) -> list[dict[str, Any]]:
+        return [dict(e.data) for e in self.events if e.device == device and e.kind == "meter.reading"]
+
+    def statuses(self, device: str | None = None) -> list[dict[str, Any]]:
+        return [
+            dict(e.data)
+            for e in self.events
+            if e.kind == "device.status" and (device is None or e.device == device)
+        ]
+
+    def counters(self, device: str) -> dict[str, int]:
+        return dict(self.runners[device].counters)
+
+
+@asynccontextmanager
+async def site(devices: dict[str, dict[str, Any]]) -> AsyncIterator[Site]:
+    queue = EventQueue(100_000)
+    result = Site(queue)
+    tasks = []
+    for name, options in devices.items():
+        opts = Dlt645Options(**options)
+
+        def make(name: str = name, opts: Dlt645Options = opts) -> Dlt645Driver:
+            return Dlt645Driver(name, opts)
+
+        runner = DeviceRunner(name, make, queue, Backoff(0.01, 0.05))
+        result.runners[name] = runner
+        tasks.append(asyncio.create_task(runner.run()))
+    try:
+        yield result
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def check_values(reading: dict[str, Any], sim: Dlt645Simulator, address: str) -> None:
+    """Every value was sent intact by that meter for that identifier; every unit is the table's (none for
+    a dimensionless value)."""
+    assert set(reading["units"]) <= set(reading["values"])
+    for name, value in reading["values"].items():
+        item = dlt645.find_item(name)
+        assert item is not None
+        assert reading["units"].get(name, "") == item.unit
+        assert value in sim.sent[(address, item.di)], (name, value)
+
+
+# ------------------------------------------------------------------------------------------ options
+
+
+def test_options_defaults_and_points() -> None:
+    opts = Dlt645Options(port="/dev/ttyUSB0", address="000102030425")
+    assert (opts.baudrate, opts.parity, opts.preamble, opts.retries) == (2400, "E", 4, 1)
+    assert [item.name for item in opts.items] == list(DEFAULT_POINTS)
+    opts = Dlt645Options(
+        host="10.0.0.7", tcp_port=4001, address=" 000000000001 ", points=["02010100", "frequency"]
+    )
+    assert opts.address == "000000000001"
+    assert [item.name for item in opts.items] == ["voltage_a", "frequency"]
+    assert opts.bus_key == "tcp:10.0.0.7:4001"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"address": "12345"}, "not a DL/T 645 meter address"),
+        ({"address": "00000000000A"}, "12 BCD digits"),
+        ({"address": "0000000000001"}, "12 BCD digits"),
+        ({"address": 102030425}, "quote the address"),
+        ({"address": "AAAAAAAAAAAA"}, "wildcard address"),
+        ({"address": "999999999999"}, "broadcast address"),
+        ({"points": ["voltage_z"]}, "not a known data identifier"),
+        ({"points": ["02010100", "voltage_a"]}, "repeats '02010100'"),
+        ({"points": []}, "at least 1"),
+        ({"host": "127.0.0.1", "tcp_port": 1}, "not both"),
+        ({"port": None}, "give port"),
+        ({"baudrate": 115200}, "baudrate"),
+        ({"preamble": 5}, "preamble"),
+        ({"colour": "blue"}, "colour"),
+    ],
+)
+def test_options_reject_what_cannot_work(options: dict[str, Any], message: str) -> None:
+    given = {"port": "/dev/ttyUSB0", "address": "000000000001", **options}
+    with pytest.raises(ValidationError, match=message):
+        Dlt645Options(**given)
+
+
+# ------------------------------------------------------------------------------------------ on a line
+
+
+async def test_meters_on_one_pty_line_keep_polling_while_one_is_dead(tmp_path: Path) -> None:
+    tty = str(tmp_path / "tty")
+    options = SimOptions(meters=METERS, dead=frozenset({METERS[2]}))
+    points = ["energy_active_forward", "voltage_a", "current_a", "power_active", "power_factor", "frequency"]
+    devices = {f"meter-{a[-1]}": {"port": tty, "address": a, "points": points, **FAST} for a in METERS}
+    async with serve_pty(tmp_path / "tty", options) as sim, site(devices) as run:
+        live = ["meter-1", "meter-2", "meter-4"]
+        await run.until(
+            "20 readings from each live meter and the dead one reported",
+            lambda: (
+                all(len(run.readings(d)) >= 20 for d in live)
+                and any(s["state"] == "disconnected" for s in run.statuses("meter-3"))
+            ),
+        )
+        # One line, shared: a single bus, one session on the simulator.
+        assert list(bus.buses()) == [f"serial:{tty}"]
+        assert sim.stats.connections == 1
+    for device in live:
+        address = f"00000000000{device[-1]}"
+        assert run.statuses(device)[0] == {"state": "connected", "detail": f"meter {address}"}
+        assert [s["state"] for s in run.statuses(device)] == ["connected"]
+        for reading in run.readings(device):
+            assert list(reading["values"]) == points
+            check_values(reading, sim, address)
+        assert run.counters(device).get("bytes_skipped", 0) == 0
+    assert run.readings("meter-3") == []
+    dead = run.statuses("meter-3")[0]
+    assert dead["state"] == "disconnected" and "no answer within 0.5 s" in dead["reason"]
+
+
+async def test_two_meters_behind_one_tcp_converter() -> None:
+    all_points = [item.name for item in dlt645.ITEMS]
+    devices = {
+        "a": {"host": "127.0.0.1", "address": METERS[0], "points": all_points, **FAST},
+        "b": {"host": "127.0.0.1", "address": METERS[1], "points": ["00010000", "0x02800002"], **FAST},
+    }
+    async with serve_tcp("127.0.0.1", 0, SimOptions(meters=METERS[:2], preamble=0)) as sim:
+        for options in devices.values():
+            options["tcp_port"] = sim.port
+        async with site(devices) as run:
+            await run.until("3 readings each", lambda: all(len(run.readings(d)) >= 3 for d in devices))
+            assert sim.stats.connections == 1
+    for reading in run.readings("a"):
+        assert list(reading["values"]) == all_points
+        assert "power_factor" not in reading["units"] and reading["units"]["voltage_a"] == "V"
+        check_values(reading, sim, METERS[0])
+    for reading in run.readings("b"):
+        assert reading["units"] == {"energy_active_forward": "kWh", "frequency": "Hz"}
+        check_values(reading, sim, METERS[1])
+    # Energy never runs backwards from one reading to the next.
+    energy = [r["values"]["energy_active_forward"] for r in run.readings("b")]
+    assert energy == sorted(energy)
+
+
+async def test_an_echoing_adapter_is_not_taken_for_a_meter(tmp_path: Path) -> None:
+    devices = {"m": {"port": str(tmp_path / "tty"), "address": METERS[0], "points": ["voltage_a"], **FAST}}
+    async with (
+        serve_pty(tmp_path / "tty", SimOptions(meters=METERS[:1], echo=True)) as sim,
+        site(devices) as run,
+    ):
+        await run.until("5 readings", lambda: len(run.readings("m")) >= 5)
+    for reading in run.readings("m"):
+        check_values(reading, sim, METERS[0])
+    counters = run.counters("m")
+    for counter in ("bytes_skipped", "wrong_address", "bad_replies", "points_missed"):
+        assert counters.get(counter, 0) == 0, counter
+    assert [s["state"] for s in run.statuses("m")] == ["connected"]
+
+
+async def test_damaged_replies_are_counted_retried_and_never_decoded(tmp_path: Path) -> None:
+    faults = Faults(noise=0.1, bad_checksum=0.1, drop=0.05, wrong_address=0.1, wrong_length=0.1)
+    options = SimOptions(meters=METERS[:2], seed=5, faults=faults)
+    points = ["voltage_a", "current_a", "power_active", "frequency"]
+    devices = {
+        f"meter-{a[-1]}": {
+            "port": str(tmp_path / "tty"),
+            "address": a,
+            "points": points,
+            **FAST,
+            "retries": 3,
+            "timeout_s": 0.15,
+        }
+        for a in METERS[:2]
+    }
+    async with serve_pty(tmp_path / "tty", options) as sim, site(devices) as run:
+        await run.until(
+            "20 readings each, through the damage",
+            lambda: all(len(run.readings(d)) >= 20 for d in devices),
+        )
+    assert sim.stats.corrupted > 0 and sim.stats.misleading > 0
+    totals: dict[str, int] = {}
+    for device, address in (("meter-1", METERS[0]), ("meter-2", METERS[1])):
+        for reading in run.readings(device):
+            check_values(reading, sim, address)
+        for name, n in run.counters(device).items():
+            totals[name] = totals.get(name, 0) + n
+    # Each kind of damage was seen and counted somewhere on the line.
+    assert totals.get("frames_rejected", 0) > 0
+    assert totals.get("wrong_address", 0) > 0
+    assert totals.get("bad_values", 0) > 0
+    assert totals.get("bytes_skipped", 0) > 0
+
+
+async def test_a_refused_identifier_is_left_out_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    options = SimOptions(meters=METERS[:2], unsupported=frozenset({0x02800002}))
+    async with serve_tcp("127.0.0.1", 0, options) as sim:
+        link = {"host": "127.0.0.1", "tcp_port": sim.port, **FAST}
+        devices = {
+            "m": {**link, "address": METERS[0], "points": ["voltage_a", "frequency"]},
+            "only-refused": {**link, "address": METERS[1], "points": ["frequency"]},
+        }
+        async with site(devices) as run:
+            await run.until(
+                "3 readings, and 3 empty polls",
+                lambda: (
+                    len(run.readings("m")) >= 3 and run.counters("only-refused").get("empty_polls", 0) >= 3
+                ),
+            )
+    for reading in run.readings("m"):
+        assert list(reading["values"]) == ["voltage_a"]
+        check_values(reading, sim, METERS[0])
+    assert run.counters("m")["meter_errors"] >= 3
+    assert [s["state"] for s in run.statuses("m")] == ["connected"]
+    # A meter that refuses everything asked answers all the same: connected, but no reading to emit.
+    assert run.readings("only-refused") == []
+    assert [s["state"] for s in run.statuses("only-refused")] == ["connected"]
+    refusals = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name.endswith(".m")]
+    assert refusals == [
+        "frequency (02800002): meter refused function 0x11: no such data (the meter does not "
+        "have this data identifier)"
+    ]
+
+
+async def test_a_slow_meter_times_out_and_the_others_keep_polling(tmp_path: Path) -> None:
+    tty = str(tmp_path / "tty")
+    devices = {
+        f"meter-{a[-1]}": {"port": tty, "address": a, "points": ["voltage_a"], **FAST} for a in METERS[:3]
+    }
+    async with serve_pty(tmp_path / "tty", SimOptions(meters=METERS[:3])) as sim, site(devices) as run:
+        await run.until("first readings", lambda: all(run.readings(d) for d in devices))
+        sim.set_delay(METERS[1], 2.0)  # beyond both attempts (2 x 0.5 s)
+        await run.until(
+            "meter-2 timed out",
+            lambda: any(s["state"] == "disconnected" for s in run.statuses("meter-2")),
+        )
+        before = {d: len(run.readings(d)) for d in ("meter-1", "meter-3")}
+        await run.until(
+            "10 more readings from the others",
+            lambda: all(len(run.readings(d)) >= before[d] + 10 for d in before),
+        )
+        sim.set_delay(METERS[1], 0.0)
+        count = len(run.readings("meter-2"))
+        await run.until("meter-2 back", lambda: len(run.readings("meter-2")) > count)
+    assert "no answer" in next(s for s in run.statuses("meter-2") if s["state"] == "disconnected")["reason"]
+    for device in ("meter-1", "meter-3"):
+        assert [s["state"] for s in run.statuses(device)] == ["connected"]
+
+
+async def test_an_unplugged_adapter_is_retried_until_it_is_back(tmp_path: Path) -> None:
+    tty = str(tmp_path / "tty")
+    devices = {
+        f"meter-{a[-1]}": {"port": tty, "address": a, "points": ["voltage_a"], **FAST} for a in METERS[:2]
+    }
+    async with serve_pty(tmp_path / "tty", SimOptions(meters=METERS[:2])) as sim, site(devices) as run:
+        await run.until("first readings", lambda: all(run.readings(d) for d in devices))
+        await sim.disconnect(downtime=0.2)
+        await run.until(
+            "both connected again",
+            lambda: all(sum(s["state"] == "connected" for s in run.statuses(d)) >= 2 for d in devices),
+        )
+        counts = {d: len(run.readings(d)) for d in devices}
+        await run.until("readings again", lambda: all(len(run.readings(d)) > counts[d] for d in devices))
+    for device in devices:
+        assert run.statuses(device)[1]["state"] == "disconnected"
+
+
+async def test_a_missing_port_is_retried_with_its_reason(tmp_path: Path) -> None:
+    devices = {"m": {"port": str(tmp_path / "no-such-tty"), "address": METERS[0], **FAST}}
+    async with site(devices) as run:
+        await run.until("three failed attempts", lambda: len(run.statuses("m")) >= 3)
+    assert all(s["state"] == "disconnected" and "no-such-tty" in s["reason"] for s in run.statuses("m")[:3])
+
+
+async def test_meters_on_one_line_must_agree_on_its_settings(tmp_path: Path) -> None:
+    tty = str(tmp_path / "tty")
+    devices = {
+        "a": {"port": tty, "address": METERS[0], **FAST},
+        "b": {"port": tty, "address": METERS[1], "baudrate": 9600, **FAST},
+    }
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(serve_pty(tmp_path / "tty", SimOptions(meters=METERS[:2])))
+        run = await stack.enter_async_context(site(devices))
+        await run.until(
+            "one of them refused",
+            lambda: any(s["state"] == "failed" for d in devices for s in run.statuses(d)),
+        )
+    failed = [s for d in devices for s in run.statuses(d) if s["state"] == "failed"]
+    assert "same settings" in failed[0]["reason"]

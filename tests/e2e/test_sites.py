@@ -1,0 +1,129 @@
+"""The example sites of config/examples, end to end: each example file, with only its ports, buffer, broker
+and time scales replaced, runs as ``edgegw run`` against simulated devices, a private mosquitto and a
+subscriber, and what arrives upstream is what the site's operator expects."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from firmware_sim.r2000 import R2000Simulator, SimOptions, serve_pty
+from protocols.epc import encode_epc, epc_uri
+from tests.broker import Mosquitto
+
+from .harness import Collector, GatewayProcess, missing_seqs
+
+pytestmark = pytest.mark.timeout(180)
+
+EXAMPLES = Path(__file__).parents[2] / "config" / "examples"
+
+# The port gate's trucks: two GRAI-96 tractors and an SSCC-96 container of the terminal's own company
+# prefix, and a passing tag of another company that the site's include filter keeps out.
+TRUCK_TAGS = (
+    "urn:epc:tag:grai-96:1.0614141.12345.400",
+    "urn:epc:tag:grai-96:1.0614141.12345.401",
+    "urn:epc:tag:sscc-96:2.0614141.1234567890",
+)
+FOREIGN_TAG = "urn:epc:tag:sgtin-96:3.0037000.065421.1"
+
+
+def site_config(
+    example: str, tmp_path: Path, broker: Mosquitto, gateway_id: str, devices: dict[str, dict[str, Any]]
+) -> Path:
+    """The example file with the test's gateway id, buffer, broker and, per device, replaced keys."""
+    config = yaml.safe_load((EXAMPLES / example).read_text())
+    config["gateway"]["id"] = gateway_id
+    config["buffer"]["path"] = str(tmp_path / "buffer.db")
+    config["upstream"]["mqtt"]["url"] = broker.url
+    config["supervisor"] = {"backoff_initial_s": 0.05, "backoff_max_s": 0.5}
+    for device in config["devices"]:
+        changes = devices[device["name"]]
+        for key, value in changes.items():
+            if isinstance(value, dict) and isinstance(device.get(key), dict):
+                device[key] = {**device[key], **value}
+            else:
+                device[key] = value
+    path = tmp_path / example
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture
+async def gate_reader(tmp_path: Path) -> AsyncIterator[R2000Simulator]:
+    epcs = tuple(encode_epc(uri) for uri in (*TRUCK_TAGS, FOREIGN_TAG))
+    options = SimOptions(epcs=epcs, rate=300.0, seed=3, antennas=(1, 2))
+    async with serve_pty(tmp_path / "ttyGate", options) as sim:
+        yield sim
+
+
+async def test_port_gate_reports_trucks_by_gs1_identity(
+    tmp_path: Path, broker: Mosquitto, gate_reader: R2000Simulator
+) -> None:
+    gateway_id = "e2e-port-gate"
+    prefix = "terminal"  # the example's own topic prefix
+    collector = Collector(broker.host, broker.port, prefix, gateway_id, client_id=f"sub-{gateway_id}")
+    await asyncio.to_thread(collector.connected.wait, 10)
+    config = site_config(
+        "port-gate.yaml",
+        tmp_path,
+        broker,
+        gateway_id,
+        # Shorter times than the site's, so the test need not wait for a truck to be gone 10 s or for a
+        # 5-minute count.
+        {
+            "gate-reader": {
+                "port": str(tmp_path / "ttyGate"),
+                "smoothing": {"depart_after_s": 1, "flow_period_s": 2},
+            }
+        },
+    )
+    gateway = GatewayProcess(config)
+    await gateway.start()
+    expected = {epc_uri(encode_epc(uri)) for uri in TRUCK_TAGS}
+    try:
+        await collector.wait_for(
+            "an arrival of every truck tag",
+            lambda r: {m["data"].get("epc_uri") for m in r.of_kind("rfid.arrived")} >= expected,
+        )
+        # Each truck tag arrives once, in the lane whose antenna read it first: counted there, once.
+        await collector.wait_for(
+            "counts of both lanes holding every truck",
+            lambda r: {m["data"]["lane"] for m in r.of_kind("rfid.flow")} == {"inbound", "outbound"}
+            and sum(m["data"]["count"] for m in r.of_kind("rfid.flow")) >= len(TRUCK_TAGS),
+        )
+        gate_reader.silence(3600)  # the trucks have left the gate
+        await collector.wait_for(
+            "every truck tag departed",
+            lambda r: {m["data"].get("epc_uri") for m in r.of_kind("rfid.departed")} >= expected,
+        )
+        assert await gateway.stop(signal.SIGTERM) == 0, gateway.log()
+    finally:
+        await gateway.kill()
+        collector.close()
+    received = collector.snapshot()
+    seqs = received.seqs()
+    assert missing_seqs(seqs, seqs[-1]) == [] and received.topics_ok
+    assert "rfid.read" not in received.kinds  # the site forwards no raw reads
+    arrived = received.of_kind("rfid.arrived")
+    foreign = encode_epc(FOREIGN_TAG).hex().upper()
+    assert all(m["data"]["epc"] != foreign for m in received.by_id.values() if "epc" in m["data"])
+    schemes = {m["data"]["epc_uri"].split(":")[3] for m in arrived}
+    assert schemes == {"grai", "sscc"}
+    for message in received.of_kind("rfid.departed"):
+        data = message["data"]
+        assert data["reason"] in ("timeout", "stopped")
+        assert data["count"] >= 1 and data["last_seen"] >= data["first_seen"]
+        assert {a["zone"] for a in data["antennas"]} <= {"inbound", "outbound"}
+    flows = received.of_kind("rfid.flow")
+    assert sum(m["data"]["count"] for m in flows) == len(TRUCK_TAGS)
+    for message in flows:
+        data = message["data"]
+        assert data["period_end"] - data["period_start"] == 2 and data["period_end"] % 2 == 0
+    assert "summary device=gate-reader" in gateway.log()
+    assert "processor.filtered=" in gateway.log()
