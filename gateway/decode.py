@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
-from protocols import r2000
+from protocols import dlt645, r2000
 from protocols.errors import ProtocolError
 
 __all__ = ["DECODERS", "Decoded", "Decoder", "UnknownProtocol", "decode", "decoder", "parse_hex"]
@@ -258,4 +258,36 @@ def decode_r2000(raw: bytes) -> Decoded:
     for direction, text, doubts in readings:
         out.meaning.append(f"{direction}: {text}")
         out.problems.extend(doubts)
+    return out
+
+
+@decoder("dlt645")
+def decode_dlt645(raw: bytes) -> Decoded:
+    """A DL/T 645-2007 frame: [FE..] 68 A0..A5 68 C L DATA CS 16."""
+    out = Decoded("dlt645", raw)
+    try:
+        frame = dlt645.decode_frame(raw)
+    except ProtocolError as err:
+        out.problems.append(str(err))
+        return out
+    out.field("address", frame.address)
+    out.field("control", f"0x{frame.control:02X}")
+    out.field("data", f"{frame.data.hex(' ').upper()} ({_count(len(frame.data), 'byte')}, 0x33 removed)")
+    try:
+        if frame.control & dlt645.REPLY_BIT:
+            reply = dlt645.parse_reply(frame)
+            if isinstance(reply, dlt645.DataReply):
+                item = dlt645.item_for(reply.di)
+                value = ""
+                if item is not None:
+                    value = f" = {dlt645.decode_value(item, reply.payload)} {item.unit} ({item.name})"
+                out.meaning.append(f"reply (meter -> master): DI {dlt645.di_text(reply.di)}{value}")
+            elif isinstance(reply, dlt645.ErrorReply):
+                out.meaning.append(f"reply (meter -> master): {reply.describe()}")
+            else:
+                out.meaning.append(f"reply (meter -> master): address {reply.address}")
+        else:
+            out.meaning.append(f"request (master -> meter): {dlt645.parse_request(frame)!r}")
+    except ProtocolError as err:
+        out.problems.append(str(err))
     return out

@@ -235,6 +235,36 @@ def test_unknown_protocol_names_the_known_ones() -> None:
     assert DECODERS["uhf-r2000"] is DECODERS["r2000"]  # the driver's name works too
 
 
+# ---- DL/T 645 ------------------------------------------------------------------------------------------
+
+DLT645_REQUEST = "68 25 04 03 02 01 00 68 11 04 33 33 34 33 E1 16"  # the standard's example, DI 00010000
+DLT645_REPLY = "68 25 04 03 02 01 00 68 91 08 33 33 34 33 75 39 45 33 8B 16"  # = 1206.42 kWh
+
+
+def test_dlt645_reference_frames_are_explained() -> None:
+    reply = decode("dlt645", parse_hex(DLT645_REPLY))
+    assert reply.ok and reply.meaning == [
+        "reply (meter -> master): DI 00010000 = 1206.42 kWh (energy_active_forward)"
+    ]
+    request = decode("dlt645", parse_hex("FE FE FE FE " + DLT645_REQUEST))
+    assert request.ok and request.meaning[0].startswith("request (master -> meter)")
+    assert ("address", "000102030425") in request.fields
+
+
+def test_dlt645_bad_frames_say_what_is_wrong() -> None:
+    bad = parse_hex(DLT645_REPLY)
+    assert decode("dlt645", bad[:-2] + b"\x8c\x16").problems == ["bad checksum: expected 0x8B, found 0x8C"]
+    assert decode("dlt645", bad[:-1]).problems  # no 0x16 where the length says
+    assert decode("dlt645", bad[:-1]).render()
+
+
+@given(st.binary(max_size=80))
+def test_any_bytes_are_a_dlt645_verdict_never_an_exception(data: bytes) -> None:
+    decoded = decode("dlt645", data)
+    assert decoded.ok or decoded.problems
+    assert decoded.render()
+
+
 # ---- the command -----------------------------------------------------------------------------------------
 
 
