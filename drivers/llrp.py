@@ -1,0 +1,481 @@
+"""``llrp``: network UHF RFID readers (Impinj, Zebra, ...) speaking LLRP 1.1 (EPCglobal) over TCP, port 5084.
+
+The session, as the standard lays it out: the reader speaks first, with a READER_EVENT_NOTIFICATION carrying a
+ConnectionAttemptEvent (status 0 lets the client in; any other is reported and retried with backoff). Then
+GET_READER_CAPABILITIES (the configured antennas must exist), SET_READER_CONFIG (which events to report,
+the default report spec, a KEEPALIVE every ``keepalive_s``), DELETE_ROSPEC 0 (whatever an earlier client
+left), ADD_ROSPEC (one AISpec over the configured antennas, running until stopped, a report every
+``report_every_n_tags`` tags), ENABLE_ROSPEC and START_ROSPEC; the reader is then *connected*. With
+``report_period_ms`` the driver also asks for what the reader holds (GET_REPORT) that often, so a quiet lane
+still reports within the period: this works on every LLRP 1.0.1 reader, where the time-based report triggers
+are LLRP 1.1 only.
+
+Each TagReportData becomes an ``rfid.read`` event, with the R2000 driver's field names where they mean the
+same thing; ``ts`` is the tag's FirstSeenTimestampUTC (the receive time when the reader has no UTC clock)::
+
+    {"epc": "300833B2DDD9014000000001", "pc": "3000", "antenna": 1, "antenna_name": "lane1-in",
+     "rssi_dbm": -61, "channel_index": 7, "seen_count": 1}
+
+Fields the reader did not send are None. READER_EVENT_NOTIFICATIONs become ``device.status`` events whose
+``state`` tells them from the supervisor's connected/disconnected: ``antenna_connected`` /
+``antenna_disconnected`` (with ``antenna`` and ``antenna_name``), ``buffer_warning`` (``fill_percent``: the
+reader holds reports faster than they are read), ``buffer_overflow`` (reports lost), ``reader_exception``,
+``connection_attempt`` (another client tried to connect), each with a ``detail`` sentence. An unsolicited
+ERROR_MESSAGE is a ``device.status`` with state ``reader_error`` and is logged; one that answers a request,
+or a response whose LLRPStatus is not success, fails the session with the reader's status in the reason.
+
+Failures: every KEEPALIVE is answered with KEEPALIVE_ACK; ``keepalive_misses`` periods without one is a
+:class:`~drivers.errors.DeviceTimeout`. A length field that lies (the stream can no longer be framed) is a
+:class:`~drivers.errors.ProtocolFailure`; a connection dropped in the middle of a message is a
+:class:`~drivers.errors.ConnectionLost`; the supervisor reconnects with backoff. A message or tag that does
+not decode is counted (``decode_errors``) and skipped; unknown vendor parameters are skipped and counted
+(``params_skipped``), never an error. On shutdown the driver sends CLOSE_CONNECTION and waits briefly for its
+response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from typing import Annotated, ClassVar, Final, Literal
+
+from pydantic import Field, model_validator
+
+from protocols import llrp
+from protocols.errors import DecodeError
+
+from .base import DeviceContext, Driver, DriverOptions
+from .errors import ConfigurationError, ConnectionLost, DeviceTimeout, DeviceUnavailable, ProtocolFailure
+from .rfid import UriCache
+from .transport import ByteLink, open_tcp
+
+AntennaId = Annotated[int, Field(ge=1, le=65535)]
+AntennaName = Annotated[str, Field(min_length=1, max_length=64)]
+
+STATUS: Final = "device.status"
+CLOSE_TIMEOUT_S: Final = 1.0
+"""How long shutdown waits for CLOSE_CONNECTION_RESPONSE."""
+INVENTORY_SPEC_ID: Final = 1
+MANUFACTURERS: Final = {25882: "Impinj"}
+"""IANA private enterprise numbers of reader makers, for the connected detail."""
+EVENTS: Final = (
+    (llrp.ReaderEventType.HOPPING, False),
+    (llrp.ReaderEventType.GPI, False),
+    (llrp.ReaderEventType.ROSPEC, False),
+    (llrp.ReaderEventType.REPORT_BUFFER_FILL_WARNING, True),
+    (llrp.ReaderEventType.READER_EXCEPTION, True),
+    (llrp.ReaderEventType.RF_SURVEY, False),
+    (llrp.ReaderEventType.AISPEC, False),
+    (llrp.ReaderEventType.AISPEC_WITH_SINGULATION, False),
+    (llrp.ReaderEventType.ANTENNA, True),
+)
+"""The reader events asked for (LLRP 1.0.1's list: SpecLoop is 1.1 only)."""
+CONTENT: Final = llrp.TagReportContent(
+    antenna=True, channel_index=True, peak_rssi=True, first_seen=True, seen_count=True, pc=True
+)
+"""What each TagReportData carries besides the EPC."""
+
+
+class LlrpOptions(DriverOptions):
+    host: str = Field(min_length=1, description="The reader's host name or IP address.")
+    port: int = Field(
+        default=5084, ge=1, le=65535, description="The reader's LLRP port (5084, the standard's)."
+    )
+    antennas: dict[AntennaId, AntennaName] = Field(
+        default_factory=lambda: {1: "antenna-1"},
+        description="Antenna ports to inventory and their names (lane or zone).",
+    )
+    report_every_n_tags: int | None = Field(
+        default=100,
+        ge=1,
+        le=65535,
+        description="The reader sends a report every this many tag reads (None: only on period).",
+    )
+    report_period_ms: int | None = Field(
+        default=250,
+        ge=10,
+        le=3_600_000,
+        description="Ask for the reads the reader holds this often (GET_REPORT), so a quiet lane still "
+        "reports within the period (None: only every N tags).",
+    )
+    keepalive_s: float = Field(
+        default=10.0,
+        ge=0,
+        le=3600,
+        description="The reader sends a KEEPALIVE this often (0: none, no watchdog).",
+    )
+    keepalive_misses: int = Field(
+        default=3, ge=1, le=100, description="This many keepalive periods without a KEEPALIVE: reconnect."
+    )
+    connect_timeout_s: float = Field(
+        default=5.0, gt=0, le=300, description="TCP connect, and the reader's first word."
+    )
+    reply_timeout_s: float = Field(
+        default=5.0, gt=0, le=300, description="Longest wait for the answer to a request."
+    )
+    rospec_id: int = Field(
+        default=1, ge=1, le=0xFFFFFFFF, description="The ROSpec this gateway adds to the reader."
+    )
+    reset_to_factory_default: bool = Field(
+        default=False, description="Reset the reader's configuration to its factory defaults at each connect."
+    )
+    llrp_version: Literal[1, 2] = Field(default=1, description="1: LLRP 1.0.1 (every reader), 2: LLRP 1.1.")
+    max_message_bytes: int = Field(
+        default=1 << 20,
+        ge=1024,
+        le=64 << 20,
+        description="A message longer than this is taken for a length field that lies: reconnect.",
+    )
+
+    @model_validator(mode="after")
+    def _sane(self) -> LlrpOptions:
+        if not self.antennas:
+            raise ValueError("antennas: at least one antenna is needed")
+        if self.report_every_n_tags is None and self.report_period_ms is None:
+            raise ValueError("give report_every_n_tags, report_period_ms, or both")
+        return self
+
+    def report_spec(self) -> llrp.RoReportSpec:
+        """Reports every N tags (0: only when asked, or at the end of the ROSpec, which never ends)."""
+        return llrp.RoReportSpec(
+            llrp.ReportTrigger.N_TAGS_OR_END_OF_ROSPEC, self.report_every_n_tags or 0, CONTENT
+        )
+
+    def rospec(self) -> llrp.RoSpec:
+        """Started by START_ROSPEC, stopped by nothing but the next client: one AISpec over the antennas."""
+        inventory = llrp.AiSpec(
+            antennas=tuple(sorted(self.antennas)),
+            stop_trigger=llrp.StopTrigger.NULL,
+            inventory=((INVENTORY_SPEC_ID, llrp.AIR_PROTOCOL_C1G2),),
+        )
+        return llrp.RoSpec(self.rospec_id, (inventory,), report=self.report_spec())
+
+
+class LlrpDriver(Driver[LlrpOptions]):
+    name: ClassVar[str] = "llrp"
+    Options: ClassVar[type[LlrpOptions]] = LlrpOptions
+    emits: ClassVar[frozenset[str]] = frozenset({"rfid.read"})
+
+    async def run(self, ctx: DeviceContext) -> None:
+        opts = self.options
+        async with await open_tcp(opts.host, opts.port, connect_timeout=opts.connect_timeout_s) as link:
+            session = _Session(link, opts, ctx)
+            try:
+                await session.wait_for_admission()
+                detail = await session.configure()
+                ctx.connected(detail)
+                await session.stream()
+            except asyncio.CancelledError:
+                await session.close()
+                raise
+
+
+class _Session:
+    """One connection: requests and their answers, and every message the reader sends on its own."""
+
+    def __init__(self, link: ByteLink, options: LlrpOptions, ctx: DeviceContext) -> None:
+        self.link = link
+        self.options = options
+        self.ctx = ctx
+        self.framer = llrp.LlrpFramer(max_length=options.max_message_bytes)
+        self.backlog: deque[llrp.Frame] = deque()
+        self.next_id = 1
+        self.loop = asyncio.get_running_loop()
+        self.last_keepalive = self.loop.time()
+        self.received_at = 0.0
+        self.uris = UriCache()
+        self._skipped = 0
+        self._rejected = 0
+
+    # ---------------------------------------------------------------- the sequence
+
+    async def wait_for_admission(self) -> None:
+        """The reader's ConnectionAttemptEvent: status 0 lets us in."""
+        deadline = self.loop.time() + self.options.connect_timeout_s
+        while True:
+            got = await self._next(deadline)
+            if got is None:
+                raise DeviceTimeout(
+                    f"no ConnectionAttemptEvent from the reader within {self.options.connect_timeout_s:g} s"
+                )
+            _, message = got
+            if isinstance(message, llrp.ReaderEventNotification):
+                for event in message.events:
+                    if isinstance(event, llrp.ConnectionAttemptEvent):
+                        if not event.ok:
+                            raise DeviceUnavailable(
+                                f"the reader refused the connection: ConnectionAttemptEvent status "
+                                f"{event.status} ({event.text})"
+                            )
+                        return
+            await self._handle(got[0], message)
+
+    async def configure(self) -> str:
+        """Capabilities, configuration and the ROSpec, started; returns what the reader is."""
+        opts = self.options
+        answer = await self.request(llrp.GetReaderCapabilities(), "GET_READER_CAPABILITIES")
+        caps = llrp.device_capabilities(answer.params)
+        if caps is not None and caps.max_antennas:
+            missing = sorted(a for a in opts.antennas if a > caps.max_antennas)
+            if missing:
+                raise ConfigurationError(
+                    f"antennas {missing}: the reader has antenna ports 1..{caps.max_antennas} only"
+                )
+        keepalive = llrp.KeepaliveSpec(opts.keepalive_s > 0, round(opts.keepalive_s * 1000))
+        await self.request(
+            llrp.SetReaderConfig(
+                reset_to_factory_default=opts.reset_to_factory_default,
+                event_notifications=EVENTS,
+                report=opts.report_spec(),
+                keepalive=keepalive,
+            ),
+            "SET_READER_CONFIG",
+        )
+        self.last_keepalive = self.loop.time()
+        await self.request(llrp.DeleteRoSpec(0), "DELETE_ROSPEC")
+        await self.request(llrp.AddRoSpec(opts.rospec()), "ADD_ROSPEC")
+        await self.request(llrp.EnableRoSpec(opts.rospec_id), "ENABLE_ROSPEC")
+        await self.request(llrp.StartRoSpec(opts.rospec_id), "START_ROSPEC")
+        antennas = ",".join(str(a) for a in sorted(opts.antennas))
+        if caps is None:
+            return f"LLRP reader, antennas {antennas}"
+        maker = MANUFACTURERS.get(caps.manufacturer, f"PEN {caps.manufacturer}")
+        return f"LLRP reader {maker} model {caps.model}, firmware {caps.firmware}, antennas {antennas}"
+
+    async def stream(self) -> None:
+        """Read until the connection fails: reports, keepalives, events; GET_REPORT every period."""
+        opts = self.options
+        loop = self.loop
+        period = None if opts.report_period_ms is None else opts.report_period_ms / 1000
+        watchdog = opts.keepalive_s * opts.keepalive_misses if opts.keepalive_s > 0 else None
+        next_report = loop.time() + period if period is not None else None
+        while True:
+            keepalive_due = None if watchdog is None else self.last_keepalive + watchdog
+            deadlines = [d for d in (next_report, keepalive_due) if d is not None]
+            got = await self._next(min(deadlines) if deadlines else None)
+            if got is not None:
+                frame, message = got
+                await self._handle(frame, message)
+                if isinstance(message, llrp.RoAccessReport):
+                    # Backpressure: while the pipeline is congested, stop reading; the reader holds its
+                    # reports (and says so with buffer warnings). That wait is not the reader's silence.
+                    paused = loop.time()
+                    await self.ctx.room()
+                    self.last_keepalive += loop.time() - paused
+            now = loop.time()
+            if watchdog is not None and now - self.last_keepalive > watchdog:
+                raise DeviceTimeout(
+                    f"no KEEPALIVE from the reader for {now - self.last_keepalive:.1f} s "
+                    f"({opts.keepalive_misses} periods of {opts.keepalive_s:g} s missed)"
+                )
+            if next_report is not None and period is not None and now >= next_report:
+                await self.send(llrp.GetReport())
+                next_report += period
+                if next_report <= now:  # fell behind (a long pause for room): start over from now
+                    next_report = now + period
+
+    async def close(self) -> None:
+        """CLOSE_CONNECTION, then its response (or the connection's end) within a second; never raises."""
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                message_id = await self.send(llrp.CloseConnection())
+                while True:
+                    got = await self._next(None)
+                    if got is None:
+                        return
+                    frame, message = got
+                    if (
+                        isinstance(message, llrp.Response | llrp.ErrorMessage)
+                        and frame.message_id == message_id
+                    ):
+                        return
+
+    # ---------------------------------------------------------------- requests
+
+    async def send(self, message: llrp.Message, message_id: int | None = None) -> int:
+        if message_id is None:
+            message_id = self.next_id
+            self.next_id = (self.next_id + 1) & 0xFFFFFFFF or 1
+        await self.link.write(llrp.encode_message(message, message_id, self.options.llrp_version))
+        return message_id
+
+    async def request(self, message: llrp.Message, name: str) -> llrp.Response:
+        """Send ``message``; handle whatever else arrives until its response, which must say success."""
+        expected = llrp.response_type(message.message_type)
+        message_id = await self.send(message)
+        deadline = self.loop.time() + self.options.reply_timeout_s
+        while True:
+            got = await self._next(deadline)
+            if got is None:
+                raise DeviceTimeout(f"no answer to {name} within {self.options.reply_timeout_s:g} s")
+            frame, answer = got
+            if frame.message_id == message_id:
+                if isinstance(answer, llrp.Response) and answer.message_type == expected:
+                    if not answer.status.ok:
+                        raise ProtocolFailure(f"the reader refused {name}: {answer.status}")
+                    return answer
+                if isinstance(answer, llrp.ErrorMessage):
+                    raise ProtocolFailure(f"the reader could not take {name}: ERROR_MESSAGE {answer.status}")
+            await self._handle(frame, answer)
+
+    # ---------------------------------------------------------------- reading
+
+    async def _next(self, deadline: float | None) -> tuple[llrp.Frame, llrp.Message] | None:
+        """The next message that decodes (the others are counted and skipped); None once ``deadline`` (loop
+        time) passes without one."""
+        ctx = self.ctx
+        while True:
+            while self.backlog:
+                frame = self.backlog.popleft()
+                try:
+                    return frame, llrp.parse_message(frame)
+                except DecodeError as err:
+                    ctx.count("decode_errors")
+                    ctx.log.debug("undecodable message (type %d): %s", frame.message_type, err)
+            if self.framer.broken is not None:
+                raise ProtocolFailure(f"{self.framer.broken}; reconnecting")
+            if deadline is None:
+                data = await self._read()
+            else:
+                remaining = deadline - self.loop.time()
+                if remaining <= 0:
+                    return None
+                try:
+                    async with asyncio.timeout(remaining):
+                        data = await self._read()
+                except TimeoutError:
+                    return None
+            self.received_at = time.time()
+            self.backlog.extend(self.framer.feed(data))
+            self._account()
+
+    async def _read(self) -> bytes:
+        try:
+            return await self.link.read()
+        except ConnectionLost as err:
+            if self.framer.pending:
+                self.ctx.count("truncated_messages")
+                raise ConnectionLost(
+                    f"{err} (in the middle of a message, {self.framer.pending} bytes in)"
+                ) from err
+            raise
+
+    def _account(self) -> None:
+        stats = self.framer.stats
+        if stats.bytes_skipped != self._skipped:
+            self.ctx.count("bytes_skipped", stats.bytes_skipped - self._skipped)
+            self._skipped = stats.bytes_skipped
+        rejected = stats.bad_length + stats.bad_version
+        if rejected != self._rejected:
+            self.ctx.count("frames_rejected", rejected - self._rejected)
+            self._rejected = rejected
+
+    # ---------------------------------------------------------------- what the reader says on its own
+
+    async def _handle(self, frame: llrp.Frame, message: llrp.Message) -> None:
+        ctx = self.ctx
+        if isinstance(message, llrp.RoAccessReport):
+            self._emit_reads(message)
+        elif isinstance(message, llrp.Keepalive):
+            self.last_keepalive = self.loop.time()
+            await self.send(llrp.KeepaliveAck(), frame.message_id)
+            ctx.count("keepalives")
+        elif isinstance(message, llrp.ReaderEventNotification):
+            self._events(message)
+        elif isinstance(message, llrp.ErrorMessage):
+            ctx.count("reader_errors")
+            ctx.log.warning("reader error (message %d): %s", frame.message_id, message.status)
+            ctx.emit(STATUS, {"state": "reader_error", "detail": f"ERROR_MESSAGE: {message.status}"})
+        elif isinstance(message, llrp.UnknownMessage):
+            ctx.count("unknown_messages")
+            ctx.log.debug("skipped message type %d (%d bytes)", message.message_type, len(message.body))
+        else:
+            ctx.count("unexpected_messages")
+            ctx.log.debug("unexpected %s (message %d)", type(message).__name__, frame.message_id)
+
+    def _emit_reads(self, report: llrp.RoAccessReport) -> None:
+        ctx = self.ctx
+        if report.errors:
+            ctx.count("decode_errors", len(report.errors))
+            ctx.log.debug("skipped %d undecodable tag reports: %s", len(report.errors), report.errors[0])
+        skipped = report.skipped
+        if skipped:
+            ctx.count("params_skipped", skipped)
+        emit = ctx.emit
+        names = self.options.antennas
+        received = self.received_at
+        uris = self.uris
+        for tag in report.tags:
+            antenna = tag.antenna
+            pc = tag.pc
+            seen = tag.first_seen_utc
+            data = {
+                "epc": tag.epc.hex().upper(),
+                "pc": None if pc is None else f"{pc:04X}",
+                "antenna": antenna,
+                "antenna_name": names.get(antenna) if antenna is not None else None,
+                "rssi_dbm": tag.peak_rssi,
+                "channel_index": tag.channel_index,
+                "seen_count": tag.seen_count,
+            }
+            uri = uris.get(tag.epc)
+            if uri:
+                data["epc_uri"] = uri
+            emit("rfid.read", data, received if seen is None else seen / 1e6)
+
+    def _events(self, message: llrp.ReaderEventNotification) -> None:
+        ctx = self.ctx
+        ts = None if message.uptime else message.timestamp_us / 1e6
+        if message.extra:
+            ctx.count("params_skipped", len(message.extra))
+        names = self.options.antennas
+        for event in message.events:
+            if isinstance(event, llrp.AntennaEvent):
+                state = "connected" if event.connected else "disconnected"
+                name = names.get(event.antenna)
+                label = f"antenna {event.antenna}" + (f" ({name})" if name else "")
+                ctx.emit(
+                    STATUS,
+                    {
+                        "state": f"antenna_{state}",
+                        "antenna": event.antenna,
+                        "antenna_name": name,
+                        "detail": f"{label} {state}",
+                    },
+                    ts,
+                )
+            elif isinstance(event, llrp.BufferLevelWarningEvent):
+                ctx.emit(
+                    STATUS,
+                    {
+                        "state": "buffer_warning",
+                        "fill_percent": event.percent_full,
+                        "detail": f"the reader's report buffer is {event.percent_full}% full",
+                    },
+                    ts,
+                )
+            elif isinstance(event, llrp.BufferOverflowEvent):
+                ctx.log.warning("the reader's report buffer overflowed: reads were lost")
+                ctx.emit(
+                    STATUS,
+                    {
+                        "state": "buffer_overflow",
+                        "detail": "the reader's report buffer overflowed: reads were lost",
+                    },
+                    ts,
+                )
+            elif isinstance(event, llrp.ReaderExceptionEvent):
+                ctx.log.warning("reader exception: %s", event.message)
+                ctx.emit(STATUS, {"state": "reader_exception", "detail": event.message}, ts)
+            elif isinstance(event, llrp.ConnectionCloseEvent):
+                raise ConnectionLost("the reader is closing the connection (ConnectionCloseEvent)")
+            elif isinstance(event, llrp.ConnectionAttemptEvent):
+                ctx.emit(
+                    STATUS,
+                    {"state": "connection_attempt", "detail": f"connection attempt event: {event.text}"},
+                    ts,
+                )
+            else:
+                ctx.count("reader_events")
