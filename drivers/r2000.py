@@ -28,12 +28,12 @@ from typing import Annotated, ClassVar, Final, Literal
 from pydantic import Field, model_validator
 
 from protocols import r2000
-from protocols.epc import epc_uri
 from protocols.errors import DecodeError
 
 from .base import DeviceContext, Driver, DriverOptions
 from .errors import DeviceTimeout, ProtocolFailure
 from .event import EncodedData
+from .rfid import UriCache
 from .transport import ByteLink, open_serial, open_tcp
 
 AntennaNumber = Annotated[int, Field(ge=1, le=8)]
@@ -119,7 +119,7 @@ class _Session:
         # Antennas a tag frame may plausibly come from: in realtime mode only the selected work antenna.
         self._expected_antennas = frozenset(options.antennas)
         self._names_json = {antenna: _json(name) for antenna, name in options.antennas.items()}
-        self._uris: dict[bytes, str] = {}  # EPC -> its pure-identity URI, "" for none (see _uri)
+        self._uris = UriCache()
         self._skipped = 0
         self._bad = 0
         self._overflow = 0
@@ -227,8 +227,6 @@ class _Session:
                                 frame_address,
                             )
                             uri = uris.get(epc)
-                            if uri is None:
-                                uri = self._uri(epc)
                             if uri:
                                 # Pure-identity URIs of the 96-bit schemes are digits, dots, colons and
                                 # letters: nothing JSON escapes.
@@ -266,14 +264,6 @@ class _Session:
                         continue
                     ctx.count("unexpected_frames")
 
-    def _uri(self, epc: bytes) -> str:
-        """The EPC's pure-identity URI ("" when it has none), remembered for the next reads of that tag:
-        a reader sees the same tags many times a second. At most :data:`_URI_CACHE` are kept."""
-        if len(self._uris) >= _URI_CACHE:
-            self._uris.clear()
-        uri = self._uris[epc] = epc_uri(epc) or ""
-        return uri
-
     def _account(self) -> None:
         stats = self.framer.stats
         if stats.bytes_skipped != self._skipped:
@@ -296,7 +286,6 @@ _READ_JSON: Final = (
     '{"epc":"%s","pc":"%s","antenna":%d,"antenna_name":%s,"rssi_dbm":%d,"frequency_mhz":%s,'
     '"reader_address":%d}'
 )
-_URI_CACHE: Final = 8192
 _FREQUENCY_JSON: Final = tuple("null" if mhz is None else _json(mhz) for mhz in r2000.FREQUENCY_MHZ)
 
 

@@ -16,11 +16,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TextIO
 
-from protocols.epc import encode_epc
-from protocols.errors import EncodeError
-
 from . import dlt645 as _dlt645
+from . import llrp as _llrp
 from .r2000 import Faults, SimOptions, serve_pty, serve_tcp
+from .tags import parse_epc
 
 __all__ = ["FAMILIES", "main", "parse_faults"]
 
@@ -92,21 +91,6 @@ def _host_port(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def _epc(text: str) -> bytes:
-    if text.startswith("urn:"):
-        try:
-            return encode_epc(text)
-        except EncodeError as err:
-            raise argparse.ArgumentTypeError(str(err)) from err
-    try:
-        epc = bytes.fromhex(text)
-    except ValueError:
-        epc = b""
-    if len(epc) != 12:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected 24 hex digits (a 96-bit EPC) or an EPC URI")
-    return epc
-
-
 def _antennas(text: str) -> tuple[int, ...]:
     try:
         antennas = tuple(int(part) for part in text.split(",") if part.strip())
@@ -134,7 +118,7 @@ def _add_r2000(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     parser.add_argument("--tags", type=int, default=20, help="tag population size (default 20)")
     parser.add_argument(
         "--epc",
-        type=_epc,
+        type=parse_epc,
         action="append",
         default=[],
         metavar="EPC",
@@ -185,6 +169,7 @@ Runner = Callable[[argparse.Namespace, asyncio.Event, TextIO], Awaitable[None]]
 FAMILIES: dict[str, tuple[Callable[..., argparse.ArgumentParser], Runner]] = {
     "uhf-r2000": (_add_r2000, _run_r2000),
     "dlt645": (_dlt645.add_parser, _dlt645.run_from_args),
+    "llrp": (_llrp.add_parser, _llrp.run_from_args),
 }
 """Subcommand name -> (adds its parser to the subparsers, runs it until the stop event is set)."""
 

@@ -42,6 +42,7 @@ from protocols import r2000
 from protocols.errors import DecodeError
 
 from .pty import PtyEndpoint
+from .tags import check_epcs
 
 __all__ = [
     "Faults",
@@ -122,11 +123,7 @@ class SimOptions:
             raise ValueError(f"address {self.address} out of range 0..254")
         if self.tags < 0:
             raise ValueError("tags must not be negative")
-        for epc in self.epcs:
-            if len(epc) != 12:
-                raise ValueError(f"EPC {epc.hex().upper()}: 12 bytes (96 bits) expected, got {len(epc)}")
-        if len(set(self.epcs)) != len(self.epcs):
-            raise ValueError("epcs: each tag once")
+        check_epcs(self.epcs)
         if self.rate < 0:
             raise ValueError("rate must not be negative")
         if self.round_ms <= 0:

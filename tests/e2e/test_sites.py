@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from firmware_sim import llrp as llrp_sim
 from firmware_sim.r2000 import R2000Simulator, SimOptions, serve_pty
 from protocols.epc import encode_epc, epc_uri
 from tests.broker import Mosquitto
@@ -127,3 +128,83 @@ async def test_port_gate_reports_trucks_by_gs1_identity(
         assert data["period_end"] - data["period_start"] == 2 and data["period_end"] % 2 == 0
     assert "summary device=gate-reader" in gateway.log()
     assert "processor.filtered=" in gateway.log()
+
+
+# Electronic plates: GIAI-96 of the registration authority's company prefix (the example's include filter),
+# one set per gantry, and a foreign tag (a pallet on a lorry) that the filter keeps out.
+NORTH_PLATES = tuple(f"urn:epc:tag:giai-96:0.0614141.{n}" for n in range(100, 106))
+SOUTH_PLATES = tuple(f"urn:epc:tag:giai-96:0.0614141.{n}" for n in range(200, 206))
+
+
+@pytest.fixture
+async def gantries() -> AsyncIterator[tuple[llrp_sim.LlrpSimulator, llrp_sim.LlrpSimulator]]:
+    def options(plates: tuple[str, ...], seed: int) -> llrp_sim.SimOptions:
+        epcs = tuple(encode_epc(uri) for uri in (*plates, FOREIGN_TAG))
+        return llrp_sim.SimOptions(epcs=epcs, rate=400.0, seed=seed, antennas=(1, 2, 3, 4))
+
+    async with (
+        llrp_sim.serve_tcp("127.0.0.1", 0, options(NORTH_PLATES, 1)) as north,
+        llrp_sim.serve_tcp("127.0.0.1", 0, options(SOUTH_PLATES, 2)) as south,
+    ):
+        yield north, south
+
+
+async def test_roadside_intersection_counts_vehicles_per_lane(
+    tmp_path: Path,
+    broker: Mosquitto,
+    gantries: tuple[llrp_sim.LlrpSimulator, llrp_sim.LlrpSimulator],
+) -> None:
+    north, south = gantries
+    gateway_id = "e2e-intersection"
+    prefix = "traffic"
+    collector = Collector(broker.host, broker.port, prefix, gateway_id, client_id=f"sub-{gateway_id}")
+    await asyncio.to_thread(collector.connected.wait, 10)
+    faster = {"depart_after_s": 1, "flow_period_s": 2}
+    config = site_config(
+        "roadside-intersection.yaml",
+        tmp_path,
+        broker,
+        gateway_id,
+        {
+            "gantry-north": {"host": "127.0.0.1", "port": north.port, "smoothing": faster},
+            "gantry-south": {"host": "127.0.0.1", "port": south.port, "smoothing": faster},
+        },
+    )
+    gateway = GatewayProcess(config)
+    await gateway.start()
+    plates = {epc_uri(encode_epc(uri)) for uri in (*NORTH_PLATES, *SOUTH_PLATES)}
+    lanes = {"lane1", "lane2", "lane3", "lane4"}
+    try:
+        await collector.wait_for(
+            "an arrival of every plate",
+            lambda r: {m["data"].get("epc_uri") for m in r.of_kind("rfid.arrived")} >= plates,
+        )
+        await collector.wait_for(
+            "counts of all four lanes holding every plate",
+            lambda r: {m["data"]["lane"] for m in r.of_kind("rfid.flow")} == lanes
+            and sum(m["data"]["count"] for m in r.of_kind("rfid.flow")) >= len(plates),
+        )
+        north.pause()
+        south.pause()  # the traffic has passed
+        await collector.wait_for(
+            "every plate departed",
+            lambda r: {m["data"].get("epc_uri") for m in r.of_kind("rfid.departed")} >= plates,
+        )
+        assert await gateway.stop(signal.SIGTERM) == 0, gateway.log()
+    finally:
+        await gateway.kill()
+        collector.close()
+    received = collector.snapshot()
+    seqs = received.seqs()
+    assert missing_seqs(seqs, seqs[-1]) == [] and received.topics_ok
+    assert "rfid.read" not in received.kinds
+    foreign = encode_epc(FOREIGN_TAG).hex().upper()
+    assert all(m["data"].get("epc") != foreign for m in received.by_id.values())
+    flows = received.of_kind("rfid.flow")
+    assert sum(m["data"]["count"] for m in flows) == len(plates)  # each vehicle counted once, in one lane
+    by_device: dict[str, set[str]] = {}
+    for m in flows:
+        by_device.setdefault(m["device"], set()).add(m["data"]["lane"])
+    assert by_device == {"gantry-north": {"lane1", "lane2"}, "gantry-south": {"lane3", "lane4"}}
+    connected = [m for m in received.of_kind("device.status") if m["data"]["state"] == "connected"]
+    assert {m["device"] for m in connected} == {"gantry-north", "gantry-south"}
