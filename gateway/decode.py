@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
-from protocols import dlt645, r2000
+from protocols import dlt645, llrp, r2000
 from protocols.errors import ProtocolError
 
 __all__ = ["DECODERS", "Decoded", "Decoder", "UnknownProtocol", "decode", "decoder", "parse_hex"]
@@ -290,4 +290,34 @@ def decode_dlt645(raw: bytes) -> Decoded:
             out.meaning.append(f"request (master -> meter): {dlt645.parse_request(frame)!r}")
     except ProtocolError as err:
         out.problems.append(str(err))
+    return out
+
+
+@decoder("llrp")
+def decode_llrp(raw: bytes) -> Decoded:
+    """One LLRP message: a 10-byte header (version, type, length, id) and its parameters."""
+    out = Decoded("llrp", raw)
+    try:
+        frame = llrp.decode_frame(raw)
+    except ProtocolError as err:
+        out.problems.append(str(err))
+        return out
+    try:
+        name = llrp.MessageType(frame.message_type).name
+    except ValueError:
+        out.problems.append(f"unknown message type {frame.message_type}")
+        return out
+    out.field("version", str(frame.version))
+    out.field("type", f"{frame.message_type} {name}")
+    out.field("id", str(frame.message_id))
+    out.field("body", _count(len(frame.body), "byte"))
+    try:
+        message = llrp.parse_message(frame)
+    except ProtocolError as err:
+        out.problems.append(str(err))
+        return out
+    if isinstance(message, llrp.UnknownMessage):
+        out.problems.append(f"message type {frame.message_type} ({name}) is not one this codec models")
+    else:
+        out.meaning.append(f"{name}: {message!r}")
     return out

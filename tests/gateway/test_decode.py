@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from gateway import cli
 from gateway.decode import DECODERS, UnknownProtocol, decode, parse_hex
-from protocols import r2000
+from protocols import llrp, r2000
 
 EDGEGW = str(Path(sys.executable).with_name("edgegw"))
 
@@ -261,6 +261,44 @@ def test_dlt645_bad_frames_say_what_is_wrong() -> None:
 @given(st.binary(max_size=80))
 def test_any_bytes_are_a_dlt645_verdict_never_an_exception(data: bytes) -> None:
     decoded = decode("dlt645", data)
+    assert decoded.ok or decoded.problems
+    assert decoded.render()
+
+
+# ---- LLRP -----------------------------------------------------------------------------------------------
+
+VECTORS = Path(__file__).parents[1] / "vectors" / "llrp"  # EdgeX captures, Apache-2.0 (see its README)
+
+
+def llrp_message(name: str, message_type: int, message_id: int = 7) -> bytes:
+    return llrp.encode_frame(llrp.Frame(message_type, message_id, (VECTORS / name).read_bytes(), 1))
+
+
+def test_llrp_captured_messages_are_explained() -> None:
+    report = decode("llrp", llrp_message("ROAccessReport-001.bytes", 61))
+    assert report.ok
+    assert ("type", "61 RO_ACCESS_REPORT") in report.fields and ("id", "7") in report.fields
+    assert report.meaning[0].startswith("RO_ACCESS_REPORT: RoAccessReport(tags=(TagReport(")
+    event = decode("llrp", llrp_message("ReaderEventNotification-000.bytes", 63))
+    assert event.ok and event.meaning[0].startswith("READER_EVENT_NOTIFICATION")
+
+
+def test_llrp_bad_messages_say_what_is_wrong() -> None:
+    raw = llrp_message("ROAccessReport-001.bytes", 61)
+    cut = len(raw) - 3
+    message = f"length mismatch: the header says {len(raw)}, {cut} bytes given"
+    assert decode("llrp", raw[:cut]).problems == [message]
+    lying = raw[:2] + (len(raw) + 5).to_bytes(4, "big") + raw[6:]
+    says = len(raw) + 5
+    message = f"length mismatch: the header says {says}, {len(raw)} bytes given"
+    assert decode("llrp", lying).problems == [message]
+    unknown = ((1 << 10) | 900).to_bytes(2, "big") + raw[2:]  # version 1, a type no standard defines
+    assert decode("llrp", unknown).problems == ["unknown message type 900"]
+
+
+@given(st.binary(max_size=80))
+def test_any_bytes_are_an_llrp_verdict_never_an_exception(data: bytes) -> None:
+    decoded = decode("llrp", data)
     assert decoded.ok or decoded.problems
     assert decoded.render()
 
