@@ -7,12 +7,13 @@ returns a :class:`Config`, or raises :class:`ConfigError` listing *every* proble
 
 The gateway file::
 
-    gateway:   {id: lane-demo, log_level: INFO}
+    gateway:   {id: lane-demo, log_level: INFO, log_levels: {edgegw.forwarder: DEBUG}}
     buffer:    {path: buffer.db, max_bytes: 512MiB, when_full: drop_oldest, ...}
     upstream:
       mqtt:    {url: mqtts://broker:8883, prefix: edgegw, username: gw, password_file: mqtt.pass, tls: {...}}
     supervisor: {backoff_initial_s: 1.0, backoff_max_s: 30.0}
     queue:     {max_events: 10000}
+    metrics:   {enabled: true, listen: "127.0.0.1:9108"}
     devices:                                  # a list of devices (may be empty or absent) ...
       - {name: reader-1, driver: uhf-r2000, port: /dev/ttyUSB0, ...}
     devices_dir: devices.d                    # ... and/or a directory of device files
@@ -72,6 +73,7 @@ from drivers import registry
 from drivers.base import Driver, DriverOptions
 
 from .buffer import WhenFull
+from .processors.rfid import SmoothingOptions
 from .yamlsrc import Document, FieldPath, YamlError, load_file
 
 __all__ = [
@@ -81,6 +83,7 @@ __all__ = [
     "DeviceConfig",
     "DriverLookup",
     "GatewayConfig",
+    "MetricsConfig",
     "MqttConfig",
     "Problem",
     "QueueConfig",
@@ -89,6 +92,7 @@ __all__ = [
     "TlsConfig",
     "UpstreamConfig",
     "load_config",
+    "split_listen",
 ]
 
 DriverLookup = Callable[[str], type[Driver[Any]]]
@@ -393,6 +397,17 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+LogLevel = Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], BeforeValidator(_upper)]
+_LOGGER_RE = re.compile(r"[^\s.]+(\.[^\s.]+)*")
+
+
+def _check_logger_names(value: dict[str, str]) -> dict[str, str]:
+    for name in value:
+        if not _LOGGER_RE.fullmatch(name):
+            raise _field_error(name, "not a logger name: dotted words without spaces, e.g. edgegw.forwarder")
+    return value
+
+
 class GatewayConfig(_Section):
     """``gateway:`` — who this gateway is."""
 
@@ -405,6 +420,57 @@ class GatewayConfig(_Section):
     ] = Field(
         default="INFO", description="Root log level (case-insensitive): " + ", ".join(_LOG_LEVELS) + "."
     )
+    log_levels: Annotated[dict[str, LogLevel], AfterValidator(_check_logger_names)] = Field(
+        default_factory=dict,
+        description="Levels of single loggers, over log_level, e.g. {edgegw.forwarder: debug}. The "
+        "gateway's loggers: edgegw (the runtime), edgegw.forwarder, edgegw.mqtt, edgegw.device.<name>, "
+        "edgegw.reload, edgegw.metrics, edgegw.sdnotify. Applied again on reload (SIGHUP).",
+    )
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[V6]:PORT`` for IPv6) -> (host, port); ValueError saying what is wrong."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:9108 ([::1]:9108 for IPv6)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError("an IPv6 address goes in brackets: [::1]:9108")
+    if not host or any(c.isspace() or c in "[]/" for c in host):
+        raise ValueError(f"bad host {host!r}")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"port must be 0..65535 (0: any free port), not {port_text!r}")
+    return host, int(port_text)
+
+
+def _check_listen(value: str) -> str:
+    try:
+        split_listen(value)
+    except ValueError as err:
+        raise _error("listen", str(err)) from None
+    return value
+
+
+class MetricsConfig(_Section):
+    """``metrics:`` — Prometheus metrics (``/metrics``) and the health check (``/healthz``) over HTTP."""
+
+    enabled: Annotated[bool, Field(strict=True)] = Field(
+        default=True, description="Serve /metrics and /healthz (default true)."
+    )
+    listen: Annotated[str, Field(strict=True), AfterValidator(_check_listen)] = Field(
+        default="127.0.0.1:9108",
+        description="HOST:PORT to serve on ([::1]:9108 for IPv6; port 0: any free port, logged). Keep it on "
+        "loopback or a management network: the endpoints are not authenticated.",
+    )
+
+    @property
+    def host(self) -> str:
+        return split_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return split_listen(self.listen)[1]
 
 
 class BufferConfig(_Section):
@@ -625,6 +691,9 @@ class _Sections(_Section):
         default_factory=SupervisorConfig, description="Restarting failed devices."
     )
     queue: QueueConfig = Field(default_factory=QueueConfig, description="The pipeline queue.")
+    metrics: MetricsConfig = Field(
+        default_factory=MetricsConfig, description="Prometheus metrics and the health check."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -667,6 +736,10 @@ class DeviceConfig(BaseModel):
     options: SerializeAsAny[DriverOptions] = Field(
         description="Every other key of the device, validated by the driver's `Options` model."
     )
+    smoothing: SmoothingOptions | None = Field(
+        default=None,
+        description="RFID devices only: turn raw reads into arrivals, departures, moves and lane counts.",
+    )
     file: Path = Field(description="The absolute path of the file the device is defined in.")
     line: int = Field(description="The line its mapping starts on.")
     _driver_class: type[Driver[Any]] | None = PrivateAttr(None)
@@ -689,6 +762,10 @@ class Config(_Sections):
         default=None, description="The devices directory, resolved; None if not used."
     )
     source: Path = Field(description="The gateway file, absolute.")
+
+
+_DEVICE_KEYS = ("name", "driver", "smoothing")
+"""A device's keys that belong to the gateway; every other key is the driver's."""
 
 
 class _DeviceHead(BaseModel):
@@ -757,6 +834,7 @@ class _Loader:
             upstream=sections.upstream,
             supervisor=sections.supervisor,
             queue=sections.queue,
+            metrics=sections.metrics,
             devices=self.devices,
             devices_dir=devices_dir,
             source=self.source,
@@ -867,7 +945,8 @@ class _Loader:
         except Exception as err:  # an unknown name, a missing dependency, a broken driver module
             self._problem(display, doc.line_of((*prefix, "driver")), (*prefix, "driver"), str(err), doc)
             return
-        raw_options = {key: value for key, value in raw.items() if key not in ("name", "driver")}
+        raw_options = {key: value for key, value in raw.items() if key not in _DEVICE_KEYS}
+        smoothing = self._smoothing(raw, driver_class, doc, display, prefix)
         try:
             options = driver_class.Options.model_validate(raw_options, context={_CONTEXT_KEY: self.context})
         except ValidationError as err:
@@ -877,14 +956,47 @@ class _Loader:
                 display=display,
                 prefix=prefix,
                 model=driver_class.Options,
-                root_keys=("name", "driver"),
+                root_keys=_DEVICE_KEYS,
             )
             return
-        if name is None:
+        if smoothing is not None:
+            antennas = getattr(options, "antennas", None)
+            if isinstance(antennas, Mapping):
+                for lane in smoothing.lanes_without_antenna(antennas):
+                    lanes_at = (*prefix, "smoothing", "lanes")
+                    problem = f"lane {lane!r} is no zone of this device's antennas (see smoothing.zones)"
+                    self._problem(display, doc.line_of(lanes_at), lanes_at, problem, doc)
+                    smoothing = None
+        if name is None or ("smoothing" in raw and smoothing is None):
             return
-        device = DeviceConfig(name=name, driver=driver_name, options=options, file=file, line=line)
+        device = DeviceConfig(
+            name=name, driver=driver_name, options=options, smoothing=smoothing, file=file, line=line
+        )
         device._driver_class = driver_class
         self.devices.append(device)
+
+    def _smoothing(
+        self,
+        raw: dict[str, Any],
+        driver_class: type[Driver[Any]],
+        doc: Document,
+        display: str,
+        prefix: FieldPath,
+    ) -> SmoothingOptions | None:
+        if "smoothing" not in raw:
+            return None
+        where = (*prefix, "smoothing")
+        if "rfid.read" not in driver_class.emits:
+            message = f"only RFID devices can smooth reads; driver {driver_class.name!r} emits no rfid.read"
+            self._problem(display, doc.line_of(where), where, message, doc)
+            return None
+        try:
+            return SmoothingOptions.model_validate(raw["smoothing"] or {})
+        except ValidationError as err:
+            self._add_validation_problems(
+                err, doc=doc, display=display, prefix=where, model=SmoothingOptions
+            )
+            return None
 
     # -- pydantic errors --
 

@@ -254,6 +254,32 @@ def test_driver_lookup_is_injectable(tmp_path: Path) -> None:
     assert device.options.level == 2
 
 
+def test_smoothing_only_on_rfid_devices(tmp_path: Path) -> None:
+    text = MINIMAL + "devices:\n  - name: t1\n    driver: test-driver\n    smoothing: {depart_after_s: 3}\n"
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path / "gw.yaml", text), driver_lookup=_test_lookup)
+    assert [str(p) for p in caught.value.problems] == [
+        f"{tmp_path / 'gw.yaml'}:11: devices[0].smoothing: only RFID devices can smooth reads; "
+        "driver 'test-driver' emits no rfid.read"
+    ]
+
+
+def test_smoothing_options_reach_the_device(tmp_path: Path) -> None:
+    text = MINIMAL + (
+        "devices:\n  - name: r1\n    driver: uhf-r2000\n    port: /dev/ttyUSB0\n"
+        "    antennas: {1: lane1-in, 2: lane2-in}\n"
+        "    smoothing: {depart_after_s: 3, lanes: [lane1-in, lane2-in], forward_reads: true}\n"
+        "  - name: r2\n    driver: uhf-r2000\n    port: /dev/ttyUSB1\n"
+    )
+    first, second = load_config(write(tmp_path / "gw.yaml", text)).devices
+    assert first.smoothing is not None
+    assert first.smoothing.depart_after_s == 3
+    assert first.smoothing.lanes == ("lane1-in", "lane2-in")
+    assert first.smoothing.forward_reads is True
+    assert "smoothing" not in first.options.model_dump()
+    assert second.smoothing is None
+
+
 def test_missing_file_is_a_problem_of_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(tmp_path / "absent.yaml")
@@ -342,3 +368,10 @@ def test_environment_is_os_environ_by_default(tmp_path: Path, monkeypatch: pytes
     config = load_config(write(tmp_path / "gw.yaml", text))
     assert config.upstream.mqtt.password is not None
     assert config.upstream.mqtt.password.get_secret_value() == os.environ["EDGEGW_TEST_DEFAULT_ENV"]
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLE.parent.glob("*.yaml")))
+def test_every_example_site_is_valid(example: str) -> None:
+    # The examples are documentation that must not rot: each passes `edgegw check` as shipped.
+    config = load_config(EXAMPLE.parent / example)
+    assert config.devices
