@@ -4,6 +4,13 @@ Start order: the buffer opens (the gateway is *ready* from then on: events are a
 broker is unreachable), then the ingest stage, the forwarder and the devices. Stop order: devices first,
 then whatever they queued is committed, then the forwarder closes the upstream session cleanly, then the
 buffer. Nothing committed is lost at any point: the forwarder deletes only what the broker acknowledged.
+
+Under systemd (``Type=notify``, :mod:`gateway.sdnotify`): ``READY=1`` as soon as the buffer is open (the
+broker is not waited for); ``STATUS=`` every few seconds (rates in and out, backlog, upstream, devices);
+``WATCHDOG=1`` while :class:`~gateway.metrics.PipelineHealth` holds (the pings come from the loop, so a
+blocked loop stops them too); ``STOPPING=1`` when the stop begins; ``RELOADING=1`` ... ``READY=1`` around
+a reload (:meth:`Gateway.reload`, see :mod:`gateway.reload`). ``/metrics`` and ``/healthz`` are served on
+the loop (:mod:`gateway.metrics`).
 """
 
 from __future__ import annotations
@@ -11,23 +18,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sys
-from collections.abc import Callable
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from drivers import registry
 from drivers.base import Driver
 
 from .backoff import Backoff
 from .buffer import Buffer, SqliteBuffer
-from .config import Config, DeviceConfig
+from .config import Config, ConfigError, DeviceConfig, load_config
 from .forwarder import Forwarder, ForwarderSettings
 from .loopmon import LoopMonitor
+from .metrics import CountingBuffer, MetricsServer, PipelineHealth, build_registry
 from .pipeline import EventQueue, Ingest
+from .processors import RfidSmoothing
+from .reload import ReloadPlan, RetiredCounts, plan_reload
+from .sdnotify import Notifier, Watchdog
 from .supervisor import DeviceRunner
 
 log = logging.getLogger("edgegw")
+reload_log = logging.getLogger("edgegw.reload")
+
+STALL_S: Final = 60.0
+"""A stage with work that has not moved for this long is stuck: ``/healthz`` says 503 and the watchdog pings
+stop (systemd restarts the gateway ``WatchdogSec`` later). Far above any honest pause: an fsync on slow
+flash, a broker's keepalive timeout."""
+STATUS_INTERVAL_S: Final = 5.0
+"""How often the STATUS line for ``systemctl status`` is refreshed (and health changes are logged)."""
 
 
 class Upstream(Protocol):
@@ -78,7 +100,15 @@ class Gateway:
         config: Config,
         *,
         upstream: Callable[[Buffer], Upstream] | None = None,
+        environ: Mapping[str, str] | None = None,
+        notifier: Notifier | None = None,
+        stall_s: float = STALL_S,
+        status_interval_s: float = STATUS_INTERVAL_S,
+        on_logging: Callable[[Config], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``environ``: where ``NOTIFY_SOCKET`` and ``WATCHDOG_USEC`` come from (``os.environ``);
+        ``on_logging``: applies a reloaded config's log levels (the CLI's; None leaves logging alone)."""
         self.config = config
         self._make_upstream = upstream or (lambda buffer: Forwarder(buffer, forwarder_settings(config)))
         self.queue = EventQueue(config.queue.max_events)
@@ -87,12 +117,40 @@ class Gateway:
         self.upstream: Upstream | None = None
         self.runners: dict[str, DeviceRunner] = {}
         self.loop_monitor = LoopMonitor()
+        self._environ: Mapping[str, str] = os.environ if environ is None else environ
+        self.notifier = notifier if notifier is not None else Notifier.from_env(self._environ)
+        self.stall_s = stall_s
+        self.status_interval_s = status_interval_s
+        self._on_logging = on_logging
+        self._clock = clock
+        self.state = "starting"
+        """starting -> running (<-> reloading) -> stopping -> stopped."""
+        self.started = asyncio.Event()
+        """Set once the gateway is ready (READY=1 sent): buffer open, devices started."""
+        self.counts: CountingBuffer | None = None
+        self.health: PipelineHealth | None = None
+        self.metrics: MetricsServer | None = None
+        """The running metrics server (None: disabled, not started yet, or its address was taken)."""
+        self.watchdog: Watchdog | None = None
+        self.retired: dict[str, RetiredCounts] = {}
+        """Per device, the counts of the runners a reload replaced (the metrics keep counting up)."""
+        self.reloads: Counter[str] = Counter()
+        """Reloads by result: ``applied``, ``rejected``."""
+        self.rates = (0.0, 0.0)
+        """Events per second committed and acknowledged, over the last status interval."""
+        self._device_tasks: dict[str, asyncio.Task[None]] = {}
+        self._backoff: Backoff | None = None
+        self._reload_wanted = asyncio.Event()
+        self._health_said: str | None = None
 
     def _runner(self, device: DeviceConfig, backoff: Backoff) -> DeviceRunner:
         cls: type[Driver[Any]] = registry.load(device.driver)
         options = device.options
         name = device.name
-        return DeviceRunner(name, lambda: cls(name, options), self.queue, backoff)
+        processor = None
+        if device.smoothing is not None:
+            processor = RfidSmoothing(name, device.smoothing)
+        return DeviceRunner(name, lambda: cls(name, options), self.queue, backoff, processor=processor)
 
     def snapshot(self) -> Snapshot:
         return Snapshot(
@@ -105,7 +163,10 @@ class Gateway:
     def _log_summary(self) -> None:
         """One line per device and one for the loop, at shutdown: what an operator (or the bench) reads."""
         for name, runner in self.runners.items():
-            counters = " ".join(f"{k}={v}" for k, v in sorted(runner.counters.items()))
+            everything = dict(runner.counters)
+            if runner.processor is not None:
+                everything.update((f"processor.{k}", v) for k, v in runner.processor.counters().items())
+            counters = " ".join(f"{k}={v}" for k, v in sorted(everything.items()))
             log.info(
                 "summary device=%s emitted=%d dropped=%d restarts=%d %s",
                 name,
@@ -129,6 +190,179 @@ class Gateway:
             self.ingest.commits if self.ingest else 0,
         )
 
+    # -- status, health, reload -----------------------------------------------------------------------------
+
+    def status_line(self) -> str:
+        """The one line ``systemctl status`` shows (``STATUS=``)."""
+        rate_in, rate_out = self.rates
+        parts = [f"{rate_in:.1f} events/s in, {rate_out:.1f} out"]
+        stats = self.buffer.stats() if self.buffer is not None else None
+        if stats is not None:
+            backlog = f"backlog {stats.depth}"
+            if stats.oldest_ts is not None and stats.depth:
+                backlog += f" (oldest {max(0.0, time.time() - stats.oldest_ts):.0f} s)"
+            parts.append(backlog)
+        upstream = self.upstream
+        if isinstance(upstream, Forwarder):
+            parts.append("upstream connected" if upstream.connected else "upstream NOT connected")
+        up = sum(1 for runner in self.runners.values() if runner.state == "connected")
+        parts.append(f"devices {up}/{len(self.runners)} up")
+        dropped = self.queue.dropped + (sum(stats.dropped.values()) if stats is not None else 0)
+        if dropped:
+            parts.append(f"{dropped} dropped")
+        reason = self.health_reason()
+        if reason is not None and self.state in ("running", "reloading"):
+            parts.append(f"UNHEALTHY: {reason}")
+        return "; ".join(parts)
+
+    def health_reason(self) -> str | None:
+        """None while healthy; else why not (``/healthz``, the watchdog, the STATUS line)."""
+        if self.state == "stopping":
+            return "stopping"
+        if self.health is None or self.state not in ("running", "reloading"):
+            return "not running"
+        return self.health.reason()
+
+    def _healthy(self) -> bool:
+        return self.health_reason() in (None, "stopping")
+
+    def request_reload(self) -> None:
+        """Ask for a reload (the SIGHUP handler). It runs once the gateway is running; requests arriving
+        during a reload make one more reload after it."""
+        self._reload_wanted.set()
+
+    async def reload(self) -> ReloadPlan | None:
+        """Re-read and re-validate the config file and apply it (see :mod:`gateway.reload`). Returns what
+        was applied, or None when the new config is invalid (every problem is logged; the running
+        configuration stays). Never raises for a bad config."""
+        source = self.config.source
+        self.state = "reloading"
+        self.notifier.reloading(f"reloading {source}")
+        reload_log.info("reload: reading %s", source)
+        try:
+            try:
+                new = await asyncio.to_thread(load_config, source)
+            except ConfigError as err:
+                self.reloads["rejected"] += 1
+                reload_log.error(
+                    "reload refused: %s has %d problem(s); still running the previous configuration",
+                    source,
+                    len(err.problems),
+                )
+                for problem in err.problems:
+                    reload_log.error("reload: %s", problem)
+                return None
+            except Exception:  # a bug in loading must not take the running gateway down
+                self.reloads["rejected"] += 1
+                reload_log.exception("reload failed; still running the previous configuration")
+                return None
+            plan = plan_reload(self.config, new)
+            await self._apply(plan)
+            self.reloads["applied"] += 1
+            return plan
+        finally:
+            if self.state == "reloading":
+                self.state = "running"
+                self.notifier.ready(self.status_line())
+
+    async def _apply(self, plan: ReloadPlan) -> None:
+        await self._stop_devices(plan.removed, keep_counts=False)
+        await self._stop_devices([d.name for d in plan.changed], keep_counts=True)
+        self.config = plan.config
+        for device in [*plan.changed, *plan.added]:
+            self._start_device(device)
+        if plan.logging_changed and self._on_logging is not None:
+            self._on_logging(plan.config)
+            reload_log.info("reload: log levels applied")
+        reload_log.info("reload applied: %s", plan.summary())
+        if plan.needs_restart:
+            reload_log.warning(
+                "reload: %s changed, which only a restart applies (systemctl restart edgegw); until then "
+                "the gateway keeps running with the previous values, its buffer and upstream connection open",
+                ", ".join(plan.needs_restart),
+            )
+
+    def _start_device(self, device: DeviceConfig, runner: DeviceRunner | None = None) -> None:
+        if runner is None:
+            assert self._backoff is not None
+            runner = self._runner(device, self._backoff)
+        self.runners[device.name] = runner
+        self._device_tasks[device.name] = asyncio.create_task(runner.run(), name=f"device:{device.name}")
+
+    async def _stop_devices(self, names: list[str], *, keep_counts: bool) -> None:
+        """Stop devices (their ``stopped`` status and whatever they queued go on to the buffer). Unlike
+        :func:`_cancel_all`, a cancellation of the caller (a stop during a reload) is not swallowed, and
+        the devices stay in ``_device_tasks`` until they have ended, for the stop to wait on."""
+        tasks = [self._device_tasks[name] for name in names if name in self._device_tasks]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        for task in tasks:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("%s failed while stopping: %r", task.get_name(), task.exception())
+        for name in names:
+            self._device_tasks.pop(name, None)
+            runner = self.runners.pop(name, None)
+            if not keep_counts:
+                self.retired.pop(name, None)
+            elif runner is not None:
+                before = self.retired.setdefault(name, RetiredCounts())
+                before.emitted += runner.events_emitted
+                before.dropped += runner.events_dropped
+                before.restarts += runner.restarts
+                before.counters.update(runner.counters)
+                if runner.processor is not None:
+                    before.processor.update(runner.processor.counters())
+
+    async def _reloader(self) -> None:
+        while True:
+            await self._reload_wanted.wait()
+            self._reload_wanted.clear()
+            await self.reload()
+
+    async def _report_status(self) -> None:
+        """Every ``status_interval_s``: the rates, the STATUS line, and a log line when health changes."""
+        ingest = self.ingest
+        counts = self.counts
+        assert ingest is not None and counts is not None
+        last = (self._clock(), ingest.committed, counts.acked)
+        while True:
+            await asyncio.sleep(self.status_interval_s)
+            now = (self._clock(), ingest.committed, counts.acked)
+            elapsed = now[0] - last[0]
+            if elapsed > 0:
+                self.rates = ((now[1] - last[1]) / elapsed, (now[2] - last[2]) / elapsed)
+            last = now
+            reason = self.health_reason()
+            if reason != self._health_said and self.state in ("running", "reloading"):
+                if reason is None:
+                    log.warning("healthy again")
+                else:
+                    log.error("unhealthy: %s", reason)
+                self._health_said = reason
+            self.notifier.status(self.status_line())
+
+    async def _start_metrics(self) -> None:
+        settings = self.config.metrics
+        registry, latency = build_registry(self)
+        if isinstance(self.upstream, Forwarder):
+            self.upstream.latency_observer = latency.observe
+        server = MetricsServer(registry, self.health_reason, host=settings.host, port=settings.port)
+        try:
+            await server.start()
+        except OSError as err:  # the data path matters more than its metrics: run without them
+            log.error(
+                "metrics: cannot listen on %s (%s); running without /metrics and /healthz",
+                settings.listen,
+                err.strerror or err,
+            )
+            return
+        self.metrics = server
+        log.info("metrics: serving %s/metrics and %s/healthz", server.url, server.url)
+
+    # -- running -------------------------------------------------------------------------------------------
+
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set (or a core task fails, which is raised)."""
         previous = sys.getswitchinterval()
@@ -149,25 +383,38 @@ class Gateway:
             synchronous=cfg.buffer.synchronous,
         )
         log.info("buffer open at %s (%d events pending)", cfg.buffer.path, buffer.stats().depth)
+        log.debug("config: %r", cfg)
         try:
+            self.counts = counts = CountingBuffer(buffer, by_kind=cfg.metrics.enabled)
             self.ingest = ingest = Ingest(
                 self.queue,
-                buffer,
+                counts,
                 commit_interval=cfg.buffer.commit_interval_ms / 1000,
                 commit_max_events=cfg.buffer.commit_max_events,
             )
-            self.upstream = upstream = self._make_upstream(buffer)
-            backoff = Backoff(cfg.supervisor.backoff_initial_s, cfg.supervisor.backoff_max_s)
-            self.runners = {device.name: self._runner(device, backoff) for device in cfg.devices}
+            self.upstream = upstream = self._make_upstream(counts)
+            self._backoff = Backoff(cfg.supervisor.backoff_initial_s, cfg.supervisor.backoff_max_s)
+            self.health = PipelineHealth(self, stall_s=self.stall_s, clock=self._clock)
+            self.watchdog = Watchdog(self.notifier, self._healthy, environ=self._environ)
+            runners = [(device, self._runner(device, self._backoff)) for device in cfg.devices]
+            if cfg.metrics.enabled:
+                await self._start_metrics()
             core = [
                 asyncio.create_task(ingest.run(), name="ingest"),
                 asyncio.create_task(upstream.run(), name="upstream"),
                 asyncio.create_task(self.loop_monitor.run(), name="loop-monitor"),
             ]
-            devices = [
-                asyncio.create_task(runner.run(), name=f"device:{name}")
-                for name, runner in self.runners.items()
+            for device, runner in runners:
+                self._start_device(device, runner)
+            self.state = "running"
+            watchdog = asyncio.create_task(self.watchdog.run(), name="watchdog")
+            aux = [
+                asyncio.create_task(self._reloader(), name="reloader"),
+                asyncio.create_task(self._report_status(), name="status"),
             ]
+            self.notifier.ready(self.status_line())
+            self.started.set()
+            log.info("ready: %s", self.status_line())
             stopping = asyncio.create_task(stop.wait(), name="stop")
             try:
                 done, _ = await asyncio.wait([stopping, *core], return_when=asyncio.FIRST_COMPLETED)
@@ -176,15 +423,27 @@ class Gateway:
                         task.result()  # raises what killed a core task
                         raise RuntimeError(f"{task.get_name()} ended unexpectedly")
             finally:
+                self.state = "stopping"
+                self.notifier.stopping(
+                    f"stopping: stopping {len(self._device_tasks)} device(s), committing {len(self.queue)} "
+                    "queued events, closing the upstream"
+                )
                 stopping.cancel()
-                await _cancel_all(devices)
+                await _cancel_all(aux)
+                # The watchdog pings on through the stop (systemd's timer still runs while deactivating);
+                # TimeoutStopSec, not WatchdogSec, bounds a stop.
+                await _cancel_all(list(self._device_tasks.values()))
                 await _cancel_all(core[:1])
                 await ingest.drain()
                 log.info("committed everything queued; closing upstream")
                 await _cancel_all(core[1:])
                 self._log_summary()
+                await _cancel_all([watchdog])
+                if self.metrics is not None:
+                    await self.metrics.close()
         finally:
             await buffer.close()
+            self.state = "stopped"
             log.info("buffer closed")
 
 

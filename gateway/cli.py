@@ -9,6 +9,7 @@
     edgegw decode PROTOCOL HEX  decode a captured frame, or say what is wrong with it (exit 0 good, 1 bad)
     edgegw buffer inspect|export|purge   field tools on a gateway's buffer file (running or stopped)
     edgegw schema [--device-file]   the config's JSON Schema, for YAML editors
+    edgegw status [--once] [--url URL]   a running gateway's metrics, live (or one snapshot)
 """
 
 from __future__ import annotations
@@ -22,16 +23,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .config import Config, ConfigError, load_config
+from .logs import LogSetup
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(stream=sys.stderr, level=level.upper(), format=LOG_FORMAT)
+def setup_logging(level: str, log_levels: dict[str, str] | None = None) -> LogSetup:
+    """One line per record on stderr (see :mod:`gateway.logs`); ``level`` for the root logger."""
+    logs = LogSetup()
+    logs.apply(level, log_levels)
+    return logs
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -126,6 +129,20 @@ def _parser() -> argparse.ArgumentParser:
         "file), with the options of every driver installed here.",
     )
     schema.add_argument("--device-file", action="store_true", help="the schema of a devices.d/*.yaml file")
+
+    status = sub.add_parser(
+        "status",
+        help="a running gateway's metrics, live: devices, rates, backlog, upstream, drops",
+        description="Read a running gateway's /metrics and show it, refreshed every --interval seconds "
+        "(Ctrl-C quits). The endpoint: --url; else metrics.listen of the config file (-c, default "
+        "/etc/edgegw/gateway.yaml when it exists); else http://127.0.0.1:9108/metrics.",
+    )
+    status.add_argument("--once", action="store_true", help="print one plain-text snapshot and exit")
+    status.add_argument("--url", help="the metrics endpoint, e.g. 127.0.0.1:9108 or http://host:9108/metrics")
+    status.add_argument("-c", "--config", type=Path, help="gateway YAML file whose metrics.listen to read")
+    status.add_argument(
+        "--interval", type=float, default=1.0, help="seconds between scrapes (and over which rates are taken)"
+    )
     return parser
 
 
@@ -160,26 +177,35 @@ def cmd_check(path: Path) -> int:
     return EXIT_OK
 
 
-async def _run_until_signalled(config: Config) -> None:
+async def _run_until_signalled(config: Config, logs: LogSetup) -> None:
     from .app import Gateway  # noqa: PLC0415  # `edgegw check` stays light: no asyncio runtime imports
 
+    def relog(new: Config) -> None:
+        logs.apply(new.gateway.log_level, new.gateway.log_levels)
+
+    gateway = Gateway(config, on_logging=relog)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await Gateway(config).run(stop)
+    loop.add_signal_handler(signal.SIGHUP, gateway.request_reload)
+    await gateway.run(stop)
 
 
 def cmd_run(path: Path, log_level: str | None) -> int:
     config = _load(path)
     if config is None:
         return EXIT_CONFIG
-    setup_logging(log_level or config.gateway.log_level)
-    logging.getLogger("edgegw").info(
-        "edgegw starting: gateway %s, %d devices", config.gateway.id, len(config.devices)
-    )
-    asyncio.run(_run_until_signalled(config))
-    logging.getLogger("edgegw").info("edgegw stopped")
+    logs = LogSetup(override=log_level)
+    logs.apply(config.gateway.log_level, config.gateway.log_levels)
+    log = logging.getLogger("edgegw")
+    log.info("edgegw starting: gateway %s, %d devices", config.gateway.id, len(config.devices))
+    try:
+        asyncio.run(_run_until_signalled(config, logs))
+    except Exception as err:  # one log line (the traceback joined), and a failure exit for Restart=
+        log.critical("edgegw failed: %s: %s", type(err).__name__, err, exc_info=True)
+        return EXIT_FAILURE
+    log.info("edgegw stopped")
     return EXIT_OK
 
 
@@ -280,6 +306,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_buffer(args)
     if args.command == "schema":
         return cmd_schema(args.device_file)
+    if args.command == "status":
+        from .status import main as status_main  # noqa: PLC0415  # rich and the parser load only here
+
+        return status_main(url=args.url, config=args.config, once=args.once, interval=args.interval)
     raise AssertionError(args.command)
 
 

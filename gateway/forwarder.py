@@ -39,7 +39,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
@@ -188,6 +188,12 @@ class Forwarder:
         self.connects = 0
         self.disconnects = 0
         self.max_inflight_seen = 0
+        self.latency_observer: Callable[[float], None] | None = None
+        """Called with the seconds from a publish to its PUBACK (the metrics' histogram). Sampled: one
+        publish in flight is timed at a time (the last of a burst), so the hot loop pays a clock read per
+        round trip, not per message."""
+        self._probe_mid: int | None = None
+        self._probe_sent = 0.0
 
     def __repr__(self) -> str:
         s = self.settings
@@ -304,6 +310,7 @@ class Forwarder:
         s = self.settings
         self._lost = False
         self._pending.clear()
+        self._probe_mid = None
         window = s.max_inflight
         if conn.receive_maximum is not None:
             window = max(1, min(window, conn.receive_maximum))
@@ -429,6 +436,9 @@ class Forwarder:
             events = consumed
             last = rows[consumed - 1].seq
         self._max_sent_seq = max(max_sent, last)
+        if self._probe_mid is None and self.latency_observer is not None and pending:
+            self._probe_mid = next(reversed(pending))
+            self._probe_sent = time.monotonic()
         self.published += events
         self.resent += resent
         self.max_inflight_seen = max(self.max_inflight_seen, len(pending))
@@ -447,6 +457,10 @@ class Forwarder:
         seqs = self._pending.pop(mid, None)
         if seqs is None:
             return
+        if mid == self._probe_mid:
+            self._probe_mid = None
+            if self.latency_observer is not None:
+                self.latency_observer(time.monotonic() - self._probe_sent)
         if reason < _REFUSED:
             if seqs:
                 self._acked.extend(seqs)
@@ -473,6 +487,7 @@ class Forwarder:
 
     def _handle_lost(self, reason: str) -> None:
         self._lost = True
+        self._probe_mid = None
         lost = len(self._pending)
         self._pending.clear()
         self.disconnects += 1
