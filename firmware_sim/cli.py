@@ -13,13 +13,13 @@ import contextlib
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import TextIO
 
 from . import dlt645 as _dlt645
 from . import llrp as _llrp
+from . import serving
 from .r2000 import Faults, SimOptions, serve_pty, serve_tcp
-from .tags import parse_epc
+from .tags import antenna_list, parse_epc
 
 __all__ = ["FAMILIES", "main", "parse_faults"]
 
@@ -52,53 +52,32 @@ def _seconds(name: str, text: str) -> float:
 
 def parse_faults(specs: list[str]) -> Faults:
     """Faults from ``--fault`` SPECs (see :data:`FAULT_HELP`); ValueError names a bad one."""
-    values: dict[str, float] = {}
-    for spec in (part.strip() for item in specs for part in item.split(",")):
-        if not spec:
-            continue
-        name, sep, value = spec.partition("=")
-        name = name.strip().lower().replace("_", "-")
-        if not sep or not value:
-            raise ValueError(f"fault {spec!r}: expected NAME=VALUE")
-        try:
-            if name in ("noise", "bad-checksum", "drop"):
-                values[name.replace("-", "_")] = _probability(name, value)
-            elif name == "silence":
-                length, slash, every = value.partition("/")
-                if not slash:
-                    raise ValueError("silence=S/EVERY")
-                values["silence_s"] = _seconds(name, length)
-                values["silence_every_s"] = _seconds(name, every)
-                if values["silence_every_s"] <= 0:
-                    raise ValueError("silence period must be positive")
-            elif name == "disconnect":
-                every, _, down = value.partition("/")
-                values["disconnect_every_s"] = _seconds(name, every)
-                values["disconnect_down_s"] = _seconds(name, down) if down else 0.0
-                if values["disconnect_every_s"] <= 0:
-                    raise ValueError("disconnect period must be positive")
-            else:
-                raise ValueError(f"unknown fault {name!r}")
-        except ValueError as err:
-            raise ValueError(f"fault {spec!r}: {err}") from err
-    return Faults(**values)
+    return Faults(**serving.parse_fault_specs(specs, _fault_fields))
 
 
-def _host_port(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT")
-    return host.strip("[]") or "127.0.0.1", int(port)
-
-
-def _antennas(text: str) -> tuple[int, ...]:
-    try:
-        antennas = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a list like 1,2,3,4") from err
-    if not antennas or any(not 1 <= a <= 8 for a in antennas):
-        raise argparse.ArgumentTypeError(f"{text!r}: antennas are 1..8")
-    return antennas
+def _fault_fields(name: str, value: str | None) -> dict[str, float]:
+    if not value:
+        raise ValueError("expected NAME=VALUE")
+    if name in ("noise", "bad-checksum", "drop"):
+        return {name.replace("-", "_"): _probability(name, value)}
+    if name == "silence":
+        length, slash, every = value.partition("/")
+        if not slash:
+            raise ValueError("silence=S/EVERY")
+        fields = {"silence_s": _seconds(name, length), "silence_every_s": _seconds(name, every)}
+        if fields["silence_every_s"] <= 0:
+            raise ValueError("silence period must be positive")
+        return fields
+    if name == "disconnect":
+        every, _, down = value.partition("/")
+        fields = {
+            "disconnect_every_s": _seconds(name, every),
+            "disconnect_down_s": _seconds(name, down) if down else 0.0,
+        }
+        if fields["disconnect_every_s"] <= 0:
+            raise ValueError("disconnect period must be positive")
+        return fields
+    raise ValueError(f"unknown fault {name!r}")
 
 
 def _add_r2000(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
@@ -109,11 +88,7 @@ def _add_r2000(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
         epilog=FAULT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument(
-        "--link", type=Path, metavar="PATH", help="serve on a pty; PATH becomes a symlink to it"
-    )
-    where.add_argument("--tcp", type=_host_port, metavar="HOST:PORT", help="serve on a TCP port")
+    serving.add_link_or_tcp(parser)
     parser.add_argument("--rate", type=float, default=1000.0, help="tag reads per second (default 1000)")
     parser.add_argument("--tags", type=int, default=20, help="tag population size (default 20)")
     parser.add_argument(
@@ -128,7 +103,7 @@ def _add_r2000(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     parser.add_argument("--address", type=int, default=1, help="reader address (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the population and randomness")
     parser.add_argument(
-        "--antennas", type=_antennas, default=(1, 2, 3, 4), help="connected antennas (1,2,3,4)"
+        "--antennas", type=antenna_list(8), default=(1, 2, 3, 4), help="connected antennas (1,2,3,4)"
     )
     parser.add_argument("--round-ms", type=float, default=50.0, help="inventory round duration (default 50)")
     parser.add_argument("--rssi-mean", type=float, default=-60.0, help="mean RSSI in dBm (default -60)")
@@ -150,19 +125,8 @@ async def _run_r2000(args: argparse.Namespace, stop: asyncio.Event, out: TextIO)
         seed=args.seed,
         faults=args.faults,
     )
-    if args.link is not None:
-        async with serve_pty(args.link, options) as sim:
-            print(f"uhf-r2000 simulator (address {options.address}) on pty {sim.link}", file=out, flush=True)
-            await stop.wait()
-    else:
-        host, port = args.tcp
-        async with serve_tcp(host, port, options) as sim:
-            print(
-                f"uhf-r2000 simulator (address {options.address}) on tcp {host}:{sim.port}",
-                file=out,
-                flush=True,
-            )
-            await stop.wait()
+    what = f"uhf-r2000 simulator (address {options.address})"
+    await serving.serve_until_stopped(what, args, options, serve_pty, serve_tcp, stop=stop, out=out)
 
 
 Runner = Callable[[argparse.Namespace, asyncio.Event, TextIO], Awaitable[None]]

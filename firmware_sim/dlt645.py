@@ -31,17 +31,17 @@ import asyncio
 import contextlib
 import math
 import random
-import sys
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Protocol, TextIO
+from typing import Final, TextIO
 
 from protocols import dlt645
 from protocols.errors import DecodeError
 
-from .pty import PtyEndpoint
+from . import serving
+from .serving import Link
 
 __all__ = [
     "DEFAULT_METERS",
@@ -78,10 +78,7 @@ class Faults:
     """A data reply's value is one byte short or long (with a valid checksum)."""
 
     def __post_init__(self) -> None:
-        for name in ("noise", "bad_checksum", "drop", "wrong_address", "wrong_length"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"fault {name}={value}: a probability is 0..1")
+        serving.check_probabilities(self, ("noise", "bad_checksum", "drop", "wrong_address", "wrong_length"))
 
     @property
     def any(self) -> bool:
@@ -248,66 +245,22 @@ _REGISTERS: Final = tuple(item for item in dlt645.ITEMS if item.unit.endswith("h
 """Energy registers (kWh, kvarh, kVAh)."""
 
 
-class _Link(Protocol):
-    async def read(self) -> bytes: ...
-
-    async def write(self, data: bytes) -> None: ...
-
-
-class _PtyLink:
-    """One pty generation: reads end (b"") and writes fail once the pty is closed or replaced."""
-
-    def __init__(self, endpoint: PtyEndpoint) -> None:
-        self.endpoint = endpoint
-        self.generation = endpoint.generation
-
-    async def read(self) -> bytes:
-        return await self.endpoint.read(self.generation)
-
-    async def write(self, data: bytes) -> None:
-        await self.endpoint.write(data, self.generation)
-
-
-class _TcpLink:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    async def read(self) -> bytes:
-        try:
-            return await self.reader.read(65536)
-        except OSError:
-            return b""
-
-    async def write(self, data: bytes) -> None:
-        if self.writer.is_closing():
-            raise ConnectionError("connection closed")
-        self.writer.write(data)
-        await self.writer.drain()
-
-
-class Dlt645Simulator:
+class Dlt645Simulator(serving.LinkSimulator[SimStats]):
     """The line's meters, counters and controls; served by :func:`serve_pty` or :func:`serve_tcp`."""
 
     def __init__(
         self, options: SimOptions | None = None, *, clock: Callable[[], float] | None = None
     ) -> None:
+        super().__init__(SimStats())
         self.options = options or SimOptions()
-        self.stats = SimStats()
         self.models = {address: MeterModel(address, self.options.seed) for address in self.options.meters}
         self.dead: set[str] = set(self.options.dead)
         self.delays: dict[str, float] = dict(self.options.delays)
         self.sent: dict[tuple[str, int], deque[float]] = {}
         """(meter, data identifier) -> the values it sent intact, oldest first (the last SENT_KEPT)."""
-        self.port: int | None = None
-        """The bound TCP port (serve_tcp)."""
-        self.link: Path | None = None
-        """The symlink clients open (serve_pty)."""
         self._clock = clock
         self._start: float | None = None
         self._fault_rng = random.Random(f"edgegw-dlt645-faults-{self.options.seed}")
-        self._waiters: list[tuple[Callable[[SimStats], bool], asyncio.Future[None]]] = []
-        self._disconnect_hook: Callable[[float], contextlib.AbstractAsyncContextManager[None]] | None = None
 
     # ---------------------------------------------------------------- controls for tests and the CLI
 
@@ -334,35 +287,8 @@ class Dlt645Simulator:
         """What the meter at ``address`` would report at ``t`` (default: now), by table name."""
         return self.models[address].snapshot(self._now() if t is None else t)
 
-    async def disconnect(self, downtime: float = 0.0) -> None:
-        """Drop the link: the pty is closed (and reopened after ``downtime``, the symlink re-pointed), or the
-        TCP connections are closed (new ones refused during ``downtime``). Returns once the link is back."""
-        if self._disconnect_hook is None:
-            raise RuntimeError("the simulator is not serving")
-        async with self._disconnect_hook(downtime):
-            self.stats.disconnects += 1
-            self._notify()
-
-    async def wait_for(self, predicate: Callable[[SimStats], bool]) -> None:
-        """Return once ``predicate(stats)`` holds (wrap in ``asyncio.timeout``)."""
-        if predicate(self.stats):
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (predicate, future)
-        self._waiters.append(entry)
-        try:
-            await future
-        finally:
-            with contextlib.suppress(ValueError):
-                self._waiters.remove(entry)
-
     async def wait_requests(self, address: str, n: int) -> None:
         await self.wait_for(lambda s: s.requests[address] >= n)
-
-    def _notify(self) -> None:
-        for predicate, future in self._waiters:
-            if not future.done() and predicate(self.stats):
-                future.set_result(None)
 
     def _now(self) -> float:
         now = self._clock() if self._clock is not None else asyncio.get_running_loop().time()
@@ -372,7 +298,7 @@ class Dlt645Simulator:
 
     # ---------------------------------------------------------------- one session (a connection or a pty)
 
-    async def serve_link(self, link: _Link) -> None:
+    async def serve_link(self, link: Link) -> None:
         """Answer the requests arriving on ``link`` until it closes.
 
         Every meter hears every request as it arrives; a meter with a delay answers later, in a task of its
@@ -399,7 +325,7 @@ class Dlt645Simulator:
 
     async def _handle(
         self,
-        link: _Link,
+        link: Link,
         frame: dlt645.Frame,
         late: set[asyncio.Task[None]],
         turns: dict[str, asyncio.Lock],
@@ -460,7 +386,7 @@ class Dlt645Simulator:
             return dlt645.ErrorReply(dlt645.Control.READ_FOLLOW_UP, dlt645.ErrorFlag.NO_DATA)
         return dlt645.ErrorReply(control & dlt645.FUNCTION_MASK, dlt645.ErrorFlag.OTHER)
 
-    async def _send(self, link: _Link, meter: str, reply: dlt645.Reply) -> None:
+    async def _send(self, link: Link, meter: str, reply: dlt645.Reply) -> None:
         stats = self.stats
         faults = self.options.faults
         preamble = self.options.preamble
@@ -506,7 +432,7 @@ class Dlt645Simulator:
                     sent.append(dlt645.decode_value(item, reply.payload))
         self._notify()
 
-    async def _collide(self, link: _Link, replies: list[dlt645.Reply]) -> None:
+    async def _collide(self, link: Link, replies: list[dlt645.Reply]) -> None:
         frames = [
             dlt645.encode_reply(reply, self.options.meters[0], self.options.preamble) for reply in replies
         ]
@@ -519,51 +445,13 @@ class Dlt645Simulator:
         self._notify()
 
 
-async def _cancel_all(tasks: set[asyncio.Task[None]]) -> None:
-    for task in tasks:
-        task.cancel()
-    for task in list(tasks):
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-
-
 @contextlib.asynccontextmanager
 async def serve_pty(link: Path, options: SimOptions | None = None) -> AsyncIterator[Dlt645Simulator]:
     """Serve a simulated meter line on a new pty whose slave ``link`` points to (removed on exit)."""
     sim = Dlt645Simulator(options)
-    sim.link = link
-    endpoint = PtyEndpoint(link)
-    link_up = asyncio.Event()
-
-    @contextlib.asynccontextmanager
-    async def disconnect(downtime: float) -> AsyncIterator[None]:
-        link_up.clear()
-        endpoint.disconnect()
-        if downtime > 0:
-            await asyncio.sleep(downtime)
-        endpoint.open()
-        link_up.set()
-        yield
-
-    async def run() -> None:
-        while True:
-            await link_up.wait()
-            session = _PtyLink(endpoint)
-            await sim.serve_link(session)
-            if endpoint.is_open and endpoint.generation == session.generation:
-                await endpoint.wait_closed()
-
-    endpoint.open()
-    link_up.set()
-    sim._disconnect_hook = disconnect
-    sim._now()
-    tasks = {asyncio.create_task(run())}
-    try:
+    async with serving.on_pty(sim, link):
+        sim._now()  # the meters' values move from when the line comes up
         yield sim
-    finally:
-        sim._disconnect_hook = None
-        await _cancel_all(tasks)
-        endpoint.close()
 
 
 @contextlib.asynccontextmanager
@@ -573,53 +461,9 @@ async def serve_tcp(
     """Serve a simulated meter line on a TCP port (0: any free port, see ``sim.port``). Every connection
     reaches the same meters, one request at a time per connection."""
     sim = Dlt645Simulator(options)
-    sessions: set[asyncio.Task[None]] = set()
-    writers: set[asyncio.StreamWriter] = set()
-    down_until = 0.0
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        if asyncio.get_running_loop().time() < down_until:
-            writer.close()
-            return
-        sessions.add(task)
-        writers.add(writer)
-        try:
-            await sim.serve_link(_TcpLink(reader, writer))
-        except asyncio.CancelledError:
-            # The server is closing: end normally (see firmware_sim.r2000.serve_tcp on Python 3.11).
-            pass
-        finally:
-            writers.discard(writer)
-            sessions.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
-    @contextlib.asynccontextmanager
-    async def disconnect(downtime: float) -> AsyncIterator[None]:
-        nonlocal down_until
-        down_until = asyncio.get_running_loop().time() + downtime
-        for writer in list(writers):
-            writer.close()
-        if downtime > 0:
-            await asyncio.sleep(downtime)
-        yield
-
-    server = await asyncio.start_server(handle, host, port)
-    sim.port = server.sockets[0].getsockname()[1]
-    sim._disconnect_hook = disconnect
-    sim._now()
-    try:
+    async with serving.on_tcp(sim, host, port):
+        sim._now()
         yield sim
-    finally:
-        sim._disconnect_hook = None
-        server.close()
-        for writer in list(writers):
-            writer.close()
-        await _cancel_all(sessions)
-        await server.wait_closed()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -640,24 +484,21 @@ _FAULT_NAMES: Final = ("noise", "bad-checksum", "drop", "wrong-address", "wrong-
 
 def parse_faults(specs: list[str]) -> Faults:
     """Faults from ``--fault`` SPECs (see :data:`FAULT_HELP`); ValueError names a bad one."""
-    values: dict[str, float] = {}
-    for spec in (part.strip() for item in specs for part in item.split(",")):
-        if not spec:
-            continue
-        name, sep, text = spec.partition("=")
-        name = name.strip().lower().replace("_", "-")
-        if not sep or not text:
-            raise ValueError(f"fault {spec!r}: expected NAME=P")
-        if name not in _FAULT_NAMES:
-            raise ValueError(f"fault {spec!r}: unknown fault {name!r} ({', '.join(_FAULT_NAMES)})")
-        try:
-            value = float(text)
-        except ValueError:
-            raise ValueError(f"fault {spec!r}: {text!r} is not a number") from None
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"fault {spec!r}: a probability is 0..1")
-        values[name.replace("-", "_")] = value
-    return Faults(**values)
+    return Faults(**serving.parse_fault_specs(specs, _fault_fields))
+
+
+def _fault_fields(name: str, text: str | None) -> dict[str, float]:
+    if not text:
+        raise ValueError("expected NAME=P")
+    if name not in _FAULT_NAMES:
+        raise ValueError(f"unknown fault {name!r} ({', '.join(_FAULT_NAMES)})")
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise ValueError("a probability is 0..1")
+    return {name.replace("-", "_"): value}
 
 
 def _fault_spec(text: str) -> str:
@@ -685,13 +526,6 @@ def _slow(text: str) -> tuple[str, float]:
     return _meter_address(address), delay
 
 
-def _host_port(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT")
-    return host.strip("[]") or "127.0.0.1", int(port)
-
-
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Add ``dlt645`` to the ``edgegw sim`` subcommands."""
     parser = sub.add_parser(
@@ -701,11 +535,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
         epilog=FAULT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument(
-        "--link", type=Path, metavar="PATH", help="serve on a pty; PATH becomes a symlink to it"
-    )
-    where.add_argument("--tcp", type=_host_port, metavar="HOST:PORT", help="serve on a TCP port")
+    serving.add_link_or_tcp(parser)
     parser.add_argument(
         "--meter",
         dest="meters",
@@ -759,15 +589,5 @@ async def run_from_args(
 ) -> None:
     """Serve the line described by ``args`` until ``stop`` is set (or the task is cancelled)."""
     options = options_from_args(args)
-    out = out or sys.stdout
-    stop = stop or asyncio.Event()
-    meters = ", ".join(options.meters)
-    if args.link is not None:
-        async with serve_pty(args.link, options) as sim:
-            print(f"dlt645 simulator (meters {meters}) on pty {sim.link}", file=out, flush=True)
-            await stop.wait()
-    else:
-        host, port = args.tcp
-        async with serve_tcp(host, port, options) as sim:
-            print(f"dlt645 simulator (meters {meters}) on tcp {host}:{sim.port}", file=out, flush=True)
-            await stop.wait()
+    what = f"dlt645 simulator (meters {', '.join(options.meters)})"
+    await serving.serve_until_stopped(what, args, options, serve_pty, serve_tcp, stop=stop, out=out)

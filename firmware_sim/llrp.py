@@ -40,16 +40,16 @@ import asyncio
 import contextlib
 import dataclasses
 import random
-import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, TextIO
 
 from protocols import llrp
 from protocols.errors import DecodeError
 
-from .tags import check_epcs, parse_epc
+from . import serving
+from .tags import antenna_list, check_inventory, parse_epc, random_population, rssi_levels
 
 __all__ = [
     "Faults",
@@ -143,13 +143,7 @@ class SimOptions:
     faults: Faults = field(default_factory=Faults)
 
     def __post_init__(self) -> None:
-        if self.tags < 0:
-            raise ValueError("tags must not be negative")
-        check_epcs(self.epcs)
-        if self.rate < 0:
-            raise ValueError("rate must not be negative")
-        if self.round_ms <= 0:
-            raise ValueError("round_ms must be positive")
+        check_inventory(self.tags, self.epcs, self.rate, self.round_ms)
         if not 1 <= self.max_antennas <= 0xFFFF:
             raise ValueError("max_antennas is 1..65535")
         if any(not 1 <= a <= self.max_antennas for a in self.antennas):
@@ -206,23 +200,15 @@ _TYPE_NAMES: Final = frozenset(int(t) for t in llrp.MessageType)
 
 def population(tags: int, seed: int = 0) -> tuple[bytes, ...]:
     """The EPCs (12 bytes, distinct, SGTIN-96 header 0x30) of a simulated population, from ``seed``."""
-    rng = random.Random(f"edgegw-llrp-population-{seed}")
-    seen: set[bytes] = set()
-    epcs: list[bytes] = []
-    while len(epcs) < tags:
-        epc = b"\x30" + rng.randbytes(11)
-        if epc not in seen:
-            seen.add(epc)
-            epcs.append(epc)
-    return tuple(epcs)
+    return random_population("llrp", tags, seed)
 
 
-class LlrpSimulator:
+class LlrpSimulator(serving.Simulator[SimStats]):
     """The reader's configuration, counters and controls; served by :func:`serve_tcp`."""
 
     def __init__(self, options: SimOptions | None = None) -> None:
+        super().__init__(SimStats())
         self.options = options or SimOptions()
-        self.stats = SimStats()
         self.population = self.options.epcs or population(self.options.tags, self.options.seed)
         self.port: int | None = None
         self.capabilities = llrp.DeviceCapabilities(
@@ -238,18 +224,17 @@ class LlrpSimulator:
         self._cut_next = 0
         self._lie_next: int | None = None
         self._started = time.monotonic()
-        levels = random.Random(f"edgegw-llrp-rssi-{self.options.seed}")
-        self._rssi_level = [
-            [
-                levels.gauss(self.options.rssi_mean, self.options.rssi_spread)
-                for _ in range(self.options.max_antennas)
-            ]
-            for _ in range(self.options.tags)
-        ]
+        self._rssi_level = rssi_levels(
+            "llrp",
+            self.options.seed,
+            tags=len(self.population),
+            antennas=self.options.max_antennas,
+            mean=self.options.rssi_mean,
+            spread=self.options.rssi_spread,
+        )
         self._rng = random.Random(f"edgegw-llrp-sim-{self.options.seed}")
         self._cache: dict[tuple[llrp.TagReportContent, bool, Read], list[bytes]] = {}
         self._sessions: set[_Session] = set()
-        self._waiters: list[tuple[Callable[[SimStats], bool], asyncio.Future[None]]] = []
         self.reports_made = 0
         """RO_ACCESS_REPORTs with tags begun (what the periodic report faults count)."""
         self.paused = False
@@ -331,24 +316,6 @@ class LlrpSimulator:
                 with contextlib.suppress(ConnectionError):
                     await session.event(llrp.ConnectionCloseEvent())
             session.abort()
-
-    async def wait_for(self, predicate: Callable[[SimStats], bool]) -> None:
-        """Return once ``predicate(stats)`` holds (wrap in ``asyncio.timeout``)."""
-        if predicate(self.stats):
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (predicate, future)
-        self._waiters.append(entry)
-        try:
-            await future
-        finally:
-            with contextlib.suppress(ValueError):
-                self._waiters.remove(entry)
-
-    def _notify(self) -> None:
-        for predicate, future in self._waiters:
-            if not future.done() and predicate(self.stats):
-                future.set_result(None)
 
     async def _notify_sessions(self, kind: int, event: llrp.ReaderEvent) -> None:
         for session in list(self._sessions):
@@ -519,11 +486,7 @@ class _Session:
         tasks = [state.task for state in self.rospecs.values() if state.task is not None]
         if self._keepalive_task is not None:
             tasks.append(self._keepalive_task)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await serving.cancel_all(tasks)
 
     async def _handle(self, frame: llrp.Frame) -> None:
         sim = self.sim
@@ -767,9 +730,7 @@ class _Session:
     async def _halt(self, state: _RoSpecState) -> None:
         task, state.task = state.task, None
         if task is not None and task is not asyncio.current_task():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await serving.cancel_all((task,))
 
     # ---------------------------------------------------------------- inventory and reports
 
@@ -930,45 +891,25 @@ def _failure(code: int, description: str) -> llrp.LlrpStatus:
 async def serve_tcp(host: str, port: int, options: SimOptions | None = None) -> AsyncIterator[LlrpSimulator]:
     """Serve a simulated reader on a TCP port (0: any free port, see ``sim.port``); a session a connection."""
     sim = LlrpSimulator(options)
-    tasks: set[asyncio.Task[None]] = set()
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        tasks.add(task)
+    async def run_session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         session = _Session(sim, reader, writer)
         sim._sessions.add(session)
         try:
             await session.run()
-        except asyncio.CancelledError:
-            # The server is closing. End normally: on Python 3.11, asyncio's stream callback calls
-            # task.exception() on a cancelled connection task, which raises and logs a traceback.
-            pass
-        except ConnectionError:
-            pass
         finally:
             sim._sessions.discard(session)
-            tasks.discard(task)
             writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
             sim.stats.sessions_ended += 1
             sim._notify()
 
-    server = await asyncio.start_server(handle, host, port)
-    sim.port = server.sockets[0].getsockname()[1]
-    try:
-        yield sim
-    finally:
-        server.close()
-        for session in list(sim._sessions):
-            session.abort()
-        for task in list(tasks):
-            task.cancel()
-        for task in list(tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        await server.wait_closed()
+    async with serving.tcp_server(host, port, run_session) as server:
+        sim.port = server.port
+        try:
+            yield sim
+        finally:
+            for session in list(sim._sessions):
+                session.abort()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -988,57 +929,36 @@ example: --fault vendor-params=0.01 --fault cut-report=500,lying-length=1000/5
 
 def parse_faults(specs: Iterable[str]) -> Faults:
     """Faults from ``--fault`` SPECs (see :data:`FAULT_HELP`); ValueError names a bad one."""
-    values: dict[str, Any] = {}
-    for spec in (part.strip() for item in specs for part in item.split(",")):
-        if not spec:
-            continue
-        name, sep, value = spec.partition("=")
-        name = name.strip().lower().replace("_", "-")
-        try:
-            if name == "vendor-params":
-                values["vendor_params"] = float(value)
-            elif name == "no-keepalive":
-                if sep:
-                    raise ValueError("takes no value")
-                values["no_keepalive"] = True
-            elif name == "refuse":
-                values["refuse"] = int(value) if sep else 1
-                if values["refuse"] == 0:
-                    raise ValueError("status 0 is success, not a refusal")
-            elif name == "cut-report":
-                values["cut_report_every"] = int(value)
-                if values["cut_report_every"] <= 0:
-                    raise ValueError("N must be positive")
-            elif name == "lying-length":
-                every, slash, length = value.partition("/")
-                values["lie_length_every"] = int(every)
-                if values["lie_length_every"] <= 0:
-                    raise ValueError("N must be positive")
-                if slash:
-                    values["lie_length"] = int(length)
-            else:
-                raise ValueError(f"unknown fault {name!r}")
-            Faults(**values)
-        except ValueError as err:
-            raise ValueError(f"fault {spec!r}: {err}") from err
-    return Faults(**values)
+    return Faults(**serving.parse_fault_specs(specs, _fault_fields))
 
 
-def _host_port(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT")
-    return host.strip("[]") or "127.0.0.1", int(port)
-
-
-def _antennas(text: str) -> tuple[int, ...]:
-    try:
-        antennas = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a list like 1,2,3,4") from err
-    if not antennas or any(not 1 <= a <= 0xFFFF for a in antennas):
-        raise argparse.ArgumentTypeError(f"{text!r}: antennas are 1..65535")
-    return antennas
+def _fault_fields(name: str, value: str | None) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    if name == "vendor-params":
+        fields["vendor_params"] = float(value or "")
+    elif name == "no-keepalive":
+        if value is not None:
+            raise ValueError("takes no value")
+        fields["no_keepalive"] = True
+    elif name == "refuse":
+        fields["refuse"] = 1 if value is None else int(value)
+        if fields["refuse"] == 0:
+            raise ValueError("status 0 is success, not a refusal")
+    elif name == "cut-report":
+        fields["cut_report_every"] = int(value or "")
+        if fields["cut_report_every"] <= 0:
+            raise ValueError("N must be positive")
+    elif name == "lying-length":
+        every, slash, length = (value or "").partition("/")
+        fields["lie_length_every"] = int(every)
+        if fields["lie_length_every"] <= 0:
+            raise ValueError("N must be positive")
+        if slash:
+            fields["lie_length"] = int(length)
+    else:
+        raise ValueError(f"unknown fault {name!r}")
+    Faults(**fields)  # each value checked here, so that the error names its SPEC
+    return fields
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
@@ -1051,7 +971,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--tcp", type=_host_port, required=True, metavar="HOST:PORT", help="serve on a TCP port (0: any)"
+        "--tcp",
+        type=serving.host_port,
+        required=True,
+        metavar="HOST:PORT",
+        help="serve on a TCP port (0: any)",
     )
     parser.add_argument("--rate", type=float, default=1000.0, help="tag reads per second (default 1000)")
     parser.add_argument("--tags", type=int, default=20, help="tag population size (default 20)")
@@ -1064,7 +988,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
         help="a tag of the population, as 24 hex digits or an EPC URI; repeat for more; replaces --tags",
     )
     parser.add_argument(
-        "--antennas", type=_antennas, default=(1, 2, 3, 4), help="connected antennas (1,2,3,4)"
+        "--antennas", type=antenna_list(0xFFFF), default=(1, 2, 3, 4), help="connected antennas (1,2,3,4)"
     )
     parser.add_argument(
         "--max-antennas", type=int, default=4, help="antenna ports the reader has (default 4)"
@@ -1109,9 +1033,4 @@ async def run_from_args(
     """Run ``edgegw sim llrp`` with parsed ``args`` until ``stop`` is set (forever without one). Prints
     ``llrp simulator on tcp HOST:PORT`` once it listens."""
     options = options_from_args(args)
-    out = out or sys.stdout
-    stop = stop or asyncio.Event()
-    host, port = args.tcp
-    async with serve_tcp(host, port, options) as sim:
-        print(f"llrp simulator on tcp {host}:{sim.port}", file=out, flush=True)
-        await stop.wait()
+    await serving.serve_until_stopped("llrp simulator", args, options, None, serve_tcp, stop=stop, out=out)

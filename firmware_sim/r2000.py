@@ -36,13 +36,14 @@ import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Final
 
 from protocols import r2000
 from protocols.errors import DecodeError
 
-from .pty import PtyEndpoint
-from .tags import check_epcs
+from . import serving
+from .serving import Link
+from .tags import check_inventory, random_population, rssi_levels
 
 __all__ = [
     "Faults",
@@ -82,10 +83,7 @@ class Faults:
     """How long the link stays down at a periodic disconnect."""
 
     def __post_init__(self) -> None:
-        for name in ("noise", "bad_checksum", "drop"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"fault {name}={value}: a probability is 0..1")
+        serving.check_probabilities(self, ("noise", "bad_checksum", "drop"))
         for name in ("silence_s", "silence_every_s", "disconnect_every_s", "disconnect_down_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"fault {name} must not be negative")
@@ -121,13 +119,7 @@ class SimOptions:
     def __post_init__(self) -> None:
         if not 0 <= self.address <= 0xFE:
             raise ValueError(f"address {self.address} out of range 0..254")
-        if self.tags < 0:
-            raise ValueError("tags must not be negative")
-        check_epcs(self.epcs)
-        if self.rate < 0:
-            raise ValueError("rate must not be negative")
-        if self.round_ms <= 0:
-            raise ValueError("round_ms must be positive")
+        check_inventory(self.tags, self.epcs, self.rate, self.round_ms)
         if any(not 1 <= a <= r2000.MAX_ANTENNAS for a in self.antennas):
             raise ValueError(f"antennas {self.antennas}: each is 1..{r2000.MAX_ANTENNAS}")
 
@@ -156,87 +148,35 @@ class SimStats:
 
 def population(tags: int, seed: int = 0) -> tuple[bytes, ...]:
     """The EPCs (12 bytes, distinct) of a simulated population, deterministic from ``seed``."""
-    rng = random.Random(f"edgegw-r2000-population-{seed}")
-    seen: set[bytes] = set()
-    epcs: list[bytes] = []
-    while len(epcs) < tags:
-        epc = b"\x30" + rng.randbytes(11)
-        if epc not in seen:
-            seen.add(epc)
-            epcs.append(epc)
-    return tuple(epcs)
-
-
-class _Link(Protocol):
-    async def read(self) -> bytes: ...
-
-    async def write(self, data: bytes) -> None: ...
-
-
-class _PtyLink:
-    """One pty generation: reads end (b"") and writes fail once the pty is closed or replaced."""
-
-    def __init__(self, endpoint: PtyEndpoint) -> None:
-        self.endpoint = endpoint
-        self.generation = endpoint.generation
-
-    async def read(self) -> bytes:
-        return await self.endpoint.read(self.generation)
-
-    async def write(self, data: bytes) -> None:
-        await self.endpoint.write(data, self.generation)
-
-
-class _TcpLink:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    async def read(self) -> bytes:
-        try:
-            return await self.reader.read(65536)
-        except OSError:
-            return b""
-
-    async def write(self, data: bytes) -> None:
-        if self.writer.is_closing():
-            raise ConnectionError("connection closed")
-        self.writer.write(data)
-        await self.writer.drain()
+    return random_population("r2000", tags, seed)
 
 
 class _Aborted(Exception):
     """The current command stops without an answer (silence began)."""
 
 
-class R2000Simulator:
+class R2000Simulator(serving.LinkSimulator[SimStats]):
     """The reader's state, counters and controls; served by :func:`serve_pty` or :func:`serve_tcp`."""
 
     def __init__(self, options: SimOptions | None = None) -> None:
+        super().__init__(SimStats())
         self.options = options or SimOptions()
-        self.stats = SimStats()
         self.population = self.options.epcs or population(self.options.tags, self.options.seed)
-        self.port: int | None = None
-        """The bound TCP port (serve_tcp)."""
-        self.link: Path | None = None
-        """The symlink clients open (serve_pty)."""
         self.work_antenna = 1
         self._rng = random.Random(f"edgegw-r2000-sim-{self.options.seed}")
         self._fault_rng = random.Random(f"edgegw-r2000-faults-{self.options.seed}")
-        levels = random.Random(f"edgegw-r2000-rssi-{self.options.seed}")
-        self._rssi_level = [
-            [
-                levels.gauss(self.options.rssi_mean, self.options.rssi_spread)
-                for _ in range(r2000.MAX_ANTENNAS)
-            ]
-            for _ in range(self.options.tags)
-        ]
+        self._rssi_level = rssi_levels(
+            "r2000",
+            self.options.seed,
+            tags=len(self.population),
+            antennas=r2000.MAX_ANTENNAS,
+            mean=self.options.rssi_mean,
+            spread=self.options.rssi_spread,
+        )
         self._frames: dict[tuple[int, int, int, int, int], bytes] = {}
         self._carry = 0.0
         self._clock = 0.0
         self._silent_until = 0.0
-        self._waiters: list[tuple[Callable[[SimStats], bool], asyncio.Future[None]]] = []
-        self._disconnect_hook: Callable[[float], contextlib.AbstractAsyncContextManager[None]] | None = None
 
     # ---------------------------------------------------------------- controls for tests and the CLI
 
@@ -253,28 +193,6 @@ class R2000Simulator:
         """End a silence now."""
         self._silent_until = 0.0
 
-    async def disconnect(self, downtime: float = 0.0) -> None:
-        """Drop the link: the pty is closed (and reopened after ``downtime``, the symlink re-pointed), or the
-        TCP connections are closed (new ones refused during ``downtime``). Returns once the link is back."""
-        if self._disconnect_hook is None:
-            raise RuntimeError("the simulator is not serving")
-        async with self._disconnect_hook(downtime):
-            self.stats.disconnects += 1
-            self._notify()
-
-    async def wait_for(self, predicate: Callable[[SimStats], bool]) -> None:
-        """Return once ``predicate(stats)`` holds (wrap in ``asyncio.timeout``)."""
-        if predicate(self.stats):
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (predicate, future)
-        self._waiters.append(entry)
-        try:
-            await future
-        finally:
-            with contextlib.suppress(ValueError):
-                self._waiters.remove(entry)
-
     async def wait_commands(self, n: int) -> None:
         await self.wait_for(lambda s: s.commands_received >= n)
 
@@ -287,14 +205,9 @@ class R2000Simulator:
     async def wait_connections(self, n: int) -> None:
         await self.wait_for(lambda s: s.connections >= n)
 
-    def _notify(self) -> None:
-        for predicate, future in self._waiters:
-            if not future.done() and predicate(self.stats):
-                future.set_result(None)
-
     # ---------------------------------------------------------------- one session (a connection or a pty)
 
-    async def serve_link(self, link: _Link) -> None:
+    async def serve_link(self, link: Link) -> None:
         """Answer the commands arriving on ``link`` until it closes."""
         self.stats.connections += 1
         self._notify()
@@ -309,7 +222,7 @@ class R2000Simulator:
         except ConnectionError:
             return
 
-    async def _handle(self, link: _Link, frame: r2000.Frame) -> None:
+    async def _handle(self, link: Link, frame: r2000.Frame) -> None:
         address = self.options.address
         if frame.address not in (address, r2000.BROADCAST):
             return
@@ -328,7 +241,7 @@ class R2000Simulator:
         except _Aborted:
             return
 
-    async def _execute(self, link: _Link, request: r2000.Request) -> None:
+    async def _execute(self, link: Link, request: r2000.Request) -> None:
         if isinstance(request, r2000.Reset):
             self.work_antenna = 1
         elif isinstance(request, r2000.GetFirmwareVersion):
@@ -343,7 +256,7 @@ class R2000Simulator:
         else:
             await self._fast_switch_inventory(link, request)
 
-    async def _real_time_inventory(self, link: _Link, request: r2000.RealTimeInventory) -> None:
+    async def _real_time_inventory(self, link: Link, request: r2000.RealTimeInventory) -> None:
         command = r2000.Command.REAL_TIME_INVENTORY
         antenna = self.work_antenna
         if antenna not in self.options.antennas:
@@ -362,7 +275,7 @@ class R2000Simulator:
         self.stats.rounds += 1
         self._notify()
 
-    async def _fast_switch_inventory(self, link: _Link, request: r2000.FastSwitchInventory) -> None:
+    async def _fast_switch_inventory(self, link: Link, request: r2000.FastSwitchInventory) -> None:
         command = r2000.Command.FAST_SWITCH_ANT_INVENTORY
         loop = asyncio.get_running_loop()
         start = loop.time()
@@ -384,7 +297,7 @@ class R2000Simulator:
         self.stats.rounds += 1
         self._notify()
 
-    async def _round(self, link: _Link, antenna: int, command: int) -> int:
+    async def _round(self, link: Link, antenna: int, command: int) -> int:
         """One inventory round on ``antenna``: write its tag frames, then wait for the round's end."""
         options = self.options
         round_s = options.round_ms / 1000
@@ -440,10 +353,10 @@ class R2000Simulator:
             )
         return frame
 
-    async def _reply(self, link: _Link, reply: r2000.Reply) -> None:
+    async def _reply(self, link: Link, reply: r2000.Reply) -> None:
         await self._send(link, [r2000.encode_reply(reply, self.options.address)], tags=False)
 
-    async def _send(self, link: _Link, frames: list[bytes], *, tags: bool) -> None:
+    async def _send(self, link: Link, frames: list[bytes], *, tags: bool) -> None:
         if self.silent:
             raise _Aborted
         stats = self.stats
@@ -517,103 +430,17 @@ class R2000Simulator:
         await self.disconnect(self.options.faults.disconnect_down_s)
 
 
-async def _cancel_all(tasks: set[asyncio.Task[None]]) -> None:
-    for task in tasks:
-        task.cancel()
-    for task in list(tasks):
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-
-
 @contextlib.asynccontextmanager
 async def serve_pty(link: Path, options: SimOptions | None = None) -> AsyncIterator[R2000Simulator]:
     """Serve a simulated reader on a new pty whose slave ``link`` points to (removed on exit)."""
     sim = R2000Simulator(options)
-    sim.link = link
-    endpoint = PtyEndpoint(link)
-    link_up = asyncio.Event()
-
-    @contextlib.asynccontextmanager
-    async def disconnect(downtime: float) -> AsyncIterator[None]:
-        link_up.clear()
-        endpoint.disconnect()
-        if downtime > 0:
-            await asyncio.sleep(downtime)
-        endpoint.open()
-        link_up.set()
-        yield
-
-    async def run() -> None:
-        while True:
-            await link_up.wait()
-            session = _PtyLink(endpoint)
-            await sim.serve_link(session)
-            if endpoint.is_open and endpoint.generation == session.generation:
-                # The session ended while its pty is still up (cannot happen on a pty we hold open).
-                await endpoint.wait_closed()
-
-    endpoint.open()
-    link_up.set()
-    sim._disconnect_hook = disconnect
-    tasks = {asyncio.create_task(run()), asyncio.create_task(sim._periodic_faults())}
-    try:
+    async with serving.on_pty(sim, link), serving.running(sim._periodic_faults()):
         yield sim
-    finally:
-        sim._disconnect_hook = None
-        await _cancel_all(tasks)
-        endpoint.close()
 
 
 @contextlib.asynccontextmanager
 async def serve_tcp(host: str, port: int, options: SimOptions | None = None) -> AsyncIterator[R2000Simulator]:
     """Serve a simulated reader on a TCP port (0: any free port, see ``sim.port``); a session a connection."""
     sim = R2000Simulator(options)
-    sessions: set[asyncio.Task[None]] = set()
-    writers: set[asyncio.StreamWriter] = set()
-    down_until = 0.0
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        if asyncio.get_running_loop().time() < down_until:
-            writer.close()
-            return
-        sessions.add(task)
-        writers.add(writer)
-        try:
-            await sim.serve_link(_TcpLink(reader, writer))
-        except asyncio.CancelledError:
-            # The server is closing. End normally: on Python 3.11, asyncio's stream callback calls
-            # task.exception() on a cancelled connection task, which raises and logs a traceback.
-            pass
-        finally:
-            writers.discard(writer)
-            sessions.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
-    @contextlib.asynccontextmanager
-    async def disconnect(downtime: float) -> AsyncIterator[None]:
-        nonlocal down_until
-        down_until = asyncio.get_running_loop().time() + downtime
-        for writer in list(writers):
-            writer.close()
-        if downtime > 0:
-            await asyncio.sleep(downtime)
-        yield
-
-    server = await asyncio.start_server(handle, host, port)
-    sim.port = server.sockets[0].getsockname()[1]
-    sim._disconnect_hook = disconnect
-    periodic = {asyncio.create_task(sim._periodic_faults())}
-    try:
+    async with serving.on_tcp(sim, host, port), serving.running(sim._periodic_faults()):
         yield sim
-    finally:
-        sim._disconnect_hook = None
-        server.close()
-        await _cancel_all(periodic)
-        for writer in list(writers):
-            writer.close()
-        await _cancel_all(sessions)
-        await server.wait_closed()

@@ -9,11 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import errno
-import io
-import os
-import tty
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -25,69 +20,10 @@ from firmware_sim import dlt645 as sim645
 from firmware_sim.dlt645 import Faults, MeterModel, SimOptions, serve_pty, serve_tcp
 from protocols import dlt645
 
+from .clients import Client, Lines, PtyClient, over_pty, over_tcp
+
 TIMEOUT = 10.0
 A, B, C = "000000000001", "000000000002", "000000000003"
-
-
-class PtyClient:
-    """A client of the pty, opened through the symlink, raw mode, read on the event loop."""
-
-    def __init__(self, path: Path) -> None:
-        self.fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
-        tty.setraw(self.fd)
-        self.buffer = bytearray()
-        self.closed = False
-        self.event = asyncio.Event()
-        asyncio.get_running_loop().add_reader(self.fd, self._readable)
-
-    def _readable(self) -> None:
-        try:
-            chunk = os.read(self.fd, 65536)
-        except BlockingIOError:
-            return
-        except OSError as err:
-            assert err.errno == errno.EIO
-            chunk = b""
-        if not chunk:
-            self.closed = True
-            asyncio.get_running_loop().remove_reader(self.fd)
-        self.buffer += chunk
-        self.event.set()
-
-    async def read(self) -> bytes:
-        while not self.buffer and not self.closed:
-            self.event.clear()
-            await self.event.wait()
-        data = bytes(self.buffer)
-        self.buffer.clear()
-        return data
-
-    async def write(self, data: bytes) -> None:
-        os.write(self.fd, data)
-
-    def close(self) -> None:
-        if not self.closed:
-            asyncio.get_running_loop().remove_reader(self.fd)
-        os.close(self.fd)
-
-
-class TcpClient:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    async def read(self) -> bytes:
-        return await self.reader.read(65536)
-
-    async def write(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-Client = PtyClient | TcpClient
 
 
 class Master:
@@ -121,24 +57,12 @@ class Master:
         return dlt645.decode_value(item, reply.payload)
 
 
-@contextlib.asynccontextmanager
-async def pty_master(path: Path) -> AsyncIterator[Master]:
-    client = PtyClient(path)
-    try:
-        yield Master(client)
-    finally:
-        client.close()
+def pty_master(path: Path) -> contextlib.AbstractAsyncContextManager[Master]:
+    return over_pty(path, Master)
 
 
-@contextlib.asynccontextmanager
-async def tcp_master(port: int | None) -> AsyncIterator[Master]:
-    assert port
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    client = TcpClient(reader, writer)
-    try:
-        yield Master(client)
-    finally:
-        client.close()
+def tcp_master(port: int | None) -> contextlib.AbstractAsyncContextManager[Master]:
+    return over_tcp(port, Master)
 
 
 async def check_every_table_line(master: Master, sim: sim645.Dlt645Simulator, addresses: list[str]) -> None:
@@ -321,8 +245,7 @@ async def test_pty_disconnect_then_reconnect_on_the_same_link(tmp_path: Path) ->
         assert await master.read_value(A, "voltage_a") > 0
         await sim.disconnect()
         async with asyncio.timeout(TIMEOUT):
-            while await client.read():
-                pass
+            await client.until_closed()
         assert client.closed
         client.close()
         async with pty_master(link) as master2:
@@ -445,34 +368,29 @@ def test_fault_specs() -> None:
             sim645.parse_faults([bad])
 
 
-class Lines(io.StringIO):
-    """Captures what the command prints, and says when a line came."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.line = asyncio.Event()
-
-    def write(self, text: str) -> int:
-        if "\n" in text:
-            self.line.set()
-        return super().write(text)
-
-
-async def test_run_from_args_serves_until_stopped() -> None:
-    args = parse(["dlt645", "--tcp", "127.0.0.1:0", "--meter", C, "--preamble", "0"])
+@pytest.mark.parametrize("on_pty", [False, True], ids=["tcp", "pty"])
+async def test_run_from_args_serves_until_stopped(on_pty: bool, tmp_path: Path) -> None:
+    link = tmp_path / "ttyDLT645"
+    where = ["--link", str(link)] if on_pty else ["--tcp", "127.0.0.1:0"]
+    args = parse(["dlt645", *where, "--meter", C, "--preamble", "0"])
     stop = asyncio.Event()
     out = Lines()
     task = asyncio.create_task(sim645.run_from_args(args, stop, out))
     async with asyncio.timeout(TIMEOUT):
         await out.line.wait()
     text = out.getvalue()
-    assert text.startswith(f"dlt645 simulator (meters {C}) on tcp 127.0.0.1:")
-    port = int(text.rsplit(":", 1)[1])
-    async with tcp_master(port) as master:
-        assert await master.read_value(C, "frequency") > 49
+    if on_pty:
+        assert text == f"dlt645 simulator (meters {C}) on pty {link}\n"
+        master = pty_master(link)
+    else:
+        assert text.startswith(f"dlt645 simulator (meters {C}) on tcp 127.0.0.1:")
+        master = tcp_master(int(text.rsplit(":", 1)[1]))
+    async with master as line:
+        assert await line.read_value(C, "frequency") > 49
     stop.set()
     async with asyncio.timeout(TIMEOUT):
         await task
+    assert not link.is_symlink()
 
 
 def test_the_edgegw_sim_command_takes_it_as_a_family(

@@ -18,6 +18,8 @@ from firmware_sim import llrp as sim_llrp
 from firmware_sim.llrp import Faults, LlrpSimulator, Read, SimOptions, serve_tcp
 from protocols import llrp
 
+from .clients import Lines
+
 TIMEOUT = 10.0
 FAST = SimOptions(tags=8, rate=4000.0, round_ms=5.0, antennas=(1, 2, 3), seed=7)
 M = TypeVar("M")
@@ -481,16 +483,6 @@ def test_fault_specs() -> None:
             sim_llrp.parse_faults([bad])
 
 
-class _Lines(io.StringIO):
-    def __init__(self) -> None:
-        super().__init__()
-        self.written = asyncio.Event()
-
-    def write(self, text: str) -> int:
-        self.written.set()
-        return super().write(text)
-
-
 async def test_cli_runs_a_simulator_until_stopped() -> None:
     parser = argparse.ArgumentParser()
     sim_llrp.add_parser(parser.add_subparsers(dest="family"))
@@ -498,10 +490,10 @@ async def test_cli_runs_a_simulator_until_stopped() -> None:
         ["llrp", "--tcp", "127.0.0.1:0", "--rate", "500", "--tags", "3", "--fault", "vendor-params=0.5"]
     )
     stop = asyncio.Event()
-    out = _Lines()
+    out = Lines()
     task = asyncio.create_task(sim_llrp.run_from_args(args, stop, out))
     async with asyncio.timeout(TIMEOUT):
-        await out.written.wait()
+        await out.line.wait()
     line = out.getvalue().strip()
     assert line.startswith("llrp simulator on tcp 127.0.0.1:")
     port = int(line.rsplit(":", 1)[1])

@@ -9,10 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import errno
-import os
-import tty
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -25,69 +21,10 @@ from protocols import r2000
 from protocols.epc import encode_epc, epc_uri
 from protocols.errors import DecodeError
 
+from .clients import Client, PtyClient, over_pty, over_tcp
+
 TIMEOUT = 10.0
 FAST = SimOptions(tags=8, rate=4000.0, round_ms=5.0, antennas=(1, 2, 3), seed=7)
-
-
-class PtyClient:
-    """A client of the pty, opened through the symlink, raw mode, read on the event loop."""
-
-    def __init__(self, path: Path) -> None:
-        self.fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
-        tty.setraw(self.fd)
-        self.buffer = bytearray()
-        self.closed = False
-        self.event = asyncio.Event()
-        asyncio.get_running_loop().add_reader(self.fd, self._readable)
-
-    def _readable(self) -> None:
-        try:
-            chunk = os.read(self.fd, 65536)
-        except BlockingIOError:
-            return
-        except OSError as err:
-            assert err.errno == errno.EIO
-            chunk = b""
-        if not chunk:
-            self.closed = True
-            asyncio.get_running_loop().remove_reader(self.fd)
-        self.buffer += chunk
-        self.event.set()
-
-    async def read(self) -> bytes:
-        while not self.buffer and not self.closed:
-            self.event.clear()
-            await self.event.wait()
-        data = bytes(self.buffer)
-        self.buffer.clear()
-        return data
-
-    async def write(self, data: bytes) -> None:
-        os.write(self.fd, data)
-
-    def close(self) -> None:
-        if not self.closed:
-            asyncio.get_running_loop().remove_reader(self.fd)
-        os.close(self.fd)
-
-
-class TcpClient:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    async def read(self) -> bytes:
-        return await self.reader.read(65536)
-
-    async def write(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-Client = PtyClient | TcpClient
 
 
 class Host:
@@ -119,23 +56,12 @@ class Host:
         return await self.until(done)
 
 
-@contextlib.asynccontextmanager
-async def pty_client(path: Path) -> AsyncIterator[Host]:
-    client = PtyClient(path)
-    try:
-        yield Host(client)
-    finally:
-        client.close()
+def pty_client(path: Path) -> contextlib.AbstractAsyncContextManager[Host]:
+    return over_pty(path, Host)
 
 
-@contextlib.asynccontextmanager
-async def tcp_client(port: int) -> AsyncIterator[Host]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    client = TcpClient(reader, writer)
-    try:
-        yield Host(client)
-    finally:
-        client.close()
+def tcp_client(port: int | None) -> contextlib.AbstractAsyncContextManager[Host]:
+    return over_tcp(port, Host)
 
 
 async def check_firmware_and_inventory(host: Host, options: SimOptions) -> None:
@@ -242,10 +168,8 @@ async def test_pty_disconnect_then_reconnect_on_the_same_link(tmp_path: Path) ->
         host = Host(client)
         await host.ask(r2000.get_firmware_version(), r2000.FirmwareVersion)
         await sim.disconnect()
-        # The old port reports EIO / end of file, as an unplugged adapter does.
         async with asyncio.timeout(TIMEOUT):
-            while await client.read():
-                pass
+            await client.until_closed()
         assert client.closed
         client.close()
         assert sim.stats.disconnects == 1
@@ -309,6 +233,15 @@ async def test_an_explicit_population_is_what_the_reader_sees() -> None:
     tags = {reply.epc for reply in replies if isinstance(reply, r2000.TagRead)}
     assert tags == set(epcs)
     assert {epc_uri(epc) for epc in tags} == {"urn:epc:id:grai:0614141.12345.400", sscc}
+
+
+async def test_an_explicit_population_larger_than_tags_is_read_whole() -> None:
+    # 25 EPCs with the default --tags 20: every one of them is read (the RSSI levels are per tag).
+    epcs = tuple(bytes([0x30]) + n.to_bytes(11, "big") for n in range(25))
+    options = SimOptions(epcs=epcs, rate=20000, round_ms=5, antennas=(1,))
+    async with serve_tcp("127.0.0.1", 0, options) as sim, tcp_client(sim.port) as host:
+        replies = await host.ask(r2000.real_time_inventory(repeat=20), r2000.InventoryEnd)
+    assert {reply.epc for reply in replies if isinstance(reply, r2000.TagRead)} == set(epcs)
 
 
 def test_an_explicit_population_is_checked(capsys: pytest.CaptureFixture[str]) -> None:
