@@ -37,11 +37,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import ssl
 import time
 from collections import deque
 from typing import Annotated, ClassVar, Final, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from protocols import llrp
 from protocols.errors import DecodeError
@@ -78,10 +80,32 @@ CONTENT: Final = llrp.TagReportContent(
 """What each TagReportData carries besides the EPC."""
 
 
+PORT: Final = 5084
+TLS_PORT: Final = 5085
+"""LLRP's IANA ports: plain, and over TLS."""
+
+
 class LlrpOptions(DriverOptions):
     host: str = Field(min_length=1, description="The reader's host name or IP address.")
-    port: int = Field(
-        default=5084, ge=1, le=65535, description="The reader's LLRP port (5084, the standard's)."
+    port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="The reader's LLRP port (default: the standard's, 5084, or 5085 with tls).",
+    )
+    tls: bool = Field(default=False, description="LLRP over TLS (the standard's port 5085).")
+    ca_file: str | None = Field(
+        default=None,
+        description="With tls: the CA bundle that signed the reader's certificate (default: the system's).",
+    )
+    cert_file: str | None = Field(
+        default=None, description="With tls: a client certificate, if the reader wants one (and key_file)."
+    )
+    key_file: str | None = Field(default=None, description="With tls: the client certificate's key.")
+    tls_check_hostname: bool = Field(
+        default=True,
+        description="With tls: the certificate must name `host`. Readers often carry certificates for a name "
+        "nobody uses; false still verifies the chain.",
     )
     antennas: dict[AntennaId, AntennaName] = Field(
         default_factory=lambda: {1: "antenna-1"},
@@ -129,13 +153,40 @@ class LlrpOptions(DriverOptions):
         description="A message longer than this is taken for a length field that lies: reconnect.",
     )
 
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _readable(cls, value: str | None) -> str | None:
+        if value is not None and not os.access(value, os.R_OK):
+            raise ValueError(f"cannot read {value!r}")
+        return value
+
     @model_validator(mode="after")
     def _sane(self) -> LlrpOptions:
         if not self.antennas:
             raise ValueError("antennas: at least one antenna is needed")
+        if not self.tls and (self.ca_file or self.cert_file or self.key_file):
+            raise ValueError("ca_file, cert_file and key_file need tls: true")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("a client certificate needs both cert_file and key_file")
         if self.report_every_n_tags is None and self.report_period_ms is None:
             raise ValueError("give report_every_n_tags, report_period_ms, or both")
         return self
+
+    @property
+    def reader_port(self) -> int:
+        if self.port is not None:
+            return self.port
+        return TLS_PORT if self.tls else PORT
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The client's TLS context (chain always verified), or None without tls."""
+        if not self.tls:
+            return None
+        context = ssl.create_default_context(cafile=self.ca_file)
+        context.check_hostname = self.tls_check_hostname
+        if self.cert_file is not None:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        return context
 
     def report_spec(self) -> llrp.RoReportSpec:
         """Reports every N tags (0: only when asked, or at the end of the ROSpec, which never ends)."""
@@ -160,7 +211,10 @@ class LlrpDriver(Driver[LlrpOptions]):
 
     async def run(self, ctx: DeviceContext) -> None:
         opts = self.options
-        async with await open_tcp(opts.host, opts.port, connect_timeout=opts.connect_timeout_s) as link:
+        link = await open_tcp(
+            opts.host, opts.reader_port, connect_timeout=opts.connect_timeout_s, tls=opts.tls_context()
+        )
+        async with link:
             session = _Session(link, opts, ctx)
             try:
                 await session.wait_for_admission()

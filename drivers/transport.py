@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import errno
 import os
+import ssl
 from collections import deque
 from types import TracebackType
 from typing import Self
@@ -221,14 +222,19 @@ async def open_serial(
     return SerialLink(handle, max_buffered=max_buffered)
 
 
-async def open_tcp(host: str, port: int, *, connect_timeout: float = 5.0) -> TcpLink:
-    """Connect to ``host:port``."""
+async def open_tcp(
+    host: str, port: int, *, connect_timeout: float = 5.0, tls: ssl.SSLContext | None = None
+) -> TcpLink:
+    """Connect to ``host:port``, with TLS when ``tls`` is given (the handshake within the timeout too)."""
     name = f"{host}:{port}"
+    scheme = "tls" if tls is not None else "tcp"
     try:
         async with asyncio.timeout(connect_timeout):
-            reader, writer = await asyncio.open_connection(host, port)
+            reader, writer = await asyncio.open_connection(host, port, ssl=tls)
     except TimeoutError as err:
-        raise DeviceUnavailable(f"tcp {name}: no answer within {connect_timeout:g} s") from err
+        raise DeviceUnavailable(f"{scheme} {name}: no answer within {connect_timeout:g} s") from err
+    except ssl.SSLError as err:  # a certificate that does not verify: said as such, and retried
+        raise DeviceUnavailable(f"tls {name}: {err.reason or err}") from err
     except OSError as err:
-        raise DeviceUnavailable(f"tcp {name}: {err.strerror or err}") from err
+        raise DeviceUnavailable(f"{scheme} {name}: {err.strerror or err}") from err
     return TcpLink(reader, writer, name)

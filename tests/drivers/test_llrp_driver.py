@@ -397,7 +397,8 @@ async def test_an_unreachable_reader_is_retried_with_its_reason() -> None:
 
 def test_options_are_validated_early() -> None:
     opts = LlrpOptions(host="reader.local")
-    assert opts.port == 5084 and opts.antennas == {1: "antenna-1"}
+    assert opts.reader_port == 5084 and opts.antennas == {1: "antenna-1"}
+    assert LlrpOptions(host="reader", tls=True).reader_port == 5085  # LLRP over TLS: its own port
     assert opts.report_every_n_tags == 100 and opts.report_period_ms == 250
     for bad in (
         {"host": "r", "antennas": {}},
@@ -407,6 +408,9 @@ def test_options_are_validated_early() -> None:
         {"host": "r", "tcp_port": 5084},
         {"host": ""},
         {"host": "r", "llrp_version": 3},
+        {"host": "r", "ca_file": __file__},  # TLS files without tls
+        {"host": "r", "tls": True, "ca_file": "/nonexistent/ca.pem"},
+        {"host": "r", "tls": True, "cert_file": __file__},  # a certificate without its key
     ):
         with pytest.raises(pydantic.ValidationError):
             LlrpOptions(**bad)
