@@ -233,7 +233,9 @@ async def open_tcp(
             reader, writer = await asyncio.open_connection(host, port, ssl=tls)
     except TimeoutError as err:
         raise DeviceUnavailable(f"{scheme} {name}: no answer within {connect_timeout:g} s") from err
-    except ssl.SSLError as err:  # a certificate that does not verify: said as such, and retried
+    except ssl.SSLCertVerificationError as err:  # said as such, and retried like any unreachable device
+        raise DeviceUnavailable(f"tls {name}: certificate verify failed: {err.verify_message}") from err
+    except ssl.SSLError as err:
         raise DeviceUnavailable(f"tls {name}: {err.reason or err}") from err
     except OSError as err:
         raise DeviceUnavailable(f"{scheme} {name}: {err.strerror or err}") from err

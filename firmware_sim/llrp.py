@@ -40,6 +40,7 @@ import asyncio
 import contextlib
 import dataclasses
 import random
+import ssl
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
@@ -888,8 +889,11 @@ def _failure(code: int, description: str) -> llrp.LlrpStatus:
 
 
 @contextlib.asynccontextmanager
-async def serve_tcp(host: str, port: int, options: SimOptions | None = None) -> AsyncIterator[LlrpSimulator]:
-    """Serve a simulated reader on a TCP port (0: any free port, see ``sim.port``); a session a connection."""
+async def serve_tcp(
+    host: str, port: int, options: SimOptions | None = None, *, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[LlrpSimulator]:
+    """Serve a simulated reader on a TCP port (0: any free port, see ``sim.port``), a session a connection;
+    with a server ``tls`` context, LLRP over TLS."""
     sim = LlrpSimulator(options)
 
     async def run_session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -903,7 +907,7 @@ async def serve_tcp(host: str, port: int, options: SimOptions | None = None) -> 
             sim.stats.sessions_ended += 1
             sim._notify()
 
-    async with serving.tcp_server(host, port, run_session) as server:
+    async with serving.tcp_server(host, port, run_session, tls=tls) as server:
         sim.port = server.port
         try:
             yield sim

@@ -17,6 +17,7 @@ import abc
 import argparse
 import asyncio
 import contextlib
+import ssl
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from pathlib import Path
@@ -268,11 +269,13 @@ class TcpServer:
 
 
 @contextlib.asynccontextmanager
-async def tcp_server(host: str, port: int, session: Session) -> AsyncIterator[TcpServer]:
-    """Listen on ``host:port`` (0: any free port, see ``server.port``); on exit, stop listening, close the
-    connections and end their sessions."""
+async def tcp_server(
+    host: str, port: int, session: Session, *, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[TcpServer]:
+    """Listen on ``host:port`` (0: any free port, see ``server.port``), over TLS with a server ``tls``
+    context; on exit, stop listening, close the connections and end their sessions."""
     server = TcpServer(session)
-    listener = await asyncio.start_server(server._handle, host, port)
+    listener = await asyncio.start_server(server._handle, host, port, ssl=tls)
     server.port = listener.sockets[0].getsockname()[1]
     try:
         yield server

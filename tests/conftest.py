@@ -7,7 +7,9 @@ assertion) and derandomised under CI, so a run is reproducible and never flaky.
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -44,3 +46,24 @@ def mosquitto() -> Iterator[Mosquitto]:
 def broker(mosquitto: Mosquitto) -> Mosquitto:
     """The session broker, (re)started if an earlier test left it stopped."""
     return mosquitto.start()
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1, plus an unrelated CA (openssl CLI): for the
+    TLS tests of the forwarder and of the LLRP driver."""
+    d = tmp_path_factory.mktemp("tls")
+    for ca in ("ca", "other-ca"):
+        subject = f"/CN=edgegw test {ca}"
+        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", subject,
+                 "-keyout", f"{ca}.key", "-out", f"{ca}.crt", cwd=d)  # fmt: skip
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key",
+             "-out", "server.csr", cwd=d)  # fmt: skip
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+             "-days", "2", "-extfile", "san.ext", "-out", "server.crt", cwd=d)  # fmt: skip
+    return {name: d / name for name in ("ca.crt", "other-ca.crt", "server.crt", "server.key")}

@@ -4,9 +4,11 @@ into the real event queue."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pydantic
@@ -188,6 +190,20 @@ async def test_no_read_is_lost_with_vendor_parameters_in_every_other_tag() -> No
     assert counters["params_skipped"] >= sim.stats.vendor_params_sent > 0
     assert counters["decode_errors"] == 0
     assert run.states() == ["connected"]
+
+
+async def test_llrp_over_tls_verifies_the_reader(tls_files: dict[str, Path]) -> None:
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(tls_files["server.crt"], tls_files["server.key"])
+    async with serve_tcp("127.0.0.1", 0, FAST, tls=server) as sim:
+        # A reader whose certificate the configured CA did not sign: refused, said why, retried.
+        async with running(sim, tls=True, ca_file=str(tls_files["other-ca.crt"])) as run:
+            await run.until("a refusal", n_status("disconnected"))
+        assert "certificate verify failed" in run.statuses()[0]["reason"]
+        assert not run.reads()
+        async with running(sim, tls=True, ca_file=str(tls_files["ca.crt"])) as run:
+            await run.until("100 reads over TLS", n_reads(100))
+        check_reads(run.reads(), sim, NAMES)
 
 
 async def test_every_keepalive_is_answered_and_missed_ones_mean_reconnect() -> None:

@@ -338,26 +338,6 @@ async def test_last_will_offline_when_the_gateway_dies(broker: Mosquitto, tmp_pa
 # -- TLS, auth, secrets ----------------------------------------------------------------------------------
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-@pytest.fixture(scope="session")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A throwaway CA and a server certificate for 127.0.0.1, plus an unrelated CA (openssl CLI)."""
-    d = tmp_path_factory.mktemp("tls")
-    for ca in ("ca", "other-ca"):
-        subject = f"/CN=edgegw test {ca}"
-        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", subject,
-                 "-keyout", f"{ca}.key", "-out", f"{ca}.crt", cwd=d)  # fmt: skip
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key",
-             "-out", "server.csr", cwd=d)  # fmt: skip
-    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-             "-days", "2", "-extfile", "san.ext", "-out", "server.crt", cwd=d)  # fmt: skip
-    return {name: d / name for name in ("ca.crt", "other-ca.crt", "server.crt", "server.key")}
-
-
 @pytest.fixture
 def tls_broker(tls_files: dict[str, Path]) -> Any:
     config = [
