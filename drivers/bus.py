@@ -57,6 +57,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
@@ -65,7 +66,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from .errors import ConfigurationError, ConnectionLost, DeviceTimeout, DeviceUnavailable
 
-__all__ = ["Bus", "BusStats", "Port", "SharedLink", "attach", "buses"]
+__all__ = ["Bus", "BusStats", "Port", "SharedLink", "attach", "buses", "serial_key", "tcp_key"]
 
 GOLDEN = 0.6180339887498949
 """Successive multiples of the golden ratio, modulo 1, spread evenly over [0, 1) for any count."""
@@ -85,7 +86,10 @@ T = TypeVar("T")
 
 Opener = Callable[[Callable[[BaseException], None]], Awaitable[LinkT]]
 """Opens the link. Its argument is the ``lost`` callback: call it with the cause when the link drops on its
-own (a TCP reset while idle), so that the devices learn it at once rather than at their next request."""
+own (a TCP reset while idle), so that the devices learn it at once rather than at their next request. The
+bus cannot interrupt an exchange in flight without a task per request, so a link that learns of its loss
+should also make its pending exchange raise (else that exchange ends at its timeout, reported as the link's
+failure, not as the device's silence)."""
 
 
 @dataclass(slots=True)
@@ -282,23 +286,28 @@ class Port(Generic[LinkT]):
             raise ValueError("attempts must be >= 1")
         bus = self.bus
         async with self._mine:
-            wait = self.backoff_remaining_s
-            if wait > 0:
-                await asyncio.sleep(wait)
+            if self.device in bus._backoffs:
+                wait = self.backoff_remaining_s
+                if wait > 0:
+                    await asyncio.sleep(wait)
             last: BaseException | None = None
             for _attempt in range(attempts):
                 await bus._acquire()
                 try:
                     try:
-                        await bus._ensure_open()
                         link = bus._link
-                        if link is None:  # failed while we waited for the open
-                            raise bus._failure or ConnectionLost(f"{bus.key}: closed")
+                        if link is None:
+                            await bus._ensure_open()
+                            link = bus._link
+                            if link is None:  # failed while we waited for the open
+                                raise bus._failure or ConnectionLost(f"{bus.key}: closed")
                         self.requests += 1
                         bus.stats.requests += 1
                         async with asyncio.timeout(timeout):
                             result = await exchange(link)
                     except TimeoutError:
+                        if bus._failure is not None:  # the link died under this exchange: not the device
+                            raise bus._failure from None
                         self.timeouts += 1
                         bus.stats.timeouts += 1
                         last = DeviceTimeout(f"{self.device}: no answer within {timeout:g} s")
@@ -322,6 +331,20 @@ class Port(Generic[LinkT]):
                 delay = bus._timed_out(self.device, self.backoff_initial_s, self.backoff_max_s)
                 raise DeviceTimeout(f"{last} (next try in {delay:g} s)") from last
             raise last
+
+
+# -- keys -------------------------------------------------------------------------------------------------
+
+
+def serial_key(path: str) -> str:
+    """The bus key of a serial port: its real path, so two names of one port (``/dev/serial/by-id/...`` and
+    ``/dev/ttyUSB0``) are one bus, and devices of different drivers on one line meet (and must agree)."""
+    return "serial:" + os.path.realpath(path)
+
+
+def tcp_key(host: str, port: int) -> str:
+    """The bus key of a TCP connection (a converter, a Modbus TCP gateway, a networked meter)."""
+    return f"tcp:{host}:{port}"
 
 
 # -- the registry ---------------------------------------------------------------------------------------
@@ -357,7 +380,7 @@ async def attach(
 ) -> AsyncIterator[Port[LinkT]]:
     """A :class:`Port` for ``device`` on the bus ``key``, opening the bus if this is its first device.
 
-    ``key`` names the transport (``"serial:" + path``, ``"tcp:" + host:port``); ``settings`` is everything
+    ``key`` names the transport (:func:`serial_key`, :func:`tcp_key`); ``settings`` is everything
     that must match among the devices sharing it (compared with ``==``). Raises
     :class:`~drivers.errors.ConfigurationError` when the bus is open with other settings, and
     :class:`~drivers.errors.DeviceUnavailable` when it cannot be opened.

@@ -148,7 +148,10 @@ class Dlt645Options(DriverOptions):
     @property
     def bus_key(self) -> str:
         """The line this meter hangs on: meters with the same key share it."""
-        return f"serial:{self.port}" if self.port is not None else f"tcp:{self.host}:{self.tcp_port}"
+        if self.port is not None:
+            return bus.serial_key(self.port)
+        assert self.host is not None and self.tcp_port is not None  # guaranteed by the validator
+        return bus.tcp_key(self.host, self.tcp_port)
 
 
 class BadReply(Exception):

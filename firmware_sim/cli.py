@@ -17,6 +17,7 @@ from typing import TextIO
 
 from . import dlt645 as _dlt645
 from . import llrp as _llrp
+from . import modbus as _modbus
 from . import serving
 from .r2000 import Faults, SimOptions, serve_pty, serve_tcp
 from .tags import antenna_list, parse_epc
@@ -134,6 +135,7 @@ FAMILIES: dict[str, tuple[Callable[..., argparse.ArgumentParser], Runner]] = {
     "uhf-r2000": (_add_r2000, _run_r2000),
     "dlt645": (_dlt645.add_parser, _dlt645.run_from_args),
     "llrp": (_llrp.add_parser, _llrp.run_from_args),
+    "modbus": (_modbus.add_parser, _modbus.run_from_args),
 }
 """Subcommand name -> (adds its parser to the subparsers, runs it until the stop event is set)."""
 

@@ -148,7 +148,7 @@ async def test_meters_on_one_pty_line_keep_polling_while_one_is_dead(tmp_path: P
             ),
         )
         # One line, shared: a single bus, one session on the simulator.
-        assert list(bus.buses()) == [f"serial:{tty}"]
+        assert list(bus.buses()) == [bus.serial_key(str(tty))]  # the real path: every name of the port
         assert sim.stats.connections == 1
     for device in live:
         address = f"00000000000{device[-1]}"

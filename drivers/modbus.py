@@ -1,0 +1,828 @@
+"""``modbus``: energy meters, partial-discharge monitors and analysers on Modbus RTU (RS-485) or Modbus TCP.
+
+A device is one unit id on one transport, and its points::
+
+    - name: meter-3
+      driver: modbus
+      transport: rtu                 # rtu (serial port), tcp, or rtu-over-tcp (serial-to-Ethernet converter)
+      port: /dev/ttyUSB0             # rtu: the serial port; tcp / rtu-over-tcp: host + tcp_port (502)
+      baudrate: 9600
+      parity: N
+      unit_id: 3
+      poll_s: 1.0
+      byte_order: CDAB               # the default of this device's points
+      points:
+        - {name: voltage_a, table: holding, address: 0, type: float32, unit: V, deadband: 0.5}
+        - {name: energy_import, table: holding, address: 40, type: float32, unit: kWh}
+        - {name: breaker_closed, table: discrete, address: 0}
+        - {name: alarm, table: holding, address: 100, type: bit, bit: 3, report_on_change: true}
+
+Addresses are the 0-based protocol addresses; a manual's "40001" is ``table: holding, address: 0`` (see
+:mod:`protocols.modbus` for the 0xxxx/1xxxx/3xxxx/4xxxx convention, the types and the byte orders).
+
+Every poll of a device is one ``meter.reading`` event with the values read, after scale and offset::
+
+    {"values": {"voltage_a": 230.1, "energy_import": 1206.42, "breaker_closed": true},
+     "units": {"voltage_a": "V", "energy_import": "kWh"}}
+
+A point with ``report_on_change`` (or a ``deadband``: ``0.5`` absolute, ``"1%"`` of the last reported value)
+is in the event only when it changed (by more than the deadband) or its ``max_interval_s`` has passed since
+it was last reported; a poll with nothing to report emits no event. Points with their own ``poll_s`` are
+polled on their own schedule, in their own events.
+
+Devices on one serial port, or one ``host:tcp_port``, share a bus (:mod:`drivers.bus`): one request at a
+time, round robin across devices, a timeout per request and a backoff per silent device. A device whose
+requests time out ``lost_after`` polls in a row is reported disconnected (the supervisor retries it with
+backoff). Points are read in as few requests as possible (:func:`protocols.modbus.plan`); a request the
+device refuses with exception 02 is split, and the split is kept for the life of the device's session. A
+reply with a bad CRC, a wrong unit id, function or length is counted (``bad_crc``, ``wrong_unit``,
+``wrong_function``, ``wrong_length``), never decoded, and the request is tried again (``retries``).
+
+pymodbus (pinned to 3.16.x) is used only through :class:`ModbusLink`, the one place that knows its API:
+its async clients carry the frames; its own retries, timeouts and reconnects are off, because the bus
+owns those decisions (pymodbus would otherwise drop a shared TCP connection after a few timeouts of one
+dead unit, taking every healthy unit behind the same converter with it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException
+from pymodbus.framer import FramerType
+from pymodbus.pdu import ModbusPDU
+
+from protocols import modbus as mb
+from protocols.modbus import ByteOrder, DataType, ReplyCheck, Table
+
+from . import bus
+from .base import DeviceContext, Driver, DriverOptions
+from .errors import ConnectionLost, DeviceTimeout, DeviceUnavailable
+
+__all__ = ["BadReply", "ExceptionReply", "ModbusDriver", "ModbusLink", "ModbusOptions", "ModbusPoint"]
+
+# pymodbus logs every frame it skips at ERROR, with a dump of recent traffic; the driver counts them instead.
+logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+_NO_TIMEOUT = 3600.0
+"""pymodbus's own request timeout: never reached, the bus cancels first."""
+_PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+
+Deadband = Annotated[
+    float | str,
+    Field(
+        description="Report only changes larger than this: an absolute amount (0.5) or a percentage of the "
+        'last reported value ("1%").'
+    ),
+]
+
+
+class ModbusPoint(BaseModel):
+    """One value of a device: where it lives, how to decode it, when to report it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=64, description="The key of the value in the event.")
+    table: Table = Field(Table.HOLDING, description="holding, input, coil or discrete.")
+    address: int = Field(
+        ge=0, le=65535, description="0-based protocol address (a manual's 40001 is holding 0)."
+    )
+    type: DataType | None = Field(
+        None,
+        description="bool (coil, discrete), bit (of a register, with bit:), int16, uint16, int32, "
+        "uint32, int64, uint64, float32, float64, string (with length:). Default: bool for coil and "
+        "discrete, uint16 for registers.",
+    )
+    length: int | None = Field(None, ge=1, description="A string's characters (two per register).")
+    bit: int | None = Field(None, ge=0, le=15, description="For type bit: the bit, 0 = least significant.")
+    byte_order: ByteOrder | None = Field(None, description="ABCD, CDAB, BADC or DCBA; default: the device's.")
+    scale: float = Field(1.0, description="value = raw * scale + offset (numeric types).")
+    offset: float = Field(0.0, description="See scale.")
+    unit: str | None = Field(None, max_length=32, description="Engineering unit, reported in the event.")
+    poll_s: float | None = Field(None, gt=0, le=86400, description="Own poll period; default: the device's.")
+    deadband: Deadband | None = None
+    report_on_change: bool = Field(
+        False, description="Report the point only when its value changed (any change; see deadband)."
+    )
+    max_interval_s: float | None = Field(
+        None, gt=0, le=86400 * 7, description="With report_on_change or deadband: report at least this often."
+    )
+
+    @field_validator("deadband")
+    @classmethod
+    def _deadband(cls, value: float | str | None) -> float | str | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            match = _PERCENT.match(value)
+            if match is None:
+                raise ValueError('a deadband is a number (0.5) or a percentage ("1%")')
+            return f"{float(match.group(1)):g}%"
+        if not math.isfinite(value) or value < 0:
+            raise ValueError("a deadband must be a number >= 0")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModbusPoint:
+        dtype = self.data_type
+        if self.table.is_bits and dtype is not DataType.BOOL:
+            _fail("type", f"a {self.table.value} is one bit: its type is bool")
+        if not self.table.is_bits and dtype is DataType.BOOL:
+            _fail("type", "a register is not a bool: read one of its bits with type: bit and bit: N")
+        if dtype is DataType.BIT and self.bit is None:
+            _fail("type", "type: bit needs bit: N (0-15), the bit of the register")
+        if self.bit is not None and dtype is not DataType.BIT:
+            _fail("bit", "bit: N goes with type: bit")
+        if dtype is DataType.STRING and self.length is None:
+            _fail("type", "type: string needs length: N, its characters")
+        if self.length is not None and dtype is not DataType.STRING:
+            _fail("length", "length: N goes with type: string")
+        if not dtype.is_numeric:
+            if self.scale != 1 or self.offset != 0:
+                _fail("scale" if self.scale != 1 else "offset", f"a {dtype.value} point cannot be scaled")
+            if self.deadband is not None:
+                _fail("deadband", f"a deadband needs a numeric point, not {dtype.value}")
+        if not math.isfinite(self.scale) or self.scale == 0:
+            _fail("scale", "scale must be a finite number other than 0")
+        if not math.isfinite(self.offset):
+            _fail("offset", "offset must be a finite number")
+        span = self.span
+        if span.count > mb.read_limit(self.table):
+            _fail("length", f"{span.count} registers cannot be read in one request (at most 125)")
+        if span.end > 65536:
+            _fail("address", f"the point runs past the last address 65535 ({span.count} registers)")
+        return self
+
+    @property
+    def data_type(self) -> DataType:
+        if self.type is not None:
+            return self.type
+        return DataType.BOOL if self.table.is_bits else DataType.UINT16
+
+    @property
+    def span(self) -> mb.Span:
+        return mb.Span(self.table, self.address, mb.register_count(self.data_type, self.length))
+
+    @property
+    def reports_on_change(self) -> bool:
+        return self.report_on_change or self.deadband is not None
+
+
+def _fail(field_name: str, message: str) -> None:
+    raise ValidationError.from_exception_data(
+        "ModbusPoint",
+        [
+            InitErrorDetails(
+                type=PydanticCustomError("modbus_point", _escape(message)), loc=(field_name,), input=None
+            )
+        ],
+    )
+
+
+def _escape(message: str) -> str:
+    return message.replace("{", "(").replace("}", ")")
+
+
+Transport = Literal["tcp", "rtu", "rtu-over-tcp"]
+
+
+class ModbusOptions(DriverOptions):
+    transport: Transport | None = Field(
+        None,
+        description="tcp, rtu (a serial port) or rtu-over-tcp (RTU frames through a serial-to-Ethernet "
+        "converter). Default: rtu with port, tcp with host.",
+    )
+    port: str | None = Field(None, description="rtu: the serial port, e.g. /dev/ttyUSB0.")
+    host: str | None = Field(None, description="tcp, rtu-over-tcp: the device's or converter's host.")
+    tcp_port: int = Field(502, ge=1, le=65535, description="tcp, rtu-over-tcp: its TCP port.")
+    baudrate: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200] = Field(
+        9600, description="rtu: line speed."
+    )
+    parity: Literal["N", "E", "O"] = Field("N", description="rtu: parity (N, E, O).")
+    stopbits: Literal[1, 2] = Field(1, description="rtu: stop bits.")
+    unit_id: int = Field(1, ge=0, le=255, description="The unit (slave) id: 1-247 on a serial line.")
+    poll_s: float = Field(1.0, gt=0, le=86400, description="Poll period of points without their own.")
+    timeout_s: float = Field(1.0, gt=0, le=60, description="A reply must start within this after a request.")
+    retries: int = Field(
+        0,
+        ge=0,
+        le=3,
+        description="Tries after the first (a timeout or a corrupt reply). Keep 0-1: a retry "
+        "of a silent unit holds the shared line for another timeout.",
+    )
+    lost_after: int = Field(
+        3, ge=1, le=1000, description="Polls in a row without an answer before the device is disconnected."
+    )
+    max_gap: int = Field(
+        16,
+        ge=0,
+        le=mb.MAX_READ_REGISTERS,
+        description="Read across gaps of up to this many unused registers.",
+    )
+    byte_order: ByteOrder = Field(ByteOrder.ABCD, description="Default byte order of the points.")
+    connect_timeout_s: float = Field(5.0, gt=0, le=300, description="Opening the port or TCP connection.")
+    backoff_initial_s: float = Field(
+        1.0, gt=0, le=3600, description="A silent device waits this long before its next request (doubling)."
+    )
+    backoff_max_s: float = Field(30.0, gt=0, le=3600, description="The longest such wait.")
+    points: list[ModbusPoint] = Field(min_length=1, description="The values to read.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModbusOptions:
+        errors: list[InitErrorDetails] = []
+
+        def problem(loc: tuple[str | int, ...], message: str) -> None:
+            errors.append(
+                InitErrorDetails(
+                    type=PydanticCustomError("modbus_options", _escape(message)), loc=loc, input=None
+                )
+            )
+
+        transport = self.link_transport
+        if self.transport is None and self.port is not None and self.host is not None:
+            problem(("host",), "give either port (a serial port) or host (TCP), not both")
+        elif transport == "rtu":
+            if self.port is None:
+                problem(("port",), "a serial (rtu) device needs port: the serial port")
+            elif self.host is not None:
+                problem(("host",), "host goes with transport tcp or rtu-over-tcp, not with a serial port")
+            if not 1 <= self.unit_id <= 247:
+                problem(("unit_id",), "a unit id on a serial line is 1-247")
+        else:
+            if self.host is None:
+                problem(("host",), f"transport {transport} needs host (and tcp_port, default 502)")
+            if self.port is not None:
+                problem(("port",), "port is a serial port: with a TCP transport give host and tcp_port")
+        if self.backoff_max_s < self.backoff_initial_s:
+            problem(("backoff_max_s",), "must not be below backoff_initial_s")
+        seen: dict[str, int] = {}
+        for index, point in enumerate(self.points):
+            if point.name in seen:
+                problem(
+                    ("points", index, "name"),
+                    f"duplicate point name {point.name!r} (see points[{seen[point.name]}])",
+                )
+            else:
+                seen[point.name] = index
+        for index, other in _overlaps(self.points):
+            mine, theirs = self.points[index], self.points[other]
+            problem(
+                ("points", index, "address"),
+                f"{mine.name!r} ({_describe(mine)}) overlaps {theirs.name!r} ({_describe(theirs)})",
+            )
+        if errors:
+            raise ValidationError.from_exception_data("ModbusOptions", errors)
+        return self
+
+    @property
+    def link_transport(self) -> Transport:
+        if self.transport is not None:
+            return self.transport
+        return "rtu" if self.port is not None or self.host is None else "tcp"
+
+    def point_byte_order(self, point: ModbusPoint) -> ByteOrder:
+        return point.byte_order or self.byte_order
+
+    def point_poll_s(self, point: ModbusPoint) -> float:
+        return point.poll_s or self.poll_s
+
+
+def _describe(point: ModbusPoint) -> str:
+    span = point.span
+    where = f"{point.table.value} {span.address}" + (f"-{span.end - 1}" if span.count > 1 else "")
+    return where + (f" bit {point.bit}" if point.bit is not None else "")
+
+
+def _overlaps(points: Sequence[ModbusPoint]) -> list[tuple[int, int]]:
+    """(later point, the earlier point it overlaps), by address order per table. Bits of one register do
+    not overlap unless they are the same bit."""
+    found: list[tuple[int, int]] = []
+    order = sorted(range(len(points)), key=lambda i: (points[i].table, points[i].address, i))
+    active: list[int] = []
+    for i in order:
+        p = points[i]
+        span = p.span
+        active = [j for j in active if points[j].table == p.table and points[j].span.end > span.address]
+        for j in active:
+            q = points[j]
+            both_bits = p.data_type is DataType.BIT and q.data_type is DataType.BIT
+            if both_bits and p.address == q.address and p.bit != q.bit:
+                continue
+            found.append((max(i, j), min(i, j)))
+            break
+        active.append(i)
+    return sorted(set(found))
+
+
+# -- the pymodbus adapter ---------------------------------------------------------------------------------
+
+
+class BadReply(Exception):
+    """A reply that is not an answer to the request (bad CRC, wrong unit id, function or length)."""
+
+    def __init__(self, kind: str, detail: str = "") -> None:
+        super().__init__(f"{kind}{': ' + detail if detail else ''}")
+        self.kind = kind
+
+
+class ExceptionReply(Exception):
+    """The device answered with a Modbus exception."""
+
+    def __init__(self, code: int) -> None:
+        try:
+            text = mb.ExceptionCode(code).name.lower().replace("_", " ")
+        except ValueError:
+            text = "unknown exception"
+        super().__init__(f"exception {code:02X} ({text})")
+        self.code = code
+
+
+_BAD_KINDS = {
+    ReplyCheck.BAD_CRC: "bad_crc",
+    ReplyCheck.WRONG_UNIT: "wrong_unit",
+    ReplyCheck.WRONG_FUNCTION: "wrong_function",
+    ReplyCheck.WRONG_LENGTH: "wrong_length",
+}
+
+
+def _ignore(_name: str) -> None:
+    return None
+
+
+class ModbusLink:
+    """One pymodbus client (a serial port or a TCP connection), shared by the devices of a bus.
+
+    :meth:`read` is the whole API the driver uses. It watches the bytes pymodbus receives (its
+    ``trace_packet`` hook) with :func:`protocols.modbus.check_rtu_reply` / ``check_tcp_reply``: a corrupt
+    reply is counted on the device that asked, made harmless for pymodbus's framer (whose decoder would
+    otherwise raise inside the transport and drop the connection) and fails the request at once rather than
+    after its timeout. A late reply to an earlier request (``stale_replies``) or an RTU frame of another unit
+    is counted and skipped while the awaited reply may still come."""
+
+    def __init__(self, client: AsyncModbusTcpClient | AsyncModbusSerialClient, name: str, tcp: bool) -> None:
+        self.client = client
+        self.name = name
+        self._tcp = tcp
+        self._unit = 0
+        self._function = 0
+        self._count = 0
+        self._transaction = 0
+        self._report: Callable[[str], None] = _ignore
+
+    def _on_packet(self, sending: bool, data: bytes) -> bytes:
+        if sending:
+            if self._tcp and len(data) >= 2:
+                self._transaction = int.from_bytes(data[:2], "big")
+            return data
+        if self._function == 0:
+            return data
+        if self._tcp:
+            verdict, size = mb.check_tcp_reply(
+                data, self._unit, self._function, self._count, self._transaction
+            )
+        else:
+            verdict, size = mb.check_rtu_reply(data, self._unit, self._function, self._count)
+        if verdict in (ReplyCheck.OK, ReplyCheck.EXCEPTION, ReplyCheck.INCOMPLETE):
+            return data
+        if verdict is ReplyCheck.STALE:
+            self._report("stale_replies")
+            return data  # pymodbus skips a reply with another transaction id
+        if verdict is ReplyCheck.BAD_HEADER:
+            self._report("bad_header")
+            self._fail_request(ConnectionLost(f"{self.name}: not a Modbus TCP stream (bad MBAP header)"))
+            return data
+        kind = _BAD_KINDS[verdict]
+        self._report(kind)
+        if verdict is ReplyCheck.WRONG_UNIT and not self._tcp:
+            # On a shared line, a late reply from another unit; ours may still come. Skip just that frame.
+            return _neutralise_rtu(data, size)
+        self._fail_request(BadReply(kind))
+        return _neutralise_tcp(data, size) if self._tcp else _neutralise_rtu(data, size)
+
+    def _fail_request(self, error: Exception) -> None:
+        future: asyncio.Future[Any] | None = getattr(self.client.ctx, "response_future", None)
+        if future is not None and not future.done():
+            future.set_exception(error)
+
+    async def read(
+        self, table: Table, unit: int, address: int, count: int, report: Callable[[str], None] = _ignore
+    ) -> list[int]:
+        """``count`` registers (or bits, as 0/1) of ``table`` from ``address`` of ``unit``.
+
+        Raises :class:`ExceptionReply`, :class:`BadReply` (already reported through ``report``),
+        :class:`~drivers.errors.ConnectionLost`. A timeout is the caller's (the bus cancels this)."""
+        client = self.client
+        self._unit, self._function, self._count, self._report = unit, table.function, count, report
+        try:
+            if table is Table.HOLDING:
+                response: ModbusPDU = await client.read_holding_registers(
+                    address, count=count, device_id=unit
+                )
+            elif table is Table.INPUT:
+                response = await client.read_input_registers(address, count=count, device_id=unit)
+            elif table is Table.COIL:
+                response = await client.read_coils(address, count=count, device_id=unit)
+            else:
+                response = await client.read_discrete_inputs(address, count=count, device_id=unit)
+        except ConnectionException as err:
+            raise ConnectionLost(f"{self.name}: {err}") from err
+        except ModbusException as err:
+            report("undecodable_replies")
+            raise BadReply("undecodable", str(err)) from err
+        finally:
+            self._function = 0
+            self._report = _ignore
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # pymodbus awaits its reply with asyncio.wait_for, which on Python 3.11 returns a reply that
+            # arrived as the task was being cancelled and swallows the cancellation: a gateway stopping would
+            # wait for this device forever, and the bus's own timeout would not fire. Honour it here.
+            raise asyncio.CancelledError
+        if response.isError():
+            raise ExceptionReply(int(getattr(response, "exception_code", 0)))
+        if table.is_bits:
+            bits = response.bits
+            if len(bits) < count:
+                report("wrong_length")
+                raise BadReply("wrong_length", f"{len(bits)} bits for {count}")
+            return [1 if b else 0 for b in bits[:count]]
+        registers = list(response.registers)
+        if len(registers) != count:
+            report("wrong_length")
+            raise BadReply("wrong_length", f"{len(registers)} registers for {count}")
+        return registers
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.close()
+
+
+def _neutralise_rtu(data: bytes, size: int) -> bytes:
+    """The same bytes with the first frame's CRC broken: pymodbus's RTU framer drops what it holds."""
+    frame = bytearray(data)
+    frame[size - 1] ^= 0xFF
+    return bytes(frame)
+
+
+def _neutralise_tcp(data: bytes, size: int) -> bytes:
+    """The same bytes with the first frame's transaction id changed: pymodbus skips that frame whole."""
+    frame = bytearray(data)
+    tid = int.from_bytes(frame[0:2], "big")
+    frame[0:2] = ((tid ^ 0x8000) or 1).to_bytes(2, "big")
+    return bytes(frame)
+
+
+async def open_link(options: ModbusOptions, lost: Callable[[BaseException], None]) -> ModbusLink:
+    """Connect a pymodbus client for ``options``' transport (the bus's opener)."""
+    transport = options.link_transport
+    holder: list[ModbusLink] = []
+
+    def on_packet(sending: bool, data: bytes) -> bytes:
+        return holder[0]._on_packet(sending, data) if holder else data
+
+    def on_connect(connected: bool) -> None:
+        if not connected and holder:
+            error = ConnectionLost(f"{holder[0].name}: connection lost")
+            holder[0]._fail_request(error)  # the request in flight, if any, fails now
+            lost(error)
+
+    client: AsyncModbusTcpClient | AsyncModbusSerialClient
+    if transport == "rtu":
+        assert options.port is not None
+        name = f"serial port {options.port}"
+        client = AsyncModbusSerialClient(
+            options.port,
+            framer=FramerType.RTU,
+            baudrate=options.baudrate,
+            bytesize=8,
+            parity=options.parity,
+            stopbits=options.stopbits,
+            timeout=_NO_TIMEOUT,
+            retries=0,
+            reconnect_delay=0,
+            trace_packet=on_packet,
+            trace_connect=on_connect,
+        )
+    else:
+        assert options.host is not None
+        name = f"tcp {options.host}:{options.tcp_port}"
+        client = AsyncModbusTcpClient(
+            options.host,
+            port=options.tcp_port,
+            framer=FramerType.SOCKET if transport == "tcp" else FramerType.RTU,
+            timeout=_NO_TIMEOUT,
+            retries=0,
+            reconnect_delay=0,
+            trace_packet=on_packet,
+            trace_connect=on_connect,
+        )
+    link = ModbusLink(client, name, tcp=transport == "tcp")
+    try:
+        connected = await client.connect()
+    except BaseException:
+        client.close()
+        raise
+    if not connected:
+        client.close()
+        raise DeviceUnavailable(f"{name}: cannot {'open' if transport == 'rtu' else 'connect'}")
+    holder.append(link)
+    return link
+
+
+def bus_key(options: ModbusOptions) -> tuple[str, tuple[Any, ...]]:
+    """The bus a device uses and the settings every device on it must share."""
+    transport = options.link_transport
+    if transport == "rtu":
+        assert options.port is not None
+        return bus.serial_key(options.port), (
+            "modbus",
+            transport,
+            options.baudrate,
+            options.parity,
+            options.stopbits,
+        )
+    assert options.host is not None
+    return bus.tcp_key(options.host, options.tcp_port), ("modbus", transport)
+
+
+# -- the driver ---------------------------------------------------------------------------------------------
+
+
+_Scale = Callable[[mb.Value], mb.Value]
+
+
+@dataclass(slots=True)
+class _Point:
+    """A point as the poller uses it: resolved options, a compiled decoder, its reporting state."""
+
+    name: str
+    span: mb.Span
+    decode: mb.Decoder
+    scale: _Scale | None
+    unit: str | None
+    on_change: bool
+    deadband: float | None
+    percent: float | None
+    max_interval_s: float | None
+    last: mb.Value = None
+    last_at: float | None = None
+
+    def due(self, value: mb.Value, now: float) -> bool:
+        if not self.on_change or self.last_at is None:
+            return True
+        if self.max_interval_s is not None and now - self.last_at >= self.max_interval_s:
+            return True
+        last = self.last
+        if isinstance(value, bool) or isinstance(last, bool) or not isinstance(value, int | float):
+            return value != last
+        if not isinstance(last, int | float):
+            return True
+        change = abs(value - last)
+        if self.deadband is not None:
+            return change > self.deadband
+        if self.percent is not None:
+            return change > abs(last) * self.percent / 100
+        return value != last
+
+
+@dataclass(slots=True)
+class _Group:
+    """Points sharing a poll period: one plan of reads, one event per poll."""
+
+    period: float
+    points: list[int]
+    requests: list[mb.ReadRequest] = field(default_factory=list)
+    next_due: float = 0.0
+    on_change: bool = False
+    """Some point reports on change (else every value read is reported)."""
+    units: dict[str, str] = field(default_factory=dict)
+    """The units of the points that have one (shared by the events: never mutated)."""
+
+
+def _point(options: ModbusOptions, p: ModbusPoint) -> _Point:
+    dtype = p.data_type
+    deadband: float | None = None
+    percent: float | None = None
+    if isinstance(p.deadband, str):
+        percent = float(p.deadband.rstrip("%"))
+    elif p.deadband is not None:
+        deadband = float(p.deadband)
+    return _Point(
+        name=p.name,
+        span=p.span,
+        decode=mb.make_decoder(dtype, options.point_byte_order(p), length=p.length, bit=p.bit),
+        scale=None if (p.scale == 1 and p.offset == 0) else mb.make_scaler(dtype, p.scale, p.offset),
+        unit=p.unit,
+        on_change=p.reports_on_change,
+        deadband=deadband,
+        percent=percent,
+        max_interval_s=p.max_interval_s,
+    )
+
+
+class ModbusDriver(Driver[ModbusOptions]):
+    name: ClassVar[str] = "modbus"
+    Options: ClassVar[type[ModbusOptions]] = ModbusOptions
+
+    async def run(self, ctx: DeviceContext) -> None:
+        opts = self.options
+        key, settings = bus_key(opts)
+        async with bus.attach(
+            key,
+            partial(open_link, opts),
+            settings=settings,
+            device=self.device,
+            open_timeout_s=opts.connect_timeout_s,
+            backoff_initial_s=opts.backoff_initial_s,
+            backoff_max_s=opts.backoff_max_s,
+        ) as port:
+            await _Poller(opts, port, ctx).run()
+
+
+class _Poller:
+    """One device's polling: its schedule, its reads through the bus, its events."""
+
+    def __init__(self, options: ModbusOptions, port: bus.Port[ModbusLink], ctx: DeviceContext) -> None:
+        self.options = options
+        self.port = port
+        self.ctx = ctx
+        self.points = [_point(options, p) for p in options.points]
+        self.spans = [p.span for p in self.points]
+        periods: dict[float, list[int]] = {}
+        for index, p in enumerate(options.points):
+            periods.setdefault(options.point_poll_s(p), []).append(index)
+        self.groups: list[_Group] = []
+        for period, members in sorted(periods.items()):
+            group = _Group(period, members)
+            group.on_change = any(self.points[i].on_change for i in members)
+            group.units = {self.points[i].name: u for i in members if (u := self.points[i].unit) is not None}
+            sub = [self.spans[i] for i in members]
+            group.requests = [
+                mb.ReadRequest(r.table, r.address, r.count, tuple(members[j] for j in r.points))
+                for r in mb.plan(sub, max_gap=options.max_gap)
+            ]
+            self.groups.append(group)
+        self._layouts: dict[mb.ReadRequest, list[tuple[str, mb.Decoder, int, _Scale | None]]] = {}
+        self._exchanges: dict[mb.ReadRequest, Callable[[ModbusLink], Awaitable[list[int]]]] = {}
+        self.connected = False
+        self.silent_polls = 0
+        self.unreadable: set[int] = set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        # Staggered start: this device's place in the fastest period, the same for all its groups.
+        start = loop.time() + self.port.phase * min(g.period for g in self.groups)
+        for group in self.groups:
+            group.next_due = start
+        while True:
+            group = min(self.groups, key=lambda g: g.next_due)
+            delay = group.next_due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await self.ctx.room()
+            await self.poll(group)
+            group.next_due += group.period
+            now = loop.time()
+            if group.next_due <= now:
+                missed = math.floor((now - group.next_due) / group.period) + 1
+                self.ctx.count("polls_missed", missed)
+                group.next_due += missed * group.period
+
+    async def poll(self, group: _Group) -> None:
+        """Read every request of ``group``; emit what is due. Raises DeviceTimeout after ``lost_after``
+        silent polls in a row."""
+        opts = self.options
+        ctx = self.ctx
+        unit = opts.unit_id
+        attempts = 1 + opts.retries
+        values: dict[str, mb.Value] = {}
+        answered = False
+        timed_out = False
+        pending = list(group.requests)
+        while pending:
+            request = pending.pop(0)
+            exchange = self._exchanges.get(request)
+            if exchange is None:
+                exchange = self._exchanges[request] = partial(_read, request, unit, ctx.count)
+            try:
+                words = await self.port.request(
+                    exchange, timeout=opts.timeout_s, attempts=attempts, retry_on=(BadReply,)
+                )
+            except DeviceTimeout as err:
+                ctx.count("timeouts")
+                ctx.log.debug("%s", err)
+                timed_out = True
+                break  # the device is silent: the rest of this poll would only cost the bus more timeouts
+            except BadReply:
+                answered = True
+                ctx.count("failed_reads")
+                continue
+            except ExceptionReply as err:
+                answered = True
+                ctx.count(f"exception_{err.code:02x}")
+                if err.code == mb.ExceptionCode.ILLEGAL_DATA_ADDRESS:
+                    parts = self._split(group, request)
+                    pending[0:0] = parts
+                else:
+                    ctx.log.debug(
+                        "read %s %d+%d: %s", request.table.value, request.address, request.count, err
+                    )
+                continue
+            answered = True
+            layout = self._layouts.get(request)
+            if layout is None:
+                layout = self._layouts[request] = self._layout(request)
+            for name, decode, offset, scale in layout:
+                values[name] = decode(words, offset) if scale is None else scale(decode(words, offset))
+        if answered:
+            ctx.count("polls")
+            self.silent_polls = 0
+            if not self.connected:
+                self.connected = True
+                where = opts.port if opts.link_transport == "rtu" else f"{opts.host}:{opts.tcp_port}"
+                ctx.connected(f"unit {unit} on {where} ({opts.link_transport})")
+        elif timed_out:
+            self.silent_polls += 1
+            if self.silent_polls >= opts.lost_after:
+                raise DeviceTimeout(
+                    f"unit {unit} silent for {self.silent_polls} polls (timeout {opts.timeout_s:g} s)"
+                )
+        if values:
+            self._emit(group, values)
+
+    def _split(self, group: _Group, request: mb.ReadRequest) -> tuple[mb.ReadRequest, ...]:
+        """Exception 02: replace ``request`` in the group's plan by its halves (kept for later polls); a
+        single point that is refused is unreadable and dropped from the plan."""
+        parts = mb.split(request, self.spans)
+        with contextlib.suppress(ValueError):
+            at = group.requests.index(request)
+            group.requests[at : at + 1] = list(parts)
+        if parts:
+            self.ctx.count("requests_split")
+        else:
+            for index in request.points:
+                if index not in self.unreadable:
+                    self.unreadable.add(index)
+                    self.ctx.count("unreadable_points")
+                    point = self.points[index]
+                    self.ctx.log.warning(
+                        "point %r (%s %d) refused with exception 02 (illegal data address): no longer read",
+                        point.name,
+                        point.span.table.value,
+                        point.span.address,
+                    )
+        return parts
+
+    def _layout(self, request: mb.ReadRequest) -> list[tuple[str, mb.Decoder, int, _Scale | None]]:
+        """How to take ``request``'s points out of its reply (computed once per request)."""
+        layout = []
+        for index in request.points:
+            point = self.points[index]
+            layout.append((point.name, point.decode, point.span.address - request.address, point.scale))
+        return layout
+
+    def _emit(self, group: _Group, values: dict[str, mb.Value]) -> None:
+        if not group.on_change:
+            # Every point reports at every poll (the common case, and the hot path): no per-point state.
+            units = (
+                group.units
+                if len(values) == len(group.points)
+                else {name: unit for name, unit in group.units.items() if name in values}
+            )
+            self.ctx.emit("meter.reading", {"values": values, "units": units})
+            return
+        now = time.monotonic()
+        report: dict[str, mb.Value] = {}
+        units = {}
+        for index in group.points:
+            point = self.points[index]
+            if point.name not in values:
+                continue
+            value = values[point.name]
+            if point.due(value, now):
+                point.last, point.last_at = value, now
+                report[point.name] = value
+                if point.unit is not None:
+                    units[point.name] = point.unit
+        if report:
+            self.ctx.emit("meter.reading", {"values": report, "units": units})
+        else:
+            self.ctx.count("polls_unchanged")
+
+
+async def _read(
+    request: mb.ReadRequest, unit: int, report: Callable[[str], None], link: ModbusLink
+) -> list[int]:
+    return await link.read(request.table, unit, request.address, request.count, report)

@@ -1,0 +1,630 @@
+"""Modbus data model, register codecs and the read planner: the parts of Modbus that are pure.
+
+Facts come from the Modbus Application Protocol Specification V1.1b3 (function codes 01-04, exception codes,
+the 125-register and 2,000-bit read limits) and the Modbus over Serial Line Specification V1.02 (RTU frame,
+CRC-16 with polynomial 0xA001 reflected, initial 0xFFFF, sent low byte first). The wire itself (framing,
+transactions, connections) is pymodbus's job in ``drivers/modbus.py``; this module holds what a device's
+*configuration* means and how reply words become values, so that it can be tested to exhaustion without a
+socket.
+
+**Tables and addresses.** Four tables, each addressed from 0 on the wire: coils (read with function 01),
+discrete inputs (02), holding registers (03), input registers (04). Manuals often print the "Modicon"
+reference instead: a leading digit naming the table and a 1-based number, ``0xxxx`` coils, ``1xxxx``
+discrete inputs, ``3xxxx`` input registers, ``4xxxx`` holding registers (``4xxxxx`` with six digits for the
+extended range). So holding register 40001 is table ``holding``, address 0; 40108 is address 107; 30001 is
+``input`` 0. When a manual gives bare register numbers, check whether they start at 0 or 1.
+
+**Types** (:class:`DataType`) and their size in registers: ``bool`` (a coil or discrete input: one bit),
+``bit`` (one bit, 0 = least significant, of a holding or input register), ``int16``/``uint16`` (1),
+``int32``/``uint32``/``float32`` (2), ``int64``/``uint64``/``float64`` (4), ``string`` (``length``
+characters, two per register).
+
+**Byte orders** (:class:`ByteOrder`), named by where the bytes of the big-endian value A B C D (A most
+significant) land in the registers as they come off the wire:
+
+=====  =====================  ==============================================================
+ABCD   ``[AB] [CD]``          big endian, the Modbus convention (the default)
+CDAB   ``[CD] [AB]``          words swapped: the low word first (many energy meters' floats)
+BADC   ``[BA] [DC]``          bytes swapped within each register
+DCBA   ``[DC] [BA]``          little endian
+=====  =====================  ==============================================================
+
+For 64-bit values the same two rules (word order reversed for CDAB/DCBA, bytes swapped within each
+register for BADC/DCBA) apply to four registers. A 16-bit value has one register: only the byte swap counts.
+A string has its first character in the high byte of the first register (ABCD, CDAB) or in the low byte
+(BADC, DCBA); register order is never reversed for text. Trailing NULs and spaces are stripped.
+
+**Scale and offset**: value = raw * scale + offset, rounded to the decimals the scale and offset carry
+(``0.1`` -> one decimal), so 2301 * 0.1 reads 230.1 and not 230.10000000000002. A float32 is reported as
+the shortest decimal that maps back to the same float32 (230.1, not 230.10000610351562): digits beyond a
+float32's precision are not information. Non-finite floats (NaN is many meters' "not available") decode to
+None.
+
+**Read planner**: :func:`plan` coalesces points into as few read requests as possible, merging neighbours in
+one table while the gap between them is at most ``max_gap`` registers (bits for coils and discrete inputs)
+and the request stays within 125 registers (2,000 bits); :func:`split` halves a request that the device
+refused with exception 02 (illegal data address: the merged span crossed a hole in its map), down to
+single points.
+
+**Reply checks**: :func:`crc16`, :func:`check_rtu_reply` and :func:`check_tcp_reply` classify a received
+frame (complete? CRC? unit? length?) without raising, so that a driver can count corrupt replies instead of
+letting them pass for silence.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import Enum, IntEnum, StrEnum
+from typing import Final
+
+from protocols.errors import EncodeError
+
+__all__ = [
+    "MAX_READ_BITS",
+    "MAX_READ_REGISTERS",
+    "ByteOrder",
+    "DataType",
+    "ExceptionCode",
+    "ReadRequest",
+    "ReplyCheck",
+    "Span",
+    "Table",
+    "Value",
+    "check_rtu_reply",
+    "check_tcp_reply",
+    "crc16",
+    "decode",
+    "encode",
+    "make_decoder",
+    "make_scaler",
+    "plan",
+    "read_limit",
+    "register_count",
+    "rtu_frame",
+    "split",
+]
+
+MAX_READ_REGISTERS: Final = 125
+"""Function codes 03/04 read at most 125 registers (a reply's byte count is one byte: 250 data bytes)."""
+MAX_READ_BITS: Final = 2000
+"""Function codes 01/02 read at most 2,000 bits."""
+
+Value = bool | int | float | str | None
+"""A decoded point value (None: a float that is not a number, which meters use for "not available")."""
+
+
+class Table(StrEnum):
+    """The four Modbus data tables."""
+
+    HOLDING = "holding"
+    INPUT = "input"
+    COIL = "coil"
+    DISCRETE = "discrete"
+
+    @property
+    def function(self) -> int:
+        """The read function code."""
+        return _FUNCTION[self]
+
+    @property
+    def is_bits(self) -> bool:
+        return self in (Table.COIL, Table.DISCRETE)
+
+
+_FUNCTION: Final = {Table.COIL: 1, Table.DISCRETE: 2, Table.HOLDING: 3, Table.INPUT: 4}
+
+
+class DataType(StrEnum):
+    """How a point's registers (or bit) are read."""
+
+    BOOL = "bool"
+    BIT = "bit"
+    INT16 = "int16"
+    UINT16 = "uint16"
+    INT32 = "int32"
+    UINT32 = "uint32"
+    INT64 = "int64"
+    UINT64 = "uint64"
+    FLOAT32 = "float32"
+    FLOAT64 = "float64"
+    STRING = "string"
+
+    @property
+    def is_numeric(self) -> bool:
+        return self not in (DataType.BOOL, DataType.BIT, DataType.STRING)
+
+
+class ByteOrder(StrEnum):
+    """Where the bytes A B C D of a big-endian value land in the registers (see the module docstring)."""
+
+    ABCD = "ABCD"
+    CDAB = "CDAB"
+    BADC = "BADC"
+    DCBA = "DCBA"
+
+    @property
+    def words_reversed(self) -> bool:
+        return self in (ByteOrder.CDAB, ByteOrder.DCBA)
+
+    @property
+    def bytes_swapped(self) -> bool:
+        return self in (ByteOrder.BADC, ByteOrder.DCBA)
+
+
+class ExceptionCode(IntEnum):
+    """Exception codes of an exception reply (function code | 0x80)."""
+
+    ILLEGAL_FUNCTION = 0x01
+    ILLEGAL_DATA_ADDRESS = 0x02
+    ILLEGAL_DATA_VALUE = 0x03
+    SERVER_DEVICE_FAILURE = 0x04
+    ACKNOWLEDGE = 0x05
+    SERVER_DEVICE_BUSY = 0x06
+    MEMORY_PARITY_ERROR = 0x08
+    GATEWAY_PATH_UNAVAILABLE = 0x0A
+    GATEWAY_TARGET_FAILED_TO_RESPOND = 0x0B
+
+
+_WIDTH: Final = {
+    DataType.BOOL: 1,
+    DataType.BIT: 1,
+    DataType.INT16: 1,
+    DataType.UINT16: 1,
+    DataType.INT32: 2,
+    DataType.UINT32: 2,
+    DataType.FLOAT32: 2,
+    DataType.INT64: 4,
+    DataType.UINT64: 4,
+    DataType.FLOAT64: 4,
+}
+
+_STRUCT: Final = {
+    DataType.INT16: struct.Struct(">h"),
+    DataType.UINT16: struct.Struct(">H"),
+    DataType.INT32: struct.Struct(">i"),
+    DataType.UINT32: struct.Struct(">I"),
+    DataType.FLOAT32: struct.Struct(">f"),
+    DataType.INT64: struct.Struct(">q"),
+    DataType.UINT64: struct.Struct(">Q"),
+    DataType.FLOAT64: struct.Struct(">d"),
+}
+
+
+def register_count(dtype: DataType, length: int | None = None) -> int:
+    """Registers (or bits, for ``bool``) one value of ``dtype`` occupies; ``length`` is a string's
+    characters."""
+    if dtype is DataType.STRING:
+        if length is None or length < 1:
+            raise ValueError("a string needs a length of at least 1 character")
+        return (length + 1) // 2
+    return _WIDTH[dtype]
+
+
+def read_limit(table: Table) -> int:
+    """The most registers (or bits) one read of ``table`` may ask for."""
+    return MAX_READ_BITS if table.is_bits else MAX_READ_REGISTERS
+
+
+# -- words <-> bytes ----------------------------------------------------------------------------------------
+
+
+def _words_to_bytes(words: Sequence[int], order: ByteOrder) -> bytes:
+    """The big-endian bytes A B C D ... of the value held in ``words`` stored in ``order``."""
+    seq = reversed(words) if order.words_reversed else words
+    raw = b"".join(int(w).to_bytes(2, "big") for w in seq)
+    if order.bytes_swapped:
+        swapped = bytearray(raw)
+        swapped[0::2], swapped[1::2] = raw[1::2], raw[0::2]
+        raw = bytes(swapped)
+    return raw
+
+
+def _bytes_to_words(raw: bytes, order: ByteOrder) -> list[int]:
+    if order.bytes_swapped:
+        swapped = bytearray(raw)
+        swapped[0::2], swapped[1::2] = raw[1::2], raw[0::2]
+        raw = bytes(swapped)
+    words = [int.from_bytes(raw[i : i + 2], "big") for i in range(0, len(raw), 2)]
+    if order.words_reversed:
+        words.reverse()
+    return words
+
+
+def _text_order(order: ByteOrder) -> ByteOrder:
+    return ByteOrder.BADC if order.bytes_swapped else ByteOrder.ABCD
+
+
+# -- decoding ----------------------------------------------------------------------------------------------
+
+_F32: Final = struct.Struct(">f")
+
+
+def _shortest_f32(x: float) -> float | None:
+    """The shortest decimal that is the same float32 as ``x`` (None for NaN and infinities)."""
+    if not math.isfinite(x):
+        return None
+    packed = _F32.pack(x)
+    for digits in (6, 7, 8):
+        y = float(f"{x:.{digits}g}")
+        if _F32.pack(y) == packed:
+            return y
+    return x
+
+
+Decoder = Callable[[Sequence[int], int], Value]
+"""``decoder(words, offset)``: the value whose first register (or bit) is ``words[offset]``."""
+
+
+def make_decoder(
+    dtype: DataType, order: ByteOrder = ByteOrder.ABCD, *, length: int | None = None, bit: int | None = None
+) -> Decoder:
+    """A fast decoder for one point's layout (built once per point; called every poll).
+
+    ``words`` holds registers as unsigned 16-bit ints (or, for ``bool``, bits as ints or bools)."""
+    if dtype is DataType.BOOL:
+        return lambda words, i: bool(words[i])
+    if dtype is DataType.BIT:
+        if bit is None or not 0 <= bit <= 15:
+            raise ValueError("a bit point needs bit 0..15")
+        mask = 1 << bit
+        return lambda words, i: bool(words[i] & mask)
+    if dtype is DataType.STRING:
+        n = register_count(dtype, length)
+        text_order = _text_order(order)
+
+        def text(words: Sequence[int], i: int) -> str:
+            raw = _words_to_bytes(words[i : i + n], text_order)
+            return raw.decode("latin-1").rstrip("\x00 ")
+
+        return text
+    if dtype is DataType.UINT16:
+        if order.bytes_swapped:
+            return lambda words, i: ((words[i] & 0xFF) << 8) | (words[i] >> 8)
+        return lambda words, i: words[i]
+    if dtype is DataType.INT16:
+        if order.bytes_swapped:
+            return lambda words, i: _signed16(((words[i] & 0xFF) << 8) | (words[i] >> 8))
+        return lambda words, i: _signed16(words[i])
+    width = _WIDTH[dtype]
+    unpack = _STRUCT[dtype].unpack
+    if order is ByteOrder.ABCD and width == 2:
+        if dtype is DataType.UINT32:
+            return lambda words, i: (words[i] << 16) | words[i + 1]
+        pack2 = struct.Struct(">HH").pack
+        if dtype is DataType.FLOAT32:
+            return lambda words, i: _shortest_f32(unpack(pack2(words[i], words[i + 1]))[0])
+        return lambda words, i: unpack(pack2(words[i], words[i + 1]))[0]
+    if order is ByteOrder.CDAB and width == 2:
+        pack2 = struct.Struct(">HH").pack
+        if dtype is DataType.UINT32:
+            return lambda words, i: (words[i + 1] << 16) | words[i]
+        if dtype is DataType.FLOAT32:
+            return lambda words, i: _shortest_f32(unpack(pack2(words[i + 1], words[i]))[0])
+        return lambda words, i: unpack(pack2(words[i + 1], words[i]))[0]
+
+    def general(words: Sequence[int], i: int) -> Value:
+        value: int | float = unpack(_words_to_bytes(words[i : i + width], order))[0]
+        if dtype is DataType.FLOAT32:
+            return _shortest_f32(value)
+        if dtype is DataType.FLOAT64:
+            return value if math.isfinite(value) else None
+        return value
+
+    if dtype is DataType.FLOAT64 and order is ByteOrder.ABCD:
+        pack4 = struct.Struct(">HHHH").pack
+
+        def f64(words: Sequence[int], i: int) -> Value:
+            value: float = unpack(pack4(words[i], words[i + 1], words[i + 2], words[i + 3]))[0]
+            return value if math.isfinite(value) else None
+
+        return f64
+    return general
+
+
+def _signed16(word: int) -> int:
+    return word - 0x10000 if word & 0x8000 else word
+
+
+def decode(
+    words: Sequence[int],
+    dtype: DataType,
+    order: ByteOrder = ByteOrder.ABCD,
+    *,
+    length: int | None = None,
+    bit: int | None = None,
+) -> Value:
+    """The value held in ``words`` (exactly the point's registers). Raises ValueError on a wrong count."""
+    expected = register_count(dtype, length)
+    if len(words) != expected:
+        raise ValueError(f"{dtype.value} needs {expected} register(s), got {len(words)}")
+    return make_decoder(dtype, order, length=length, bit=bit)(words, 0)
+
+
+# -- encoding (the simulator's direction) ------------------------------------------------------------------
+
+_INT_RANGE: Final = {
+    DataType.INT16: (-(1 << 15), (1 << 15) - 1),
+    DataType.UINT16: (0, (1 << 16) - 1),
+    DataType.INT32: (-(1 << 31), (1 << 31) - 1),
+    DataType.UINT32: (0, (1 << 32) - 1),
+    DataType.INT64: (-(1 << 63), (1 << 63) - 1),
+    DataType.UINT64: (0, (1 << 64) - 1),
+}
+
+
+def encode(
+    value: bool | int | float | str,
+    dtype: DataType,
+    order: ByteOrder = ByteOrder.ABCD,
+    *,
+    length: int | None = None,
+    bit: int | None = None,
+) -> list[int]:
+    """The registers (or the bit, for ``bool``) holding ``value``; EncodeError if it does not fit.
+
+    A ``bit`` point encodes as a register with only that bit set (or none): the simulator ORs it into the
+    register it shares with other bits."""
+    if dtype is DataType.BOOL:
+        return [1 if value else 0]
+    if dtype is DataType.BIT:
+        if bit is None or not 0 <= bit <= 15:
+            raise EncodeError("a bit point needs bit 0..15")
+        return [(1 << bit) if value else 0]
+    if dtype is DataType.STRING:
+        if not isinstance(value, str):
+            raise EncodeError(f"a string point needs text, got {type(value).__name__}")
+        n = register_count(dtype, length)
+        try:
+            raw = value.encode("latin-1")
+        except UnicodeEncodeError as err:
+            raise EncodeError(f"{value!r}: only latin-1 text fits in registers") from err
+        if len(raw) > 2 * n:
+            raise EncodeError(f"{value!r} is longer than {length} characters")
+        return _bytes_to_words(raw.ljust(2 * n, b"\x00"), _text_order(order))
+    if isinstance(value, str):
+        raise EncodeError(f"{dtype.value} needs a number, got text")
+    if dtype in (DataType.FLOAT32, DataType.FLOAT64):
+        try:
+            raw = _STRUCT[dtype].pack(float(value))
+        except (OverflowError, struct.error) as err:
+            raise EncodeError(f"{value!r} does not fit a {dtype.value}") from err
+    else:
+        if isinstance(value, float) and not value.is_integer():
+            raise EncodeError(f"{value!r} is not an integer ({dtype.value})")
+        number = int(value)
+        low, high = _INT_RANGE[dtype]
+        if not low <= number <= high:
+            raise EncodeError(f"{number} is out of range for {dtype.value} ({low}..{high})")
+        raw = _STRUCT[dtype].pack(number)
+    return _bytes_to_words(raw, order)
+
+
+# -- scale and offset ----------------------------------------------------------------------------------------
+
+
+def _decimals(x: float) -> int:
+    text = repr(float(x))
+    if "e" in text:
+        mantissa, _, exponent = text.partition("e")
+        fraction = mantissa.partition(".")[2].rstrip("0")
+        return max(0, len(fraction) - int(exponent))
+    return len(text.partition(".")[2].rstrip("0"))
+
+
+def make_scaler(dtype: DataType, scale: float = 1.0, offset: float = 0.0) -> Callable[[Value], Value]:
+    """``raw -> raw * scale + offset`` for numeric types, rounded as the module docstring says."""
+    if not dtype.is_numeric or (scale == 1 and offset == 0):
+        return lambda raw: raw
+    integral = dtype not in (DataType.FLOAT32, DataType.FLOAT64)
+    if integral and float(scale).is_integer() and float(offset).is_integer():
+        int_scale, int_offset = int(scale), int(offset)
+        return lambda raw: raw * int_scale + int_offset if isinstance(raw, int) else raw
+    digits = min(15, max(_decimals(scale), _decimals(offset)))
+    if integral:
+        return lambda raw: round(raw * scale + offset, digits) if isinstance(raw, int) else raw
+    significant = 7 if dtype is DataType.FLOAT32 else 15
+
+    def scaled_float(raw: Value) -> Value:
+        if not isinstance(raw, float):
+            return raw
+        value = raw * scale + offset
+        return float(f"{value:.{significant}g}") if math.isfinite(value) else None
+
+    return scaled_float
+
+
+# -- the read planner ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """Where one point lives: its table, first address and size (registers, or bits)."""
+
+    table: Table
+    address: int
+    count: int
+
+    @property
+    def end(self) -> int:
+        """One past the last address."""
+        return self.address + self.count
+
+
+@dataclass(frozen=True, slots=True)
+class ReadRequest:
+    """One read: ``count`` registers (or bits) of ``table`` from ``address``, covering ``points`` (indexes
+    into the span list it was planned from, in address order)."""
+
+    table: Table
+    address: int
+    count: int
+    points: tuple[int, ...]
+
+    @property
+    def end(self) -> int:
+        return self.address + self.count
+
+
+def _request(table: Table, members: Sequence[int], spans: Sequence[Span]) -> ReadRequest:
+    start = min(spans[i].address for i in members)
+    end = max(spans[i].end for i in members)
+    return ReadRequest(table, start, end - start, tuple(members))
+
+
+def plan(spans: Sequence[Span], *, max_gap: int = 16) -> list[ReadRequest]:
+    """Coalesce ``spans`` into reads: neighbours in one table merge while the gap between them is at most
+    ``max_gap`` and the read stays within :func:`read_limit`. Each span is covered by exactly one read.
+
+    Raises ValueError for a span that cannot fit one read on its own (the config should have said so)."""
+    if max_gap < 0:
+        raise ValueError("max_gap must be >= 0")
+    order = sorted(range(len(spans)), key=lambda i: (spans[i].table, spans[i].address, spans[i].count))
+    requests: list[ReadRequest] = []
+    members: list[int] = []
+    table: Table | None = None
+    start = end = 0
+    for i in order:
+        span = spans[i]
+        limit = read_limit(span.table)
+        if span.count < 1 or span.count > limit:
+            raise ValueError(f"a span of {span.count} cannot be read in one request (limit {limit})")
+        if members and span.table == table and span.address - end <= max_gap:
+            new_end = max(end, span.end)
+            if new_end - start <= limit:
+                members.append(i)
+                end = new_end
+                continue
+        if members:
+            assert table is not None
+            requests.append(ReadRequest(table, start, end - start, tuple(members)))
+        members, table, start, end = [i], span.table, span.address, span.end
+    if members:
+        assert table is not None
+        requests.append(ReadRequest(table, start, end - start, tuple(members)))
+    return requests
+
+
+def split(request: ReadRequest, spans: Sequence[Span]) -> tuple[ReadRequest, ...]:
+    """Halve a read the device refused (exception 02): its points in two reads, each as tight as its points
+    allow. A read of a single point cannot be split: ``()`` means that point itself is unreadable."""
+    members = sorted(request.points, key=lambda i: (spans[i].address, spans[i].count))
+    if len(members) < 2:
+        return ()
+    half = len(members) // 2
+    return (_request(request.table, members[:half], spans), _request(request.table, members[half:], spans))
+
+
+# -- reply checks ------------------------------------------------------------------------------------------
+
+
+def _crc_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+        table.append(crc)
+    return table
+
+
+_CRC_TABLE: Final = _crc_table()
+
+
+def crc16(data: bytes | bytearray | memoryview) -> int:
+    """Modbus RTU CRC-16 of ``data``, as an int whose *low* byte is sent first."""
+    crc = 0xFFFF
+    table = _CRC_TABLE
+    for byte in bytes(data):
+        crc = (crc >> 8) ^ table[(crc ^ byte) & 0xFF]
+    return crc
+
+
+def rtu_frame(unit: int, pdu: bytes) -> bytes:
+    """An RTU frame: unit id, PDU, CRC (low byte first)."""
+    body = bytes((unit,)) + pdu
+    return body + crc16(body).to_bytes(2, "little")
+
+
+class ReplyCheck(Enum):
+    """What a received frame is, for a request of a given unit and function."""
+
+    INCOMPLETE = "incomplete"
+    """Too few bytes yet to judge."""
+    OK = "ok"
+    EXCEPTION = "exception"
+    """A well-formed exception reply (function | 0x80, one code byte)."""
+    BAD_CRC = "bad_crc"
+    WRONG_UNIT = "wrong_unit"
+    WRONG_FUNCTION = "wrong_function"
+    WRONG_LENGTH = "wrong_length"
+    """Well-formed, but its byte count does not match what was asked for."""
+    STALE = "stale"
+    """Modbus TCP: a reply to an earlier transaction (one that timed out)."""
+    BAD_HEADER = "bad_header"
+    """Modbus TCP: a protocol id other than 0, or an impossible length."""
+
+
+def _expected_data_bytes(function: int, count: int) -> int:
+    return (count + 7) // 8 if function in (1, 2) else 2 * count
+
+
+def check_rtu_reply(buf: bytes | bytearray, unit: int, function: int, count: int) -> tuple[ReplyCheck, int]:
+    """Classify the RTU reply at the start of ``buf`` to a read of ``count`` items with ``function`` from
+    ``unit``: ``(verdict, frame length)`` (length 0 while incomplete). Never raises."""
+    n = len(buf)
+    if n < 5:
+        return ReplyCheck.INCOMPLETE, 0
+    fc = buf[1]
+    if fc == function | 0x80:
+        size = 5
+    elif fc == function:
+        size = 5 + buf[2]
+    else:
+        # Nothing says how long a frame of another function is: judge it by its CRC over what arrived.
+        if crc16(buf[: n - 2]) == int.from_bytes(buf[n - 2 : n], "little"):
+            return (ReplyCheck.WRONG_UNIT if buf[0] != unit else ReplyCheck.WRONG_FUNCTION), n
+        return ReplyCheck.INCOMPLETE, 0
+    if n < size:
+        return ReplyCheck.INCOMPLETE, 0
+    if crc16(buf[: size - 2]) != int.from_bytes(buf[size - 2 : size], "little"):
+        return ReplyCheck.BAD_CRC, size
+    if buf[0] != unit:
+        return ReplyCheck.WRONG_UNIT, size
+    if fc != function:
+        return ReplyCheck.EXCEPTION, size
+    if buf[2] != _expected_data_bytes(function, count):
+        return ReplyCheck.WRONG_LENGTH, size
+    return ReplyCheck.OK, size
+
+
+def check_tcp_reply(
+    buf: bytes | bytearray, unit: int, function: int, count: int, transaction: int
+) -> tuple[ReplyCheck, int]:
+    """Classify the Modbus TCP (MBAP) reply at the start of ``buf``: ``(verdict, frame length)``. Never
+    raises. ``transaction`` 0 accepts any transaction id."""
+    n = len(buf)
+    if n < 8:
+        return ReplyCheck.INCOMPLETE, 0
+    tid = int.from_bytes(buf[0:2], "big")
+    protocol = int.from_bytes(buf[2:4], "big")
+    length = int.from_bytes(buf[4:6], "big")
+    if protocol != 0 or not 2 <= length <= 254:
+        return ReplyCheck.BAD_HEADER, n
+    size = 6 + length
+    if n < size:
+        return ReplyCheck.INCOMPLETE, 0
+    if transaction and tid != transaction:
+        return ReplyCheck.STALE, size
+    if buf[6] != unit:
+        return ReplyCheck.WRONG_UNIT, size
+    fc = buf[7]
+    if fc == function | 0x80:
+        return (ReplyCheck.EXCEPTION if length == 3 else ReplyCheck.WRONG_LENGTH), size
+    if fc != function:
+        return ReplyCheck.WRONG_FUNCTION, size
+    if length < 3 or buf[8] != length - 3 or buf[8] != _expected_data_bytes(function, count):
+        return ReplyCheck.WRONG_LENGTH, size
+    return ReplyCheck.OK, size

@@ -1,0 +1,313 @@
+"""The simulated Modbus meters, seen from outside: pymodbus's own client over TCP, raw RTU frames over the
+pty. Values are decoded here with ``struct`` and explicit word orders, not with protocols.modbus, so that a
+mistake shared by the simulator and the driver (both use that codec) would show."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.framer.rtu import FramerRTU
+
+from drivers.errors import ConnectionLost
+from drivers.transport import SerialLink, open_serial
+from firmware_sim import modbus as sim_modbus
+from firmware_sim.modbus import (
+    Faults,
+    ModbusSimulator,
+    parse_faults,
+    parse_units,
+    profile,
+    serve_pty,
+    serve_tcp,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@asynccontextmanager
+async def client(port: int, lost: asyncio.Event | None = None) -> AsyncIterator[AsyncModbusTcpClient]:
+    """pymodbus's client; ``lost`` is set when the connection drops."""
+
+    def on_connect(up: bool) -> None:
+        if not up and lost is not None:
+            lost.set()
+
+    c = AsyncModbusTcpClient(
+        "127.0.0.1", port=port, retries=0, timeout=5, reconnect_delay=0, trace_connect=on_connect
+    )
+    assert await c.connect()
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def f32(hi: int, lo: int) -> float:
+    return float(struct.unpack(">f", struct.pack(">HH", hi, lo))[0])
+
+
+def crc_ok(frame: bytes) -> bool:
+    return FramerRTU.compute_CRC(frame[:-2]).to_bytes(2, "big") == frame[-2:]
+
+
+def rtu_request(unit: int, function: int, address: int, count: int) -> bytes:
+    body = struct.pack(">BBHH", unit, function, address, count)
+    return body + FramerRTU.compute_CRC(body).to_bytes(2, "big")
+
+
+async def exchange(link: SerialLink, request: bytes, size: int) -> bytes:
+    await link.write(request)
+    reply = b""
+    async with asyncio.timeout(5):
+        while len(reply) < size:
+            reply += await link.read()
+    return reply
+
+
+async def test_energy_meter_floats_are_cdab_and_the_hole_is_exception_02() -> None:
+    async with serve_tcp("127.0.0.1", 0, {1: "energy-meter"}) as sim, client(sim.port) as c:
+        sim.pin(1, "voltage_a", 231.7)
+        regs = (await c.read_holding_registers(0, count=20, device_id=1)).registers
+        assert (
+            f32(regs[1], regs[0]) == struct.unpack(">f", struct.pack(">f", 231.7))[0]
+        )  # CDAB: low word first
+        assert 225 < f32(regs[3], regs[2]) < 235  # voltage_b, moving around 229.5
+        assert 49.9 < f32(regs[19], regs[18]) < 50.1  # frequency
+        hole = await c.read_holding_registers(18, count=4, device_id=1)
+        assert hole.isError() and hole.exception_code == 2
+        energy = (await c.read_holding_registers(40, count=2, device_id=1)).registers
+        assert 1306 < f32(energy[1], energy[0]) < 1400  # unit 1 starts at 1306.42 kWh
+        text = (await c.read_holding_registers(64, count=5, device_id=1)).registers
+        assert b"".join(w.to_bytes(2, "big") for w in text) == b"EM00000001"
+        status = (await c.read_holding_registers(70, count=1, device_id=1)).registers[0]
+        assert status & 1  # running
+    assert sim.stats.requests[1] == 5
+    assert sim.stats.exceptions[(1, 2)] == 1
+
+
+async def test_other_profiles_and_byte_orders() -> None:
+    async with serve_tcp("127.0.0.1", 0, {2: "pd-monitor", 3: "water-quality"}) as sim, client(sim.port) as c:
+        sim.pin(3, "ph", 7.25)  # 0x40E80000
+        sim.pin(3, "samples_total", 0x0102030405060708)
+        sim.pin(2, "temperature", -12.3)
+        sim.pin(2, "alarm", True)
+        ph = (await c.read_input_registers(0, count=2, device_id=3)).registers
+        assert ph == [0xE840, 0x0000]  # BADC: bytes swapped in each register
+        samples = (await c.read_input_registers(40, count=4, device_id=3)).registers
+        assert samples == [0x0807, 0x0605, 0x0403, 0x0201]  # DCBA: little endian
+        flow = (await c.read_input_registers(44, count=4, device_id=3)).registers
+        assert 35000 < struct.unpack(">d", struct.pack(">4H", *flow))[0] < 36000
+        temperature = (await c.read_input_registers(20, count=1, device_id=2)).registers[0]
+        assert temperature == 0x10000 - 123  # int16 tenths
+        bits = (await c.read_discrete_inputs(0, count=2, device_id=2)).bits
+        assert bits[:2] == [True, False]
+        assert (await c.read_coils(0, count=1, device_id=3)).bits[0] is False
+        hole = await c.read_input_registers(3, count=2, device_id=2)
+        assert hole.isError() and hole.exception_code == 2
+    assert sim.stats.total_requests == 7
+
+
+async def test_a_dead_unit_and_an_absent_unit_never_answer() -> None:
+    async with (
+        serve_tcp("127.0.0.1", 0, {1: "energy-meter", 2: "energy-meter"}, Faults(dead=frozenset({2}))) as sim,
+        client(sim.port) as c,
+    ):
+        for unit in (2, 9):
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.2):
+                    await c.read_holding_registers(0, count=2, device_id=unit)
+        assert not (await c.read_holding_registers(0, count=2, device_id=1)).isError()
+        sim.kill(1)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.2):
+                await c.read_holding_registers(0, count=2, device_id=1)
+    assert sim.stats.unanswered == {2: 1, 9: 1, 1: 1}
+    assert sim.stats.replies == {1: 1}
+
+
+async def test_slow_replies_come_late() -> None:
+    async with (
+        serve_tcp("127.0.0.1", 0, {1: "energy-meter"}, Faults(slow_s=0.3)) as sim,
+        client(sim.port) as c,
+    ):
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await c.read_holding_registers(0, count=2, device_id=1)
+        await sim.wait_for(lambda s: s.replies[1] == 1)  # the late reply was sent all the same
+        sim.set_delay(1, 0)
+        assert not (await c.read_holding_registers(0, count=2, device_id=1)).isError()
+
+
+async def test_rtu_replies_and_their_corruptions(tmp_path: Path) -> None:
+    link_path = tmp_path / "tty"
+    async with serve_pty(link_path, {5: "energy-meter"}) as sim:
+        sim.pin(5, "voltage_a", 230.1)
+        link = await open_serial(str(link_path), 9600)
+        try:
+            request = rtu_request(5, 3, 0, 2)
+            good = await exchange(link, request, 9)
+            assert crc_ok(good) and good[:3] == b"\x05\x03\x04"
+            assert (
+                f32(*struct.unpack(">HH", good[5:7] + good[3:5]))
+                == struct.unpack(">f", struct.pack(">f", 230.1))[0]
+            )
+
+            sim.corrupt(5, "bad_crc")
+            bad = await exchange(link, request, 9)
+            assert bad[:-2] == good[:-2] and not crc_ok(bad)
+
+            sim.corrupt(5, "wrong_unit")
+            other = await exchange(link, request, 9)
+            assert crc_ok(other) and other[0] != 5 and other[1:-2] == good[1:-2]
+
+            sim.corrupt(5, "wrong_length")
+            short = await exchange(link, request, 8)
+            assert crc_ok(short) and short[2] == 3 and len(short) == 8
+
+            hole = await exchange(link, rtu_request(5, 3, 20, 2), 5)
+            assert crc_ok(hole) and hole[1:3] == b"\x83\x02"
+        finally:
+            link.close()
+    assert sim.stats.corrupted == {"bad_crc": 1, "wrong_unit": 1, "wrong_length": 1}
+    assert sim.stats.requests[5] == 5
+
+
+async def test_bad_crc_needs_rtu() -> None:
+    async with serve_tcp("127.0.0.1", 0, {1: "energy-meter"}) as sim:
+        with pytest.raises(ValueError, match="RTU"):
+            sim.corrupt(1, "bad_crc")
+
+
+async def test_an_unplugged_pty_and_a_dropped_tcp_connection(tmp_path: Path) -> None:
+    link_path = tmp_path / "tty"
+    async with serve_pty(link_path, {1: "energy-meter"}) as sim:
+        link = await open_serial(str(link_path), 9600)
+        try:
+            await exchange(link, rtu_request(1, 3, 0, 2), 9)
+            await sim.disconnect()
+            with pytest.raises(ConnectionLost):
+                async with asyncio.timeout(5):
+                    await link.read()
+        finally:
+            link.close()
+        link = await open_serial(str(link_path), 9600)  # plugged back in
+        try:
+            assert crc_ok(await exchange(link, rtu_request(1, 3, 0, 2), 9))
+        finally:
+            link.close()
+    lost = asyncio.Event()
+    async with serve_tcp("127.0.0.1", 0, {1: "energy-meter"}) as sim, client(sim.port, lost) as c:
+        assert not (await c.read_holding_registers(0, count=2, device_id=1)).isError()
+        await sim.disconnect()
+        async with asyncio.timeout(5):
+            await lost.wait()
+        assert sim.stats.connections == 1
+
+
+async def test_rtu_framing_over_tcp() -> None:
+    async with serve_tcp("127.0.0.1", 0, {7: "pd-monitor"}, rtu_framing=True) as sim:
+        reader, writer = await asyncio.open_connection("127.0.0.1", sim.port)
+        try:
+            writer.write(rtu_request(7, 4, 0, 3))
+            async with asyncio.timeout(5):
+                reply = await reader.readexactly(11)
+        finally:
+            writer.close()
+        assert crc_ok(reply) and reply[:3] == b"\x07\x04\x06"
+
+
+def test_values_move_with_time() -> None:
+    points = {p.name: p for p in profile("energy-meter")}
+    voltage = points["voltage_a"].model
+    assert voltage(0, 1) != voltage(10, 1)
+    assert all(220 < float(voltage(t, 1)) < 240 for t in range(0, 100, 7))
+    energy = points["energy_import"].model
+    assert float(energy(100, 1)) > float(energy(0, 1))
+    counter = {p.name: p for p in profile("pd-monitor")}["pulse_count"].model
+    assert int(counter(10, 1)) > int(counter(0, 1))
+    assert [p.name for p in profile("registers", 3)] == ["r0", "r1", "r2"]
+    with pytest.raises(ValueError, match="unknown profile"):
+        profile("toaster")
+
+
+def test_units_and_faults_from_the_command_line() -> None:
+    assert parse_units(["1-3=pd-monitor", "5"]) == {
+        1: "pd-monitor",
+        2: "pd-monitor",
+        3: "pd-monitor",
+        5: "energy-meter",
+    }
+    with pytest.raises(ValueError, match="unknown profile"):
+        parse_units(["1=toaster"])
+    with pytest.raises(ValueError, match=r"1\.\.247"):
+        parse_units(["0-3"])
+    faults = parse_faults(["dead=3", "dead=4,slow=0.5@6", "wrong-length=0.01", "disconnect=60/2"])
+    assert faults == Faults(
+        dead=frozenset({3, 4}),
+        slow_s=0.5,
+        slow_units=frozenset({6}),
+        wrong_length=0.01,
+        disconnect_every_s=60,
+        disconnect_down_s=2,
+    )
+    with pytest.raises(ValueError, match="unknown fault"):
+        parse_faults(["noise=0.1"])
+    with pytest.raises(ValueError, match="probability"):
+        parse_faults(["bad-crc=2"])
+
+
+class Lines(io.StringIO):
+    """Output that can be waited on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.changed = asyncio.Event()
+
+    def write(self, text: str) -> int:
+        self.changed.set()
+        return super().write(text)
+
+    async def wait_for(self, lines: int) -> None:
+        async with asyncio.timeout(10):
+            while self.getvalue().count("\n") < lines:
+                self.changed.clear()
+                await self.changed.wait()
+
+
+async def test_run_from_args_serves_many_tcp_devices() -> None:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="family")
+    sim_modbus.add_parser(sub)
+    args = parser.parse_args(
+        ["modbus", "--tcp", "127.0.0.1:0", "--servers", "3", "--units", "1-200=registers"]
+    )
+    out = Lines()
+    stop = asyncio.Event()
+    task = asyncio.create_task(sim_modbus.run_from_args(args, stop, out))
+    try:
+        await out.wait_for(3)
+        lines = out.getvalue().splitlines()
+        assert all(line.startswith("modbus simulator units 1-200 on tcp 127.0.0.1:") for line in lines)
+        ports = [int(line.rsplit(":", 1)[1]) for line in lines]
+        assert len(set(ports)) == 3
+        for port in ports:
+            async with client(port) as c:
+                assert len((await c.read_holding_registers(0, count=10, device_id=200)).registers) == 10
+    finally:
+        stop.set()
+        await task
+
+
+def test_a_simulator_needs_units() -> None:
+    with pytest.raises(ValueError):
+        ModbusSimulator({})
+    with pytest.raises(ValueError):
+        ModbusSimulator({300: profile("energy-meter")})
