@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
-from protocols import dlt645, llrp, r2000
+from protocols import dlt645, llrp, modbus, r2000
 from protocols.errors import ProtocolError
 
 __all__ = ["DECODERS", "Decoded", "Decoder", "UnknownProtocol", "decode", "decoder", "parse_hex"]
@@ -320,4 +320,66 @@ def decode_llrp(raw: bytes) -> Decoded:
         out.problems.append(f"message type {frame.message_type} ({name}) is not one this codec models")
     else:
         out.meaning.append(f"{name}: {message!r}")
+    return out
+
+
+_MODBUS_FUNCTIONS: Final = {
+    1: "read coils",
+    2: "read discrete inputs",
+    3: "read holding registers",
+    4: "read input registers",
+    5: "write single coil",
+    6: "write single register",
+    15: "write multiple coils",
+    16: "write multiple registers",
+}
+
+
+@decoder("modbus-rtu", "modbus")
+def decode_modbus_rtu(raw: bytes) -> Decoded:
+    """A Modbus RTU frame: unit, function, data, CRC-16 (low byte first). A read request and its reply have
+    different shapes for the same function code: both readings are tried."""
+    out = Decoded("modbus-rtu", raw)
+    if len(raw) < 4:
+        out.problems.append(f"truncated: {_count(len(raw), 'byte')}, a frame has at least 4")
+        return out
+    unit, function, data = raw[0], raw[1], raw[2:-2]
+    found = int.from_bytes(raw[-2:], "little")
+    expected = modbus.crc16(raw[:-2])
+    name = _MODBUS_FUNCTIONS.get(function & 0x7F, "unknown")
+    out.field("unit", str(unit))
+    out.field("function", f"0x{function:02X} {name}" + (" (exception)" if function & 0x80 else ""))
+    out.field("data", f"{data.hex(' ').upper()} ({_count(len(data), 'byte')})")
+    out.field("crc", f"0x{found:04X} " + ("(ok)" if found == expected else f"(expected 0x{expected:04X})"))
+    if found != expected:
+        out.problems.append(f"bad CRC: expected 0x{expected:04X}, found 0x{found:04X}")
+        return out
+    if function & 0x80:
+        if len(data) != 1:
+            out.problems.append(f"exception reply with {_count(len(data), 'data byte')}, expected 1")
+            return out
+        try:
+            reason = modbus.ExceptionCode(data[0]).name.lower()
+        except ValueError:
+            reason = "not a code the standard defines"
+        out.meaning.append(f"exception reply to function 0x{function & 0x7F:02X}: 0x{data[0]:02X} {reason}")
+        return out
+    if function not in _MODBUS_FUNCTIONS:
+        out.problems.append(f"unknown function 0x{function:02X}")
+        return out
+    if function in (1, 2, 3, 4):
+        if len(data) == 4:
+            address, count = int.from_bytes(data[:2], "big"), int.from_bytes(data[2:], "big")
+            out.meaning.append(f"request: {name}, {count} from address {address}")
+        if data and data[0] == len(data) - 1:
+            out.meaning.append(f"reply: {name}, {data[0]} data bytes: {data[1:].hex(' ').upper()}")
+        if not out.meaning:
+            count_byte = data[0] if data else "-"
+            follow = len(data) - 1 if data else 0
+            out.problems.append(
+                f"neither a read request (4 data bytes) nor a reply (byte count {count_byte}, "
+                f"{follow} bytes follow)"
+            )
+        return out
+    out.meaning.append(f"{name}: {data.hex(' ').upper()}")
     return out

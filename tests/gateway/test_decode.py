@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from gateway import cli
 from gateway.decode import DECODERS, UnknownProtocol, decode, parse_hex
-from protocols import llrp, r2000
+from protocols import llrp, modbus, r2000
 
 EDGEGW = str(Path(sys.executable).with_name("edgegw"))
 
@@ -299,6 +299,42 @@ def test_llrp_bad_messages_say_what_is_wrong() -> None:
 @given(st.binary(max_size=80))
 def test_any_bytes_are_an_llrp_verdict_never_an_exception(data: bytes) -> None:
     decoded = decode("llrp", data)
+    assert decoded.ok or decoded.problems
+    assert decoded.render()
+
+
+# ---- Modbus RTU -----------------------------------------------------------------------------------------
+
+
+def rtu(hex_text: str) -> bytes:
+    body = bytes.fromhex(hex_text)
+    return body + modbus.crc16(body).to_bytes(2, "little")
+
+
+def test_modbus_rtu_frames_are_explained() -> None:
+    request = decode("modbus", bytes.fromhex("01 03 00 00 00 02 C4 0B"))  # the classic example frame
+    assert request.ok and request.meaning == ["request: read holding registers, 2 from address 0"]
+    reply = decode("modbus-rtu", rtu("01 03 04 43 66 40 00"))
+    assert reply.ok and reply.meaning == ["reply: read holding registers, 4 data bytes: 43 66 40 00"]
+    exception = decode("modbus", rtu("01 83 02"))
+    assert exception.ok
+    assert exception.meaning == ["exception reply to function 0x03: 0x02 illegal_data_address"]
+
+
+def test_modbus_rtu_bad_frames_say_what_is_wrong() -> None:
+    good = rtu("01 03 04 43 66 40 00")
+    bad = good[:-2] + bytes([good[-2] ^ 0xFF, good[-1]])
+    found = int.from_bytes(bad[-2:], "little")
+    expected = int.from_bytes(good[-2:], "little")
+    assert decode("modbus", bad).problems == [f"bad CRC: expected 0x{expected:04X}, found 0x{found:04X}"]
+    assert decode("modbus", rtu("01 2B 0E 01 00")).problems == ["unknown function 0x2B"]
+    assert decode("modbus", rtu("01 03 07 43 66")).problems[0].startswith("neither a read request")
+    assert decode("modbus", b"\x01\x03").problems == ["truncated: 2 bytes, a frame has at least 4"]
+
+
+@given(st.binary(max_size=80))
+def test_any_bytes_are_a_modbus_verdict_never_an_exception(data: bytes) -> None:
+    decoded = decode("modbus", data)
     assert decoded.ok or decoded.problems
     assert decoded.render()
 
