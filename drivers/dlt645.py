@@ -3,11 +3,27 @@ serial-to-Ethernet converter (TCP).
 
 One device is one meter (one 12-digit address). Several meters on one line share it through
 :mod:`drivers.bus`: one request at a time, fair across the meters, and a dead meter costs the others at most
-its own timeout per attempt. Every ``poll_s`` the driver reads each of its ``points`` (data identifiers, by
-hex or by name from :data:`protocols.dlt645.ITEMS`) and emits one ``meter.reading`` event::
+its own timeout per attempt. Every ``poll_s`` the driver reads each of its ``points`` and emits one
+``meter.reading`` event, each value under its name in :data:`protocols.dlt645.ITEMS` (whether the point
+gave the identifier by hex or by name)::
 
     {"values": {"energy_active_forward": 1206.42, "voltage_a": 229.8, ...},
      "units": {"energy_active_forward": "kWh", "voltage_a": "V", ...}}
+
+A point is a data identifier, 8 hex digits (DI3..DI0, quoted: ``"02010100"``) or a table name
+(``voltage_a``); or a mapping with that identifier under ``point:`` and when to report it (the options and
+their meaning are the Modbus driver's, :mod:`drivers.reporting`)::
+
+    points:
+      - energy_active_forward                                   # reported at every poll
+      - {point: voltage_a, deadband: 0.5, max_interval_s: 300}  # a change > 0.5 V, or every 5 minutes
+      - {point: "02020100", deadband: "5%"}                     # > 5% of the last reported current
+      - {point: power_factor, report_on_change: true}           # any change
+
+(The key is ``point``, not ``name``: a value's key in the event is always its table name, never one given
+here.) A point with a ``deadband`` or ``report_on_change`` is in an event only when it changed by more than
+its deadband since it was last reported, when its ``max_interval_s`` has passed, or the first time it is read
+after (re)connecting; a poll with nothing to report emits no event (``polls_unchanged``).
 
 Nothing doubtful becomes a value. A reply that fails the framer (bad checksum, no 0x16 where its length
 says: ``frames_rejected``, with ``bytes_skipped`` for garbage) or with a value of the wrong length or not BCD
@@ -27,11 +43,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
 from protocols import dlt645
 from protocols.errors import DecodeError
@@ -39,6 +57,7 @@ from protocols.errors import DecodeError
 from . import bus
 from .base import DeviceContext, Driver, DriverOptions
 from .errors import ConnectionLost
+from .reporting import Deadband, MaxInterval, Reporter, ReportOnChange, reports_on_change
 from .transport import ByteLink, open_serial, open_tcp
 
 DEFAULT_POINTS = (
@@ -56,6 +75,73 @@ DEFAULT_POINTS = (
 )
 
 
+_UNKNOWN_POINT = (
+    "{point!r} is not a known data identifier: give 8 hex digits (DI3..DI0, e.g. '02010100') or a name such "
+    "as voltage_a, current_a, power_active, energy_active_forward, frequency"
+)
+
+
+class Dlt645Point(BaseModel):
+    """A point in its long form: the data identifier, and when its value is worth reporting."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    point: str = Field(
+        description="The data identifier: 8 hex digits ('02010100') or its name in the table ('voltage_a'). "
+        "The value's key in the event is the table's name either way."
+    )
+    deadband: Deadband | None = None
+    report_on_change: ReportOnChange = False
+    max_interval_s: MaxInterval = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named_point(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "point" not in data:
+            for key in ("name", "di"):
+                if key in data:
+                    raise ValueError(
+                        f"give the data identifier as point: ..., not {key}: ... (a value's key in the "
+                        "event is its table name, e.g. voltage_a)"
+                    )
+        return data
+
+    @field_validator("point")
+    @classmethod
+    def _known(cls, text: str) -> str:
+        if dlt645.find_item(text) is None:
+            raise ValueError(_UNKNOWN_POINT.format(point=text))
+        return text
+
+    @property
+    def item(self) -> dlt645.DataItem:
+        """The point's line of the data identifier table."""
+        item = dlt645.find_item(self.point)
+        assert item is not None  # checked by the validator
+        return item
+
+
+def _point_from_text(value: Any) -> Any:
+    """The short form of a point (its identifier alone) as the long one."""
+    if isinstance(value, str):
+        return {"point": value}
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError(
+            f"quote the data identifier, e.g. '02010100': unquoted, YAML reads digits as a number (here "
+            f"{value!r}), dropping leading zeros or reading them as octal"
+        )
+    if not isinstance(value, dict | Dlt645Point):
+        raise ValueError(
+            "a point is a data identifier ('02010100' or a name such as voltage_a) or a mapping "
+            "{point: <identifier>, deadband: ..., report_on_change: ..., max_interval_s: ...}"
+        )
+    return value
+
+
+Point = Annotated[Dlt645Point, BeforeValidator(_point_from_text, json_schema_input_type=str | Dlt645Point)]
+"""A point in either form: a string (identifier only) or a mapping (:class:`Dlt645Point`)."""
+
+
 class Dlt645Options(DriverOptions):
     port: str | None = Field(default=None, description="Serial port device path, e.g. /dev/ttyUSB0.")
     host: str | None = Field(
@@ -67,10 +153,12 @@ class Dlt645Options(DriverOptions):
     address: str = Field(
         description="The meter's address: 12 digits as on its nameplate, quoted ('000102030425')."
     )
-    points: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_POINTS),
+    points: list[Point] = Field(
+        default_factory=lambda: [Dlt645Point(point=name) for name in DEFAULT_POINTS],
         min_length=1,
-        description="Data identifiers to read each poll: 8 hex digits ('02010100') or a name ('voltage_a').",
+        description="Data identifiers to read each poll: 8 hex digits ('02010100') or a name ('voltage_a'); "
+        "or a mapping {point: <identifier>, deadband: 0.5 | '1%', report_on_change: true, "
+        "max_interval_s: 300} to report the value only when it changed.",
     )
     poll_s: float = Field(
         default=10.0, gt=0, le=86400, description="Seconds between the starts of two polls."
@@ -110,21 +198,24 @@ class Dlt645Options(DriverOptions):
 
     @field_validator("points")
     @classmethod
-    def _points(cls, points: list[str]) -> list[str]:
+    def _points(cls, points: list[Dlt645Point]) -> list[Dlt645Point]:
+        errors: list[InitErrorDetails] = []
         seen: dict[int, str] = {}
-        for point in points:
-            item = dlt645.find_item(point)
-            if item is None:
-                raise ValueError(
-                    f"{point!r} is not a known data identifier: give 8 hex digits (DI3..DI0, e.g. "
-                    "'02010100') or a name such as voltage_a, current_a, power_active, "
-                    "energy_active_forward, frequency"
-                )
+        for index, point in enumerate(points):
+            item = point.item
             if item.di in seen:
-                raise ValueError(
-                    f"{point!r} repeats {seen[item.di]!r} ({dlt645.di_text(item.di)} {item.name})"
+                message = f"{point.point!r} repeats {seen[item.di]!r} ({dlt645.di_text(item.di)} {item.name})"
+                errors.append(
+                    InitErrorDetails(
+                        type=PydanticCustomError("dlt645_point", message.replace("{", "(").replace("}", ")")),
+                        loc=(index,),
+                        input=None,
+                    )
                 )
-            seen[item.di] = point
+            else:
+                seen[item.di] = point.point
+        if errors:
+            raise ValidationError.from_exception_data("Dlt645Options", errors)
         return points
 
     @model_validator(mode="after")
@@ -142,8 +233,7 @@ class Dlt645Options(DriverOptions):
     @property
     def items(self) -> list[dlt645.DataItem]:
         """The table lines of ``points``, in order."""
-        found = [dlt645.find_item(point) for point in self.points]
-        return [item for item in found if item is not None]
+        return [point.item for point in self.points]
 
     @property
     def bus_key(self) -> str:
@@ -256,12 +346,18 @@ class Dlt645Driver(Driver[Dlt645Options]):
     name: ClassVar[str] = "dlt645"
     Options: ClassVar[type[Dlt645Options]] = Dlt645Options
 
-    def __init__(self, device: str, options: Dlt645Options) -> None:
+    def __init__(
+        self, device: str, options: Dlt645Options, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        """``clock``: the monotonic seconds that ``max_interval_s`` is measured in."""
         super().__init__(device, options)
         self._requests = [
             (item, dlt645.read_data(options.address, item.di, options.preamble)) for item in options.items
         ]
         self._refused: set[int] = set()
+        self._clock = clock
+        self._on_change = any(reports_on_change(point) for point in options.points)
+        """Some point reports only when due (else every value read is, with no per-point state)."""
 
     async def _open(self, lost: Callable[[BaseException], None]) -> Line:
         opts = self.options
@@ -287,16 +383,25 @@ class Dlt645Driver(Driver[Dlt645Options]):
             await asyncio.sleep(port.phase * opts.poll_s)
             due = loop.time()
             connected = False
+            # A new session reports every value afresh: what was last reported may be long gone.
+            reporters = {point.item.name: Reporter.of(point) for point in opts.points}
             while True:
                 await ctx.room()
                 values, units = await self._poll(port, ctx)
                 if not connected:
                     ctx.connected(f"meter {opts.address}")
                     connected = True
-                if values:
-                    ctx.emit("meter.reading", {"values": values, "units": units})
-                else:
+                if not values:
                     ctx.count("empty_polls")
+                else:
+                    if self._on_change:
+                        now = self._clock()
+                        values = {n: v for n, v in values.items() if reporters[n].offer(v, now)}
+                        units = {n: u for n, u in units.items() if n in values}
+                    if values:
+                        ctx.emit("meter.reading", {"values": values, "units": units})
+                    else:
+                        ctx.count("polls_unchanged")
                 due += opts.poll_s
                 now = loop.time()
                 if due < now:  # a poll overran its period: skip the missed ones, do not burst

@@ -50,14 +50,14 @@ import asyncio
 import contextlib
 import logging
 import math
-import re
+import termios
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException
@@ -67,9 +67,10 @@ from pymodbus.pdu import ModbusPDU
 from protocols import modbus as mb
 from protocols.modbus import ByteOrder, DataType, ReplyCheck, Table
 
-from . import bus
+from . import bus, reporting
 from .base import DeviceContext, Driver, DriverOptions
 from .errors import ConnectionLost, DeviceTimeout, DeviceUnavailable
+from .reporting import Deadband, MaxInterval, Reporter, ReportOnChange
 
 __all__ = ["BadReply", "ExceptionReply", "ModbusDriver", "ModbusLink", "ModbusOptions", "ModbusPoint"]
 
@@ -78,15 +79,6 @@ logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 _NO_TIMEOUT = 3600.0
 """pymodbus's own request timeout: never reached, the bus cancels first."""
-_PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
-
-Deadband = Annotated[
-    float | str,
-    Field(
-        description="Report only changes larger than this: an absolute amount (0.5) or a percentage of the "
-        'last reported value ("1%").'
-    ),
-]
 
 
 class ModbusPoint(BaseModel):
@@ -113,26 +105,8 @@ class ModbusPoint(BaseModel):
     unit: str | None = Field(None, max_length=32, description="Engineering unit, reported in the event.")
     poll_s: float | None = Field(None, gt=0, le=86400, description="Own poll period; default: the device's.")
     deadband: Deadband | None = None
-    report_on_change: bool = Field(
-        False, description="Report the point only when its value changed (any change; see deadband)."
-    )
-    max_interval_s: float | None = Field(
-        None, gt=0, le=86400 * 7, description="With report_on_change or deadband: report at least this often."
-    )
-
-    @field_validator("deadband")
-    @classmethod
-    def _deadband(cls, value: float | str | None) -> float | str | None:
-        if value is None:
-            return None
-        if isinstance(value, str):
-            match = _PERCENT.match(value)
-            if match is None:
-                raise ValueError('a deadband is a number (0.5) or a percentage ("1%")')
-            return f"{float(match.group(1)):g}%"
-        if not math.isfinite(value) or value < 0:
-            raise ValueError("a deadband must be a number >= 0")
-        return value
+    report_on_change: ReportOnChange = False
+    max_interval_s: MaxInterval = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ModbusPoint:
@@ -177,7 +151,7 @@ class ModbusPoint(BaseModel):
 
     @property
     def reports_on_change(self) -> bool:
-        return self.report_on_change or self.deadband is not None
+        return reporting.reports_on_change(self)
 
 
 def _fail(field_name: str, message: str) -> None:
@@ -531,6 +505,9 @@ async def open_link(options: ModbusOptions, lost: Callable[[BaseException], None
     link = ModbusLink(client, name, tcp=transport == "tcp")
     try:
         connected = await client.connect()
+    except (OSError, termios.error) as err:  # pyserial lets termios.error (no OSError) out of open()
+        client.close()
+        raise DeviceUnavailable(f"{name}: cannot open: {err}") from err
     except BaseException:
         client.close()
         raise
@@ -572,29 +549,11 @@ class _Point:
     decode: mb.Decoder
     scale: _Scale | None
     unit: str | None
-    on_change: bool
-    deadband: float | None
-    percent: float | None
-    max_interval_s: float | None
-    last: mb.Value = None
-    last_at: float | None = None
+    report: Reporter
 
-    def due(self, value: mb.Value, now: float) -> bool:
-        if not self.on_change or self.last_at is None:
-            return True
-        if self.max_interval_s is not None and now - self.last_at >= self.max_interval_s:
-            return True
-        last = self.last
-        if isinstance(value, bool) or isinstance(last, bool) or not isinstance(value, int | float):
-            return value != last
-        if not isinstance(last, int | float):
-            return True
-        change = abs(value - last)
-        if self.deadband is not None:
-            return change > self.deadband
-        if self.percent is not None:
-            return change > abs(last) * self.percent / 100
-        return value != last
+    @property
+    def on_change(self) -> bool:
+        return self.report.on_change
 
 
 @dataclass(slots=True)
@@ -613,22 +572,13 @@ class _Group:
 
 def _point(options: ModbusOptions, p: ModbusPoint) -> _Point:
     dtype = p.data_type
-    deadband: float | None = None
-    percent: float | None = None
-    if isinstance(p.deadband, str):
-        percent = float(p.deadband.rstrip("%"))
-    elif p.deadband is not None:
-        deadband = float(p.deadband)
     return _Point(
         name=p.name,
         span=p.span,
         decode=mb.make_decoder(dtype, options.point_byte_order(p), length=p.length, bit=p.bit),
         scale=None if (p.scale == 1 and p.offset == 0) else mb.make_scaler(dtype, p.scale, p.offset),
         unit=p.unit,
-        on_change=p.reports_on_change,
-        deadband=deadband,
-        percent=percent,
-        max_interval_s=p.max_interval_s,
+        report=Reporter.of(p),
     )
 
 
@@ -811,8 +761,7 @@ class _Poller:
             if point.name not in values:
                 continue
             value = values[point.name]
-            if point.due(value, now):
-                point.last, point.last_at = value, now
+            if point.report.offer(value, now):
                 report[point.name] = value
                 if point.unit is not None:
                     units[point.name] = point.unit

@@ -21,7 +21,8 @@ the middle of the next exchange, as on a real line), and per reply, with a proba
 (random bytes before it), a bad checksum, lost bytes, a wrong address or a wrong value length (both with a
 valid checksum: only the driver's own checks catch them). Counters live in :attr:`Dlt645Simulator.stats`;
 what each meter sent intact is in :attr:`Dlt645Simulator.sent`; a test waits with
-:meth:`Dlt645Simulator.wait_for`, never by sleeping.
+:meth:`Dlt645Simulator.wait_for`, never by sleeping, and holds a value steady (or moves it) with
+:meth:`Dlt645Simulator.pin`.
 """
 
 from __future__ import annotations
@@ -256,6 +257,8 @@ class Dlt645Simulator(serving.LinkSimulator[SimStats]):
         self.models = {address: MeterModel(address, self.options.seed) for address in self.options.meters}
         self.dead: set[str] = set(self.options.dead)
         self.delays: dict[str, float] = dict(self.options.delays)
+        self.pinned: dict[str, dict[str, float]] = {address: {} for address in self.options.meters}
+        """Meter -> table name -> the value it reports instead of its model's (see :meth:`pin`)."""
         self.sent: dict[tuple[str, int], deque[float]] = {}
         """(meter, data identifier) -> the values it sent intact, oldest first (the last SENT_KEPT)."""
         self._clock = clock
@@ -279,13 +282,26 @@ class Dlt645Simulator(serving.LinkSimulator[SimStats]):
         self._known(address)
         self.delays[address] = seconds
 
+    def pin(self, address: str, name: str, value: float) -> None:
+        """The meter at ``address`` reports ``value`` for table item ``name`` until :meth:`unpin`."""
+        self._known(address)
+        item = dlt645.find_item(name)
+        if item is None or item.name != name:
+            raise KeyError(f"no data item named {name!r} in the table")
+        self.pinned[address][name] = value
+
+    def unpin(self, address: str, name: str) -> None:
+        """The meter at ``address`` reports its model's value for ``name`` again."""
+        self._known(address)
+        self.pinned[address].pop(name, None)
+
     def _known(self, address: str) -> None:
         if address not in self.models:
             raise KeyError(f"no meter {address} on this line")
 
     def values(self, address: str, t: float | None = None) -> dict[str, float]:
         """What the meter at ``address`` would report at ``t`` (default: now), by table name."""
-        return self.models[address].snapshot(self._now() if t is None else t)
+        return self.models[address].snapshot(self._now() if t is None else t) | self.pinned[address]
 
     async def wait_requests(self, address: str, n: int) -> None:
         await self.wait_for(lambda s: s.requests[address] >= n)
@@ -379,7 +395,7 @@ class Dlt645Simulator(serving.LinkSimulator[SimStats]):
             item = dlt645.item_for(request.di)
             if item is None or request.di in self.options.unsupported:
                 return dlt645.ErrorReply(dlt645.Control.READ_DATA, dlt645.ErrorFlag.NO_DATA)
-            value = self.models[meter].snapshot(self._now())[item.name]
+            value = self.values(meter)[item.name]
             value = max(-item.largest if item.signed else 0.0, min(item.largest, value))
             return dlt645.DataReply(item.di, dlt645.encode_value(item, value))
         if isinstance(request, dlt645.ReadFollowUp):

@@ -13,10 +13,11 @@ import pytest
 from pydantic import ValidationError
 
 from drivers import bus
-from drivers.dlt645 import DEFAULT_POINTS, Dlt645Driver, Dlt645Options
+from drivers.dlt645 import DEFAULT_POINTS, Dlt645Driver, Dlt645Options, Dlt645Point
 from drivers.event import Event
 from firmware_sim.dlt645 import Dlt645Simulator, Faults, SimOptions, serve_pty, serve_tcp
 from gateway.backoff import Backoff
+from gateway.config import ConfigError, load_config
 from gateway.pipeline import EventQueue
 from gateway.supervisor import DeviceRunner
 from protocols import dlt645
@@ -46,6 +47,10 @@ class Site:
     def readings(self, device: str) -> list[dict[str, Any]]:
         return [dict(e.data) for e in self.events if e.device == device and e.kind == "meter.reading"]
 
+    def collect(self) -> None:
+        """Take what the queue holds now, without waiting: every event emitted so far is in ``events``."""
+        self.events += self.queue.take(100_000)
+
     def statuses(self, device: str | None = None) -> list[dict[str, Any]]:
         return [
             dict(e.data)
@@ -58,7 +63,10 @@ class Site:
 
 
 @asynccontextmanager
-async def site(devices: dict[str, dict[str, Any]]) -> AsyncIterator[Site]:
+async def site(
+    devices: dict[str, dict[str, Any]], clock: Callable[[], float] | None = None
+) -> AsyncIterator[Site]:
+    """The devices running; ``clock``: theirs for ``max_interval_s`` (default: the real monotonic one)."""
     queue = EventQueue(100_000)
     result = Site(queue)
     tasks = []
@@ -66,7 +74,7 @@ async def site(devices: dict[str, dict[str, Any]]) -> AsyncIterator[Site]:
         opts = Dlt645Options(**options)
 
         def make(name: str = name, opts: Dlt645Options = opts) -> Dlt645Driver:
-            return Dlt645Driver(name, opts)
+            return Dlt645Driver(name, opts) if clock is None else Dlt645Driver(name, opts, clock=clock)
 
         runner = DeviceRunner(name, make, queue, Backoff(0.01, 0.05))
         result.runners[name] = runner
@@ -97,12 +105,47 @@ def test_options_defaults_and_points() -> None:
     opts = Dlt645Options(port="/dev/ttyUSB0", address="000102030425")
     assert (opts.baudrate, opts.parity, opts.preamble, opts.retries) == (2400, "E", 4, 1)
     assert [item.name for item in opts.items] == list(DEFAULT_POINTS)
-    opts = Dlt645Options(
-        host="10.0.0.7", tcp_port=4001, address=" 000000000001 ", points=["02010100", "frequency"]
+    opts = Dlt645Options.model_validate(
+        {
+            "host": "10.0.0.7",
+            "tcp_port": 4001,
+            "address": " 000000000001 ",
+            "points": ["02010100", "frequency"],
+        }
     )
     assert opts.address == "000000000001"
     assert [item.name for item in opts.items] == ["voltage_a", "frequency"]
     assert opts.bus_key == "tcp:10.0.0.7:4001"
+
+
+def test_points_in_the_short_and_the_long_form() -> None:
+    opts = Dlt645Options.model_validate(
+        {
+            "port": "/dev/ttyUSB0",
+            "address": "000000000001",
+            "points": [
+                "energy_active_forward",
+                {"point": "02010100", "deadband": " 0.5 %", "max_interval_s": 300},
+                {"point": "current_a", "deadband": 0.05},
+                {"point": "power_factor", "report_on_change": True},
+                {"point": "frequency"},
+            ],
+        }
+    )
+    assert [item.name for item in opts.items] == [
+        "energy_active_forward",
+        "voltage_a",
+        "current_a",
+        "power_factor",
+        "frequency",
+    ]
+    assert (
+        opts.points[0]
+        == Dlt645Point(point="energy_active_forward")
+        == opts.points[4].model_copy(update={"point": "energy_active_forward"})
+    )
+    assert opts.points[1] == Dlt645Point(point="02010100", deadband="0.5%", max_interval_s=300)
+    assert opts.points[2].deadband == 0.05 and opts.points[3].report_on_change
 
 
 @pytest.mark.parametrize(
@@ -115,7 +158,15 @@ def test_options_defaults_and_points() -> None:
         ({"address": "AAAAAAAAAAAA"}, "wildcard address"),
         ({"address": "999999999999"}, "broadcast address"),
         ({"points": ["voltage_z"]}, "not a known data identifier"),
+        ({"points": [{"point": "voltage_z"}]}, "not a known data identifier"),
         ({"points": ["02010100", "voltage_a"]}, "repeats '02010100'"),
+        ({"points": ["voltage_a", {"point": "02010100", "deadband": 1}]}, "repeats 'voltage_a'"),
+        ({"points": [2010100]}, "quote the data identifier"),
+        ({"points": [{"name": "voltage_a", "deadband": 1}]}, "give the data identifier as point:"),
+        ({"points": [{"deadband": 1}]}, "point\n  Field required"),
+        ({"points": [{"point": "voltage_a", "deadband": "5 pc"}]}, "a deadband is a number"),
+        ({"points": [{"point": "voltage_a", "max_interval_s": 0}]}, "greater than 0"),
+        ({"points": [{"point": "voltage_a", "on_change": True}]}, "on_change"),
         ({"points": []}, "at least 1"),
         ({"host": "127.0.0.1", "tcp_port": 1}, "not both"),
         ({"port": None}, "give port"),
@@ -331,3 +382,152 @@ async def test_meters_on_one_line_must_agree_on_its_settings(tmp_path: Path) -> 
         )
     failed = [s for d in devices for s in run.statuses(d) if s["state"] == "failed"]
     assert "same settings" in failed[0]["reason"]
+
+
+# ------------------------------------------------------------------------------------------ reporting
+
+
+class Clock:
+    """The monotonic clock the driver measures ``max_interval_s`` in, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_steady_point_waits_for_its_max_interval_and_a_change_is_reported(tmp_path: Path) -> None:
+    tty = str(tmp_path / "tty")
+    points = [
+        {"point": "voltage_a", "deadband": 0.5, "max_interval_s": 300},
+        {"point": "02020100", "report_on_change": True, "max_interval_s": 300},  # current_a
+        "frequency",  # the short form: reported at every poll, so every poll is a reading
+    ]
+    devices = {
+        "m": {"port": tty, "address": METERS[0], "points": points, **FAST},
+        "quiet": {
+            "port": tty,
+            "address": METERS[1],
+            "points": [{"point": "voltage_a", "deadband": 1}],
+            **FAST,
+        },
+    }
+    clock = Clock()
+    async with serve_pty(tmp_path / "tty", SimOptions(meters=METERS[:2])) as sim:
+        sim.pin(METERS[0], "voltage_a", 230.0)
+        sim.pin(METERS[0], "current_a", 5.0)
+        sim.pin(METERS[1], "voltage_a", 221.0)
+        async with site(devices, clock) as run:
+
+            async def readings(n: int) -> list[dict[str, Any]]:
+                """Meter m's readings from now on, once there are ``n``: all emitted after the clock was
+                last moved (so decided by it); the first may have been read before the last pin."""
+                run.collect()
+                start = len(run.readings("m"))
+                await run.until(f"{n} more readings", lambda: len(run.readings("m")) >= start + n)
+                return run.readings("m")[start:]
+
+            def having(name: str, batch: list[dict[str, Any]]) -> list[float]:
+                return [r["values"][name] for r in batch if name in r["values"]]
+
+            first = (await readings(1))[0]
+            assert first["values"].keys() == {"voltage_a", "current_a", "frequency"}
+            assert (first["values"]["voltage_a"], first["values"]["current_a"]) == (230.0, 5.0)
+            assert first["units"] == {"voltage_a": "V", "current_a": "A", "frequency": "Hz"}
+
+            # Steady: not reported again while max_interval_s has not passed.
+            for now in (0.0, 299.9):
+                clock.now = now
+                batch = await readings(10)
+                assert all(r["values"].keys() == {"frequency"} for r in batch), batch
+                assert all(r["units"] == {"frequency": "Hz"} for r in batch)
+
+            # max_interval_s passed: both reported once, unchanged, and the interval starts again.
+            clock.now = 300.0
+            batch = await readings(5)
+            assert batch[0]["values"].keys() == {"voltage_a", "current_a", "frequency"}
+            assert (batch[0]["values"]["voltage_a"], batch[0]["values"]["current_a"]) == (230.0, 5.0)
+            assert all(r["values"].keys() == {"frequency"} for r in batch[1:])
+
+            # Within the deadband of the last report: not reported.
+            sim.pin(METERS[0], "voltage_a", 230.4)
+            batch = await readings(5)
+            assert having("voltage_a", batch) == [] and having("current_a", batch) == []
+
+            # 0.2 more is 0.6 from the last report (though 0.2 from the last poll): reported, once. Any
+            # change of current_a is reported, once.
+            sim.pin(METERS[0], "voltage_a", 230.6)
+            sim.pin(METERS[0], "current_a", 5.001)
+            batch = await readings(5)
+            assert having("voltage_a", batch) == [230.6]
+            assert having("current_a", batch) == [5.001]
+
+            # A meter with nothing to report emits nothing, and counts it.
+            await run.until("10 quiet polls", lambda: run.counters("quiet").get("polls_unchanged", 0) >= 10)
+            run.collect()
+    for reading in run.readings("m"):
+        check_values(reading, sim, METERS[0])
+    assert [r["values"] for r in run.readings("quiet")] == [{"voltage_a": 221.0}]
+    assert run.counters("m").get("polls_unchanged", 0) == 0
+    assert [s["state"] for s in run.statuses("quiet")] == ["connected"]
+
+
+# ------------------------------------------------------------------------------------------ configuration
+
+HEAD = """gateway: {id: substation}
+buffer: {path: buffer.db}
+upstream: {mqtt: {url: "mqtt://127.0.0.1:1883"}}
+devices:
+"""
+
+
+def test_a_config_file_takes_both_forms_and_names_the_line_of_a_bad_point(tmp_path: Path) -> None:
+    good = """  - name: meter-1
+    driver: dlt645
+    port: /dev/ttyUSB0
+    address: "000000000001"
+    points:
+      - energy_active_forward
+      - "02010200"
+      - {point: voltage_a, deadband: 0.5, max_interval_s: 300}
+      - point: current_a
+        deadband: "5%"
+"""
+    (tmp_path / "gateway.yaml").write_text(HEAD + good)
+    (device,) = load_config(tmp_path / "gateway.yaml").devices
+    assert isinstance(device.options, Dlt645Options)
+    assert [item.name for item in device.options.items] == [
+        "energy_active_forward",
+        "voltage_b",
+        "voltage_a",
+        "current_a",
+    ]
+    assert device.options.points[3] == Dlt645Point(point="current_a", deadband="5%")
+
+    bad = """  - name: meter-1
+    driver: dlt645
+    port: /dev/ttyUSB0
+    address: "000000000001"
+    points:
+      - energy_active_forward
+      - 02010100
+      - {point: voltage_z}
+      - {name: voltage_b, deadband: 0.5}
+      - point: current_a
+        deadband: 5 percent
+      - {point: "00010000"}
+"""
+    (tmp_path / "gateway.yaml").write_text(HEAD + bad)
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path / "gateway.yaml")
+    problems = str(caught.value).splitlines()
+    expected = [
+        "gateway.yaml:11: devices[0].points[1]: quote the data identifier",
+        "gateway.yaml:12: devices[0].points[2].point: 'voltage_z' is not a known data identifier",
+        "gateway.yaml:13: devices[0].points[3]: give the data identifier as point:",
+        "gateway.yaml:15: devices[0].points[4].deadband: a deadband is a number (0.5) or a percentage",
+    ]
+    assert len(problems) == len(expected), problems
+    for line, start in zip(problems, expected, strict=True):
+        assert f"/{start}" in line, (line, start)
