@@ -21,6 +21,7 @@ import contextlib
 import errno
 import os
 import ssl
+import termios
 from collections import deque
 from types import TracebackType
 from typing import Self
@@ -215,7 +216,9 @@ async def open_serial(
             write_timeout=0,
             exclusive=True,
         )
-    except (serial.SerialException, OSError) as err:
+    except (serial.SerialException, OSError, termios.error) as err:
+        # termios.error is no OSError: pyserial lets it out of open() when the line settings are refused
+        # (even parity on a pty, say); it must be retried like any port that cannot open, not crash.
         raise DeviceUnavailable(f"serial port {port}: {err}") from err
     # pyserial's open() has already discarded input waiting from before (stale bytes); from here on every
     # byte is read, and the framer resynchronises on whatever partial frame the stream starts with.

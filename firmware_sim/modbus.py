@@ -637,7 +637,9 @@ async def serve_pty(
         sim._devices(),
         port=inner_path,
         baudrate=baudrate,
-        parity=parity,
+        # The inner pty is private and carries bytes at any setting; some kernels refuse even parity on a
+        # pty (EINVAL), so the recorded ``parity`` is not applied to it.
+        parity="N",
         stopbits=stopbits,
         trace_packet=sim._trace_packet,
         trace_pdu=sim._trace_pdu,
