@@ -14,15 +14,18 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+from tests.broker import Mosquitto
 
 
 @dataclass
@@ -205,3 +208,45 @@ devices:
 {devices}"""
     )
     return path
+
+
+EXAMPLES = Path(__file__).parents[2] / "config" / "examples"
+
+
+def load_example(example: str) -> dict[str, Any]:
+    config: dict[str, Any] = yaml.safe_load((EXAMPLES / example).read_text())
+    return config
+
+
+def site_config(
+    example: str,
+    tmp_path: Path,
+    broker: Mosquitto,
+    gateway_id: str,
+    devices: Mapping[str, Mapping[str, Any]],
+) -> Path:
+    """An example site file as the test runs it: the test's gateway id, buffer, broker, fast supervisor
+    backoff, metrics on any free port, and per device (every one named) the keys replaced (a mapping value,
+    such as ``smoothing``, is merged into the example's). Everything else is the example's own."""
+    config = load_example(example)
+    config["gateway"]["id"] = gateway_id
+    config["buffer"]["path"] = str(tmp_path / "buffer.db")
+    config["upstream"]["mqtt"]["url"] = broker.url
+    config["supervisor"] = {"backoff_initial_s": 0.05, "backoff_max_s": 0.5}
+    config["metrics"] = {"listen": "127.0.0.1:0"}  # any free port: other gateways may be running
+    for device in config["devices"]:
+        for key, value in devices[device["name"]].items():
+            old = device.get(key)
+            merge = isinstance(value, Mapping) and isinstance(old, Mapping)
+            device[key] = {**old, **value} if merge else value
+    path = tmp_path / example
+    path.write_text(yaml.safe_dump(config, allow_unicode=True))
+    return path
+
+
+async def collector_for(example: str, broker: Mosquitto, gateway_id: str) -> Collector:
+    """A subscriber to the site's topics (the example's own prefix)."""
+    prefix = load_example(example)["upstream"]["mqtt"]["prefix"]
+    collector = Collector(broker.host, broker.port, prefix, gateway_id, client_id=f"sub-{gateway_id}")
+    assert await asyncio.to_thread(collector.connected.wait, 10)
+    return collector

@@ -4,25 +4,21 @@ subscriber, and what arrives upstream is what the site's operator expects."""
 
 from __future__ import annotations
 
-import asyncio
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
 from firmware_sim import llrp as llrp_sim
 from firmware_sim.r2000 import R2000Simulator, SimOptions, serve_pty
 from protocols.epc import encode_epc, epc_uri
 from tests.broker import Mosquitto
 
-from .harness import Collector, GatewayProcess, missing_seqs
+from .harness import GatewayProcess, collector_for, missing_seqs, site_config
 
 pytestmark = pytest.mark.timeout(180)
 
-EXAMPLES = Path(__file__).parents[2] / "config" / "examples"
 
 # The port gate's trucks: two GRAI-96 tractors and an SSCC-96 container of the terminal's own company
 # prefix, and a passing tag of another company that the site's include filter keeps out.
@@ -32,27 +28,6 @@ TRUCK_TAGS = (
     "urn:epc:tag:sscc-96:2.0614141.1234567890",
 )
 FOREIGN_TAG = "urn:epc:tag:sgtin-96:3.0037000.065421.1"
-
-
-def site_config(
-    example: str, tmp_path: Path, broker: Mosquitto, gateway_id: str, devices: dict[str, dict[str, Any]]
-) -> Path:
-    """The example file with the test's gateway id, buffer, broker and, per device, replaced keys."""
-    config = yaml.safe_load((EXAMPLES / example).read_text())
-    config["gateway"]["id"] = gateway_id
-    config["buffer"]["path"] = str(tmp_path / "buffer.db")
-    config["upstream"]["mqtt"]["url"] = broker.url
-    config["supervisor"] = {"backoff_initial_s": 0.05, "backoff_max_s": 0.5}
-    for device in config["devices"]:
-        changes = devices[device["name"]]
-        for key, value in changes.items():
-            if isinstance(value, dict) and isinstance(device.get(key), dict):
-                device[key] = {**device[key], **value}
-            else:
-                device[key] = value
-    path = tmp_path / example
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 @pytest.fixture
@@ -67,9 +42,7 @@ async def test_port_gate_reports_trucks_by_gs1_identity(
     tmp_path: Path, broker: Mosquitto, gate_reader: R2000Simulator
 ) -> None:
     gateway_id = "e2e-port-gate"
-    prefix = "terminal"  # the example's own topic prefix
-    collector = Collector(broker.host, broker.port, prefix, gateway_id, client_id=f"sub-{gateway_id}")
-    await asyncio.to_thread(collector.connected.wait, 10)
+    collector = await collector_for("port-gate.yaml", broker, gateway_id)
     config = site_config(
         "port-gate.yaml",
         tmp_path,
@@ -156,9 +129,7 @@ async def test_roadside_intersection_counts_vehicles_per_lane(
 ) -> None:
     north, south = gantries
     gateway_id = "e2e-intersection"
-    prefix = "traffic"
-    collector = Collector(broker.host, broker.port, prefix, gateway_id, client_id=f"sub-{gateway_id}")
-    await asyncio.to_thread(collector.connected.wait, 10)
+    collector = await collector_for("roadside-intersection.yaml", broker, gateway_id)
     faster = {"depart_after_s": 1, "flow_period_s": 2}
     config = site_config(
         "roadside-intersection.yaml",
