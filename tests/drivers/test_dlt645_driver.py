@@ -3,7 +3,6 @@ by the real supervisor into the real event queue; several meters share one line 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -14,13 +13,10 @@ from pydantic import ValidationError
 
 from drivers import bus
 from drivers.dlt645 import DEFAULT_POINTS, Dlt645Driver, Dlt645Options, Dlt645Point
-from drivers.event import Event
 from firmware_sim.dlt645 import Dlt645Simulator, Faults, SimOptions, serve_pty, serve_tcp
-from gateway.backoff import Backoff
 from gateway.config import ConfigError, load_config
-from gateway.pipeline import EventQueue
-from gateway.supervisor import DeviceRunner
 from protocols import dlt645
+from tests.drivers import harness
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -28,38 +24,9 @@ METERS = ("000000000001", "000000000002", "000000000003", "000000000004")
 FAST = {"poll_s": 0.02, "timeout_s": 0.5}
 
 
-class Site:
-    """Devices running under the supervisor into one queue, and what they emitted so far."""
-
-    def __init__(self, queue: EventQueue) -> None:
-        self.queue = queue
-        self.runners: dict[str, DeviceRunner] = {}
-        self.events: list[Event] = []
-
-    async def until(self, what: str, predicate: Callable[[], bool], timeout: float = 30) -> None:
-        try:
-            async with asyncio.timeout(timeout):
-                while not predicate():
-                    self.events += await self.queue.get_batch(10_000, window=0.0)
-        except TimeoutError:
-            raise AssertionError(f"timed out waiting for {what}; statuses: {self.statuses()}") from None
-
+class Site(harness.Site):
     def readings(self, device: str) -> list[dict[str, Any]]:
-        return [dict(e.data) for e in self.events if e.device == device and e.kind == "meter.reading"]
-
-    def collect(self) -> None:
-        """Take what the queue holds now, without waiting: every event emitted so far is in ``events``."""
-        self.events += self.queue.take(100_000)
-
-    def statuses(self, device: str | None = None) -> list[dict[str, Any]]:
-        return [
-            dict(e.data)
-            for e in self.events
-            if e.kind == "device.status" and (device is None or e.device == device)
-        ]
-
-    def counters(self, device: str) -> dict[str, int]:
-        return dict(self.runners[device].counters)
+        return self.data("meter.reading", device)
 
 
 @asynccontextmanager
@@ -67,24 +34,16 @@ async def site(
     devices: dict[str, dict[str, Any]], clock: Callable[[], float] | None = None
 ) -> AsyncIterator[Site]:
     """The devices running; ``clock``: theirs for ``max_interval_s`` (default: the real monotonic one)."""
-    queue = EventQueue(100_000)
-    result = Site(queue)
-    tasks = []
+    makers: dict[str, Callable[[], Dlt645Driver]] = {}
     for name, options in devices.items():
         opts = Dlt645Options(**options)
 
         def make(name: str = name, opts: Dlt645Options = opts) -> Dlt645Driver:
             return Dlt645Driver(name, opts) if clock is None else Dlt645Driver(name, opts, clock=clock)
 
-        runner = DeviceRunner(name, make, queue, Backoff(0.01, 0.05))
-        result.runners[name] = runner
-        tasks.append(asyncio.create_task(runner.run()))
-    try:
-        yield result
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        makers[name] = make
+    async with harness.running(Site, makers, timeout=30) as run:
+        yield run
 
 
 def check_values(reading: dict[str, Any], sim: Dlt645Simulator, address: str) -> None:

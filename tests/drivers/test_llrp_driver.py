@@ -18,11 +18,10 @@ from drivers import registry
 from drivers.event import Event
 from drivers.llrp import LlrpDriver, LlrpOptions
 from firmware_sim.llrp import Faults, LlrpSimulator, SimOptions, serve_tcp
-from gateway.backoff import Backoff
-from gateway.pipeline import EventQueue
-from gateway.supervisor import DeviceRunner
 from protocols import llrp
 from protocols.epc import epc_uri
+from tests.drivers import harness
+from tests.drivers.harness import n_reads, n_status
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -38,38 +37,9 @@ SEQUENCE = [
 ]
 
 
-class Run:
-    """A device running under the supervisor, and what it emitted so far."""
-
-    def __init__(self, runner: DeviceRunner, queue: EventQueue) -> None:
-        self.runner = runner
-        self.queue = queue
-        self.events: list[Event] = []
-
-    async def until(self, what: str, predicate: Callable[[list[Event]], bool], timeout: float = 20) -> None:
-        try:
-            async with asyncio.timeout(timeout):
-                while not predicate(self.events):
-                    self.events += await self.queue.get_batch(10_000, window=0.0)
-        except TimeoutError:
-            raise AssertionError(f"timed out waiting for {what}; statuses: {self.statuses()}") from None
-
+class Run(harness.Run):
     def reads(self) -> list[Event]:
-        return [e for e in self.events if e.kind == "rfid.read"]
-
-    def statuses(self) -> list[dict[str, Any]]:
-        return [dict(e.data) for e in self.events if e.kind == "device.status"]
-
-    def states(self) -> list[str]:
-        return [s["state"] for s in self.statuses()]
-
-
-def n_reads(n: int) -> Callable[[list[Event]], bool]:
-    return lambda events: sum(e.kind == "rfid.read" for e in events) >= n
-
-
-def n_status(state: str, n: int = 1) -> Callable[[list[Event]], bool]:
-    return lambda events: sum(e.kind == "device.status" and e.data["state"] == state for e in events) >= n
+        return self.of("rfid.read")
 
 
 @asynccontextmanager
@@ -82,14 +52,8 @@ async def running(sim: LlrpSimulator, **options: Any) -> AsyncIterator[Run]:
     options.setdefault("report_period_ms", 50)
     assert sim.port is not None
     opts = LlrpOptions(host="127.0.0.1", port=sim.port, **options)
-    queue = EventQueue(100_000)
-    runner = DeviceRunner("reader-1", lambda: LlrpDriver("reader-1", opts), queue, Backoff(0.01, 0.05))
-    task = asyncio.create_task(runner.run())
-    try:
-        yield Run(runner, queue)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    async with harness.running(Run, {"reader-1": lambda: LlrpDriver("reader-1", opts)}) as run:
+        yield run
 
 
 async def wait(sim: LlrpSimulator, predicate: Callable[[Any], bool]) -> None:
@@ -396,15 +360,9 @@ async def test_an_unreachable_reader_is_retried_with_its_reason() -> None:
         port = sim.port
     assert port is not None
     opts = LlrpOptions(host="127.0.0.1", port=port, connect_timeout_s=1)
-    queue = EventQueue(1000)
-    runner = DeviceRunner("reader-1", lambda: LlrpDriver("reader-1", opts), queue, Backoff(0.01, 0.05))
-    task = asyncio.create_task(runner.run())
-    run = Run(runner, queue)
-    try:
+    devices = {"reader-1": lambda: LlrpDriver("reader-1", opts)}
+    async with harness.running(Run, devices, queue_size=1000) as run:
         await run.until("three failed attempts", n_status("disconnected", 3))
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
     assert all(f"127.0.0.1:{port}" in s["reason"] for s in run.statuses() if s["state"] == "disconnected")
 
 

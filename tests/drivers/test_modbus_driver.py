@@ -21,6 +21,7 @@ from gateway.config import ConfigError, load_config
 from gateway.pipeline import EventQueue
 from gateway.supervisor import DeviceRunner
 from protocols.modbus import Table
+from tests.drivers import harness
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -94,61 +95,32 @@ def pin_all(sim: ModbusSimulator) -> None:
                     sim.pin(unit, name, value)
 
 
-class Site:
-    """Devices running under the supervisor into one queue, and what they emitted so far."""
-
-    def __init__(self, queue: EventQueue) -> None:
-        self.queue = queue
-        self.runners: dict[str, DeviceRunner] = {}
-        self.events: list[Event] = []
-
-    async def until(self, what: str, predicate: Callable[[], bool], timeout: float = 20) -> None:
-        try:
-            async with asyncio.timeout(timeout):
-                while not predicate():
-                    self.events += await self.queue.get_batch(10_000, window=0.0)
-        except TimeoutError:
-            raise AssertionError(f"timed out waiting for {what}; statuses: {self.statuses()}") from None
+class Site(harness.Collected):
+    async def until(self, what: str, predicate: Callable[[], bool], timeout: float | None = None) -> None:
+        await self.drain_until(what, predicate, timeout)
 
     def readings(self, device: str) -> list[dict[str, Any]]:
-        return [
-            dict(e.data["values"]) for e in self.events if e.device == device and e.kind == "meter.reading"
-        ]
+        return [dict(e.data["values"]) for e in self.reading_events(device)]
 
     def reading_events(self, device: str) -> list[Event]:
-        return [e for e in self.events if e.device == device and e.kind == "meter.reading"]
+        return self.of("meter.reading", device)
 
     def statuses(self, device: str | None = None) -> list[tuple[str, str]]:
-        return [
-            (e.device, e.data["state"])
-            for e in self.events
-            if e.kind == "device.status" and device in (None, e.device)
-        ]
-
-    def counters(self, device: str) -> dict[str, int]:
-        return dict(self.runners[device].counters)
+        return [(e.device, e.data["state"]) for e in self.of("device.status", device)]
 
 
 @contextlib.asynccontextmanager
 async def site(devices: dict[str, dict[str, Any]], backoff: Backoff | None = None) -> AsyncIterator[Site]:
-    queue = EventQueue(100_000)
-    running = Site(queue)
-    tasks = []
+    makers: dict[str, Callable[[], ModbusDriver]] = {}
     for name, options in devices.items():
         opts = ModbusOptions.model_validate(options)
 
         def make(name: str = name, opts: ModbusOptions = opts) -> ModbusDriver:
             return ModbusDriver(name, opts)
 
-        runner = DeviceRunner(name, make, queue, backoff or Backoff(0.01, 0.05))
-        running.runners[name] = runner
-        tasks.append(asyncio.create_task(runner.run()))
-    try:
+        makers[name] = make
+    async with harness.running(Site, makers, backoff=backoff) as running:
         yield running
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
     assert bus.buses() == {}  # every bus closed by the last device to leave
 
 

@@ -3,71 +3,37 @@ run by the real supervisor into the real event queue."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from drivers.event import EncodedData, Event
+from drivers.event import EncodedData
 from drivers.r2000 import R2000Options, UhfR2000Driver
 from firmware_sim.r2000 import Faults, R2000Simulator, SimOptions, serve_pty, serve_tcp
-from gateway.backoff import Backoff
 from gateway.buffer import encode_data
-from gateway.pipeline import EventQueue
-from gateway.supervisor import DeviceRunner
 from protocols.epc import epc_uri
+from tests.drivers import harness
+from tests.drivers.harness import n_reads, n_status
 
 pytestmark = pytest.mark.timeout(60)
 
 NAMES = {1: "lane1-in", 2: "lane1-out", 3: "lane2-in", 4: "lane2-out"}
 
 
-class Run:
-    """A device running under the supervisor, and what it emitted so far."""
-
-    def __init__(self, runner: DeviceRunner, queue: EventQueue) -> None:
-        self.runner = runner
-        self.queue = queue
-        self.events: list[Event] = []
-
-    async def until(self, what: str, predicate: Callable[[list[Event]], bool], timeout: float = 20) -> None:
-        try:
-            async with asyncio.timeout(timeout):
-                while not predicate(self.events):
-                    self.events += await self.queue.get_batch(10_000, window=0.0)
-        except TimeoutError:
-            raise AssertionError(f"timed out waiting for {what}; statuses: {self.statuses()}") from None
-
+class Run(harness.Run):
     def reads(self) -> list[dict[str, Any]]:
-        return [dict(e.data) for e in self.events if e.kind == "rfid.read"]
-
-    def statuses(self) -> list[dict[str, Any]]:
-        return [dict(e.data) for e in self.events if e.kind == "device.status"]
-
-
-def n_reads(n: int) -> Callable[[list[Event]], bool]:
-    return lambda events: sum(e.kind == "rfid.read" for e in events) >= n
-
-
-def n_status(state: str, n: int = 1) -> Callable[[list[Event]], bool]:
-    return lambda events: sum(e.kind == "device.status" and e.data["state"] == state for e in events) >= n
+        return self.data("rfid.read")
 
 
 @asynccontextmanager
 async def running(**options: Any) -> AsyncIterator[Run]:
     opts = R2000Options(**options)
-    queue = EventQueue(100_000)
-    runner = DeviceRunner("reader-1", lambda: UhfR2000Driver("reader-1", opts), queue, Backoff(0.01, 0.05))
-    task = asyncio.create_task(runner.run())
-    try:
-        yield Run(runner, queue)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    async with harness.running(Run, {"reader-1": lambda: UhfR2000Driver("reader-1", opts)}) as run:
+        yield run
 
 
 def check_reads(reads: list[dict[str, Any]], sim: R2000Simulator, antennas: dict[int, str]) -> None:
