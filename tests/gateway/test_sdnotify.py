@@ -4,13 +4,14 @@ message with its sender's credentials, as the service manager does."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import struct
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -105,6 +106,20 @@ def test_without_notify_socket_everything_is_a_no_op() -> None:
     assert notifier.sent == 0
 
 
+@contextlib.asynccontextmanager
+async def pinging(watchdog: Watchdog) -> AsyncIterator[None]:
+    """The watchdog running on the loop for the block; then cancelled (it must end by cancellation) and its
+    socket closed."""
+    task = asyncio.create_task(watchdog.run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    watchdog.notifier.close()
+
+
 async def test_systemd_receives_ready_status_watchdog_reloading_stopping(
     systemd: FakeSystemd, socket_path: str
 ) -> None:
@@ -191,15 +206,9 @@ async def test_watchdog_takes_its_interval_from_the_environment(
     env = {"NOTIFY_SOCKET": socket_path, "WATCHDOG_USEC": "40000"}
     watchdog = Watchdog(Notifier.from_env(env), lambda: True, environ=env)
     assert watchdog.interval == 0.02
-    task = asyncio.create_task(watchdog.run())
-    try:
+    async with pinging(watchdog):
         assert (await systemd.next()).fields == {"WATCHDOG": "1"}
         assert (await systemd.next()).fields == {"WATCHDOG": "1"}
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-    watchdog.notifier.close()
 
 
 async def test_pings_stop_while_the_health_predicate_is_false(systemd: FakeSystemd, socket_path: str) -> None:
@@ -216,8 +225,7 @@ async def test_pings_stop_while_the_health_predicate_is_false(systemd: FakeSyste
         return healthy
 
     watchdog = Watchdog(Notifier(socket_path), predicate, interval=0.01)
-    task = asyncio.create_task(watchdog.run())
-    try:
+    async with pinging(watchdog):
         assert (await systemd.next()).fields == {"WATCHDOG": "1"}
 
         systemd.drain()  # everything sent so far; from here on the pipeline is stuck
@@ -230,11 +238,6 @@ async def test_pings_stop_while_the_health_predicate_is_false(systemd: FakeSyste
 
         healthy = True
         assert (await systemd.next()).fields == {"WATCHDOG": "1"}
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-    watchdog.notifier.close()
 
 
 async def test_a_predicate_that_raises_counts_as_unhealthy(systemd: FakeSystemd, socket_path: str) -> None:
@@ -245,24 +248,17 @@ async def test_a_predicate_that_raises_counts_as_unhealthy(systemd: FakeSystemd,
         raise RuntimeError("metrics not ready")
 
     watchdog = Watchdog(Notifier(socket_path), predicate, interval=0.01)
-    task = asyncio.create_task(watchdog.run())
-    try:
+    async with pinging(watchdog):
         for _ in range(3):
             checked.clear()
             await asyncio.wait_for(checked.wait(), 10)
         assert systemd.drain() == []
         assert watchdog.pings == 0
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-    watchdog.notifier.close()
 
 
 async def test_a_blocked_event_loop_sends_no_ping(systemd: FakeSystemd, socket_path: str) -> None:
     interval = 0.02
     watchdog = Watchdog(Notifier(socket_path), lambda: True, interval=interval)
-    task = asyncio.create_task(watchdog.run())
     during_block: list[Message] = []
     unblocked = asyncio.Event()
 
@@ -272,18 +268,13 @@ async def test_a_blocked_event_loop_sends_no_ping(systemd: FakeSystemd, socket_p
         during_block.extend(systemd.drain())
         unblocked.set()
 
-    try:
+    async with pinging(watchdog):
         assert (await systemd.next()).fields == {"WATCHDOG": "1"}
         asyncio.get_running_loop().call_soon(stuck_callback)
         await asyncio.wait_for(unblocked.wait(), 10)
         assert during_block == []
         # The loop runs again: so do the pings.
         assert (await systemd.next()).fields == {"WATCHDOG": "1"}
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-    watchdog.notifier.close()
 
 
 async def test_without_a_watchdog_run_idles_until_cancelled(systemd: FakeSystemd, socket_path: str) -> None:
@@ -356,8 +347,7 @@ async def test_a_stuck_stage_stops_the_pings(systemd: FakeSystemd, socket_path: 
         return progress()
 
     watchdog = Watchdog(Notifier(socket_path), healthy, interval=0.01)
-    task = asyncio.create_task(watchdog.run())
-    try:
+    async with pinging(watchdog):
         assert (await systemd.next()).fields == {"WATCHDOG": "1"}
         systemd.drain()
         clock.now += 61  # the pipeline has been stuck for a minute
@@ -367,8 +357,3 @@ async def test_a_stuck_stage_stops_the_pings(systemd: FakeSystemd, socket_path: 
         assert systemd.drain() == []
         committed += 1  # it moves again
         assert (await systemd.next()).fields == {"WATCHDOG": "1"}
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-    watchdog.notifier.close()
