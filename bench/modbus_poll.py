@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -55,6 +54,7 @@ from bench.pipeline import (
     proc_status_kb,
     start_gateway,
     stop_process,
+    tear_down,
 )
 from tests.broker import Mosquitto
 
@@ -241,14 +241,7 @@ def run_once(
             backlog=left_in_buffer(tmp / "buffer.db"),
         )
     finally:
-        for proc in reversed(procs):
-            _kill(proc)
-        if rss is not None:
-            rss.stop()
-        if sub is not None:
-            sub.stop()
-        broker.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+        tear_down(procs, rss, sub, broker, tmp)
 
 
 def row(label: str, r: Result) -> str:

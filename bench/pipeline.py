@@ -590,14 +590,25 @@ def run_once(
             counters={k: int(v) for k, v in device.items() if k not in known},
         )
     finally:
-        for proc in reversed(procs):
-            _kill(proc)
-        if rss is not None:
-            rss.stop()
-        if sub is not None:
-            sub.stop()
-        broker.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+        tear_down(procs, rss, sub, broker, tmp)
+
+
+def tear_down(
+    procs: Sequence[subprocess.Popen[bytes]],
+    rss: RssSampler | None,
+    sub: Subscriber | None,
+    broker: Mosquitto,
+    tmp: Path,
+) -> None:
+    """Everything a run started, stopped in reverse, and its temporary directory removed."""
+    for proc in reversed(procs):
+        _kill(proc)
+    if rss is not None:
+        rss.stop()
+    if sub is not None:
+        sub.stop()
+    broker.close()
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _tail(tmp: Path) -> str:
