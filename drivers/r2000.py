@@ -173,7 +173,6 @@ class _Session:
         ctx = self.ctx
         emit = ctx.emit
         feed = self.framer.feed_reads
-        names = self.options.antennas
         names_json = self._names_json
         uris = self._uris
         address = self.options.address
@@ -205,24 +204,12 @@ class _Session:
                             # The 8-bit checksum passes 1 in 256 damaged frames; these cannot be real.
                             ctx.count("implausible_frames")
                         else:
-                            epc_hex = epc.hex().upper()
-                            pc_hex = f"{pc:04X}"
-                            dbm = rssi_dbm[rssi]
-                            data = EncodedData(
-                                epc=epc_hex,
-                                pc=pc_hex,
-                                antenna=antenna,
-                                antenna_name=names.get(antenna),
-                                rssi_dbm=dbm,
-                                frequency_mhz=mhz,
-                                reader_address=frame_address,
-                            )
                             text = _READ_JSON % (
-                                epc_hex,
-                                pc_hex,
+                                epc.hex().upper(),
+                                pc,
                                 antenna,
                                 names_json.get(antenna, "null"),
-                                dbm,
+                                rssi_dbm[rssi],
                                 _FREQUENCY_JSON[frequency],
                                 frame_address,
                             )
@@ -230,9 +217,8 @@ class _Session:
                             if uri:
                                 # Pure-identity URIs of the 96-bit schemes are digits, dots, colons and
                                 # letters: nothing JSON escapes.
-                                data["epc_uri"] = uri
                                 text = f'{text[:-1]},"epc_uri":"{uri}"}}'
-                            data.json = text.encode()
+                            data = EncodedData(text.encode())
                             emit("rfid.read", data, now)
                         continue
                     assert isinstance(item, r2000.Frame)
@@ -283,7 +269,7 @@ _json: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow
 # An rfid.read's data as the buffer's encoder writes it (compact, no ASCII escaping; float repr), filled
 # in on the hot path instead of encoding a dict per read. Tested against json.dumps of the same mapping.
 _READ_JSON: Final = (
-    '{"epc":"%s","pc":"%s","antenna":%d,"antenna_name":%s,"rssi_dbm":%d,"frequency_mhz":%s,'
+    '{"epc":"%s","pc":"%04X","antenna":%d,"antenna_name":%s,"rssi_dbm":%d,"frequency_mhz":%s,'
     '"reader_address":%d}'
 )
 _FREQUENCY_JSON: Final = tuple("null" if mhz is None else _json(mhz) for mhz in r2000.FREQUENCY_MHZ)

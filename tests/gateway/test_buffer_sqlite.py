@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from drivers.event import Event
+from drivers.event import EncodedData, Event
 from gateway.buffer import (
     Buffer,
     BufferCommitError,
@@ -462,3 +462,14 @@ async def test_data_json_cannot_carry_is_stored_sanitised_never_dropped(buf: Sql
     assert "unencodable" in str(_strict_json(stored[3].data_json))
     await buf.append([Event("dev", "test.kind", 2.0, {"fine": 1})])
     assert buf.sanitised == 4
+
+
+async def test_encoded_data_is_stored_as_its_own_bytes_and_never_decoded(buf: SqliteBuffer) -> None:
+    raw = '{"epc":"3008","antenna_name":"車線 \\"3\\"","frequency_mhz":916.0}'.encode()
+    data = EncodedData(raw)
+    await buf.append(
+        [Event("reader-1", "rfid.read", 1.0, data), Event("reader-1", "rfid.read", 2.0, {"a": 1})]
+    )
+    rows = await buf.read(0, 10)
+    assert [r.data_json for r in rows] == [raw, b'{"a":1}']
+    assert data._decoded is None  # the hot path never paid for a dict
