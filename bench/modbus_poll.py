@@ -50,6 +50,7 @@ from bench.pipeline import (
     _readline,
     _wait,
     left_in_buffer,
+    machine_speed_ms,
     proc_cpu_s,
     proc_status_kb,
     start_gateway,
@@ -95,6 +96,8 @@ class Result:
     """The event loop's worst lag over the gateway's life (its shutdown summary)."""
     backlog: int
     """Events left in the buffer at shutdown (committed, not yet acknowledged by the broker)."""
+    speed_ms: float = 0.0
+    """bench.pipeline.machine_speed_ms() just before the run."""
 
 
 def gateway_config(
@@ -250,14 +253,14 @@ def row(label: str, r: Result) -> str:
         f"{r.rss_start_mb:>8.1f} {r.rss_end_mb:>8.1f} {r.rss_peak_mb:>7.1f} {r.polls_missed:>7d} "
         f"{r.timeouts:>6d} {r.queue_dropped:>6d} {r.restarts:>5d} "
         f"{r.sim_cpu_pct:>5.0f}/{r.broker_cpu_pct:<4.0f} {r.stop_s:>6.1f} {r.backlog:>7d} "
-        f"{r.lag_max_ms:>7.0f}"
+        f"{r.lag_max_ms:>7.0f} {r.speed_ms:>8.0f}"
     )
 
 
 HEADER = (
     f"{'run':<7} {'readings/s':>10} {'events/s':>8} {'gw CPU%':>7} {'RSS0 MB':>8} {'RSS1 MB':>8} "
     f"{'peak MB':>7} {'missed':>7} {'tmout':>6} {'qdrop':>6} {'rstrt':>5} sim/brk CPU% {'stop s':>6} "
-    f"{'backlog':>7} {'lag max':>7}"
+    f"{'backlog':>7} {'lag max':>7} {'speed ms':>8}"
 )
 
 
@@ -336,7 +339,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(HEADER, flush=True)
         results = []
         for i in range(args.runs):
+            speed = machine_speed_ms()
             result = run_once(scenario, args.seconds, args.warmup, batch=args.batch, show_log=args.show_log)
+            result.speed_ms = speed
             results.append(result)
             print(row(f"#{i + 1}", result), flush=True)
         m = median(results)

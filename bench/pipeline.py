@@ -118,12 +118,34 @@ class Result:
     lag_samples: int
     restarts: int
     counters: dict[str, int] = field(default_factory=dict)
+    speed_ms: float = 0.0
+    """:func:`machine_speed_ms` just before the run."""
 
     @property
     def missing(self) -> int:
         """Committed, not delivered, not left in the buffer: lost on the way (should be 0). Negative is fine:
         events delivered whose PUBACK had not arrived at shutdown stay buffered too (at least once)."""
         return self.committed - self.delivered - self.left_in_buffer
+
+
+# --------------------------------------------------------------------------------------------------------
+# The machine's speed
+
+
+def machine_speed_ms() -> float:
+    """CPU milliseconds of a fixed pure-Python loop (the fastest of three): a reading of how fast this
+    shared machine runs Python right now. Measured here it moved between 220 and 345 ms within minutes
+    (neighbours, boost), and every CPU figure of the gateway with it: read a run's figures beside it, and
+    compare figures taken at similar speeds or as ratios within one run."""
+
+    def once() -> float:
+        start = time.process_time()
+        total = 0
+        for i in range(3_000_000):
+            total += i * i % 7
+        return time.process_time() - start
+
+    return min(once() for _ in range(3)) * 1000
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -639,6 +661,7 @@ COLUMNS: tuple[tuple[str, str, Callable[[Result], object]], ...] = (
     (">10ms", ">5d", lambda r: r.lag_over_10ms),
     (">50ms", ">5d", lambda r: r.lag_over_50ms),
     ("sim/brk/sub CPU%", ">16", lambda r: f"{r.sim_cpu_pct:.0f}/{r.broker_cpu_pct:.0f}/{r.sub_cpu_pct:.0f}"),
+    ("speed ms", ">8.0f", lambda r: r.speed_ms),
 )
 
 
@@ -732,6 +755,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(header(), flush=True)
         results = []
         for i in range(args.runs):
+            speed = machine_speed_ms()
             result = run_once(
                 scenario,
                 args.seconds,
@@ -740,6 +764,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 subscriber=args.subscriber,
                 show_log=args.show_log,
             )
+            result.speed_ms = speed
             results.append(result)
             print(row(f"#{i + 1}", result), flush=True)
             if result.missing > 0:
