@@ -25,7 +25,7 @@ import logging
 import random
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from drivers.llrp import LlrpOptions, _Session
@@ -101,6 +101,9 @@ class _Counter:
 
     def emit(self, kind: str, data: Mapping[str, Any], ts: float | None = None) -> None:
         self.emitted += 1
+
+    def emit_many(self, kind: str, items: Sequence[Mapping[str, Any]], ts: float | None = None) -> None:
+        self.emitted += len(items)
 
     def connected(self, detail: str = "") -> None:
         pass

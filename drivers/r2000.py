@@ -171,7 +171,8 @@ class _Session:
     async def _handle_until(self, done: Callable[[r2000.Reply], bool], timeout: float) -> r2000.Reply:
         link = self.link
         ctx = self.ctx
-        emit = ctx.emit
+        emit_many = ctx.emit_many
+        reads: list[EncodedData] = []
         feed = self.framer.feed_reads
         names_json = self._names_json
         uris = self._uris
@@ -218,8 +219,7 @@ class _Session:
                                 # Pure-identity URIs of the 96-bit schemes are digits, dots, colons and
                                 # letters: nothing JSON escapes.
                                 text = f'{text[:-1]},"epc_uri":"{uri}"}}'
-                            data = EncodedData(text.encode())
-                            emit("rfid.read", data, now)
+                            reads.append(EncodedData(text.encode()))
                         continue
                     assert isinstance(item, r2000.Frame)
                     if item.address not in (address, broadcast):
@@ -232,6 +232,8 @@ class _Session:
                         ctx.log.debug("undecodable frame: %s", err)
                         continue
                     if done(reply):
+                        if reads:
+                            emit_many("rfid.read", reads, now)
                         return reply
                     if isinstance(reply, r2000.AntennaMissing):
                         # A fast-switch round skips it and goes on to its end frame.
@@ -246,9 +248,15 @@ class _Session:
                                 r2000.Command.FAST_SWITCH_ANT_INVENTORY,
                             ):
                                 # An inventory that failed (no tag, antenna missing) ends its round.
+                                if reads:
+                                    emit_many("rfid.read", reads, now)
                                 return reply
                         continue
                     ctx.count("unexpected_frames")
+                # The reads of one chunk go to the pipeline together, in order, before the next read.
+                if reads:
+                    emit_many("rfid.read", reads, now)
+                    reads = []
 
     def _account(self) -> None:
         stats = self.framer.stats

@@ -55,6 +55,26 @@ class EventQueue:
         self.high_water = max(self.high_water, n)
         return True
 
+    def put_many(self, events: list[Event]) -> int:
+        """Queue ``events`` in order as far as there is room; the rest are dropped and counted. Returns how
+        many were queued (what :meth:`put` would have done for each, in one step)."""
+        items = self._items
+        room = self.max_events - len(items)
+        if room < len(events):
+            self.dropped += len(events) - max(room, 0)
+            events = events[: max(room, 0)]
+            if not events:
+                return 0
+        was_empty = not items
+        items.extend(events)
+        n = len(items)
+        if was_empty:
+            self._nonempty.set()
+        if n >= self._batch_size:
+            self._batch_ready.set()
+        self.high_water = max(self.high_water, n)
+        return len(events)
+
     async def get_batch(self, max_events: int, window: float) -> list[Event]:
         """Wait for an event, then up to ``window`` seconds more or until ``max_events`` are queued; return
         at most ``max_events`` events in order."""

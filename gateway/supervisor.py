@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from drivers.base import Driver
@@ -83,6 +83,17 @@ class DeviceRunner:
             events = [event]
         for out in events:
             self._put(out)
+
+    def emit_many(self, kind: str, items: Sequence[Mapping[str, Any]], ts: float | None = None) -> None:
+        if self.processor is not None:
+            for data in items:
+                self.emit(kind, data, ts)
+            return
+        name = self._name
+        when = self._clock() if ts is None else ts
+        accepted = self._queue.put_many([Event(name, kind, when, data) for data in items])
+        self.events_emitted += accepted
+        self.events_dropped += len(items) - accepted
 
     def _put(self, event: Event) -> None:
         if self._queue.put(event):

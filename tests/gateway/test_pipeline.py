@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from drivers.event import Event
 from gateway.buffer import BufferClosedError, SqliteBuffer
@@ -24,6 +26,31 @@ def test_put_beyond_capacity_drops_and_counts() -> None:
     assert queue.dropped == 2
     assert len(queue) == 3
     assert [e.data["i"] for e in queue.take(10)] == [0, 1, 2]
+
+
+@given(st.integers(0, 8), st.lists(st.integers(0, 6), max_size=6))
+def test_put_many_is_put_for_each_in_one_step(capacity_less: int, sizes: list[int]) -> None:
+    capacity = capacity_less + 1
+    one, many = EventQueue(capacity), EventQueue(capacity)
+    i = 0
+    for size in sizes:
+        chunk = [ev(i + k) for k in range(size)]
+        i += size
+        accepted = many.put_many(chunk)
+        assert accepted == sum(one.put(e) for e in chunk)
+        assert (len(many), many.dropped, many.high_water) == (len(one), one.dropped, one.high_water)
+    assert [e.data["i"] for e in many.take(100)] == [e.data["i"] for e in one.take(100)]
+
+
+async def test_put_many_wakes_a_waiting_batch() -> None:
+    queue = EventQueue(100)
+    getter = asyncio.create_task(queue.get_batch(4, window=3600.0))
+    await asyncio.sleep(0)
+    queue.put_many([ev(0), ev(1)])
+    await asyncio.sleep(0)
+    assert not getter.done()  # two of four: the window still runs
+    queue.put_many([ev(2), ev(3), ev(4)])
+    assert [e.data["i"] for e in await asyncio.wait_for(getter, 10)] == [0, 1, 2, 3]
 
 
 def test_max_events_must_be_positive() -> None:

@@ -151,6 +151,31 @@ async def test_emit_drops_and_counts_when_the_queue_is_full() -> None:
     assert queue.dropped == 3
 
 
+async def test_emit_many_is_emit_for_each() -> None:
+    one, many = EventQueue(5), EventQueue(5)
+    by_one = runner_for([], one, [])
+    by_many = runner_for([], many, [])
+    items = [{"i": i} for i in range(7)]
+    for data in items:
+        by_one.emit("test.reading", data, 12.5)
+    by_many.emit_many("test.reading", items, 12.5)
+    assert (by_many.events_emitted, by_many.events_dropped) == (by_one.events_emitted, by_one.events_dropped)
+    assert (by_many.events_emitted, by_many.events_dropped) == (5, 2)
+    assert many.take(10) == one.take(10)
+
+
+async def test_emit_many_goes_through_the_processor() -> None:
+    queue = EventQueue(100)
+    smoothing = RfidSmoothing("dev", SmoothingOptions())
+    runner = DeviceRunner(
+        "dev", lambda: TagDriver("dev", NoOptions()), queue, Backoff(0.001, 0.002), processor=smoothing
+    )
+    read = {"epc": "300833B2DDD9014000000001", "antenna": 1, "rssi_dbm": -60}
+    runner.emit_many("rfid.read", [read, read], 100.0)
+    assert [e.kind for e in queue.take(10)] == ["rfid.arrived"]  # raw reads not forwarded
+    assert smoothing.describe("300833B2DDD9014000000001")["count"] == 2  # type: ignore[index]
+
+
 class TagDriver(Driver[NoOptions]):
     """Connects, reports one tag twice on antenna 1, then reads nothing more (the tag has left)."""
 
