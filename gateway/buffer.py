@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Final, Self, TypeVar
+from typing import Any, Final, NamedTuple, Self, TypeVar
 
 from drivers.event import EncodedData, Event
 
@@ -59,10 +59,10 @@ class DropReason(StrEnum):
     """Under either policy: a single event larger than ``max_bytes``, refused."""
 
 
-@dataclass(frozen=True, slots=True)
-class Stored:
+class Stored(NamedTuple):
     """A committed event as read back from the buffer. ``data_json`` is the event's ``data`` already
-    serialised as compact JSON (UTF-8), so the forwarder never re-encodes it."""
+    serialised as compact JSON (UTF-8), so the forwarder never re-encodes it. A named tuple: the forwarder
+    reads tens of thousands a second, and one costs a quarter of what a frozen dataclass does to make."""
 
     seq: int
     device: str
@@ -580,7 +580,7 @@ class SqliteBuffer(Buffer):
         if conn is None:
             raise BufferClosedError(f"buffer {self.path} is closed")
         try:
-            return [Stored(*r) for r in conn.execute(_READ, (after_seq, limit))]
+            return list(map(Stored._make, conn.execute(_READ, (after_seq, limit))))
         except sqlite3.Error as err:
             raise BufferReadError(f"reading buffer {self.path} failed: {err}") from err
 
