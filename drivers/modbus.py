@@ -38,19 +38,21 @@ device refuses with exception 02 is split, and the split is kept for the life of
 reply with a bad CRC, a wrong unit id, function or length is counted (``bad_crc``, ``wrong_unit``,
 ``wrong_function``, ``wrong_length``), never decoded, and the request is tried again (``retries``).
 
-pymodbus (pinned to 3.16.x) is used only through :class:`ModbusLink`, the one place that knows its API:
-its async clients carry the frames; its own retries, timeouts and reconnects are off, because the bus
-owns those decisions (pymodbus would otherwise drop a shared TCP connection after a few timeouts of one
-dead unit, taking every healthy unit behind the same converter with it).
+pymodbus (pinned to 3.16.x) is used only through :class:`ModbusLink`, the one place that knows its API, and
+only as the codec: its framers (``FramerSocket``, ``FramerRTU``) build the requests and its PDU classes decode
+the replies. The link carries the bytes itself (an ``asyncio.Protocol`` on the TCP connection, a reader on
+the serial port) and runs one request at a time. pymodbus's client is not used: its machinery (a
+transaction manager, ``wait_for`` per request, its own transport) costs more CPU per request than its
+framer, and its retries, timeouts and reconnects belong to the bus (which would otherwise lose a shared TCP
+connection to a few timeouts of one dead unit, taking every healthy unit behind the same converter with it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import math
-import termios
+import struct
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -59,10 +61,21 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
-from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
-from pymodbus.exceptions import ConnectionException, ModbusException
-from pymodbus.framer import FramerType
-from pymodbus.pdu import ModbusPDU
+from pymodbus.exceptions import ModbusException
+from pymodbus.framer import FramerBase, FramerRTU, FramerSocket
+from pymodbus.pdu import DecodePDU, ExceptionResponse, ModbusPDU
+from pymodbus.pdu.bit_message import (
+    ReadCoilsRequest,
+    ReadCoilsResponse,
+    ReadDiscreteInputsRequest,
+    ReadDiscreteInputsResponse,
+)
+from pymodbus.pdu.register_message import (
+    ReadHoldingRegistersRequest,
+    ReadHoldingRegistersResponse,
+    ReadInputRegistersRequest,
+    ReadInputRegistersResponse,
+)
 
 from protocols import modbus as mb
 from protocols.modbus import ByteOrder, DataType, ReplyCheck, Table
@@ -71,14 +84,9 @@ from . import bus, reporting
 from .base import DeviceContext, Driver, DriverOptions
 from .errors import ConnectionLost, DeviceTimeout, DeviceUnavailable
 from .reporting import Deadband, MaxInterval, Reporter, ReportOnChange
+from .transport import SerialLink, open_serial
 
 __all__ = ["BadReply", "ExceptionReply", "ModbusDriver", "ModbusLink", "ModbusOptions", "ModbusPoint"]
-
-# pymodbus logs every frame it skips at ERROR, with a dump of recent traffic; the driver counts them instead.
-logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-
-_NO_TIMEOUT = 3600.0
-"""pymodbus's own request timeout: never reached, the bus cancels first."""
 
 
 class ModbusPoint(BaseModel):
@@ -330,65 +338,62 @@ _BAD_KINDS = {
     ReplyCheck.WRONG_LENGTH: "wrong_length",
 }
 
+_REQUESTS: dict[Table, type[ModbusPDU]] = {
+    Table.COIL: ReadCoilsRequest,
+    Table.DISCRETE: ReadDiscreteInputsRequest,
+    Table.HOLDING: ReadHoldingRegistersRequest,
+    Table.INPUT: ReadInputRegistersRequest,
+}
+_RESPONSES: dict[int, type[ModbusPDU]] = {
+    1: ReadCoilsResponse,
+    2: ReadDiscreteInputsResponse,
+    3: ReadHoldingRegistersResponse,
+    4: ReadInputRegistersResponse,
+}
+"""By function code: the replies a link decodes (the only requests it sends are these reads)."""
+
+_DECODER = DecodePDU(False)
+"""What pymodbus's framers are built with. The link only uses their ``buildFrame``: it decodes a reply's PDU
+with that reply's own class, once :mod:`protocols.modbus` has checked the frame."""
+
+_MAX_BUFFERED = 1024
+"""Bytes held while a frame is incomplete (a Modbus frame is at most 260)."""
+
 
 def _ignore(_name: str) -> None:
     return None
 
 
 class ModbusLink:
-    """One pymodbus client (a serial port or a TCP connection), shared by the devices of a bus.
+    """One serial port or TCP connection, shared by the devices of a bus: one read at a time.
 
-    :meth:`read` is the whole API the driver uses. It watches the bytes pymodbus receives (its
-    ``trace_packet`` hook) with :func:`protocols.modbus.check_rtu_reply` / ``check_tcp_reply``: a corrupt
-    reply is counted on the device that asked, made harmless for pymodbus's framer (whose decoder would
-    otherwise raise inside the transport and drop the connection) and fails the request at once rather than
-    after its timeout. A late reply to an earlier request (``stale_replies``) or an RTU frame of another unit
-    is counted and skipped while the awaited reply may still come."""
+    :meth:`read` is the whole API the driver uses. pymodbus builds each request frame and decodes each reply
+    PDU; the link owns the bytes in between. Every received frame is classified with
+    :func:`protocols.modbus.check_tcp_reply` / ``check_rtu_reply`` before anything is decoded: a corrupt
+    reply is counted on the device that asked and fails its request at once rather than after its timeout; a
+    late reply to an earlier request (``stale_replies``) or an RTU frame of another unit (``wrong_unit``) is
+    counted and skipped while the awaited reply may still come. The bus owns timeouts (it cancels
+    :meth:`read`), retries and reconnects."""
 
-    def __init__(self, client: AsyncModbusTcpClient | AsyncModbusSerialClient, name: str, tcp: bool) -> None:
-        self.client = client
+    def __init__(self, name: str, *, mbap: bool, lost: Callable[[BaseException], None]) -> None:
         self.name = name
-        self._tcp = tcp
+        self._mbap = mbap
+        """Modbus TCP (MBAP header, transaction ids); else RTU frames (unit id, PDU, CRC)."""
+        self._framer: FramerBase = FramerSocket(_DECODER) if mbap else FramerRTU(_DECODER)
+        self._loop = asyncio.get_running_loop()
+        self._lost = lost
+        self._transport: asyncio.Transport | None = None
+        self._serial: SerialLink | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._buffer = b""
+        self._pending: asyncio.Future[ModbusPDU] | None = None
         self._unit = 0
         self._function = 0
         self._count = 0
         self._transaction = 0
         self._report: Callable[[str], None] = _ignore
-
-    def _on_packet(self, sending: bool, data: bytes) -> bytes:
-        if sending:
-            if self._tcp and len(data) >= 2:
-                self._transaction = int.from_bytes(data[:2], "big")
-            return data
-        if self._function == 0:
-            return data
-        if self._tcp:
-            verdict, size = mb.check_tcp_reply(
-                data, self._unit, self._function, self._count, self._transaction
-            )
-        else:
-            verdict, size = mb.check_rtu_reply(data, self._unit, self._function, self._count)
-        if verdict in (ReplyCheck.OK, ReplyCheck.EXCEPTION, ReplyCheck.INCOMPLETE):
-            return data
-        if verdict is ReplyCheck.STALE:
-            self._report("stale_replies")
-            return data  # pymodbus skips a reply with another transaction id
-        if verdict is ReplyCheck.BAD_HEADER:
-            self._report("bad_header")
-            self._fail_request(ConnectionLost(f"{self.name}: not a Modbus TCP stream (bad MBAP header)"))
-            return data
-        kind = _BAD_KINDS[verdict]
-        self._report(kind)
-        if verdict is ReplyCheck.WRONG_UNIT and not self._tcp:
-            # On a shared line, a late reply from another unit; ours may still come. Skip just that frame.
-            return _neutralise_rtu(data, size)
-        self._fail_request(BadReply(kind))
-        return _neutralise_tcp(data, size) if self._tcp else _neutralise_rtu(data, size)
-
-    def _fail_request(self, error: Exception) -> None:
-        future: asyncio.Future[Any] | None = getattr(self.client.ctx, "response_future", None)
-        if future is not None and not future.done():
-            future.set_exception(error)
+        self._failure: ConnectionLost | None = None
+        self._closed = False
 
     async def read(
         self, table: Table, unit: int, address: int, count: int, report: Callable[[str], None] = _ignore
@@ -397,35 +402,34 @@ class ModbusLink:
 
         Raises :class:`ExceptionReply`, :class:`BadReply` (already reported through ``report``),
         :class:`~drivers.errors.ConnectionLost`. A timeout is the caller's (the bus cancels this)."""
-        client = self.client
+        if self._failure is not None:
+            raise ConnectionLost(str(self._failure))
+        if self._mbap:
+            self._transaction = transaction = self._transaction % 0xFFFF + 1  # 1..65535: 0 matches any reply
+        else:
+            transaction = 0
+            self._buffer = b""  # a late reply to a timed-out request must not pass for this one's answer
+        frame = self._framer.buildFrame(
+            _REQUESTS[table](address=address, count=count, dev_id=unit, transaction_id=transaction)
+        )
+        future: asyncio.Future[ModbusPDU] = self._loop.create_future()
+        self._pending = future
         self._unit, self._function, self._count, self._report = unit, table.function, count, report
         try:
-            if table is Table.HOLDING:
-                response: ModbusPDU = await client.read_holding_registers(
-                    address, count=count, device_id=unit
-                )
-            elif table is Table.INPUT:
-                response = await client.read_input_registers(address, count=count, device_id=unit)
-            elif table is Table.COIL:
-                response = await client.read_coils(address, count=count, device_id=unit)
+            if self._serial is not None:
+                await self._serial.write(frame)
             else:
-                response = await client.read_discrete_inputs(address, count=count, device_id=unit)
-        except ConnectionException as err:
-            raise ConnectionLost(f"{self.name}: {err}") from err
-        except ModbusException as err:
-            report("undecodable_replies")
-            raise BadReply("undecodable", str(err)) from err
+                assert self._transport is not None
+                self._transport.write(frame)
+            response = await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                future.exception()  # settled as we were cancelled: retrieved, so asyncio does not log it
+            raise
         finally:
-            self._function = 0
+            if self._pending is future:
+                self._pending = None  # a reply landing from now on answers nobody
             self._report = _ignore
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            # pymodbus awaits its reply with asyncio.wait_for, which on Python 3.11 returns a reply that
-            # arrived as the task was being cancelled and swallows the cancellation: a gateway stopping would
-            # wait for this device forever, and the bus's own timeout would not fire. Honour it here.
-            raise asyncio.CancelledError
-        if response.isError():
-            raise ExceptionReply(int(getattr(response, "exception_code", 0)))
         if table.is_bits:
             bits = response.bits
             if len(bits) < count:
@@ -439,82 +443,205 @@ class ModbusLink:
         return registers
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.client.close()
+        """Release the port or connection; a read in flight raises ConnectionLost. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._failure is None:
+            self._failure = ConnectionLost(f"{self.name}: closed")
+        self._release(self._failure)
+
+    # -- receiving ------------------------------------------------------------------------------------
+    def _received(self, data: bytes) -> None:
+        """Bytes that arrived (the TCP protocol's ``data_received``, the serial reader's chunks)."""
+        buf = self._buffer + data if self._buffer else data
+        buf = self._take_tcp(buf) if self._mbap else self._take_rtu(buf)
+        self._buffer = buf[-_MAX_BUFFERED:] if len(buf) > _MAX_BUFFERED else buf
+
+    def _waiting(self) -> asyncio.Future[ModbusPDU] | None:
+        """The future of the read waiting for a reply, if any (not one its caller abandoned)."""
+        future = self._pending
+        if future is not None and future.done():
+            self._pending = future = None
+        return future
+
+    def _take_tcp(self, buf: bytes) -> bytes:
+        """Consume the whole MBAP frames at the start of ``buf``; the rest (a partial frame)."""
+        while len(buf) >= 8:
+            future = self._waiting()
+            if future is None:  # nobody waits: frame the stream, drop what is whole
+                verdict, size = mb.check_tcp_reply(buf, 0, 0, 0, 0)
+            else:
+                verdict, size = mb.check_tcp_reply(
+                    buf, self._unit, self._function, self._count, self._transaction
+                )
+            if verdict is ReplyCheck.INCOMPLETE:
+                break
+            if verdict is ReplyCheck.BAD_HEADER:
+                if future is not None:
+                    self._report("bad_header")
+                self._fail(ConnectionLost(f"{self.name}: not a Modbus TCP stream (bad MBAP header)"))
+                return b""
+            if future is not None:
+                self._settle(future, verdict, buf[7:size])
+            buf = buf[size:]
+        return buf
+
+    def _take_rtu(self, buf: bytes) -> bytes:
+        """Judge the RTU frames at the start of ``buf`` (skipping noise); what may still become one."""
+        future = self._waiting()
+        while future is not None and len(buf) >= 5:
+            unit, function, count = self._unit, self._function, self._count
+            verdict, size = mb.check_rtu_reply(buf, unit, function, count)
+            if verdict is ReplyCheck.INCOMPLETE:
+                size = _rtu_stray_size(buf, function)
+                if size == 0:
+                    break  # a frame is arriving
+                if size > 0:  # a whole reply to another read, or noise that merely looks like one
+                    verdict, size = mb.check_rtu_reply(buf[:size], unit, function, count)
+                if verdict is ReplyCheck.INCOMPLETE:
+                    buf = buf[1:]  # no frame starts here: hunt for the next one
+                    continue
+            self._settle(future, verdict, buf[1 : size - 2])
+            buf = buf[size:]
+            future = self._pending
+        return buf if future is not None else b""  # nobody waits: a late reply or noise
+
+    def _settle(self, future: asyncio.Future[ModbusPDU], verdict: ReplyCheck, pdu: bytes) -> None:
+        """Answer the waiting read with the frame judged ``verdict`` (its ``pdu``: function code, data), or
+        count the frame and let the read wait on."""
+        if verdict is ReplyCheck.OK:
+            response = _RESPONSES[self._function]()
+            try:
+                response.decode(pdu[1:])
+            except (ModbusException, ValueError, IndexError, struct.error) as err:
+                self._report("undecodable_replies")
+                future.set_exception(BadReply("undecodable", str(err)))
+            else:
+                future.set_result(response)
+        elif verdict is ReplyCheck.EXCEPTION:
+            reply = ExceptionResponse(self._function)
+            reply.decode(pdu[1:])
+            future.set_exception(ExceptionReply(reply.exception_code))
+        elif verdict is ReplyCheck.STALE:
+            self._report("stale_replies")
+            return
+        elif verdict is ReplyCheck.WRONG_UNIT and not self._mbap:
+            self._report("wrong_unit")  # on a shared line, a late reply from another unit; ours may come
+            return
+        else:
+            kind = _BAD_KINDS[verdict]
+            self._report(kind)
+            future.set_exception(BadReply(kind))
+        self._pending = None
+
+    # -- the transport --------------------------------------------------------------------------------
+    def _attach_serial(self, serial: SerialLink) -> None:
+        self._serial = serial
+        self._reader = asyncio.create_task(self._read_serial(serial), name=f"modbus reader {self.name}")
+
+    async def _read_serial(self, serial: SerialLink) -> None:
+        try:
+            while True:
+                self._received(await serial.read())
+        except ConnectionLost as err:
+            detail = str(err).removeprefix(f"{self.name}: ")
+            self._fail(ConnectionLost(f"{self.name}: connection lost: {detail}"))
+        except Exception as err:  # a bug here must not leave the line deaf: fail it, the bus reopens it
+            self._fail(ConnectionLost(f"{self.name}: reader failed: {err!r}"))
+
+    def _fail(self, error: ConnectionLost) -> None:
+        """The link is gone: fail the read in flight and tell the bus (once; not after :meth:`close`)."""
+        if self._failure is not None:
+            return
+        self._failure = error
+        self._release(error)
+        self._lost(error)
+
+    def _release(self, error: ConnectionLost) -> None:
+        future = self._waiting()
+        if future is not None:
+            self._pending = None
+            future.set_exception(error)
+        self._buffer = b""
+        if self._transport is not None:
+            self._transport.close()
+        if self._serial is not None:
+            self._serial.close()
+        if self._reader is not None and self._reader is not asyncio.current_task():
+            self._reader.cancel()
 
 
-def _neutralise_rtu(data: bytes, size: int) -> bytes:
-    """The same bytes with the first frame's CRC broken: pymodbus's RTU framer drops what it holds."""
-    frame = bytearray(data)
-    frame[size - 1] ^= 0xFF
-    return bytes(frame)
+class _TcpStream(asyncio.Protocol):
+    """A TCP connection's events, handed to its link."""
+
+    def __init__(self, link: ModbusLink) -> None:
+        self.link = link
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.link._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.link._received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        link = self.link
+        if exc is None:
+            detail = "closed by peer"
+        else:
+            detail = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+        link._fail(ConnectionLost(f"{link.name}: connection lost: {detail}"))
 
 
-def _neutralise_tcp(data: bytes, size: int) -> bytes:
-    """The same bytes with the first frame's transaction id changed: pymodbus skips that frame whole."""
-    frame = bytearray(data)
-    tid = int.from_bytes(frame[0:2], "big")
-    frame[0:2] = ((tid ^ 0x8000) or 1).to_bytes(2, "big")
-    return bytes(frame)
+def _rtu_stray_size(buf: bytes, function: int) -> int:
+    """For bytes ``check_rtu_reply`` found incomplete: 0 while the frame at their start may still be
+    arriving (a reply to this ``function``, or too few bytes to tell); the length of a reply to another read
+    (its header says how long), to be judged alone; -1 when no reply starts here."""
+    if len(buf) < 5:
+        return 0
+    fc = buf[1]
+    if fc & 0x7F == function:
+        return 0
+    if fc & 0x7F not in _RESPONSES:
+        return -1
+    size = 5 if fc & 0x80 else 5 + buf[2]
+    return size if len(buf) >= size else 0
 
 
 async def open_link(options: ModbusOptions, lost: Callable[[BaseException], None]) -> ModbusLink:
-    """Connect a pymodbus client for ``options``' transport (the bus's opener)."""
+    """Open the serial port or TCP connection of ``options``' transport (the bus's opener)."""
     transport = options.link_transport
-    holder: list[ModbusLink] = []
-
-    def on_packet(sending: bool, data: bytes) -> bytes:
-        return holder[0]._on_packet(sending, data) if holder else data
-
-    def on_connect(connected: bool) -> None:
-        if not connected and holder:
-            error = ConnectionLost(f"{holder[0].name}: connection lost")
-            holder[0]._fail_request(error)  # the request in flight, if any, fails now
-            lost(error)
-
-    client: AsyncModbusTcpClient | AsyncModbusSerialClient
     if transport == "rtu":
         assert options.port is not None
         name = f"serial port {options.port}"
-        client = AsyncModbusSerialClient(
-            options.port,
-            framer=FramerType.RTU,
-            baudrate=options.baudrate,
-            bytesize=8,
-            parity=options.parity,
-            stopbits=options.stopbits,
-            timeout=_NO_TIMEOUT,
-            retries=0,
-            reconnect_delay=0,
-            trace_packet=on_packet,
-            trace_connect=on_connect,
-        )
-    else:
-        assert options.host is not None
-        name = f"tcp {options.host}:{options.tcp_port}"
-        client = AsyncModbusTcpClient(
-            options.host,
-            port=options.tcp_port,
-            framer=FramerType.SOCKET if transport == "tcp" else FramerType.RTU,
-            timeout=_NO_TIMEOUT,
-            retries=0,
-            reconnect_delay=0,
-            trace_packet=on_packet,
-            trace_connect=on_connect,
-        )
-    link = ModbusLink(client, name, tcp=transport == "tcp")
+        try:
+            serial = await open_serial(
+                options.port, options.baudrate, parity=options.parity, stopbits=options.stopbits
+            )
+        except DeviceUnavailable as err:
+            cause = err.__cause__ or err
+            raise DeviceUnavailable(f"{name}: cannot open: {cause}") from cause
+        link = ModbusLink(name, mbap=False, lost=lost)
+        link._attach_serial(serial)
+        return link
+    assert options.host is not None
+    name = f"tcp {options.host}:{options.tcp_port}"
+    link = ModbusLink(name, mbap=transport == "tcp", lost=lost)
     try:
-        connected = await client.connect()
-    except (OSError, termios.error) as err:  # pyserial lets termios.error (no OSError) out of open()
-        client.close()
-        raise DeviceUnavailable(f"{name}: cannot open: {err}") from err
+        async with asyncio.timeout(options.connect_timeout_s):
+            await link._loop.create_connection(partial(_TcpStream, link), options.host, options.tcp_port)
+    except TimeoutError as err:
+        link.close()
+        raise DeviceUnavailable(
+            f"{name}: cannot connect: no answer within {options.connect_timeout_s:g} s"
+        ) from err
+    except OSError as err:
+        link.close()
+        raise DeviceUnavailable(f"{name}: cannot connect: {err.strerror or err}") from err
     except BaseException:
-        client.close()
+        link.close()
         raise
-    if not connected:
-        client.close()
-        raise DeviceUnavailable(f"{name}: cannot {'open' if transport == 'rtu' else 'connect'}")
-    holder.append(link)
     return link
 
 

@@ -11,11 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pymodbus.framer import FramerBase, FramerRTU, FramerSocket
+from pymodbus.pdu import DecodePDU, ExceptionResponse, ModbusPDU
+from pymodbus.pdu.bit_message import ReadCoilsResponse
+from pymodbus.pdu.register_message import ReadHoldingRegistersResponse
 
 from drivers import bus
+from drivers.errors import ConnectionLost, DeviceUnavailable
 from drivers.event import Event
-from drivers.modbus import ModbusDriver, ModbusOptions, open_link
+from drivers.modbus import BadReply, ExceptionReply, ModbusDriver, ModbusLink, ModbusOptions, open_link
 from firmware_sim.modbus import Faults, ModbusSimulator, serve_pty, serve_tcp
+from firmware_sim.pty import PtyEndpoint
 from gateway.backoff import Backoff
 from gateway.config import ConfigError, load_config
 from gateway.pipeline import EventQueue
@@ -482,14 +488,14 @@ async def test_a_reply_landing_as_the_read_is_cancelled_does_not_swallow_the_can
         link = await open_link(ModbusOptions.model_validate(tcp(sim, 1)), lambda err: None)
         try:
             reading: asyncio.Task[list[int]] | None = None
-            on_packet = link._on_packet
+            received = link._received
 
-            def cancel_as_the_reply_lands(sending: bool, data: bytes) -> bytes:
-                if not sending and reading is not None:
-                    reading.cancel()  # the reply is about to resolve pymodbus's future, in this same callback
-                return on_packet(sending, data)
+            def cancel_as_the_reply_lands(data: bytes) -> None:
+                if reading is not None:
+                    reading.cancel()  # the reply is about to resolve the read's future, in this same callback
+                received(data)
 
-            setattr(link, "_on_packet", cancel_as_the_reply_lands)  # noqa: B010 (instrumenting the byte hook)
+            setattr(link, "_received", cancel_as_the_reply_lands)  # noqa: B010 (instrumenting the byte hook)
             reading = asyncio.create_task(link.read(Table.HOLDING, 1, 0, 2))
             with pytest.raises(asyncio.CancelledError):
                 await reading
@@ -660,3 +666,327 @@ def test_transport_defaults_and_bus_keys() -> None:
         )
     with pytest.raises(ValueError, match="needs host"):
         ModbusOptions.model_validate({"transport": "rtu-over-tcp", "points": [{"name": "x", "address": 0}]})
+
+
+# -- the link's receive path, against a peer the test drives byte by byte -----------------------------------
+
+
+class Peer:
+    """The device side of a link, driven by the test: the requests it received, the bytes it is told to send.
+    Replies are built with pymodbus's server-side framers (the codec the link decodes with)."""
+
+    def __init__(self, transport: str) -> None:
+        self.mbap = transport == "tcp"
+        self.framer: FramerBase = FramerSocket(DecodePDU(True)) if self.mbap else FramerRTU(DecodePDU(True))
+        self._requests: asyncio.Queue[bytes] = asyncio.Queue()
+        self._writer: asyncio.StreamWriter | None = None
+        self._served = asyncio.Event()
+        self.pty: PtyEndpoint | None = None
+
+    async def request(self) -> ModbusPDU:
+        """The next request the link sent, decoded."""
+        data = await (self.pty.read() if self.pty is not None else self._requests.get())
+        used, pdu = self.framer.handleFrame(data, 0, 0)
+        assert used == len(data) and pdu is not None, data
+        return pdu
+
+    def reply(self, request: ModbusPDU, registers: list[int] | None = None, unit: int | None = None) -> bytes:
+        """The frame answering ``request`` (with ``registers``, or bits for a bit read)."""
+        dev_id = request.dev_id if unit is None else unit
+        tid = request.transaction_id
+        response: ModbusPDU
+        if request.function_code == 1:
+            bits = [i % 3 == 0 for i in range(request.count)]
+            response = ReadCoilsResponse(bits=bits, dev_id=dev_id, transaction_id=tid)
+        else:
+            response = ReadHoldingRegistersResponse(registers=registers, dev_id=dev_id, transaction_id=tid)
+            response.function_code = request.function_code
+        return self.framer.buildFrame(response)
+
+    async def send(self, data: bytes) -> None:
+        if self.pty is not None:
+            await self.pty.write(data)
+        else:
+            assert self._writer is not None
+            self._writer.write(data)
+            await self._writer.drain()
+
+    def hang_up(self) -> None:
+        assert self._writer is not None
+        self._writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        try:
+            while data := await reader.read(4096):
+                self._requests.put_nowait(data)
+        finally:
+            writer.close()
+            self._served.set()
+
+    async def closed(self) -> None:
+        """Once the connection has ended (the link closed it, or the peer hung up)."""
+        if self._writer is not None:
+            await self._served.wait()
+
+
+@contextlib.asynccontextmanager
+async def peer_link(
+    transport: str, tmp_path: Path, lost: Callable[[BaseException], None] = lambda err: None
+) -> AsyncIterator[tuple[Peer, ModbusLink]]:
+    """A raw peer on a real socket (tcp, rtu-over-tcp) or pty (rtu), and a link opened to it."""
+    peer = Peer(transport)
+    points = [{"name": "x", "address": 0}]
+    if transport == "rtu":
+        peer.pty = PtyEndpoint(tmp_path / "tty")
+        peer.pty.open()
+        options = {"port": str(tmp_path / "tty"), "points": points}
+        try:
+            link = await open_link(ModbusOptions.model_validate(options), lost)
+            try:
+                yield peer, link
+            finally:
+                link.close()
+        finally:
+            peer.pty.close()
+        return
+    server = await asyncio.start_server(peer._serve, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        options = {"transport": transport, "host": "127.0.0.1", "tcp_port": port, "points": points}
+        link = await open_link(ModbusOptions.model_validate(options), lost)
+        try:
+            yield peer, link
+        finally:
+            link.close()
+            await peer.closed()
+    finally:
+        server.close()
+
+
+class Arrivals:
+    """Wraps ``link._received``: every chunk the link got, and an event per chunk."""
+
+    def __init__(self, link: ModbusLink) -> None:
+        self.chunks: list[bytes] = []
+        self.event = asyncio.Event()
+        received = link._received
+
+        def record(data: bytes) -> None:
+            self.chunks.append(data)
+            received(data)
+            self.event.set()
+
+        setattr(link, "_received", record)  # noqa: B010 (instrumenting the byte hook)
+
+    async def send(self, peer: Peer, data: bytes) -> None:
+        """Send ``data`` and wait until the link has received it (all of it, in one or more chunks)."""
+        total = sum(map(len, self.chunks)) + len(data)
+        await peer.send(data)
+        while sum(map(len, self.chunks)) < total:
+            self.event.clear()
+            await self.event.wait()
+
+
+TRANSPORTS = ["tcp", "rtu-over-tcp", "rtu"]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_reply_arriving_one_byte_at_a_time_is_read_whole(transport: str, tmp_path: Path) -> None:
+    async with peer_link(transport, tmp_path) as (peer, link):
+        arrivals = Arrivals(link)
+        counts: list[str] = []
+        reading = asyncio.create_task(link.read(Table.HOLDING, 7, 100, 10, counts.append))
+        request = await peer.request()
+        assert (request.function_code, request.dev_id, request.address, request.count) == (3, 7, 100, 10)
+        reply = peer.reply(request, list(range(1000, 1010)))
+        for byte in reply:
+            assert not reading.done()
+            await arrivals.send(peer, bytes((byte,)))
+        assert await reading == list(range(1000, 1010))
+        assert arrivals.chunks == [bytes((b,)) for b in reply]  # really one byte per read
+
+        reading = asyncio.create_task(link.read(Table.COIL, 7, 0, 11, counts.append))
+        request = await peer.request()
+        for byte in peer.reply(request):
+            await arrivals.send(peer, bytes((byte,)))
+        assert await reading == [1, 0, 0, 1, 0, 0, 1, 0, 0, 1, 0]
+        assert counts == []
+
+
+async def test_transaction_ids_count_up_from_1_and_wrap_past_0(tmp_path: Path) -> None:
+    async with peer_link("tcp", tmp_path) as (peer, link):
+        seen = []
+        for _ in range(3):
+            reading = asyncio.create_task(link.read(Table.INPUT, 1, 0, 1))
+            request = await peer.request()
+            seen.append(request.transaction_id)
+            await peer.send(peer.reply(request, [len(seen)]))
+            assert await reading == [len(seen)]
+        assert seen == [1, 2, 3]
+        link._transaction = 0xFFFE  # as after 65,534 requests
+        for _ in range(2):
+            reading = asyncio.create_task(link.read(Table.INPUT, 1, 0, 1))
+            request = await peer.request()
+            seen.append(request.transaction_id)
+            await peer.send(peer.reply(request, [9]))
+            await reading
+        assert seen[3:] == [0xFFFF, 1]
+
+
+async def test_a_late_reply_and_the_right_one_in_one_segment(tmp_path: Path) -> None:
+    async with peer_link("tcp", tmp_path) as (peer, link):
+        counts: list[str] = []
+        reading = asyncio.create_task(link.read(Table.HOLDING, 1, 0, 2, counts.append))
+        late = await peer.request()
+        reading.cancel()  # the bus's timeout
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+        reading = asyncio.create_task(link.read(Table.HOLDING, 1, 0, 2, counts.append))
+        request = await peer.request()
+        assert request.transaction_id != late.transaction_id
+        await peer.send(peer.reply(late, [1, 1]) + peer.reply(request, [2, 2]))
+        assert await reading == [2, 2]
+        assert counts == ["stale_replies"]
+
+
+async def test_a_late_rtu_reply_while_idle_is_dropped(tmp_path: Path) -> None:
+    async with peer_link("rtu", tmp_path) as (peer, link):
+        arrivals = Arrivals(link)
+        counts: list[str] = []
+        reading = asyncio.create_task(link.read(Table.HOLDING, 1, 0, 2, counts.append))
+        late = await peer.request()
+        reading.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+        await arrivals.send(peer, peer.reply(late, [1, 1])[:-3])  # the start of a late reply, nobody waits
+        reading = asyncio.create_task(link.read(Table.HOLDING, 1, 0, 2, counts.append))
+        request = await peer.request()
+        await peer.send(peer.reply(late, [1, 1])[-3:] + peer.reply(request, [2, 2]))
+        assert await reading == [2, 2]
+        assert counts == []
+
+
+@pytest.mark.parametrize("transport", ["rtu", "rtu-over-tcp"])
+async def test_noise_and_other_units_replies_before_ours_are_skipped(transport: str, tmp_path: Path) -> None:
+    async with peer_link(transport, tmp_path) as (peer, link):
+        arrivals = Arrivals(link)
+        counts: list[str] = []
+        reading = asyncio.create_task(link.read(Table.HOLDING, 1, 0, 10, counts.append))
+        request = await peer.request()
+        await arrivals.send(peer, b"\x00\xff\x55")  # line noise, alone
+        other_unit = peer.reply(request, [5] * 4, unit=2)  # a late reply of another unit: same function
+        other_function = ReadHoldingRegistersResponse(registers=[6, 6], dev_id=5)
+        other_function.function_code = 4  # and one to another function
+        noise = b"\xaa\x07\x01"
+        answer = peer.reply(request, list(range(10)))
+        await peer.send(noise + other_unit + noise + peer.framer.buildFrame(other_function) + noise + answer)
+        assert await reading == list(range(10))
+        assert counts == ["wrong_unit", "wrong_unit"]
+        assert link._buffer == b""
+
+
+async def test_a_bad_crc_fails_the_read_at_once_and_the_next_is_answered(tmp_path: Path) -> None:
+    async with peer_link("rtu", tmp_path) as (peer, link):
+        counts: list[str] = []
+        reading = asyncio.create_task(link.read(Table.HOLDING, 1, 0, 2, counts.append))
+        request = await peer.request()
+        reply = bytearray(peer.reply(request, [3, 4]))
+        reply[-1] ^= 0xFF
+        await peer.send(bytes(reply))
+        with pytest.raises(BadReply, match="bad_crc"):
+            await reading
+        reading = asyncio.create_task(link.read(Table.HOLDING, 1, 0, 2, counts.append))
+        await peer.send(peer.reply(await peer.request(), [3, 4]))
+        assert await reading == [3, 4]
+        assert counts == ["bad_crc"]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_an_exception_reply_in_pieces(transport: str, tmp_path: Path) -> None:
+    async with peer_link(transport, tmp_path) as (peer, link):
+        arrivals = Arrivals(link)
+        reading = asyncio.create_task(link.read(Table.INPUT, 1, 500, 4))
+        request = await peer.request()
+        response = ExceptionResponse(4, 2, device_id=1, transaction=request.transaction_id)
+        frame = peer.framer.buildFrame(response)
+        await arrivals.send(peer, frame[:3])
+        await arrivals.send(peer, frame[3:])
+        with pytest.raises(ExceptionReply) as caught:
+            await reading
+        assert caught.value.code == 2
+
+
+async def test_a_bad_mbap_header_fails_the_link(tmp_path: Path) -> None:
+    losses: list[BaseException] = []
+    async with peer_link("tcp", tmp_path, losses.append) as (peer, link):
+        counts: list[str] = []
+        reading = asyncio.create_task(link.read(Table.HOLDING, 1, 0, 2, counts.append))
+        request = await peer.request()
+        frame = bytearray(peer.reply(request, [1, 2]))
+        frame[2] = 1  # protocol id 0x0100: not Modbus
+        await peer.send(bytes(frame))
+        with pytest.raises(ConnectionLost, match="bad MBAP header"):
+            await reading
+        assert counts == ["bad_header"]
+        assert len(losses) == 1
+        with pytest.raises(ConnectionLost):
+            await link.read(Table.HOLDING, 1, 0, 2)
+    assert len(losses) == 1
+
+
+async def test_the_peer_hanging_up_fails_the_read_and_reports_the_loss_once(tmp_path: Path) -> None:
+    losses: list[BaseException] = []
+    async with peer_link("tcp", tmp_path, losses.append) as (peer, link):
+        reading = asyncio.create_task(link.read(Table.HOLDING, 1, 0, 2))
+        await peer.request()
+        peer.hang_up()
+        with pytest.raises(ConnectionLost, match="connection lost"):
+            await reading
+        link.close()
+        link.close()
+    assert len(losses) == 1 and "connection lost" in str(losses[0])
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_closing_fails_a_pending_read_without_reporting_a_loss(transport: str, tmp_path: Path) -> None:
+    losses: list[BaseException] = []
+    async with peer_link(transport, tmp_path, losses.append) as (peer, link):
+        reading = asyncio.create_task(link.read(Table.HOLDING, 1, 0, 2))
+        await peer.request()
+        link.close()
+        with pytest.raises(ConnectionLost, match="closed"):
+            await reading
+        link.close()
+    assert losses == []
+
+
+async def test_a_reply_resolved_then_cancelled_in_one_callback_still_cancels(tmp_path: Path) -> None:
+    async with peer_link("tcp", tmp_path) as (peer, link):
+        reading: asyncio.Task[list[int]] | None = None
+        received = link._received
+
+        def resolve_then_cancel(data: bytes) -> None:
+            received(data)  # resolves the read's future
+            if reading is not None:
+                reading.cancel()
+
+        setattr(link, "_received", resolve_then_cancel)  # noqa: B010 (instrumenting the byte hook)
+        reading = asyncio.create_task(link.read(Table.HOLDING, 1, 0, 2))
+        await peer.send(peer.reply(await peer.request(), [1, 2]))
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+        setattr(link, "_received", received)  # noqa: B010
+        reading = asyncio.create_task(link.read(Table.HOLDING, 1, 0, 2))
+        await peer.send(peer.reply(await peer.request(), [3, 4]))
+        assert await reading == [3, 4]  # the link is still in step
+
+
+async def test_a_refused_connection_is_unavailable() -> None:
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    options = {"host": "127.0.0.1", "tcp_port": port, "points": [{"name": "x", "address": 0}]}
+    with pytest.raises(DeviceUnavailable, match=f"tcp 127.0.0.1:{port}: cannot connect: "):
+        await open_link(ModbusOptions.model_validate(options), lambda err: None)
