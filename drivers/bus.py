@@ -6,8 +6,8 @@ gateway (one TCP connection, and most converters answer one request at a time). 
 every configured device as its own task with its own driver, and a device must fail alone. This module is
 the meeting point: a process-wide registry of :class:`Bus` objects keyed by transport
 (``"serial:/dev/ttyUSB0"``, ``"tcp:10.0.0.7:502"``), each owning one link and a scheduler in front of it.
-It knows nothing of any protocol: the link is whatever object the driver's opener returns (a pymodbus
-client, a :class:`~drivers.transport.ByteLink`, ...), and a request is any coroutine function run with it.
+It knows nothing of any protocol: the link is whatever object the driver's opener returns (a ``ModbusLink``,
+a :class:`~drivers.transport.ByteLink`, ...), and a request is any coroutine function run with it.
 
 Use, from a driver's ``run``::
 

@@ -2,10 +2,11 @@
 
 Facts come from the Modbus Application Protocol Specification V1.1b3 (function codes 01-04, exception codes,
 the 125-register and 2,000-bit read limits) and the Modbus over Serial Line Specification V1.02 (RTU frame,
-CRC-16 with polynomial 0xA001 reflected, initial 0xFFFF, sent low byte first). The wire itself (framing,
-transactions, connections) is pymodbus's job in ``drivers/modbus.py``; this module holds what a device's
-*configuration* means and how reply words become values, so that it can be tested to exhaustion without a
-socket.
+CRC-16 with polynomial 0xA001 reflected, initial 0xFFFF, sent low byte first). The wire itself (connections,
+one request at a time, pymodbus's framers and PDU classes as the codec) is ``drivers/modbus.py``'s
+``ModbusLink``, which judges every received frame with :func:`check_tcp_reply` / :func:`check_rtu_reply`
+below; this module holds what a device's *configuration* means and how reply words become values, so that it
+can be tested to exhaustion without a socket.
 
 **Tables and addresses.** Four tables, each addressed from 0 on the wire: coils (read with function 01),
 discrete inputs (02), holding registers (03), input registers (04). Manuals often print the "Modicon"
