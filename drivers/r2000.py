@@ -182,81 +182,84 @@ class _Session:
         rssi_dbm = r2000.RSSI_DBM
         loop = asyncio.get_running_loop()
         backlog = self._backlog
-        async with asyncio.timeout(timeout) as deadline:
-            while True:
-                if not backlog:
-                    chunk = await link.read()
-                    self._last_byte = now_mono = loop.time()
-                    deadline.reschedule(now_mono + timeout)
-                    self._received_at = time.time()
-                    backlog.extend(feed(chunk))
-                    self._account()
-                now = self._received_at
-                expected = self._expected_antennas
-                while backlog:
-                    # Frames after the awaited reply stay in the backlog for the next exchange.
-                    item = backlog.popleft()
-                    if type(item) is tuple:  # a tag frame, the hot path (see R2000Framer.feed_reads)
-                        frame_address, _, antenna, frequency, pc, epc, rssi = item
-                        mhz = frequencies[frequency]
-                        if frame_address not in (address, broadcast):
+        now = self._received_at
+        try:
+            async with asyncio.timeout(timeout) as deadline:
+                while True:
+                    if not backlog:
+                        chunk = await link.read()
+                        self._last_byte = now_mono = loop.time()
+                        deadline.reschedule(now_mono + timeout)
+                        self._received_at = time.time()
+                        backlog.extend(feed(chunk))
+                        self._account()
+                    now = self._received_at
+                    expected = self._expected_antennas
+                    while backlog:
+                        # Frames after the awaited reply stay in the backlog for the next exchange.
+                        item = backlog.popleft()
+                        if type(item) is tuple:  # a tag frame, the hot path (see R2000Framer.feed_reads)
+                            frame_address, _, antenna, frequency, pc, epc, rssi = item
+                            mhz = frequencies[frequency]
+                            if frame_address not in (address, broadcast):
+                                ctx.count("foreign_frames")
+                            elif antenna not in expected or mhz is None:
+                                # The 8-bit checksum passes 1 in 256 damaged frames; these cannot be real.
+                                ctx.count("implausible_frames")
+                            else:
+                                text = _READ_JSON % (
+                                    epc.hex().upper(),
+                                    pc,
+                                    antenna,
+                                    names_json.get(antenna, "null"),
+                                    rssi_dbm[rssi],
+                                    _FREQUENCY_JSON[frequency],
+                                    frame_address,
+                                )
+                                uri = uris.get(epc)
+                                if uri:
+                                    # Pure-identity URIs of the 96-bit schemes are digits, dots, colons and
+                                    # letters: nothing JSON escapes.
+                                    text = f'{text[:-1]},"epc_uri":"{uri}"}}'
+                                reads.append(EncodedData(text.encode()))
+                            continue
+                        assert isinstance(item, r2000.Frame)
+                        if item.address not in (address, broadcast):
                             ctx.count("foreign_frames")
-                        elif antenna not in expected or mhz is None:
-                            # The 8-bit checksum passes 1 in 256 damaged frames; these cannot be real.
-                            ctx.count("implausible_frames")
-                        else:
-                            text = _READ_JSON % (
-                                epc.hex().upper(),
-                                pc,
-                                antenna,
-                                names_json.get(antenna, "null"),
-                                rssi_dbm[rssi],
-                                _FREQUENCY_JSON[frequency],
-                                frame_address,
-                            )
-                            uri = uris.get(epc)
-                            if uri:
-                                # Pure-identity URIs of the 96-bit schemes are digits, dots, colons and
-                                # letters: nothing JSON escapes.
-                                text = f'{text[:-1]},"epc_uri":"{uri}"}}'
-                            reads.append(EncodedData(text.encode()))
-                        continue
-                    assert isinstance(item, r2000.Frame)
-                    if item.address not in (address, broadcast):
-                        ctx.count("foreign_frames")
-                        continue
-                    try:
-                        reply = r2000.parse_reply(item)
-                    except DecodeError as err:
-                        ctx.count("decode_errors")
-                        ctx.log.debug("undecodable frame: %s", err)
-                        continue
-                    if done(reply):
-                        if reads:
-                            emit_many("rfid.read", reads, now)
-                        return reply
-                    if isinstance(reply, r2000.AntennaMissing):
-                        # A fast-switch round skips it and goes on to its end frame.
-                        ctx.count("antenna_missing")
-                        continue
-                    if isinstance(reply, r2000.CommandStatus):
-                        if not reply.ok:
-                            ctx.count("reader_errors")
-                            ctx.log.debug("reader error 0x%02X for command 0x%02X", reply.code, reply.command)
-                            if reply.command in (
-                                r2000.Command.REAL_TIME_INVENTORY,
-                                r2000.Command.FAST_SWITCH_ANT_INVENTORY,
-                            ):
-                                # An inventory that failed (no tag, antenna missing) ends its round.
-                                if reads:
-                                    emit_many("rfid.read", reads, now)
-                                return reply
-                        continue
-                    ctx.count("unexpected_frames")
-                # The reads of one chunk go to the pipeline together, in order, before the next read.
-                if reads:
-                    emit_many("rfid.read", reads, now)
-                    reads = []
+                            continue
+                        try:
+                            reply = r2000.parse_reply(item)
+                        except DecodeError as err:
+                            ctx.count("decode_errors")
+                            ctx.log.debug("undecodable frame: %s", err)
+                            continue
+                        if done(reply):
+                            return reply  # the reads before it are emitted first (finally, below)
+                        if isinstance(reply, r2000.AntennaMissing):
+                            # A fast-switch round skips it and goes on to its end frame.
+                            ctx.count("antenna_missing")
+                            continue
+                        if isinstance(reply, r2000.CommandStatus):
+                            if not reply.ok:
+                                ctx.count("reader_errors")
+                                ctx.log.debug(
+                                    "reader error 0x%02X for command 0x%02X", reply.code, reply.command
+                                )
+                                if reply.command in (
+                                    r2000.Command.REAL_TIME_INVENTORY,
+                                    r2000.Command.FAST_SWITCH_ANT_INVENTORY,
+                                ):
+                                    # An inventory that failed (no tag, antenna missing) ends its round.
+                                    return reply
+                            continue
+                        ctx.count("unexpected_frames")
+                    # The reads of one chunk go to the pipeline together, in order, before the next read.
+                    if reads:
+                        emit_many("rfid.read", reads, now)
+                        reads = []
+        finally:
+            if reads:  # decoded before the reply that ends this exchange, or a timeout: never lost
+                emit_many("rfid.read", reads, now)
 
     def _account(self) -> None:
         stats = self.framer.stats
