@@ -505,7 +505,7 @@ async def test_a_reply_landing_as_the_read_is_cancelled_does_not_swallow_the_can
 
 async def test_an_unplugged_line_fails_its_devices_until_it_is_back(tmp_path: Path) -> None:
     link = tmp_path / "tty"
-    async with serve_pty(link, {1: "energy-meter", 2: "energy-meter"}) as sim:
+    async with serve_pty(link, {1: PROFILES[1], 2: PROFILES[2]}) as sim:
         pin_all(sim)
         devices = {"m1": rtu(link, 1), "m2": rtu(link, 2)}
         async with site(devices) as running:
