@@ -36,6 +36,13 @@ class DeviceContext(Protocol):
         """A logger named for this device."""
         ...
 
+    @property
+    def processed(self) -> bool:
+        """True when a processor (tag smoothing, ...) reads this device's events as mappings before they
+        are stored. A hot-path driver then emits plain dicts: pre-encoded JSON
+        (:class:`~drivers.event.EncodedData`) would only be decoded again, at ten times the cost."""
+        ...
+
     def emit(self, kind: str, data: Mapping[str, Any], ts: float | None = None) -> None:
         """Hand an event to the pipeline. Never blocks: when the pipeline's bounded queue is full the event
         is dropped and counted (a serial reader must keep reading, or the port overruns at the source).

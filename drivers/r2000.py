@@ -22,7 +22,7 @@ import asyncio
 import json
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Annotated, ClassVar, Final, Literal
 
 from pydantic import Field, model_validator
@@ -172,7 +172,9 @@ class _Session:
         link = self.link
         ctx = self.ctx
         emit_many = ctx.emit_many
-        reads: list[EncodedData] = []
+        reads: list[Mapping[str, object]] = []
+        processed = ctx.processed
+        names = self.options.antennas
         feed = self.framer.feed_reads
         names_json = self._names_json
         uris = self._uris
@@ -206,6 +208,20 @@ class _Session:
                             elif antenna not in expected or mhz is None:
                                 # The 8-bit checksum passes 1 in 256 damaged frames; these cannot be real.
                                 ctx.count("implausible_frames")
+                            elif processed:  # a processor reads each one: a dict, not JSON to decode
+                                data: dict[str, object] = {
+                                    "epc": epc.hex().upper(),
+                                    "pc": f"{pc:04X}",
+                                    "antenna": antenna,
+                                    "antenna_name": names.get(antenna),
+                                    "rssi_dbm": rssi_dbm[rssi],
+                                    "frequency_mhz": mhz,
+                                    "reader_address": frame_address,
+                                }
+                                uri = uris.get(epc)
+                                if uri:
+                                    data["epc_uri"] = uri
+                                reads.append(data)
                             else:
                                 text = _READ_JSON % (
                                     epc.hex().upper(),

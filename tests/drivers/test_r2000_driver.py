@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
-from drivers.event import EncodedData
+from drivers.event import EncodedData, Event
 from drivers.r2000 import R2000Options, UhfR2000Driver
 from firmware_sim.r2000 import Faults, R2000Simulator, SimOptions, serve_pty, serve_tcp
 from gateway.buffer import encode_data
+from gateway.processors import Processor
 from protocols.epc import epc_uri
 from tests.drivers import harness
 from tests.drivers.harness import n_reads, n_status
@@ -91,6 +92,49 @@ async def test_reads_carry_exactly_the_json_the_buffer_would_write(tmp_path: Pat
         assert json.loads(data.json) == dict(data)
         assert data.get("epc_uri") == epc_uri(data["epc"])  # present exactly when the EPC decodes
     assert any("epc_uri" in data for data in reads) and not all("epc_uri" in data for data in reads)
+
+
+class PassOn(Processor):
+    """A processor that passes every event on as it is: what a processed device's driver emits."""
+
+    def process(self, event: Event) -> list[Event]:
+        return [event]
+
+
+async def test_a_processed_device_gets_its_reads_as_plain_dicts_with_the_same_content(tmp_path: Path) -> None:
+    # A processor reads every read as a mapping: JSON to decode would cost it ten times a dict.
+    antennas = {1: 'voie "1" entrée', 2: "車線2"}
+    opts = R2000Options.model_validate(
+        {"port": str(tmp_path / "tty"), "antennas": antennas, "inventory": "fast_switch"}
+    )
+    devices = {"reader-1": lambda: UhfR2000Driver("reader-1", opts)}
+    async with serve_pty(tmp_path / "tty", SimOptions(tags=30, rate=2000, antennas=(1, 2))) as sim:
+        every_tag = {epc.hex().upper() for epc in sim.population}
+
+        def all_tags_read(run: Run) -> bool:
+            return {r["epc"] for r in run.reads()} == every_tag
+
+        async with harness.running(Run, devices, processors={"reader-1": PassOn()}) as processed:
+            await processed.until("every tag read", lambda ev: all_tags_read(processed))
+        async with harness.running(Run, devices) as plain:
+            await plain.until("every tag read", lambda ev: all_tags_read(plain))
+    assert all(type(e.data) is dict for e in processed.of("rfid.read"))
+    assert all(isinstance(e.data, EncodedData) for e in plain.of("rfid.read"))
+    as_dicts, as_json = processed.reads(), plain.reads()
+    check_reads(as_dicts, sim, antennas)
+    check_reads(as_json, sim, antennas)
+
+    def shape(data: dict[str, Any]) -> tuple[tuple[str, type], ...]:
+        return tuple((key, type(value)) for key, value in data.items())
+
+    assert {shape(d) for d in as_dicts} == {shape(d) for d in as_json}
+    by_epc = {d["epc"]: d for d in as_json}
+    varying = {"antenna", "antenna_name", "rssi_dbm", "frequency_mhz"}
+    for data in as_dicts:  # a tag reads the same in both, but for what varies from read to read
+        other = by_epc[data["epc"]]
+        assert {k: v for k, v in data.items() if k not in varying} == {
+            k: v for k, v in other.items() if k not in varying
+        }
 
 
 async def test_a_frame_with_a_bad_checksum_is_never_decoded(tmp_path: Path) -> None:
