@@ -320,6 +320,10 @@ def decode_llrp(raw: bytes) -> Decoded:
         out.problems.append(f"message type {frame.message_type} ({name}) is not one this codec models")
     else:
         out.meaning.append(f"{name}: {message!r}")
+    if isinstance(message, llrp.RoAccessReport):
+        # The codec skips a TagReportData (or parameter) it cannot decode and records why, so that a driver
+        # still delivers the rest; for the technician each of those is a fault of the frame.
+        out.problems.extend(message.errors)
     return out
 
 
@@ -333,6 +337,65 @@ _MODBUS_FUNCTIONS: Final = {
     15: "write multiple coils",
     16: "write multiple registers",
 }
+
+
+_MODBUS_READ_LIMIT: Final = {1: 2000, 2: 2000, 3: 125, 4: 125}
+"""Most bits (01, 02) or registers (03, 04) one read may ask for."""
+_MODBUS_WRITE_LIMIT: Final = {15: 1968, 16: 123}
+"""Most coils (15) or registers (16) one write may carry."""
+
+
+def _modbus_read(function: int, name: str, data: bytes) -> tuple[list[str], list[str]]:
+    """The readings of a read (01..04) frame's data, and what makes each implausible."""
+    meanings: list[str] = []
+    doubts: list[str] = []
+    if len(data) == 4:
+        address, count = int.from_bytes(data[:2], "big"), int.from_bytes(data[2:], "big")
+        limit = _MODBUS_READ_LIMIT[function]
+        if 1 <= count <= limit:
+            meanings.append(f"request: {name}, {count} from address {address}")
+        else:
+            doubts.append(f"{name}: count {count}, 1..{limit} allowed")
+    if data and data[0] == len(data) - 1:
+        if function in (3, 4) and data[0] % 2:
+            doubts.append(f"{name}: reply of {data[0]} bytes, registers come in pairs of bytes")
+        else:
+            meanings.append(f"reply: {name}, {data[0]} data bytes: {data[1:].hex(' ').upper()}")
+    if not meanings and not doubts:
+        count_byte = data[0] if data else "-"
+        follow = len(data) - 1 if data else 0
+        doubts.append(
+            f"neither a read request (4 data bytes) nor a reply (byte count {count_byte}, "
+            f"{follow} bytes follow)"
+        )
+    return meanings, ([] if meanings else doubts)
+
+
+def _modbus_write(function: int, name: str, data: bytes) -> tuple[list[str], list[str]]:
+    """The reading of a write (05, 06, 15, 16) frame's data, or what is wrong with it."""
+    if function in (5, 6):  # the request and its echo have one shape: address, value
+        if len(data) != 4:
+            return [], [f"{name} takes 4 data bytes (address, value), {len(data)} given"]
+        address, value = int.from_bytes(data[:2], "big"), int.from_bytes(data[2:], "big")
+        if function == 5 and value not in (0xFF00, 0x0000):
+            return [], [f"{name}: value 0x{value:04X}, only 0xFF00 (on) or 0x0000 (off)"]
+        return [f"{name}: address {address}, value 0x{value:04X}"], []
+    limit = _MODBUS_WRITE_LIMIT[function]
+    unit = "coils" if function == 15 else "registers"
+    if len(data) < 4:
+        return [], [f"neither a {name} request nor its reply: {len(data)} data bytes"]
+    address, count = int.from_bytes(data[:2], "big"), int.from_bytes(data[2:4], "big")
+    if not 1 <= count <= limit:
+        return [], [f"{name}: count {count}, 1..{limit} allowed"]
+    if len(data) == 4:
+        return [f"reply: {name}, {count} {unit} from address {address}"], []
+    byte_count, follow = data[4], len(data) - 5
+    if byte_count != follow:
+        return [], [f"neither a {name} request nor its reply: byte count {byte_count}, {follow} bytes follow"]
+    needed = (count + 7) // 8 if function == 15 else 2 * count
+    if byte_count != needed:
+        return [], [f"{name}: {count} {unit} take {needed} bytes, byte count is {byte_count}"]
+    return [f"request: {name}, {count} {unit} from address {address}: {data[5:].hex(' ').upper()}"], []
 
 
 @decoder("modbus-rtu", "modbus")
@@ -361,25 +424,15 @@ def decode_modbus_rtu(raw: bytes) -> Decoded:
         try:
             reason = modbus.ExceptionCode(data[0]).name.lower()
         except ValueError:
-            reason = "not a code the standard defines"
+            out.problems.append(f"exception code 0x{data[0]:02X} is not one the standard defines")
+            return out
         out.meaning.append(f"exception reply to function 0x{function & 0x7F:02X}: 0x{data[0]:02X} {reason}")
         return out
     if function not in _MODBUS_FUNCTIONS:
         out.problems.append(f"unknown function 0x{function:02X}")
         return out
-    if function in (1, 2, 3, 4):
-        if len(data) == 4:
-            address, count = int.from_bytes(data[:2], "big"), int.from_bytes(data[2:], "big")
-            out.meaning.append(f"request: {name}, {count} from address {address}")
-        if data and data[0] == len(data) - 1:
-            out.meaning.append(f"reply: {name}, {data[0]} data bytes: {data[1:].hex(' ').upper()}")
-        if not out.meaning:
-            count_byte = data[0] if data else "-"
-            follow = len(data) - 1 if data else 0
-            out.problems.append(
-                f"neither a read request (4 data bytes) nor a reply (byte count {count_byte}, "
-                f"{follow} bytes follow)"
-            )
-        return out
-    out.meaning.append(f"{name}: {data.hex(' ').upper()}")
+    reader = _modbus_read if function in _MODBUS_READ_LIMIT else _modbus_write
+    meanings, doubts = reader(function, name, data)
+    out.meaning.extend(meanings)
+    out.problems.extend(doubts)
     return out

@@ -296,6 +296,42 @@ def test_llrp_bad_messages_say_what_is_wrong() -> None:
     assert decode("llrp", unknown).problems == ["unknown message type 900"]
 
 
+EPC_96 = b"\x8d" + EPC  # a TV EPC-96 parameter
+BAD_REPORT_BODIES = {
+    "a TagReportData whose length is 0": "00F00000",
+    "a TagReportData of no parameters (no EPC)": "00F00004",
+    "an unknown TV parameter type in a tag": "00F00013" + EPC_96.hex() + "FF0000",
+    "an EPC bit count longer than its data": "00F0000C" + "00F10008" + "0060" + "3008",
+    "an empty Custom parameter in a report": "03FF0004",
+    "an empty Custom parameter in a tag": "00F00015" + EPC_96.hex() + "03FF0004",
+}
+
+
+def report(body_hex: str) -> bytes:
+    return llrp.encode_frame(llrp.Frame(llrp.MessageType.RO_ACCESS_REPORT, 7, bytes.fromhex(body_hex), 1))
+
+
+@pytest.mark.parametrize("body", BAD_REPORT_BODIES.values(), ids=BAD_REPORT_BODIES.keys())
+def test_an_llrp_report_with_a_decode_error_is_bad(body: str, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = report(body)
+    errors = llrp.parse_ro_access_report(raw[llrp.HEADER_SIZE :]).errors
+    assert errors  # the codec recorded the error and went on: the tool must not call the frame good
+    decoded = decode("llrp", raw)
+    assert not decoded.ok
+    for error in errors:
+        assert error in decoded.problems
+    assert cli.main(["decode", "llrp", raw.hex()]) == 1
+    out = capsys.readouterr().out
+    assert "OK" not in out.splitlines()
+    assert f"BAD: {errors[0]}" in out.splitlines()
+
+
+def test_an_llrp_report_keeps_its_good_tags_beside_the_bad_one() -> None:
+    good = llrp.encode_tag_report(llrp.TagReport(EPC, antenna=1)).hex()
+    decoded = decode("llrp", report(good + BAD_REPORT_BODIES["a TagReportData whose length is 0"]))
+    assert decoded.problems == ["RO_ACCESS_REPORT: TagReportData at byte 20 with impossible length 0"]
+
+
 @given(st.binary(max_size=80))
 def test_any_bytes_are_an_llrp_verdict_never_an_exception(data: bytes) -> None:
     decoded = decode("llrp", data)
@@ -330,6 +366,38 @@ def test_modbus_rtu_bad_frames_say_what_is_wrong() -> None:
     assert decode("modbus", rtu("01 2B 0E 01 00")).problems == ["unknown function 0x2B"]
     assert decode("modbus", rtu("01 03 07 43 66")).problems[0].startswith("neither a read request")
     assert decode("modbus", b"\x01\x03").problems == ["truncated: 2 bytes, a frame has at least 4"]
+
+
+@pytest.mark.parametrize(
+    ("pdu", "problem"),
+    [
+        ("05 00", "write single coil takes 4 data bytes (address, value), 1 given"),
+        ("05 00 01 12 34", "write single coil: value 0x1234, only 0xFF00 (on) or 0x0000 (off)"),
+        ("06 00 01 00", "write single register takes 4 data bytes (address, value), 3 given"),
+        ("0F 00 13 00", "neither a write multiple coils request nor its reply: 3 data bytes"),
+        (
+            "10 00 01 00 02 04 00 0A",
+            "neither a write multiple registers request nor its reply: byte count 4, 2 bytes follow",
+        ),
+        ("10 00 01 00 02 02 00 0A", "write multiple registers: 2 registers take 4 bytes, byte count is 2"),
+        ("03 00 00 00 00", "read holding registers: count 0, 1..125 allowed"),
+        ("01 00 00 07 D1", "read coils: count 2001, 1..2000 allowed"),
+        ("83 09", "exception code 0x09 is not one the standard defines"),
+    ],
+)
+def test_a_modbus_frame_that_breaks_its_function_is_bad(pdu: str, problem: str) -> None:
+    decoded = decode("modbus", rtu("01 " + pdu))
+    assert not decoded.ok
+    assert problem in decoded.problems
+
+
+def test_modbus_writes_are_explained() -> None:
+    assert decode("modbus", rtu("01 05 00 AC FF 00")).ok  # the specification's example, request and echo
+    assert decode("modbus", rtu("01 06 00 01 00 03")).ok
+    assert decode("modbus", rtu("01 0F 00 13 00 0A 02 CD 01")).ok
+    assert decode("modbus", rtu("01 0F 00 13 00 0A")).ok
+    assert decode("modbus", rtu("01 10 00 01 00 02 04 00 0A 01 02")).ok
+    assert decode("modbus", rtu("01 10 00 01 00 02")).ok
 
 
 @given(st.binary(max_size=80))
