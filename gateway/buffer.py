@@ -8,6 +8,11 @@ Contract (every implementation passes ``tests/gateway/buffer_suite.py``):
 - :meth:`Buffer.ack` deletes events the upstream acknowledged (unknown seqs are ignored).
 - A byte cap with a stated policy when full (``drop_oldest`` by default, or ``reject_new``); every dropped
   event is counted by reason (:class:`DropReason`), and the counters survive restarts.
+- Storage faults are never fatal once the buffer is open, and a damaged file never stops it opening: a full
+  filesystem applies the same policy within the room there is (counted as ``disk_full``), a corrupt file is
+  moved aside and replaced by a fresh one whose seqs continue above the old ones, and the buffer goes on
+  by itself when space returns. Only what an operator must fix (a read-only or missing directory, a file
+  owned by another user, another application's database) fails :meth:`Buffer.open`.
 
 The one implementation is :class:`SqliteBuffer`.
 """
@@ -20,12 +25,15 @@ import contextlib
 import fcntl
 import itertools
 import json
+import logging
 import math
 import os
+import pwd
 import queue
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -35,6 +43,8 @@ from typing import Any, Final, NamedTuple, Self, TypeVar
 from drivers.event import EncodedData, Event
 
 T = TypeVar("T")
+
+log = logging.getLogger("edgegw.buffer")
 
 
 class WhenFull(StrEnum):
@@ -57,6 +67,11 @@ class DropReason(StrEnum):
     """Under ``reject_new``: a new event refused because it did not fit."""
     OVERSIZE = "oversize"
     """Under either policy: a single event larger than ``max_bytes``, refused."""
+    DISK_FULL = "disk_full"
+    """The filesystem is full: an event the buffer could not keep for lack of space (a new one refused, or,
+    under ``drop_oldest``, a stored one deleted to make room within the space there is)."""
+    STORAGE_ERROR = "storage_error"
+    """A commit failed for another reason (an I/O error) and could not be retried: its events are lost."""
 
 
 class Stored(NamedTuple):
@@ -84,6 +99,13 @@ class BufferStats:
     """Event time of the oldest stored event (the lowest seq; None when empty)."""
     dropped: dict[str, int] = field(default_factory=dict)
     """Events dropped, by :class:`DropReason`, since the buffer was created (persisted across restarts)."""
+    fault: str | None = None
+    """A storage fault in force, for people: ``"disk full: dropping oldest (drop_oldest)"``, or why no
+    storage is usable right now; None when storage works normally."""
+    disk_full: bool = False
+    """True while the filesystem is full and the buffer keeps within the space it has."""
+    corrupt_files: int = 0
+    """Corrupt buffer files moved aside (``<file>.corrupt-<UTC time>``), counted across restarts."""
 
 
 class BufferStoreError(Exception):
@@ -92,10 +114,11 @@ class BufferStoreError(Exception):
     ::
 
         BufferStoreError
-         +-- BufferOpenError     cannot open: missing directory, not a database (or not a buffer), newer
-         |                       schema, permission denied
-         +-- BufferCommitError   a transaction failed (disk full, I/O error): the appends waiting on it fail
-         +-- BufferReadError     a read failed
+         +-- BufferOpenError     cannot open: a missing or read-only directory, permission denied,
+         |                       another application's database, a newer schema
+         +-- BufferCommitError   (no longer raised by SqliteBuffer: a failed commit is retried, or its
+         |                       events are counted as dropped; kept for other implementations)
+         +-- BufferReadError     a read failed for another reason than corruption
     """
 
 
@@ -163,6 +186,32 @@ _CACHE_KIB: Final = 512
 and reads and deletes at its start, so a few hot pages are all it revisits; measured under full load, 512 KiB
 kept the throughput and took 2 MB off the gateway's RSS (two connections)."""
 _SCHEMA_VERSION: Final = 1
+DEFAULT_RESERVE: Final = 8 << 20
+"""The spare file kept beside the buffer (``<buffer>.reserve``) and deleted when the filesystem fills: SQLite
+needs free space to commit a deletion and to checkpoint its WAL, so without it a full disk could not even
+free what the upstream has acknowledged. Re-created once the room is back."""
+_LOW_SPACE: Final = 1 << 20
+"""Less free space than this: treat an I/O error as the disk being full, and release the reserve at open."""
+_RESUME_SPACE: Final = 4 << 20
+"""Free space needed beside the re-created reserve to leave the disk-full state."""
+_SPACE_CHECK_S: Final = 1.0
+_ATTEMPTS: Final = 4
+"""Tries of one transaction on a full disk: as it is, twice at a lower cap, then its deletions alone."""
+_SEQ_GAP: Final = 1_000_000
+_WATERMARK_AT: Final = 16
+"""Offset of the highest seq in the lock file (after the holder's pid)."""
+_READER_CLOSE_WAIT_S: Final = 10.0
+_CORRUPT_KEY: Final = "corrupt_files"
+_SQLITE_IOERR: Final = 10
+_SQLITE_CORRUPT: Final = 11
+_SQLITE_FULL: Final = 13
+_SQLITE_CANTOPEN: Final = 14
+_SQLITE_NOTADB: Final = 26
+_DAMAGED: Final = frozenset({_SQLITE_CORRUPT, _SQLITE_NOTADB})
+_DROPPING: Final = {
+    WhenFull.DROP_OLDEST: "dropping oldest (drop_oldest)",
+    WhenFull.REJECT_NEW: "dropping new (reject_new)",
+}
 ROW_OVERHEAD: Final = 24
 """Bytes counted per event on top of its device, kind and JSON data (ts, seq and size, 8 bytes each)."""
 
@@ -270,6 +319,9 @@ class _State:
     bytes: int
     oldest_ts: float | None
     dropped: dict[str, int]
+    fault: str | None = None
+    disk_full: bool = False
+    corrupt_files: int = 0
 
 
 @dataclass(slots=True)
@@ -349,6 +401,7 @@ class SqliteBuffer(Buffer):
         when_full: WhenFull,
         synchronous: str,
         ack_delay: float,
+        reserve_bytes: int,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         """Internal: use :meth:`open`."""
@@ -383,6 +436,17 @@ class SqliteBuffer(Buffer):
         self._wstate = _State(0, 0, 0, None, {})
         self._carry_acks: list[int] = []  # deletions of a failed transaction, retried with the next one
         self._lock_fd: int | None = None  # see _take_lock
+        self._watermark = 0  # the highest seq a file here ever handed out, as the lock file remembers it
+        # Storage faults (writer thread only): see _on_full, _watch_space, _replace.
+        self._reserve = _Reserve(path.with_name(path.name + ".reserve"), reserve_bytes)
+        self._free_space: Callable[[Path], int] = _free_space
+        self._space_cap: int | None = None  # while the disk is full: the bytes the buffer keeps within
+        self._space_floor = 0
+        self._space_checked = 0.0
+        self._storage_tried = 0.0
+        self._unsaved_drops: dict[str, int] = {}  # counted, not yet written to the file
+        self._moved_unsaved = 0  # files moved aside, not yet counted in a file
+        self._generation = 0  # +1 each time a fresh file replaces the one in use
 
     # ---- opening -----------------------------------------------------------------------------------
 
@@ -395,12 +459,14 @@ class SqliteBuffer(Buffer):
         when_full: WhenFull | str = WhenFull.DROP_OLDEST,
         synchronous: str = "full",
         ack_delay: float = 0.010,
+        reserve_bytes: int = DEFAULT_RESERVE,
     ) -> Self:
         """Open (or create) the buffer file at ``path``; its directory must exist.
 
         ``max_bytes``: the cap (see the class docstring for what counts); ``when_full``: ``drop_oldest`` or
         ``reject_new``; ``synchronous``: ``"full"`` (fsync every commit) or ``"normal"``; ``ack_delay``: how
-        long an ack-only deletion may wait for an append to share its transaction, in seconds.
+        long an ack-only deletion may wait for an append to share its transaction, in seconds;
+        ``reserve_bytes``: the spare file kept beside the buffer and released when the disk fills (0: none).
 
         Reopens cleanly after a normal close and after a crash (SQLite recovers the WAL). Raises
         :class:`BufferOpenError` naming the file if it cannot be used, ``ValueError`` for bad options.
@@ -417,6 +483,8 @@ class SqliteBuffer(Buffer):
             raise ValueError(f"synchronous must be 'full' or 'normal', not {synchronous!r}")
         if not ack_delay >= 0:
             raise ValueError(f"ack_delay must be >= 0, not {ack_delay!r}")
+        if isinstance(reserve_bytes, bool) or not isinstance(reserve_bytes, int) or reserve_bytes < 0:
+            raise ValueError(f"reserve_bytes must be a non-negative integer, not {reserve_bytes!r}")
 
         loop = asyncio.get_running_loop()
         buf = cls(
@@ -425,6 +493,7 @@ class SqliteBuffer(Buffer):
             when_full=policy,
             synchronous=synchronous,
             ack_delay=ack_delay,
+            reserve_bytes=reserve_bytes,
             loop=loop,
         )
         opened: asyncio.Future[_State] = loop.create_future()
@@ -432,7 +501,8 @@ class SqliteBuffer(Buffer):
         buf._jobs.put(_CallJob(buf._writer_open, opened))
         try:
             state = await opened
-            buf._reader_open()
+            if buf._conn is not None:  # else there is no room for a file yet: the writer retries
+                buf._reader_open()
         except BaseException:
             buf._closing = True
             await buf._shutdown_threads()
@@ -444,55 +514,204 @@ class SqliteBuffer(Buffer):
         return BufferOpenError(f"cannot open buffer {self.path}: {err}")
 
     def _writer_open(self, _: sqlite3.Connection) -> _State:
-        if not self.path.parent.is_dir():
-            raise BufferOpenError(
-                f"cannot open buffer {self.path}: directory {self.path.parent} does not exist"
-            )
-        if self.path.is_dir():
-            raise BufferOpenError(f"cannot open buffer {self.path}: it is a directory")
-        self._lock_fd = _take_lock(self.path)
+        self._check_place()
+        self._lock_fd, self._watermark = _take_lock(self.path)
         try:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True, timeout=5.0)
-        except sqlite3.Error as err:
+            if self._free_space(self.path) < _LOW_SPACE:
+                self._reserve.release()  # room for SQLite's -wal and -shm, and for deleting what is sent
+            state = self._open_storage(None)
+            if state.fault is None:
+                self._reserve.ensure()
+        except BaseException:
             self._release_lock()
-            raise self._open_error(err) from err
+            raise
+        self._wstate = state
+        return _copy_state(state)
+
+    def _check_place(self) -> None:
+        """What an operator must fix, said in one line naming the path: a missing or read-only directory, a
+        file this process may not read and write (owned by another user)."""
+        path, directory = self.path, self.path.parent
+        if not directory.is_dir():
+            raise BufferOpenError(f"cannot open buffer {path}: directory {directory} does not exist")
+        if path.is_dir():
+            raise BufferOpenError(f"cannot open buffer {path}: it is a directory")
+        with contextlib.suppress(OSError):
+            if os.statvfs(directory).f_flag & os.ST_RDONLY:
+                raise BufferOpenError(
+                    f"cannot open buffer {path}: the filesystem holding {directory} is mounted read-only"
+                )
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise BufferOpenError(
+                f"cannot open buffer {path}: directory {directory} is not writable by {_whoami()} "
+                f"({_owner(directory)})"
+            )
+        for part in _parts(path):
+            if part.exists() and not os.access(part, os.R_OK | os.W_OK):
+                raise BufferOpenError(
+                    f"cannot open buffer {path}: {part} is not readable and writable by {_whoami()} "
+                    f"({_owner(part)})"
+                )
+        if os.geteuid() == 0 and path.exists() and path.stat().st_uid != 0:
+            log.warning(
+                "buffer %s belongs to %s but this gateway runs as root: the files SQLite creates beside it "
+                "(-wal, -shm) will belong to root, and the service user will not be able to open them",
+                path,
+                _owner(path),
+            )
+
+    def _open_storage(self, carry: _State | None) -> _State:
+        """Open the buffer file, moving a damaged one aside first and starting a fresh one; install the
+        connection and return the state. ``carry``: the state of a file being replaced while running (its
+        counters go on in the fresh file). With no room on the filesystem even to start a file, no
+        connection is installed and the state says so: the writer tries again later.
+        Raises :class:`BufferOpenError` for what an operator must fix."""
+        moved = False
+        while True:
+            try:
+                conn, state = self._connect(carry, moved)
+            except _Damaged as damage:
+                if moved:  # a fresh file that is damaged at once: not something moving fixes
+                    raise self._open_error(damage) from damage
+                self._move_aside(str(damage))
+                moved = True
+                continue
+            except _NoRoom as err:
+                self._conn = None
+                fault = f"disk full: cannot open {self.path} ({err}); dropping new events until there is room"
+                base = carry or _State(self._watermark, 0, 0, None, {r.value: 0 for r in DropReason})
+                state = _copy_state(base)
+                state.fault, state.disk_full = fault, True
+                state.corrupt_files += self._moved_unsaved
+                log.error("%s", fault)
+                return state
+            self._conn = conn
+            self._space_cap = None
+            return state
+
+    def _connect(self, carry: _State | None, moved: bool) -> tuple[sqlite3.Connection, _State]:
+        path = self.path
+        with contextlib.suppress(OSError):
+            if path.stat().st_size == 0:
+                raise _Damaged("the file is empty")
+        existed = path.exists()
         try:
-            self._check_file(conn)
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=True, timeout=5.0)
+        except sqlite3.Error as err:
+            raise self._classify(err) from err
+        try:
+            self._prepare(conn, carry, start_after=self._first_seq(carry, moved or not existed))
+            state = self._load_state(conn)
+        except BaseException as err:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+            if isinstance(err, sqlite3.Error):
+                raise self._classify(err) from err
+            raise
+        return conn, state
+
+    def _first_seq(self, carry: _State | None, fresh_file: bool) -> int:
+        """The seq a fresh file continues after. Ids are ``<gateway>:<seq>`` and consumers deduplicate on
+        them, so a fresh file must never hand out a seq an earlier file did: it goes on above the highest
+        one known (kept beside the buffer in its lock file after every commit), with a margin of
+        :data:`_SEQ_GAP` when that figure may lag (a file lost or replaced at start); with nothing known
+        after a damaged file, above the current time in milliseconds (far above any count a gateway
+        reaches at its rates)."""
+        if carry is not None:
+            return max(carry.last_seq, self._watermark)
+        if not fresh_file:
+            return 0
+        if self._watermark:
+            return self._watermark + _SEQ_GAP
+        return int(time.time() * 1000) if self._moved_unsaved else 0
+
+    def _prepare(self, conn: sqlite3.Connection, carry: _State | None, *, start_after: int) -> None:
+        """Check the file is a buffer, make it one if it is new, and set the connection up. Writes nothing
+        to a file that is already a buffer (on a full disk there may be no room to)."""
+        app_id, version, tables = self._check_file(conn)
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        if str(mode).lower() != "wal":
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise BufferOpenError(f"cannot open buffer {self.path}: WAL mode unavailable (got {mode!r})")
-            conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
-            conn.execute("PRAGMA temp_store = MEMORY")
-            conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
-            conn.execute("PRAGMA journal_size_limit = 67108864")
+        conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
+        conn.execute("PRAGMA temp_store = MEMORY")
+        conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
+        conn.execute("PRAGMA journal_size_limit = 67108864")
+        if not {"events", "meta"} <= tables or app_id != _APPLICATION_ID or version != _SCHEMA_VERSION:
             conn.execute("BEGIN IMMEDIATE")  # fails here on a read-only file
             for statement in _SCHEMA:
                 conn.execute(statement)
             conn.execute(f"PRAGMA application_id = {_APPLICATION_ID}")
             conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            if "events" not in tables:
+                if start_after:
+                    conn.execute(
+                        "INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?)", (start_after,)
+                    )
+                counters = dict(carry.dropped) if carry is not None else {}
+                moved = (carry.corrupt_files if carry is not None else 0) + self._moved_unsaved
+                rows = [(f"dropped.{k}", v) for k, v in counters.items() if v]
+                if moved:
+                    rows.append((_CORRUPT_KEY, moved))
+                conn.executemany(_COUNT_DROP, rows)
             conn.execute("COMMIT")
-            conn.execute("CREATE TEMP TABLE IF NOT EXISTS acked (seq INTEGER PRIMARY KEY)")
-            state = self._load_state(conn)
-        except BufferOpenError:
-            conn.close()
-            self._release_lock()
-            raise
-        except sqlite3.Error as err:
-            conn.close()
-            self._release_lock()
-            raise self._open_error(err) from err
-        self._conn = conn
-        self._wstate = state
-        return _copy_state(state)
+            self._moved_unsaved = 0
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS acked (seq INTEGER PRIMARY KEY)")
+
+    def _classify(self, err: sqlite3.Error) -> Exception:
+        """A failed open: damaged (moved aside), no room (retried later), or an operator's to fix."""
+        code = _code(err)
+        if code in _DAMAGED:
+            return _Damaged(str(err))
+        if self._is_full(err):
+            return _NoRoom(str(err))
+        return self._open_error(err)
+
+    def _is_full(self, err: sqlite3.Error) -> bool:
+        code = _code(err)
+        if code == _SQLITE_FULL:
+            return True
+        # Running out of space while growing the WAL index or syncing shows as an I/O error.
+        return code in (_SQLITE_IOERR, _SQLITE_CANTOPEN) and self._free_space(self.path) < _LOW_SPACE
+
+    def _move_aside(self, reason: str) -> Path:
+        """Rename the damaged file (and its -wal and -shm) to ``<name>.corrupt-<UTC time>``, keeping it for
+        ``edgegw buffer export`` to salvage. Every connection to it is closed by now."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        n = 1
+        while any(part.exists() for part in _parts(target)):
+            n += 1
+            target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
+        try:
+            for src, dst in zip(_parts(self.path), _parts(target), strict=True):
+                if src.exists():
+                    os.replace(src, dst)
+        except OSError as err:
+            raise BufferOpenError(
+                f"cannot open buffer {self.path}: it is damaged ({reason}) and cannot be moved aside: {err}"
+            ) from err
+        self._moved_unsaved += 1
+        log.error(
+            "buffer %s is damaged (%s): moved it aside to %s and started a fresh buffer; "
+            "`edgegw buffer export --buffer %s` salvages what it still holds",
+            self.path,
+            reason,
+            target,
+            target,
+        )
+        return target
 
     def _release_lock(self) -> None:
         fd, self._lock_fd = self._lock_fd, None
         if fd is not None:
             os.close(fd)  # releases the flock
 
-    def _check_file(self, conn: sqlite3.Connection) -> None:
+    def _check_file(self, conn: sqlite3.Connection) -> tuple[int, int, set[str]]:
         """Refuse a database that is not a buffer (or a buffer of a newer schema) before writing to it.
-        A file that is not a database at all fails on the first statement (``file is not a database``)."""
+        A file that is not a database at all fails on the first statement (``file is not a database``).
+        Returns the application id, the schema version and the tables."""
         app_id = conn.execute("PRAGMA application_id").fetchone()[0]
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -506,6 +725,7 @@ class SqliteBuffer(Buffer):
                 f"cannot open buffer {self.path}: schema version {version} is newer than this edgegw "
                 f"understands ({_SCHEMA_VERSION})"
             )
+        return app_id, version, tables
 
     @staticmethod
     def _load_state(conn: sqlite3.Connection) -> _State:
@@ -514,23 +734,31 @@ class SqliteBuffer(Buffer):
             "SELECT count(*), coalesce(sum(size), 0), coalesce(max(seq), 0) FROM events"
         ).fetchone()
         dropped = {r.value: 0 for r in DropReason}
-        for key, value in conn.execute("SELECT key, value FROM meta WHERE key LIKE 'dropped.%'"):
-            dropped[key.removeprefix("dropped.")] = value
+        corrupt = 0
+        for key, value in conn.execute("SELECT key, value FROM meta"):
+            if key.startswith("dropped."):
+                dropped[key.removeprefix("dropped.")] = value
+            elif key == _CORRUPT_KEY:
+                corrupt = value
         return _State(
             last_seq=max(row[0] if row else 0, max_seq),
             depth=depth,
             bytes=nbytes,
             oldest_ts=_oldest_ts(conn),
             dropped=dropped,
+            corrupt_files=corrupt,
         )
 
     def _reader_open(self) -> None:
+        conn = None
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True, timeout=5.0)
             conn.execute("PRAGMA query_only = ON")
             conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
             conn.execute(_READ, (0, 0)).fetchall()  # prepare the statement now
         except sqlite3.Error as err:
+            if conn is not None:
+                conn.close()
             raise self._open_error(err) from err
         self._rconn = conn
 
@@ -578,11 +806,25 @@ class SqliteBuffer(Buffer):
     def _read_rows(self, after_seq: int, limit: int) -> list[Stored]:
         conn = self._rconn
         if conn is None:
-            raise BufferClosedError(f"buffer {self.path} is closed")
+            if self._closing:
+                raise BufferClosedError(f"buffer {self.path} is closed")
+            return []  # no usable file at the moment (being replaced, or no room for one): nothing to read
         try:
             return list(map(Stored._make, conn.execute(_READ, (after_seq, limit))))
         except sqlite3.Error as err:
-            raise BufferReadError(f"reading buffer {self.path} failed: {err}") from err
+            if _code(err) not in _DAMAGED:
+                raise BufferReadError(f"reading buffer {self.path} failed: {err}") from err
+            # Damage found by a read: the writer moves the file aside and starts a fresh one (the events
+            # still in memory go there); this connection must be closed before the file is renamed.
+            self._reader_close()
+            damage, generation = str(err), self._generation
+            self._jobs.put(
+                _CallJob(
+                    lambda _: self._replace(damage, generation, reader_closed=True),
+                    self._loop.create_future(),
+                )
+            )
+            return []
 
     async def ack(self, seqs: Iterable[int]) -> None:
         self._check_open()
@@ -604,6 +846,9 @@ class SqliteBuffer(Buffer):
             last_seq=s.last_seq,
             oldest_ts=s.oldest_ts,
             dropped=dict(s.dropped),
+            fault=s.fault,
+            disk_full=s.disk_full,
+            corrupt_files=s.corrupt_files,
         )
 
     async def wait_for_new(self, after_seq: int) -> None:
@@ -681,6 +926,27 @@ class SqliteBuffer(Buffer):
         for job in jobs:
             _reject(job.future, exc)
 
+    def _on_refused(self, appends: list[_AppendJob], state: _State) -> None:
+        """Appends the writer could not store (no room, no usable file): seq 0 for each, already counted."""
+        for job in appends:
+            _resolve(job.future, job.seqs)
+        self._state = state
+        self._signal()
+
+    def _on_replaced(self, state: _State) -> None:
+        """The writer opened a fresh file (the old one was damaged) or a file at last (there was no room):
+        read from it from now on. Acks not yet committed were for the old file."""
+        self._state = state
+        self._unflushed_acks.clear()
+        self._unflushed_max = 0
+        self._reader_close()
+        if not self._closing:
+            try:
+                self._reader_open()
+            except BufferOpenError as err:
+                log.error("%s", err)  # reads return nothing until the writer opens a file again
+        self._signal()
+
     # ---- the writer thread ------------------------------------------------------------------------------
 
     def _writer_main(self) -> None:
@@ -703,11 +969,8 @@ class SqliteBuffer(Buffer):
                     calls.append(job)
                 else:
                     closing.append(job)
-            if self._conn is not None and (appends or acks or self._carry_acks):
+            if appends or acks or self._carry_acks:
                 self._transaction(appends, acks)
-            elif appends:
-                exc = BufferClosedError(f"buffer {self.path} is closed")
-                self._post(self._on_failed, appends, exc)
             for call in calls:
                 self._run_call(call)
             if closing:
@@ -761,25 +1024,164 @@ class SqliteBuffer(Buffer):
                 self._post(_reject, job.future, error)
 
     def _transaction(self, appends: list[_AppendJob], acks: list[int]) -> None:
-        conn = self._conn
-        assert conn is not None
+        """Commit appends and deletions in one transaction. A storage fault never fails the caller: a full
+        disk applies the policy within the room there is (retried at a lower cap, then deletions alone), a
+        damaged file is replaced by a fresh one and the transaction retried there, and what still cannot
+        be stored is refused (seq 0) and counted by reason."""
         acks = self._carry_acks + acks if self._carry_acks else acks
         self._carry_acks = []
+        self._watch_space()
+        if self._conn is None:
+            self._retry_storage()
+        refuse_as = DropReason.DISK_FULL
+        for attempt in range(_ATTEMPTS):
+            conn = self._conn
+            if conn is None:
+                break
+            acks_only = attempt == _ATTEMPTS - 1 and self._space_cap is not None
+            try:
+                state = self._apply(conn, [] if acks_only else appends, acks)
+            except sqlite3.Error as err:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                for job in appends:
+                    job.seqs = []
+                if _code(err) in _DAMAGED:
+                    self._replace(str(err), self._generation, reader_closed=False)
+                    acks = []  # they were for the old file
+                    continue
+                if self._is_full(err):
+                    self._on_full(conn, err)
+                    continue
+                log.error("commit to buffer %s failed: %s", self.path, err)
+                refuse_as = DropReason.STORAGE_ERROR
+                break
+            self._unsaved_drops.clear()
+            self._wstate = state
+            if state.last_seq and self._lock_fd is not None:
+                with contextlib.suppress(OSError):
+                    os.pwrite(self._lock_fd, f"{state.last_seq:>20}\n".encode(), _WATERMARK_AT)
+            if acks_only:
+                self._refuse(appends, DropReason.DISK_FULL, post=False)
+            self._post(self._on_commit, _Committed(appends, acks, _copy_state(self._wstate)))
+            return
+        self._carry_acks = acks
+        self._refuse(appends, refuse_as, post=True)
+
+    def _refuse(self, appends: list[_AppendJob], reason: DropReason, *, post: bool) -> None:
+        """Keep these appends out (seq 0), counted under ``reason``; the count is written to the file with
+        the next commit."""
+        n = sum(len(job.rows) for job in appends)
+        for job in appends:
+            job.seqs = [0] * len(job.rows)
+        if n:
+            self._unsaved_drops[reason.value] = self._unsaved_drops.get(reason.value, 0) + n
+            dropped = self._wstate.dropped
+            dropped[reason.value] = dropped.get(reason.value, 0) + n
+        if post and appends:
+            self._post(self._on_refused, appends, _copy_state(self._wstate))
+
+    def _on_full(self, conn: sqlite3.Connection, err: sqlite3.Error) -> None:
+        """The filesystem is full. Release the reserve, then keep the buffer within the room it has: what
+        is stored now plus three quarters of the file's free pages (deleted events leave pages that new
+        ones reuse without growing the file). Each further failure lowers that cap by a tenth, down to half
+        of where it started (below that, new events are refused rather than stored ones deleted)."""
+        released = self._reserve.release()
+        st = self._wstate
+        if self._space_cap is None:
+            room = 0
+            with contextlib.suppress(sqlite3.Error):
+                page = conn.execute("PRAGMA page_size").fetchone()[0]
+                free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+                room = int(page * free * 0.75)
+            self._space_cap = st.bytes + room
+            self._space_floor = self._space_cap // 2
+            log.error(
+                "disk full at %s (%s)%s: keeping the buffer within %d bytes, %s",
+                self.path,
+                err,
+                f", released the {self._reserve.size}-byte reserve" if released else "",
+                self._space_cap,
+                _DROPPING[self.when_full],
+            )
+        elif not released:
+            self._space_cap = max(self._space_floor, int(self._space_cap * 0.9))
+        st.disk_full = True
+        st.fault = f"disk full: {_DROPPING[self.when_full]}"
+        self._space_checked = time.monotonic()
+
+    def _watch_space(self) -> None:
+        """At most once a second while the disk is full or the reserve is missing: re-create the reserve
+        when there is room for it, and go back to normal once it is in place with room to spare."""
+        if self._space_cap is None and self._wstate.fault is None and self._reserve.present:
+            return
+        now = time.monotonic()
+        if now - self._space_checked < _SPACE_CHECK_S:
+            return
+        self._space_checked = now
+        free = self._free_space(self.path)
+        if not self._reserve.present and free >= self._reserve.size + _RESUME_SPACE:
+            self._reserve.ensure()
+            free = self._free_space(self.path)
+        if self._space_cap is not None and self._reserve.present and free >= _RESUME_SPACE:
+            self._space_cap = None
+            st = self._wstate
+            st.disk_full, st.fault = False, None
+            log.warning("disk space at %s is back (%d bytes free): buffering normally again", self.path, free)
+
+    def _retry_storage(self) -> None:
+        """No usable file (no room to start one): try again, at most once a second."""
+        now = time.monotonic()
+        if now - self._storage_tried < _SPACE_CHECK_S:
+            return
+        self._storage_tried = now
         try:
-            state = self._apply(conn, appends, acks)
-        except BaseException as err:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            self._carry_acks = acks
-            for job in appends:
-                job.seqs = []
-            exc = BufferCommitError(f"commit to buffer {self.path} failed: {err}")
-            exc.__cause__ = err
-            self._post(self._on_failed, appends, exc)
+            state = self._open_storage(self._wstate)
+        except BufferOpenError as err:
+            log.error("%s", err)
+            return
+        if self._conn is None:
             return
         self._wstate = state
-        self._post(self._on_commit, _Committed(appends, acks, _copy_state(state)))
+        self._reserve.ensure()
+        log.warning("buffer %s is open again: buffering normally", self.path)
+        self._generation += 1
+        self._post(self._on_replaced, _copy_state(state))
+
+    def _replace(self, damage: str, generation: int, *, reader_closed: bool) -> None:
+        """The file is damaged (found by a commit or a read): move it aside and go on in a fresh one.
+        ``generation``: the file the damage was found in (already replaced: nothing to do)."""
+        if generation != self._generation or self._conn is None:
+            return
+        conn, self._conn = self._conn, None
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
+        if not reader_closed:
+            self._close_reader_from_writer()
+        carry = self._wstate
+        try:
+            self._move_aside(damage)
+            state = self._open_storage(carry)
+        except BufferOpenError as failed:
+            log.error("%s", failed)
+            state = _copy_state(carry)
+            state.fault = str(failed)
+        self._wstate = state
+        self._generation += 1
+        self._post(self._on_replaced, _copy_state(state))
+
+    def _close_reader_from_writer(self) -> None:
+        """The loop owns the reading connection: ask it to close it, and wait (a connection left open on a
+        renamed file would, when closed last, delete the fresh file's WAL by name)."""
+        closed = threading.Event()
+
+        def close() -> None:
+            self._reader_close()
+            closed.set()
+
+        self._post(close)
+        closed.wait(_READER_CLOSE_WAIT_S)
 
     def _apply(self, conn: sqlite3.Connection, appends: list[_AppendJob], acks: list[int]) -> _State:
         """One transaction: deletions first, then the appends under the cap. Returns the new state; the
@@ -800,7 +1202,9 @@ class SqliteBuffer(Buffer):
         if appends:
             incoming = sum(job.size for job in appends)
             rows: Iterable[_Row]
-            if nbytes + incoming <= self.max_bytes:  # the common case: everything fits
+            space_cap = self._space_cap
+            cap = self.max_bytes if space_cap is None else min(self.max_bytes, space_cap)
+            if nbytes + incoming <= cap:  # the common case: everything fits
                 rows = itertools.chain.from_iterable(job.rows for job in appends)
                 added = 0
                 for job in appends:
@@ -809,7 +1213,9 @@ class SqliteBuffer(Buffer):
                     added += n
                 nbytes += incoming
             else:
-                rows, n, freed, added = self._make_room(conn, appends, nbytes, last_seq, dropped)
+                rows, n, freed, added = self._make_room(
+                    conn, appends, nbytes, last_seq, cap=cap, dropped=dropped
+                )
                 if n:
                     depth -= n
                     nbytes -= freed
@@ -824,8 +1230,10 @@ class SqliteBuffer(Buffer):
                 if assigned is None or assigned[0] != last_seq:
                     raise RuntimeError(f"seq mismatch: expected {last_seq}, SQLite assigned {assigned}")
 
-        if dropped:
-            conn.executemany(_COUNT_DROP, [(f"dropped.{reason}", n) for reason, n in dropped.items()])
+        if dropped or self._unsaved_drops:
+            counts = Counter(dropped)
+            counts.update(self._unsaved_drops)  # counted while nothing could be written
+            conn.executemany(_COUNT_DROP, [(f"dropped.{reason}", n) for reason, n in counts.items()])
         if deleted_any or (old.depth == 0 and depth > 0):
             oldest_ts = _oldest_ts(conn)
         else:
@@ -835,7 +1243,16 @@ class SqliteBuffer(Buffer):
         totals = dict(old.dropped)
         for reason, n in dropped.items():
             totals[reason] = totals.get(reason, 0) + n
-        return _State(last_seq=last_seq, depth=depth, bytes=nbytes, oldest_ts=oldest_ts, dropped=totals)
+        return _State(
+            last_seq=last_seq,
+            depth=depth,
+            bytes=nbytes,
+            oldest_ts=oldest_ts,
+            dropped=totals,
+            fault=old.fault,
+            disk_full=old.disk_full,
+            corrupt_files=old.corrupt_files,
+        )
 
     def _make_room(
         self,
@@ -843,18 +1260,27 @@ class SqliteBuffer(Buffer):
         appends: list[_AppendJob],
         nbytes: int,
         last_seq: int,
+        *,
+        cap: int,
         dropped: dict[str, int],
     ) -> tuple[list[_Row], int, int, int]:
         """Apply the cap to appends that do not all fit. Sets each job's seqs (0 for what is kept out),
         deletes stored events under ``drop_oldest``, counts drops into ``dropped``. Returns the rows to
-        insert, the number of stored events deleted, the bytes that freed, and the number of rows."""
-        cap = self.max_bytes
+        insert, the number of stored events deleted, the bytes that freed, and the number of rows.
+        ``cap`` is ``max_bytes``, or less while the disk is full: what that costs is counted as
+        ``disk_full``."""
         order = [(job, i, job.rows[i]) for job in appends for i in range(len(job.rows))]
         for job in appends:
             job.seqs = [0] * len(job.rows)
-        fits = [item for item in order if item[2][4] <= cap]
+        fits = [item for item in order if item[2][4] <= self.max_bytes]
         if len(fits) < len(order):
             dropped[DropReason.OVERSIZE.value] = len(order) - len(fits)
+        full = cap < self.max_bytes
+        if full:
+            room_for = [item for item in fits if item[2][4] <= cap]
+            if len(room_for) < len(fits):
+                dropped[DropReason.DISK_FULL.value] = len(fits) - len(room_for)
+            fits = room_for
         kept: list[tuple[_AppendJob, int, _Row]] = []
         n = freed = 0
         if self.when_full is WhenFull.REJECT_NEW:
@@ -864,7 +1290,8 @@ class SqliteBuffer(Buffer):
                     kept.append(item)
                     room -= item[2][4]
             if len(kept) < len(fits):
-                dropped[DropReason.REJECTED_NEW.value] = len(fits) - len(kept)
+                reason = DropReason.DISK_FULL if full else DropReason.REJECTED_NEW
+                dropped[reason.value] = dropped.get(reason.value, 0) + len(fits) - len(kept)
         else:
             # The newest run of new events that fits on its own; the oldest stored events make room for it.
             total = 0
@@ -886,20 +1313,23 @@ class SqliteBuffer(Buffer):
                 cursor.close()
                 conn.execute("DELETE FROM events WHERE seq <= ?", (cutoff,))
             if start + n:
-                dropped[DropReason.DROPPED_OLDEST.value] = start + n
+                reason = DropReason.DISK_FULL if full else DropReason.DROPPED_OLDEST
+                dropped[reason.value] = dropped.get(reason.value, 0) + start + n
         for job, i, _ in kept:
             last_seq += 1
             job.seqs[i] = last_seq
         return [row for _, _, row in kept], n, freed, len(kept)
 
 
-def _take_lock(path: Path) -> int:
-    """An exclusive lock on ``<buffer>.lock``, held while the buffer is open.
+def _take_lock(path: Path) -> tuple[int, int]:
+    """An exclusive lock on ``<buffer>.lock``, held while the buffer is open; returns its descriptor and the
+    highest seq it remembers.
 
     Two gateways on one buffer file would both forward and delete the same events: each would see rows
     vanish that it never acknowledged, and the seq counters they keep would disagree. The lock makes the
     second one fail at start, naming the first one's pid. (Readers such as ``edgegw buffer export`` open the
-    database read-only and take no lock.)"""
+    database read-only and take no lock.) The file also keeps the highest seq handed out, rewritten in place
+    after each commit: a fresh file that replaces a damaged or lost one continues above it."""
     lock_path = path.with_name(path.name + ".lock")
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -908,15 +1338,108 @@ def _take_lock(path: Path) -> int:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        holder = os.pread(fd, 32, 0).decode(errors="replace").split("\n")[0].strip() or "unknown"
         os.close(fd)
         raise BufferOpenError(
             f"cannot open buffer {path}: it is in use by another gateway (pid {holder}); "
             "one gateway per buffer file"
         ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
+    try:
+        watermark = int(os.pread(fd, 21, _WATERMARK_AT).decode("ascii").strip() or 0)
+    except (ValueError, UnicodeDecodeError):
+        watermark = 0
+    with contextlib.suppress(OSError):  # no room for a few bytes: the lock holds all the same
+        os.pwrite(fd, f"{os.getpid():<15}\n{watermark:>20}\n".encode(), 0)
+    return fd, max(watermark, 0)
+
+
+class _Damaged(Exception):
+    """The file is not a usable database (corrupt, truncated, empty): it is moved aside."""
+
+
+class _NoRoom(Exception):
+    """No room on the filesystem even to open the file."""
+
+
+class _Reserve:
+    """The spare file released when the disk fills (see :data:`DEFAULT_RESERVE`)."""
+
+    def __init__(self, path: Path, size: int) -> None:
+        self.path = path
+        self.size = size
+
+    @property
+    def present(self) -> bool:
+        return self.size == 0 or self.path.exists()
+
+    def ensure(self) -> bool:
+        """Create it (allocated blocks, not a sparse file) if missing; False when there is no room."""
+        if self.size == 0:
+            return True
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as err:
+            log.warning("cannot create the disk reserve %s: %s", self.path, err.strerror)
+            return False
+        try:
+            os.posix_fallocate(fd, 0, self.size)
+        except OSError as err:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            log.warning("no room for the %d-byte disk reserve %s: %s", self.size, self.path, err.strerror)
+            return False
+        os.close(fd)
+        return True
+
+    def release(self) -> bool:
+        """Delete it; True if that freed its space."""
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            return False
+        except OSError as err:
+            log.error("cannot release the disk reserve %s: %s", self.path, err.strerror)
+            return False
+        return True
+
+
+def _free_space(path: Path) -> int:
+    """Bytes an unprivileged writer may still use on the filesystem holding ``path``."""
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return 0
+    return st.f_bavail * st.f_frsize
+
+
+def _code(err: sqlite3.Error) -> int:
+    """SQLite's primary result code of an error (0 when the module gave none)."""
+    return int(getattr(err, "sqlite_errorcode", 0) or 0) & 0xFF
+
+
+def _parts(path: Path) -> tuple[Path, Path, Path]:
+    """A database file and the two files SQLite keeps beside it in WAL mode."""
+    return path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")
+
+
+def _user(uid: int) -> str:
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _whoami() -> str:
+    return _user(os.geteuid())
+
+
+def _owner(path: Path) -> str:
+    try:
+        st = path.stat()
+    except OSError as err:
+        return err.strerror or str(err)
+    return f"owned by {_user(st.st_uid)}, mode {st.st_mode & 0o7777:04o}"
 
 
 def _insert(conn: sqlite3.Connection, rows: Iterable[_Row]) -> None:
@@ -971,4 +1494,6 @@ def _oldest_ts(conn: sqlite3.Connection) -> float | None:
 
 
 def _copy_state(s: _State) -> _State:
-    return _State(s.last_seq, s.depth, s.bytes, s.oldest_ts, dict(s.dropped))
+    return _State(
+        s.last_seq, s.depth, s.bytes, s.oldest_ts, dict(s.dropped), s.fault, s.disk_full, s.corrupt_files
+    )

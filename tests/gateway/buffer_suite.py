@@ -44,6 +44,7 @@ HANG = 30.0  # only a guard against a hang: never reached by a passing test
 OLDEST = DropReason.DROPPED_OLDEST.value
 REJECTED = DropReason.REJECTED_NEW.value
 OVERSIZE = DropReason.OVERSIZE.value
+NONE_DROPPED = {reason.value: 0 for reason in DropReason}  # every reason is reported, 0 until it happens
 
 
 def ev(i: int) -> Event:
@@ -333,7 +334,7 @@ class BufferSuite(abc.ABC):
         buf = await self.open(tmp_path / "buffer", max_bytes=12345)
         s = buf.stats()
         assert (s.depth, s.bytes, s.max_bytes, s.last_seq, s.oldest_ts) == (0, 0, 12345, 0, None)
-        assert s.dropped == {OLDEST: 0, REJECTED: 0, OVERSIZE: 0}
+        assert s.dropped == NONE_DROPPED
 
         seqs = await buf.append(evs(0, 3))
         s = buf.stats()
@@ -423,14 +424,14 @@ class BufferSuite(abc.ABC):
         buf = await self.open(path, **opts)
         assert await read_all(buf) == before_rows
         assert buf.stats() == before
-        assert before.dropped == {OLDEST: 2, REJECTED: 0, OVERSIZE: 1}
+        assert before.dropped == {**NONE_DROPPED, OLDEST: 2, OVERSIZE: 1}
         assert before.depth == 3
 
         # Counters keep counting from where they were, under the other policy too.
         await buf.close()
         buf = await self.open(path, max_bytes=4 * size + 1, when_full=WhenFull.REJECT_NEW)
         assert await buf.append(evs(6, 2)) != [0, 0]
-        assert buf.stats().dropped == {OLDEST: 2, REJECTED: 1, OVERSIZE: 1}
+        assert buf.stats().dropped == {**NONE_DROPPED, OLDEST: 2, REJECTED: 1, OVERSIZE: 1}
 
     async def test_closed_buffer_refuses_use(self, tmp_path: Path) -> None:
         buf = await self.open(tmp_path / "buffer")
@@ -517,7 +518,7 @@ class _Model:
     next_i: int = 0
     stored: dict[int, bytes] = field(default_factory=dict)  # seq -> data_json, in seq order
     all_seqs: list[int] = field(default_factory=list)
-    dropped: dict[str, int] = field(default_factory=lambda: {OLDEST: 0, REJECTED: 0, OVERSIZE: 0})
+    dropped: dict[str, int] = field(default_factory=lambda: dict(NONE_DROPPED))
 
     def append(self, events: list[Event], seqs: list[int]) -> None:
         n = len(events)

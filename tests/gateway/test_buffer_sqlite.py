@@ -150,20 +150,29 @@ async def test_missing_directory(tmp_path: Path) -> None:
     assert not path.parent.exists()
 
 
-async def test_not_a_database(tmp_path: Path) -> None:
-    path = tmp_path / "buffer.db"
-    path.write_bytes(os.urandom(8192))
-    with pytest.raises(BufferOpenError, match="not a database") as err:
-        await SqliteBuffer.open(path)
-    assert str(path) in str(err.value)
+def _moved_aside(path: Path) -> list[Path]:
+    return sorted(p for p in path.parent.iterdir() if p.name.startswith(f"{path.name}.corrupt-"))
 
 
-async def test_text_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("content", [os.urandom(8192), b"gateway:\n  id: gw-1\n" * 200], ids=["random", "text"])
+async def test_not_a_database_is_moved_aside(
+    tmp_path: Path, content: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not a database (never a buffer, or one whose header was overwritten): kept, renamed, and a fresh
+    buffer starts in its place; the reason is logged at ERROR, naming where the file went."""
     path = tmp_path / "buffer.db"
-    path.write_text("gateway:\n  id: gw-1\n" * 200)
-    with pytest.raises(BufferOpenError) as err:
-        await SqliteBuffer.open(path)
-    assert str(path) in str(err.value)
+    path.write_bytes(content)
+    b = await SqliteBuffer.open(path)
+    try:
+        [aside] = _moved_aside(path)
+        assert aside.read_bytes() == content
+        assert b.stats().corrupt_files == 1
+        assert await b.append(evs(0, 2)) != [0, 0]
+        [record] = [r for r in caplog.records if r.levelname == "ERROR"]
+        assert "not a database" in record.getMessage()
+        assert str(aside) in record.getMessage()
+    finally:
+        await b.close()
 
 
 async def test_another_applications_database(tmp_path: Path) -> None:
@@ -256,30 +265,52 @@ async def test_one_gateway_per_buffer_file(tmp_path: Path) -> None:
     await again.close()
 
 
-async def test_a_failed_commit_fails_every_append_in_it(buf: SqliteBuffer) -> None:
-    """Disk full (simulated with max_page_count): every append of the transaction gets the error, nothing
-    of it is stored, and the buffer works again once there is room."""
+async def test_a_full_file_drops_the_oldest_and_counts_disk_full(buf: SqliteBuffer) -> None:
+    """Disk full (simulated with max_page_count: SQLite answers SQLITE_FULL as on a full filesystem): no
+    append fails; under drop_oldest the oldest events make room, counted as disk_full; deletions still
+    commit; once there is room again, everything is normal without reopening."""
     first = await buf.append(evs(0, 10))
     pages = await buf._on_writer(lambda c: scalar(c, "PRAGMA page_count"))
     await buf._on_writer(lambda c: c.execute(f"PRAGMA max_page_count = {pages}").fetchall())
-    before = buf.stats()
     async with WriterGate(buf):  # what follows queues up and shares one transaction
         await buf.ack(first[:3])
         tasks = [asyncio.ensure_future(buf.append(evs(100 * k, 200))) for k in range(1, 4)]
-    for task in tasks:
-        with pytest.raises(BufferCommitError, match="full") as err:
-            await task
-        assert str(buf.path) in str(err.value)
-    assert buf.stats() == before
-    assert await read_seqs(buf) == first[3:]  # the acks stay in force (and are retried)
+    results = [await task for task in tasks]
+    kept = [s for r in results for s in r if s]
+    stats = buf.stats()
+    assert stats.disk_full
+    assert stats.fault == "disk full: dropping oldest (drop_oldest)"
+    lost = 600 - len(kept) + (7 - len([s for s in await read_seqs(buf) if s in first]))
+    assert stats.dropped["disk_full"] == lost > 0
+    assert stats.dropped["dropped_oldest"] == 0
+    assert not set(first[:3]) & set(await read_seqs(buf))  # the acks were committed
+    assert await read_seqs(buf) == sorted(await read_seqs(buf))
+    assert kept == list(range(kept[0], kept[0] + len(kept)))  # the newest run of what came
 
     await buf._on_writer(lambda c: c.execute("PRAGMA max_page_count = 1073741823").fetchall())
+    buf._space_checked = 0.0  # the next commit looks at the free space again at once
     more = await buf.append(evs(1000, 2))
-    assert more[0] > first[-1]
-    assert await read_seqs(buf) == first[3:] + more
-    assert buf.stats().depth == 9
-    with sqlite3.connect(buf.path) as other:
-        assert scalar(other, "SELECT count(*) FROM events") == 9
+    assert more[0] > first[-1] and 0 not in more
+    assert not buf.stats().disk_full
+    assert buf.stats().fault is None
+    await buf.close()
+    again = await SqliteBuffer.open(buf.path)
+    assert again.stats().dropped["disk_full"] == lost  # the count was written to the file
+    await again.close()
+
+
+async def test_a_full_file_under_reject_new_refuses_new_events(tmp_path: Path) -> None:
+    b = await SqliteBuffer.open(tmp_path / "buffer.db", when_full="reject_new")
+    try:
+        first = await b.append(evs(0, 10))
+        pages = await b._on_writer(lambda c: scalar(c, "PRAGMA page_count"))
+        await b._on_writer(lambda c: c.execute(f"PRAGMA max_page_count = {pages}").fetchall())
+        refused = await b.append(evs(100, 500))
+        assert await read_seqs(b, 0) == first + [s for s in refused if s]  # nothing stored was deleted
+        assert b.stats().dropped["disk_full"] == refused.count(0) > 0
+        assert b.stats().fault == "disk full: dropping new (reject_new)"
+    finally:
+        await b.close()
 
 
 # ---- threads and group commit ---------------------------------------------------------------------------
