@@ -1,28 +1,40 @@
 """Simulated Modbus meters on pymodbus's server: Modbus TCP on a TCP port, Modbus RTU on a pty.
 
-Each unit id on a bus runs a device *profile*, a register map of real instruments:
+Each unit id on a bus runs a device *profile*, the register map of a real instrument of its kind: which
+tables it has (holding and input registers, coils, discrete inputs), which addresses are measurements
+(read-only) and which are settings (kept as written). Each profile's function documents its map:
 
-- ``energy-meter``: a three-phase energy meter; float32 values in CDAB word order (low word first, as many
-  DIN-rail meters send them) in holding registers: phase voltages and currents, active and reactive
-  power, power factor, frequency, a hole (20-39, exception 02 if read), import and export energy that
-  grow over time, a serial number (string) and a status register of bits;
-- ``pd-monitor``: a partial-discharge monitor; discharge magnitudes per channel (uint16 pC, input
-  registers), a pulse counter (uint32), discharge energy (float32), temperature and humidity (int16 /
-  uint16 in tenths), alarm and sensor-fault discrete inputs, a status register of bits;
-- ``water-quality``: a water-quality analyser; pH, turbidity, dissolved oxygen, conductivity, temperature,
-  COD and ammonia as float32 in BADC order (bytes swapped in each register), a sample counter (uint64), a
-  totalised flow (float64) and a model string;
+- ``energy-meter`` (:func:`_energy_meter`): a three-phase energy meter; float32 values in CDAB word order (low
+  word first, as many DIN-rail meters send them): phase voltages and currents, powers, power factor,
+  frequency, a hole (20-39), import and export energy that grow over time, a serial number and a status
+  register, as input registers that FC03 reads as well; settings (CT primary, VT ratio, demand period, a
+  power alarm set-point) in holding registers; no coils, no discrete inputs;
+- ``pd-monitor`` (:func:`_pd_monitor`): a partial-discharge monitor; discharge magnitudes per channel (uint16
+  pC), a pulse counter (uint32), discharge energy (float32), temperature and humidity (int16 / uint16 in
+  tenths) as input registers; alarm and sensor-fault discrete inputs; a status word and two alarm settings
+  in holding registers;
+- ``water-quality`` (:func:`_water_quality`): a water-quality analyser; pH, turbidity, dissolved oxygen,
+  conductivity, temperature, COD and ammonia as float32 in BADC order (bytes swapped in each register), a
+  sample counter (uint64) and a totalised flow (float64) as input registers; a model string and two
+  settings in holding registers; a fault coil and an automatic-cleaning coil;
 - ``registers``: N holding registers (uint16) whose values change at every read: the benchmark's load.
+
+Requests are answered as the Modbus Application Protocol (v1.1b3) says, in its order: exception 01 for a
+function the device does not implement (a table it lacks; diagnostics, identification and the other
+functions no profile has), 03 for a quantity out of the standard's range (reads of 1-125 registers or
+1-2000 bits; writes of 1-123 registers or 1-1968 coils; a byte count that disagrees; an FC05 value other
+than 0x0000 and 0xFF00), 02 for an address outside the map (a hole, past the end) or a write to anything
+but a setting (a measurement, a status, half of a float set-point). pymodbus's own server serves the rest.
 
 Values move with time (slow sine waves around plausible levels, per-unit phases, counters that only grow);
 :meth:`ModbusSimulator.pin` fixes a value so that a test can check exact decoding. Values are encoded with
 :func:`protocols.modbus.encode`, the codec whose decoding the driver uses, at the moment a read asks for them.
 
 Faults (:class:`Faults`, and on demand): a dead unit (requests get no answer), slow replies (a delay before
-answering), exception 02 on a hole of the map (by construction: holes are addresses pymodbus marks
-invalid), corrupted replies (a bad CRC, a wrong unit id, a byte count that does not match the request: on
-RTU, CRCs are recomputed so only the intended fault shows) with a probability per reply or for the next N
-replies of a unit, and disconnects (TCP connections closed, the pty unplugged).
+answering), exception 02 on a hole of the map (by construction), corrupted replies (a bad CRC, a wrong unit
+id, a byte count that does not match the request: on RTU, CRCs are recomputed so only the intended fault
+shows) with a probability per reply or for the next N replies of a unit, and disconnects (TCP connections
+closed, the pty unplugged).
 
 The simulator never imports ``drivers/`` or ``gateway/``: pymodbus's server and ``protocols/`` only.
 
@@ -41,16 +53,25 @@ import math
 import os
 import random
 import re
+import struct
 import sys
 import tty
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import Any, ClassVar, Final, TextIO, cast
 
+from pymodbus.datastore import ModbusServerContext
 from pymodbus.framer import FramerType
-from pymodbus.pdu import ModbusPDU
+from pymodbus.pdu import DecodePDU, ExceptionResponse, ModbusPDU
+from pymodbus.pdu.bit_message import ReadCoilsRequest, WriteMultipleCoilsRequest, WriteSingleCoilRequest
+from pymodbus.pdu.register_message import (
+    ReadHoldingRegistersRequest,
+    WriteMultipleRegistersRequest,
+    WriteSingleRegisterRequest,
+)
+from pymodbus.pdu.utils import unpack_bitstring
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType as SimType
 from pymodbus.simulator import SimData, SimDevice
@@ -96,10 +117,30 @@ class SimPoint:
     """The register holds round((value - offset) / scale)."""
     offset: float = 0.0
     unit: str | None = None
+    writable: bool = False
+    """A setting (holding registers, coils): a write is kept, as :meth:`ModbusSimulator.pin` would keep it.
+    Otherwise a measurement or a status the device sets itself: a write is refused with exception 02."""
+    mirror: Table | None = None
+    """Another table that answers this (read-only) point at the same address: the energy meter's
+    measurements are input registers that FC03 reads as well."""
 
     @property
     def count(self) -> int:
         return mb.register_count(self.dtype, self.length)
+
+    @property
+    def tables(self) -> tuple[Table, ...]:
+        """The tables that answer this point: its own, and its mirror."""
+        return (self.table,) if self.mirror is None else (self.table, self.mirror)
+
+    def value_of(self, raw: mb.Value) -> float | int | bool | str:
+        """The value (engineering units) of ``raw``, as :func:`protocols.modbus.decode` read it: a write."""
+        if raw is None:  # a float that is not a number
+            return math.nan
+        if self.dtype.is_numeric and (self.scale != 1 or self.offset != 0):
+            assert isinstance(raw, int | float)
+            return raw * self.scale + self.offset
+        return raw
 
     def raw(self, value: float | int | bool | str) -> bool | int | float | str:
         """The value as stored (unscaled), ready for :func:`protocols.modbus.encode`."""
@@ -136,31 +177,73 @@ def _square(period_s: float, duty: float = 0.5) -> Model:
 
 
 def _energy_meter() -> tuple[SimPoint, ...]:
+    """A three-phase energy meter (DIN rail, RS-485). Float32 values in CDAB word order (low word first).
+
+    Measurements are input registers, and FC03 reads the same registers at the same addresses (many meters
+    answer both functions alike); they are read-only (a write: exception 02):
+
+    =======  ============================================================================================
+    0-19     float32: voltage_a (0), voltage_b (2), voltage_c (4) in V; current_a (6), current_b (8),
+             current_c (10) in A; active_power (12, kW), reactive_power (14, kvar), power_factor (16),
+             frequency (18, Hz)
+    20-39    not mapped: exception 02
+    40-43    float32, growing: energy_import (40), energy_export (42), in kWh
+    64-68    serial_number (64): 10 characters
+    70       status bits (70): status_running (bit 0), status_alarm (bit 3, 10 % of each minute)
+    =======  ============================================================================================
+
+    Settings are holding registers only (FC03, FC06, FC16) and keep what is written: ct_primary_a (100,
+    uint16, 100: the current transformer's primary, A), vt_ratio (101, uint16, 1), demand_period_min (102,
+    uint16, 15), power_alarm_kw (104-105, float32 CDAB, 60.0: the alarm set-point; written whole, with
+    FC16). No coils and no discrete inputs: FC01, FC02, FC05 and FC15 answer exception 01.
+    """
     f32 = DataType.FLOAT32
     cdab = ByteOrder.CDAB
-    h = Table.HOLDING
+    i, h = Table.INPUT, Table.HOLDING
+    u16 = DataType.UINT16
+
+    def measurement(name: str, address: int, model: Model, unit: str | None = None) -> SimPoint:
+        return SimPoint(name, i, address, f32, model, cdab, unit=unit, mirror=h)
+
     return (
-        SimPoint("voltage_a", h, 0, f32, _wave(230.0, 3.0, 40, 1), cdab, unit="V"),
-        SimPoint("voltage_b", h, 2, f32, _wave(229.5, 3.0, 45, 1), cdab, unit="V"),
-        SimPoint("voltage_c", h, 4, f32, _wave(231.0, 3.0, 50, 1), cdab, unit="V"),
-        SimPoint("current_a", h, 6, f32, _wave(52.0, 8.0, 30, 2), cdab, unit="A"),
-        SimPoint("current_b", h, 8, f32, _wave(49.0, 8.0, 35, 2), cdab, unit="A"),
-        SimPoint("current_c", h, 10, f32, _wave(51.0, 8.0, 38, 2), cdab, unit="A"),
-        SimPoint("active_power", h, 12, f32, _wave(34.5, 5.0, 30, 2), cdab, unit="kW"),
-        SimPoint("reactive_power", h, 14, f32, _wave(6.2, 1.5, 30, 2), cdab, unit="kvar"),
-        SimPoint("power_factor", h, 16, f32, _wave(0.97, 0.02, 60, 3), cdab),
-        SimPoint("frequency", h, 18, f32, _wave(50.0, 0.05, 20, 2), cdab, unit="Hz"),
+        measurement("voltage_a", 0, _wave(230.0, 3.0, 40, 1), "V"),
+        measurement("voltage_b", 2, _wave(229.5, 3.0, 45, 1), "V"),
+        measurement("voltage_c", 4, _wave(231.0, 3.0, 50, 1), "V"),
+        measurement("current_a", 6, _wave(52.0, 8.0, 30, 2), "A"),
+        measurement("current_b", 8, _wave(49.0, 8.0, 35, 2), "A"),
+        measurement("current_c", 10, _wave(51.0, 8.0, 38, 2), "A"),
+        measurement("active_power", 12, _wave(34.5, 5.0, 30, 2), "kW"),
+        measurement("reactive_power", 14, _wave(6.2, 1.5, 30, 2), "kvar"),
+        measurement("power_factor", 16, _wave(0.97, 0.02, 60, 3)),
+        measurement("frequency", 18, _wave(50.0, 0.05, 20, 2), "Hz"),
         # 20-39: not mapped (exception 02)
-        SimPoint("energy_import", h, 40, f32, _growing(1206.42, 0.01), cdab, unit="kWh"),
-        SimPoint("energy_export", h, 42, f32, _growing(12.5, 0.001), cdab, unit="kWh"),
-        SimPoint("serial_number", h, 64, DataType.STRING, lambda t, u: f"EM{u:08d}", length=10),
-        SimPoint("status_running", h, 70, DataType.BIT, _const(True), bit=0),
-        SimPoint("status_alarm", h, 70, DataType.BIT, _square(60, 0.1), bit=3),
+        measurement("energy_import", 40, _growing(1206.42, 0.01), "kWh"),
+        measurement("energy_export", 42, _growing(12.5, 0.001), "kWh"),
+        SimPoint("serial_number", i, 64, DataType.STRING, lambda t, u: f"EM{u:08d}", length=10, mirror=h),
+        SimPoint("status_running", i, 70, DataType.BIT, _const(True), bit=0, mirror=h),
+        SimPoint("status_alarm", i, 70, DataType.BIT, _square(60, 0.1), bit=3, mirror=h),
+        SimPoint("ct_primary_a", h, 100, u16, _const(100), unit="A", writable=True),
+        SimPoint("vt_ratio", h, 101, u16, _const(1), writable=True),
+        SimPoint("demand_period_min", h, 102, u16, _const(15), unit="min", writable=True),
+        SimPoint("power_alarm_kw", h, 104, f32, _const(60.0), cdab, unit="kW", writable=True),
     )
 
 
 def _pd_monitor() -> tuple[SimPoint, ...]:
+    """A partial-discharge monitor (switchgear, cable terminations).
+
+    Input registers (FC04), read-only: pd_ch1 (0), pd_ch2 (1), pd_ch3 (2): discharge magnitude per channel,
+    uint16 pC; 3-9 not mapped (exception 02); pulse_count (10-11, uint32, growing); pd_energy (12-13,
+    float32, mJ); temperature (20, int16, tenths of a °C); humidity (21, uint16, tenths of a %RH).
+
+    Discrete inputs (FC02): alarm (0: the monitor's own PD threshold crossed), sensor_fault (1).
+
+    Holding registers (FC03, FC06, FC16): the status word (100, read-only: status_running bit 0,
+    status_alarm bit 3); the settings, kept as written: alarm_threshold_pc (110, uint16, 500 pC) and
+    alarm_delay_s (111, uint16, 10 s). No coils: FC01, FC05 and FC15 answer exception 01.
+    """
     i = Table.INPUT
+    h = Table.HOLDING
     return (
         SimPoint("pd_ch1", i, 0, DataType.UINT16, _wave(120, 60, 25, 0), unit="pC"),
         SimPoint("pd_ch2", i, 1, DataType.UINT16, _wave(80, 40, 27, 0), unit="pC"),
@@ -172,15 +255,33 @@ def _pd_monitor() -> tuple[SimPoint, ...]:
         SimPoint("humidity", i, 21, DataType.UINT16, _wave(55.0, 10.0, 150, 1), scale=0.1, unit="%RH"),
         SimPoint("alarm", Table.DISCRETE, 0, DataType.BOOL, _square(40, 0.2)),
         SimPoint("sensor_fault", Table.DISCRETE, 1, DataType.BOOL, _const(False)),
-        SimPoint("status_running", Table.HOLDING, 100, DataType.BIT, _const(True), bit=0),
-        SimPoint("status_alarm", Table.HOLDING, 100, DataType.BIT, _square(40, 0.2), bit=3),
+        SimPoint("status_running", h, 100, DataType.BIT, _const(True), bit=0),
+        SimPoint("status_alarm", h, 100, DataType.BIT, _square(40, 0.2), bit=3),
+        SimPoint("alarm_threshold_pc", h, 110, DataType.UINT16, _const(500), unit="pC", writable=True),
+        SimPoint("alarm_delay_s", h, 111, DataType.UINT16, _const(10), unit="s", writable=True),
     )
 
 
 def _water_quality() -> tuple[SimPoint, ...]:
+    """A multiparameter water-quality analyser (intake, effluent).
+
+    Input registers (FC04), read-only, float32 in BADC order (bytes swapped in each register): ph (0),
+    turbidity (2, NTU), dissolved_oxygen (4, mg/L), conductivity (6, uS/cm), temperature (8, °C), cod (10,
+    mg/L), ammonia (12, mg/L); 14-39 not mapped (exception 02); samples_total (40-43, uint64, DCBA: little
+    endian, growing); flow_total (44-47, float64 ABCD, m3, growing).
+
+    Holding registers (FC03, FC06, FC16): model (200-209, 20 characters, read-only); the settings, kept as
+    written: sample_interval_min (220, uint16, 15) and cod_alarm_mg_l (222-223, float32 BADC, 50.0; written
+    whole, with FC16).
+
+    Coils (FC01, FC05, FC15): fault (0), which the analyser sets itself (a write: exception 02), and
+    auto_clean (1: automatic electrode cleaning, on), a setting kept as written. No discrete inputs: FC02
+    answers exception 01.
+    """
     f32 = DataType.FLOAT32
     badc = ByteOrder.BADC
     i = Table.INPUT
+    h = Table.HOLDING
     return (
         SimPoint("ph", i, 0, f32, _wave(7.2, 0.3, 90, 2), badc, unit="pH"),
         SimPoint("turbidity", i, 2, f32, _wave(1.8, 0.6, 70, 2), badc, unit="NTU"),
@@ -192,8 +293,11 @@ def _water_quality() -> tuple[SimPoint, ...]:
         # 14-39: not mapped
         SimPoint("samples_total", i, 40, DataType.UINT64, _counter(0.5), ByteOrder.DCBA),
         SimPoint("flow_total", i, 44, DataType.FLOAT64, _growing(35120.5, 0.02, 3), unit="m3"),
-        SimPoint("model", Table.HOLDING, 200, DataType.STRING, _const("WQ-7 multiparameter"), length=20),
+        SimPoint("model", h, 200, DataType.STRING, _const("WQ-7 multiparameter"), length=20),
+        SimPoint("sample_interval_min", h, 220, DataType.UINT16, _const(15), unit="min", writable=True),
+        SimPoint("cod_alarm_mg_l", h, 222, f32, _const(50.0), badc, unit="mg/L", writable=True),
         SimPoint("fault", Table.COIL, 0, DataType.BOOL, _const(False)),
+        SimPoint("auto_clean", Table.COIL, 1, DataType.BOOL, _const(True), writable=True),
     )
 
 
@@ -205,13 +309,20 @@ def _registers(count: int) -> tuple[SimPoint, ...]:
     return tuple(SimPoint(f"r{i}", Table.HOLDING, i, DataType.UINT16, changing(i)) for i in range(count))
 
 
+def _registers_profile() -> tuple[SimPoint, ...]:
+    """The benchmark's load: holding registers r0, r1, ... from address 0 (10 here; ``--registers N``),
+    uint16, a new value at every read, read-only (a write: exception 02). FC03, FC06 and FC16 only."""
+    return _registers(10)
+
+
 PROFILES: Final[dict[str, Callable[[], tuple[SimPoint, ...]]]] = {
     "energy-meter": _energy_meter,
     "pd-monitor": _pd_monitor,
     "water-quality": _water_quality,
-    "registers": lambda: _registers(10),
+    "registers": _registers_profile,
 }
-"""Profile name -> its register map (``registers`` is 10 registers here; see :func:`profile`)."""
+"""Profile name -> its register map, documented in the function's docstring (``registers`` is 10 registers
+here; see :func:`profile`)."""
 
 
 def profile(name: str, registers: int = 10) -> tuple[SimPoint, ...]:
@@ -283,7 +394,7 @@ class SimStats:
 
 
 class _Unit:
-    """One unit id: its points by table, its pinned values, its own faults."""
+    """One unit id: its points by table, what it answers and refuses, its pinned values, its own faults."""
 
     def __init__(self, unit: int, points: Sequence[SimPoint]) -> None:
         self.unit = unit
@@ -291,10 +402,24 @@ class _Unit:
         self.by_name = {p.name: p for p in self.points}
         if len(self.by_name) != len(self.points):
             raise ValueError(f"unit {unit}: duplicate point names")
+        for p in self.points:
+            _check_point(unit, p)
         self.by_table: dict[Table, tuple[SimPoint, ...]] = {
-            table: tuple(sorted((p for p in self.points if p.table is table), key=lambda p: p.address))
+            table: tuple(sorted((p for p in self.points if table in p.tables), key=lambda p: p.address))
             for table in Table
         }
+        self.tables = frozenset(table for table, points in self.by_table.items() if points)
+        """The tables this device has: the functions of the others answer exception 01."""
+        self.mapped: dict[Table, frozenset[int]] = {
+            table: frozenset(a for p in points for a in range(p.address, p.address + _width(p)))
+            for table, points in self.by_table.items()
+        }
+        """Per table, the addresses a read may touch (anything else: exception 02)."""
+        self.settings: dict[Table, dict[int, SimPoint]] = {
+            table: {a: p for p in points if p.writable for a in range(p.address, p.address + _width(p))}
+            for table, points in self.by_table.items()
+        }
+        """Per table, the addresses a write may touch, and the setting each belongs to."""
         self.pinned: dict[str, float | int | bool | str] = {}
         self.delay_s = 0.0
         self.dead = False
@@ -305,6 +430,53 @@ class _Unit:
             return self.pinned[point.name]
         return point.model(t, self.unit)
 
+    # -- what the device refuses (Modbus Application Protocol v1.1b3, 6.1-6.16 and 7) ----------------------
+    def refuse_read(self, table: Table, address: int, count: int) -> int | None:
+        """The exception code a read answers, or None: the function, then the quantity, then the address."""
+        if table not in self.tables:
+            return mb.ExceptionCode.ILLEGAL_FUNCTION
+        if not 1 <= count <= mb.read_limit(table):
+            return mb.ExceptionCode.ILLEGAL_DATA_VALUE
+        mapped = self.mapped[table]
+        if not all(a in mapped for a in range(address, address + count)):
+            return mb.ExceptionCode.ILLEGAL_DATA_ADDRESS
+        return None
+
+    def refuse_write(self, table: Table, address: int, count: int, *, well_formed: bool) -> int | None:
+        """The exception code a write answers, or None. ``well_formed``: its quantity, byte count and values
+        are ones the standard allows. Every address it touches must be a setting, each setting written whole
+        (half of a float set-point is no value)."""
+        if table not in self.tables:
+            return mb.ExceptionCode.ILLEGAL_FUNCTION
+        if not well_formed:
+            return mb.ExceptionCode.ILLEGAL_DATA_VALUE
+        settings = self.settings[table]
+        end = address + count
+        for a in range(address, end):
+            setting = settings.get(a)
+            if setting is None or setting.address < address or setting.address + _width(setting) > end:
+                return mb.ExceptionCode.ILLEGAL_DATA_ADDRESS
+        return None
+
+    def store(self, table: Table, address: int, values: Sequence[int] | Sequence[bool]) -> None:
+        """Keep what a write (already judged by :meth:`refuse_write`) sets: the settings' new values."""
+        settings = self.settings[table]
+        if table.is_bits:
+            for a, bit in enumerate(values, start=address):
+                self.pinned[settings[a].name] = bool(bit)
+            return
+        words = dict(enumerate((int(w) for w in values), start=address))
+        for setting in {settings[a].name: settings[a] for a in words}.values():
+            raw = mb.decode(
+                [words[a] for a in range(setting.address, setting.address + setting.count)],
+                setting.dtype,
+                setting.order,
+                length=setting.length,
+                bit=setting.bit,
+            )
+            self.pinned[setting.name] = setting.value_of(raw)
+
+    # -- pymodbus's view --------------------------------------------------------------------------------
     def sim_device(self, action: Callable[..., Any]) -> SimDevice:
         blocks: list[list[SimData]] = []
         for table in (Table.COIL, Table.DISCRETE, Table.HOLDING, Table.INPUT):
@@ -319,7 +491,7 @@ class _Unit:
     def _block(self, table: Table) -> list[SimData]:
         points = self.by_table[table]
         if table.is_bits:
-            if not points:
+            if not points:  # never reached: the functions of a table the device lacks answer 01
                 return [SimData(0, values=[False] * 16, datatype=SimType.BITS)]
             bits: dict[int, bool] = {p.address: bool(self.value(p, 0.0)) for p in points}
             first, last = min(bits), max(bits)
@@ -335,20 +507,45 @@ class _Unit:
             encoded = mb.encode(p.raw(self.value(p, 0.0)), p.dtype, p.order, length=p.length, bit=p.bit)
             for k, w in enumerate(encoded):
                 words[p.address + k] = words.get(p.address + k, 0) | w
+        # Runs of contiguous registers of one kind (settings, or read-only); pymodbus marks the rest invalid.
+        settings = self.settings[table]
         data: list[SimData] = []
         run: list[int] = []
         start = prev = -2
         for address in sorted(words):
-            if address != prev + 1 and run:
-                data.append(SimData(start, values=run, datatype=SimType.REGISTERS))
+            if run and (address != prev + 1 or (address in settings) != (start in settings)):
+                data.append(_registers_run(start, run, readonly=start not in settings))
                 run = []
             if not run:
                 start = address
             run.append(words[address])
             prev = address
         if run:
-            data.append(SimData(start, values=run, datatype=SimType.REGISTERS))
+            data.append(_registers_run(start, run, readonly=start not in settings))
         return data
+
+
+def _width(point: SimPoint) -> int:
+    """Addresses a point occupies in its table: registers, or one bit."""
+    return 1 if point.table.is_bits else point.count
+
+
+def _registers_run(start: int, words: list[int], *, readonly: bool) -> SimData:
+    return SimData(start, values=words, datatype=SimType.REGISTERS, readonly=readonly)
+
+
+def _check_point(unit: int, p: SimPoint) -> None:
+    where = f"unit {unit}: point {p.name!r}"
+    if p.writable and p.table not in (Table.HOLDING, Table.COIL):
+        raise ValueError(f"{where}: only holding registers and coils can be written")
+    if p.writable and p.dtype is DataType.BIT:
+        raise ValueError(
+            f"{where}: a bit of a register cannot be a setting (a write sets the whole register)"
+        )
+    if p.writable and p.mirror is not None:
+        raise ValueError(f"{where}: a setting has no mirror")
+    if p.mirror is not None and (p.mirror is p.table or p.mirror.is_bits != p.table.is_bits):
+        raise ValueError(f"{where}: its mirror must be another table of the same kind (registers or bits)")
 
 
 class ModbusSimulator:
@@ -442,7 +639,10 @@ class ModbusSimulator:
             registers: list[int],
             values: list[int] | list[bool] | None,
         ) -> None:
-            self._refresh(state, function, start, address=address, count=count, regs=registers)
+            if values is None:
+                self._refresh(state, function, start, address=address, count=count, regs=registers)
+            else:  # a write the request already judged (see _WRITES): keep the settings' new values
+                state.store(_WRITES[function], address, values)
             if state.delay_s > 0:
                 await asyncio.sleep(state.delay_s)
 
@@ -538,6 +738,217 @@ def _corrupt(data: bytes, kind: str, rtu: bool) -> bytes:
     return bytes(frame)
 
 
+# -- requests judged as the standard says -------------------------------------------------------------------
+#
+# pymodbus's server answers a quantity it cannot decode (a read of 0 or 126 registers) with exception 01 under
+# function code 0x80, accepts any FC05 output value, and serves every table and function its datastore has.
+# A device answers 01 for a function it does not implement, then 03 for a quantity (or byte count, or coil
+# value) the standard forbids, then 02 for an address its map lacks or a write to what is not a setting. These
+# request classes, registered with pymodbus's decoder, judge each request against the unit's map before
+# pymodbus's own datastore serves it.
+
+MAX_WRITE_REGISTERS: Final = 123
+MAX_WRITE_COILS: Final = 1968
+_COIL_ON: Final = 0xFF00
+_WRITES: Final = {5: Table.COIL, 15: Table.COIL, 6: Table.HOLDING, 16: Table.HOLDING}
+"""Write function -> the table it writes."""
+_READS: Final = {table.function: table for table in Table}
+
+
+def _address_and_quantity(data: bytes) -> tuple[int, int]:
+    """The two big-endian words a read (or FC05) carries; a quantity of -1 when the PDU is too short."""
+    if len(data) < 4:
+        return 0, -1
+    address, quantity = struct.unpack(">HH", data[:4])
+    return int(address), int(quantity)
+
+
+class _Judged(ModbusPDU):
+    """Judged against the map of the unit it is for (``simulator`` is set on a subclass per server)."""
+
+    simulator: ClassVar[ModbusSimulator]
+
+    def unit(self, device_id: int) -> _Unit | None:
+        return self.simulator.units.get(device_id)
+
+    def refused(self, code: int | None) -> ModbusPDU | None:
+        return None if code is None else ExceptionResponse(self.function_code, code)
+
+
+class _ReadRegisters(ReadHoldingRegistersRequest, _Judged):
+    def decode(self, data: bytes) -> None:
+        self.address, self.count = _address_and_quantity(data)
+
+    async def datastore_update(self, context: ModbusServerContext, device_id: int) -> ModbusPDU:
+        unit = self.unit(device_id)
+        table = _READS[self.function_code]
+        if unit is not None and (refusal := self.refused(unit.refuse_read(table, self.address, self.count))):
+            return refusal
+        return await super().datastore_update(context, device_id)
+
+
+class _ReadInputRegisters(_ReadRegisters):
+    function_code = 4
+
+
+class _ReadBits(ReadCoilsRequest, _Judged):
+    def decode(self, data: bytes) -> None:
+        self.address, self.count = _address_and_quantity(data)
+
+    async def datastore_update(self, context: ModbusServerContext, device_id: int) -> ModbusPDU:
+        unit = self.unit(device_id)
+        table = _READS[self.function_code]
+        if unit is not None and (refusal := self.refused(unit.refuse_read(table, self.address, self.count))):
+            return refusal
+        return await super().datastore_update(context, device_id)
+
+
+class _ReadDiscreteInputs(_ReadBits):
+    function_code = 2
+
+
+class _WriteCoil(WriteSingleCoilRequest, _Judged):
+    output = _COIL_ON
+
+    def decode(self, data: bytes) -> None:
+        self.address, self.output = _address_and_quantity(data)
+        self.bits = [self.output == _COIL_ON]
+
+    async def datastore_update(self, context: ModbusServerContext, device_id: int) -> ModbusPDU:
+        unit = self.unit(device_id)
+        well_formed = self.output in (0, _COIL_ON)
+        if unit is not None and (
+            refusal := self.refused(unit.refuse_write(Table.COIL, self.address, 1, well_formed=well_formed))
+        ):
+            return refusal
+        return await super().datastore_update(context, device_id)
+
+
+class _WriteRegister(WriteSingleRegisterRequest, _Judged):
+    def decode(self, data: bytes) -> None:
+        self.address, value = _address_and_quantity(data)
+        self.registers = [value]
+
+    async def datastore_update(self, context: ModbusServerContext, device_id: int) -> ModbusPDU:
+        unit = self.unit(device_id)
+        well_formed = 0 <= self.registers[0] <= 0xFFFF
+        if unit is not None and (
+            refusal := self.refused(
+                unit.refuse_write(Table.HOLDING, self.address, 1, well_formed=well_formed)
+            )
+        ):
+            return refusal
+        return await super().datastore_update(context, device_id)
+
+
+class _WriteCoils(WriteMultipleCoilsRequest, _Judged):
+    def decode(self, data: bytes) -> None:
+        self.address, self.count = _address_and_quantity(data)
+        self.byte_count = data[4] if len(data) > 4 else -1
+        self.data_byte_count = len(data) - 5
+        self.bits = unpack_bitstring(data[5:])[: max(self.count, 0)] if len(data) > 5 else []
+
+    async def datastore_update(self, context: ModbusServerContext, device_id: int) -> ModbusPDU:
+        unit = self.unit(device_id)
+        well_formed = (
+            1 <= self.count <= MAX_WRITE_COILS
+            and self.byte_count == (self.count + 7) // 8 == self.data_byte_count
+        )
+        if unit is not None and (
+            refusal := self.refused(
+                unit.refuse_write(Table.COIL, self.address, self.count, well_formed=well_formed)
+            )
+        ):
+            return refusal
+        return await super().datastore_update(context, device_id)
+
+
+class _WriteRegisters(WriteMultipleRegistersRequest, _Judged):
+    def decode(self, data: bytes) -> None:
+        self.address, self.count = _address_and_quantity(data)
+        self.byte_count = data[4] if len(data) > 4 else -1
+        self._payload_byte_count = len(data) - 5
+        payload = data[5 : 5 + 2 * max(self.count, 0)] if len(data) > 5 else b""
+        self.registers = [int(w) for (w,) in struct.iter_unpack(">H", payload[: len(payload) // 2 * 2])]
+
+    async def datastore_update(self, context: ModbusServerContext, device_id: int) -> ModbusPDU:
+        unit = self.unit(device_id)
+        well_formed = (
+            1 <= self.count <= MAX_WRITE_REGISTERS
+            and self.byte_count == 2 * self.count == self._payload_byte_count
+        )
+        if unit is not None and (
+            refusal := self.refused(
+                unit.refuse_write(Table.HOLDING, self.address, self.count, well_formed=well_formed)
+            )
+        ):
+            return refusal
+        return await super().datastore_update(context, device_id)
+
+
+class _NotImplemented(ModbusPDU):
+    """A function no profile implements (diagnostics, identification, file records, FIFO, mask write,
+    read/write multiple, or none at all): exception 01, as the standard's first check answers."""
+
+    def decode(self, data: bytes) -> None:
+        pass
+
+    async def datastore_update(self, context: ModbusServerContext, device_id: int) -> ModbusPDU:
+        return ExceptionResponse(self.function_code, mb.ExceptionCode.ILLEGAL_FUNCTION)
+
+
+_JUDGED: Final[tuple[type[_Judged], ...]] = (
+    _ReadBits,
+    _ReadDiscreteInputs,
+    _ReadRegisters,
+    _ReadInputRegisters,
+    _WriteCoil,
+    _WriteRegister,
+    _WriteCoils,
+    _WriteRegisters,
+)
+
+
+def _request_classes(sim: ModbusSimulator, *, rtu: bool) -> list[type[ModbusPDU]]:
+    """The request classes a server of ``sim`` decodes with: the eight functions of the four tables, judged
+    against each unit's map, and every other function code answered with exception 01.
+
+    RTU has no length field: a frame's end is known from its function code, so only the functions pymodbus can
+    frame (7, 8, 11, 12, 17, 20-24, 43) are answered 01 there; an unknown function code is skipped as line
+    noise, as pymodbus's RTU framer does."""
+    classes: list[type[ModbusPDU]] = [
+        cast(type[ModbusPDU], type(judged.__name__, (judged,), {"simulator": sim})) for judged in _JUDGED
+    ]
+    judged_codes = {judged.function_code for judged in _JUDGED}
+    for code in range(1, 0x80):
+        if code in judged_codes:
+            continue
+        attributes: dict[str, Any] = {"function_code": code}
+        if rtu:
+            known = _rtu_framing(code)
+            if known is None:
+                continue
+            attributes["rtu_frame_size"], attributes["rtu_byte_count_pos"] = known
+        classes.append(cast(type[ModbusPDU], type(f"_NotImplemented{code}", (_NotImplemented,), attributes)))
+    return classes
+
+
+def _rtu_framing(code: int) -> tuple[int, int] | None:
+    """(rtu_frame_size, rtu_byte_count_pos) of a request of function ``code``, as pymodbus frames it."""
+    known = DecodePDU.pdu_table.get(code)
+    if known is None:
+        return None
+    request = known[0]
+    sizes = [request.rtu_frame_size] + [
+        sub[0].rtu_frame_size for sub in DecodePDU.pdu_sub_table.get(code, {}).values()
+    ]
+    if request.rtu_byte_count_pos:
+        return 0, request.rtu_byte_count_pos
+    if len(set(sizes) - {0}) == 1:
+        return max(sizes), 0
+    return None
+
+
 # -- serving ------------------------------------------------------------------------------------------------
 
 
@@ -573,6 +984,7 @@ async def serve_tcp(
         trace_packet=sim._trace_packet,
         trace_pdu=sim._trace_pdu,
         trace_connect=lambda up: _count_connection(sim, up),
+        custom_pdu=_request_classes(sim, rtu=rtu_framing),
     )
     await server.serve_forever(background=True)
     transport: Any = server.transport
@@ -643,6 +1055,7 @@ async def serve_pty(
         stopbits=stopbits,
         trace_packet=sim._trace_packet,
         trace_pdu=sim._trace_pdu,
+        custom_pdu=_request_classes(sim, rtu=True),
     )
     link_up = asyncio.Event()
     link_up.set()
@@ -734,8 +1147,16 @@ fault SPECs (repeat --fault, or separate with commas):
   disconnect=EVERY[/DOWN]
                      the link drops every EVERY seconds (TCP connections closed, the pty unplugged) and
                      stays down DOWN seconds (default 0)
-profiles: energy-meter (float32 CDAB, holding), pd-monitor, water-quality (float32 BADC, input),
-          registers (--registers N holding registers, values changing at every read: benchmark load)
+profiles (each one's register map: the docstrings in firmware_sim/modbus.py):
+  energy-meter     float32 CDAB measurements as input registers, read by FC03 too (0-19, 40-43, 64-68,
+                   70); settings in holding 100-105; no coils or discrete inputs (FC01/02/05/15: 01)
+  pd-monitor       input registers 0-2, 10-13, 20-21; discrete inputs 0-1; holding 100 (status),
+                   110-111 (settings); no coils
+  water-quality    float32 BADC input registers 0-13, 40-47; holding 200-209 (model), 220-223
+                   (settings); coils 0 (fault, read-only), 1 (auto_clean); no discrete inputs
+  registers        --registers N holding registers, values changing at every read: benchmark load
+exceptions as the Modbus standard has them: 01 function not implemented, 02 address not mapped or not
+writable (measurements are read-only; settings keep what is written), 03 quantity out of range
 example: edgegw sim modbus --link /tmp/ttyRS485 --units 1-8=energy-meter --fault dead=5,slow=0.3@6
          edgegw sim modbus --tcp 127.0.0.1:5020 --units 1=pd-monitor --units 2=water-quality
          edgegw sim modbus --tcp 127.0.0.1:0 --servers 4 --units 1-100=registers --registers 10

@@ -7,14 +7,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import re
 import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.framer.rtu import FramerRTU
+from pymodbus.pdu import ModbusPDU
+from pymodbus.pdu.bit_message import WriteSingleCoilRequest
+from pymodbus.pdu.register_message import ReadHoldingRegistersRequest
 
 from drivers.errors import ConnectionLost
 from drivers.transport import SerialLink, open_serial
@@ -22,12 +26,14 @@ from firmware_sim import modbus as sim_modbus
 from firmware_sim.modbus import (
     Faults,
     ModbusSimulator,
+    SimPoint,
     parse_faults,
     parse_units,
     profile,
     serve_pty,
     serve_tcp,
 )
+from protocols.modbus import DataType, Table
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -311,3 +317,205 @@ def test_a_simulator_needs_units() -> None:
         ModbusSimulator({})
     with pytest.raises(ValueError):
         ModbusSimulator({300: profile("energy-meter")})
+
+
+# -- fidelity to the Modbus Application Protocol (v1.1b3): exceptions 01, 02 and 03, and each profile's map --
+#
+# pymodbus's client checks quantities before sending; a stranger testing a device sends what the standard
+# forbids as well, so these requests encode whatever they are given.
+
+
+class UncheckedRead(ReadHoldingRegistersRequest):
+    """A read of ``count`` (any 16-bit number) of the table ``function_code`` says."""
+
+    def encode(self) -> bytes:
+        return struct.pack(">HH", self.address, self.count)
+
+
+def unchecked_read(function: int, address: int, count: int, unit: int) -> ModbusPDU:
+    request = type(f"UncheckedRead{function}", (UncheckedRead,), {"function_code": function})
+    pdu: ModbusPDU = request(address=address, count=count, dev_id=unit)
+    return pdu
+
+
+class RawWriteCoil(WriteSingleCoilRequest):
+    """FC05 with the output value as given (the standard allows only 0x0000 and 0xFF00)."""
+
+    raw = 0
+
+    def encode(self) -> bytes:
+        return struct.pack(">HH", self.address, self.raw)
+
+
+def exception_code(reply: ModbusPDU) -> int:
+    assert reply.isError(), reply
+    return int(getattr(reply, "exception_code", 0))
+
+
+async def test_quantities_outside_the_standard_are_exception_03() -> None:
+    async with (
+        serve_tcp(
+            "127.0.0.1",
+            0,
+            {1: "energy-meter", 2: "pd-monitor", 3: "water-quality", 4: "registers"},
+            registers=200,
+        ) as sim,
+        client(sim.port) as c,
+    ):
+        for function, unit, limit in ((3, 1, 125), (4, 1, 125), (3, 4, 125), (2, 2, 2000), (1, 3, 2000)):
+            for count in (0, limit + 1, 0xFFFF):
+                reply = await c.execute(False, unchecked_read(function, 0, count, unit))
+                assert reply.function_code == function | 0x80, (function, count)
+                assert exception_code(reply) == 3, (function, count)
+        # 125 registers is allowed, and answered where the map has them.
+        assert len((await c.read_holding_registers(0, count=125, device_id=4)).registers) == 125
+        assert exception_code(await c.write_registers(0, [0] * 124, device_id=1)) == 3
+        assert exception_code(await c.write_coils(0, [False] * 1969, device_id=3)) == 3
+        bad_value = RawWriteCoil(address=1, bits=[True], dev_id=3)
+        bad_value.raw = 0x1234
+        assert exception_code(await c.execute(False, bad_value)) == 3
+        # The quantity is judged before the address: 03, not 02, for a read past the end of the map.
+        assert exception_code(await c.execute(False, unchecked_read(3, 65535, 126, 1))) == 3
+    assert sim.stats.exceptions[(1, 3)] == 8  # six reads, the write of 124 registers, the read at 65535
+
+
+async def test_functions_a_device_does_not_implement_are_exception_01() -> None:
+    async with (
+        serve_tcp("127.0.0.1", 0, {1: "energy-meter", 2: "pd-monitor", 3: "water-quality"}) as sim,
+        client(sim.port) as c,
+    ):
+        # An energy meter has registers, no coils and no discrete inputs.
+        assert exception_code(await c.read_coils(0, count=1, device_id=1)) == 1
+        assert exception_code(await c.read_discrete_inputs(0, count=1, device_id=1)) == 1
+        assert exception_code(await c.write_coil(0, True, device_id=1)) == 1
+        assert exception_code(await c.write_coils(0, [True], device_id=1)) == 1
+        assert exception_code(await c.read_coils(0, count=1, device_id=2)) == 1
+        assert exception_code(await c.read_discrete_inputs(0, count=1, device_id=3)) == 1
+        # Nor the diagnostics, identification or other functions pymodbus's server would answer.
+        for reply in (
+            await c.diag_query_data(b"\x12\x34", device_id=1),
+            await c.report_device_id(device_id=1),
+            await c.read_device_information(device_id=1),
+            await c.read_exception_status(device_id=1),
+            await c.mask_write_register(address=100, and_mask=0xFFFF, or_mask=1, device_id=1),
+            await c.readwrite_registers(
+                read_address=0, read_count=2, write_address=100, values=[7], device_id=1
+            ),
+        ):
+            assert reply.function_code & 0x80, reply
+            assert exception_code(reply) == 1, reply
+        # A read of the tables a device has, past its map, is 02: the function exists, the address does not.
+        assert exception_code(await c.read_discrete_inputs(0, count=3, device_id=2)) == 2
+        assert exception_code(await c.read_coils(1, count=2, device_id=3)) == 2
+    assert sim.stats.exceptions[(1, 1)] == 10
+
+
+async def test_the_energy_meter_answers_its_measurements_as_input_registers_too() -> None:
+    async with serve_tcp("127.0.0.1", 0, {1: "energy-meter"}) as sim, client(sim.port) as c:
+        sim.pin(1, "voltage_a", 231.7)
+        sim.pin(1, "energy_import", 1234.5)
+        held = (await c.read_holding_registers(0, count=20, device_id=1)).registers
+        inputs = await c.read_input_registers(0, count=20, device_id=1)
+        assert not inputs.isError()
+        assert (
+            f32(inputs.registers[1], inputs.registers[0]) == struct.unpack(">f", struct.pack(">f", 231.7))[0]
+        )
+        assert 49.9 < f32(inputs.registers[19], inputs.registers[18]) < 50.1
+        assert inputs.registers[:2] == held[:2]
+        energy = (await c.read_input_registers(40, count=2, device_id=1)).registers
+        assert f32(energy[1], energy[0]) == 1234.5
+        # The hole is a hole in both tables; the settings are holding registers only.
+        assert exception_code(await c.read_input_registers(20, count=1, device_id=1)) == 2
+        assert exception_code(await c.read_input_registers(100, count=1, device_id=1)) == 2
+        assert not (await c.read_holding_registers(100, count=3, device_id=1)).isError()
+
+
+async def test_settings_keep_what_is_written_and_measurements_refuse_writes_with_02() -> None:
+    async with (
+        serve_tcp("127.0.0.1", 0, {1: "energy-meter", 2: "pd-monitor", 3: "water-quality"}) as sim,
+        client(sim.port) as c,
+    ):
+        sim.pin(1, "voltage_a", 231.7)
+        # A setting (the CT's primary current) and a float set-point (low word first, as the meter's floats).
+        assert not (await c.write_register(100, 250, device_id=1)).isError()
+        assert (await c.read_holding_registers(100, count=1, device_id=1)).registers == [250]
+        limit = c.convert_to_registers(72.5, c.DATATYPE.FLOAT32, word_order="little")
+        assert not (await c.write_registers(104, limit, device_id=1)).isError()
+        assert (await c.read_holding_registers(104, count=2, device_id=1)).registers == limit
+        assert sim.value(1, "ct_primary_a") == 250 and sim.value(1, "power_alarm_kw") == 72.5
+        # Measurements are read-only: 02, and nothing changed.
+        before = (await c.read_holding_registers(0, count=2, device_id=1)).registers
+        assert exception_code(await c.write_register(0, 0, device_id=1)) == 2
+        assert exception_code(await c.write_registers(0, [0, 0], device_id=1)) == 2
+        assert exception_code(await c.write_register(70, 0, device_id=1)) == 2  # the status word
+        assert exception_code(await c.write_register(20, 0, device_id=1)) == 2  # the hole
+        assert (await c.read_holding_registers(0, count=2, device_id=1)).registers == before
+        # Half of a float set-point, or a write spanning a setting and a measurement or a hole: 02.
+        assert exception_code(await c.write_register(104, 0, device_id=1)) == 2
+        assert exception_code(await c.write_registers(102, [15, 0, 0], device_id=1)) == 2
+        assert (await c.read_holding_registers(104, count=2, device_id=1)).registers == limit
+        # The PD monitor's alarm threshold is a setting; its status word is not.
+        assert not (await c.write_register(110, 800, device_id=2)).isError()
+        assert (await c.read_holding_registers(110, count=1, device_id=2)).registers == [800]
+        assert exception_code(await c.write_register(100, 0, device_id=2)) == 2
+        # The analyser's fault flag is its own; its automatic cleaning can be switched off and stays off.
+        assert not (await c.write_coil(1, False, device_id=3)).isError()
+        assert (await c.read_coils(0, count=2, device_id=3)).bits[:2] == [False, False]
+        assert not (await c.write_coils(1, [True], device_id=3)).isError()
+        assert (await c.read_coils(1, count=1, device_id=3)).bits[0] is True
+        assert exception_code(await c.write_coil(0, True, device_id=3)) == 2
+        assert exception_code(await c.write_coils(0, [True, True], device_id=3)) == 2
+        assert (await c.read_coils(0, count=1, device_id=3)).bits[0] is False
+        # Input registers and discrete inputs have no write function at all; a model string is read-only.
+        assert exception_code(await c.write_register(200, 0x4142, device_id=3)) == 2
+
+
+async def test_a_pymodbus_serial_client_on_the_pty(tmp_path: Path) -> None:
+    link_path = tmp_path / "ttyRS485"
+    async with serve_pty(link_path, {1: "energy-meter", 7: "pd-monitor"}) as sim:
+        sim.pin(1, "voltage_b", 229.25)
+        sim.pin(7, "alarm", True)
+        c = AsyncModbusSerialClient(str(link_path), baudrate=9600, timeout=5, retries=0, reconnect_delay=0)
+        assert await c.connect()
+        try:
+            inputs = (await c.read_input_registers(2, count=2, device_id=1)).registers
+            assert f32(inputs[1], inputs[0]) == 229.25
+            assert exception_code(await c.execute(False, unchecked_read(4, 0, 126, 7))) == 3
+            assert exception_code(await c.execute(False, unchecked_read(3, 0, 0, 1))) == 3
+            assert exception_code(await c.write_register(2, 0, device_id=1)) == 2
+            assert not (await c.write_register(102, 30, device_id=1)).isError()
+            assert (await c.read_holding_registers(102, count=1, device_id=1)).registers == [30]
+            assert exception_code(await c.read_coils(0, count=1, device_id=7)) == 1
+            assert exception_code(await c.diag_query_data(b"\x00\x01", device_id=7)) == 1
+            assert (await c.read_discrete_inputs(0, count=2, device_id=7)).bits[:2] == [True, False]
+        finally:
+            c.close()
+
+
+def test_each_profile_documents_its_map() -> None:
+    """Every point of every profile is in its docstring, by name, with its address."""
+    for name, make in sim_modbus.PROFILES.items():
+        doc = make.__doc__ or ""
+        assert doc, name
+        if name == "registers":
+            continue
+        for point in make():
+            assert point.name in doc, (name, point.name)
+            assert re.search(rf"\b{point.address}\b", doc), (name, point.name, point.address)
+
+
+def test_only_holding_registers_and_coils_hold_settings() -> None:
+    f32 = DataType.FLOAT32
+
+    def const(t: float, unit: int) -> float:
+        return 1.0
+
+    for point in (
+        SimPoint("x", Table.INPUT, 0, f32, const, writable=True),
+        SimPoint("x", Table.DISCRETE, 0, DataType.BOOL, const, writable=True),
+        SimPoint("x", Table.HOLDING, 0, DataType.BIT, const, bit=1, writable=True),
+        SimPoint("x", Table.HOLDING, 0, f32, const, writable=True, mirror=Table.INPUT),
+        SimPoint("x", Table.INPUT, 0, f32, const, mirror=Table.COIL),
+    ):
+        with pytest.raises(ValueError, match="unit 1: point 'x'"):
+            ModbusSimulator({1: [point]})
