@@ -24,6 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final, Protocol
 
 from drivers import registry
@@ -56,6 +57,11 @@ class Upstream(Protocol):
     """What the gateway needs of a forwarder."""
 
     async def run(self) -> None: ...
+
+    async def drain(self) -> str | None:
+        """At a stop, once nothing more will be committed: deliver what is buffered. None once nothing is
+        left to send, else why not. Bounded by the caller; a cancellation of ``run`` follows."""
+        ...
 
 
 def forwarder_settings(config: Config) -> ForwarderSettings:
@@ -142,6 +148,8 @@ class Gateway:
         self._backoff: Backoff | None = None
         self._reload_wanted = asyncio.Event()
         self._health_said: str | None = None
+        self._undelivered_why: str | None = "the gateway stopped before it could deliver them"
+        """At a stop, why the upstream did not deliver everything buffered (None: it did)."""
 
     def _runner(self, device: DeviceConfig, backoff: Backoff) -> DeviceRunner:
         cls: type[Driver[Any]] = registry.load(device.driver)
@@ -189,6 +197,15 @@ class Gateway:
             self.ingest.committed if self.ingest else 0,
             self.ingest.commits if self.ingest else 0,
         )
+        if self.buffer is not None:
+            stats = self.buffer.stats()
+            log.info(
+                "summary buffer depth=%d dropped %s corrupt_files=%d%s",
+                stats.depth,
+                " ".join(f"{reason}={n}" for reason, n in sorted(stats.dropped.items())),
+                stats.corrupt_files,
+                f" fault={stats.fault!r}" if stats.fault else "",
+            )
 
     # -- status, health, reload -----------------------------------------------------------------------------
 
@@ -216,7 +233,15 @@ class Gateway:
         return "; ".join(parts)
 
     def health_reason(self) -> str | None:
-        """None while healthy; else why not (``/healthz``, the watchdog, the STATUS line)."""
+        """None while healthy; else why not (``/healthz``, the STATUS line): a stuck stage, or a storage
+        fault in force (``disk full: dropping oldest (drop_oldest)``)."""
+        reason = self._pipeline_reason()
+        if reason in ("stopping", "not running"):
+            return reason
+        fault = self.buffer.stats().fault if self.buffer is not None else None
+        return "; ".join(r for r in (fault, reason) if r) or None
+
+    def _pipeline_reason(self) -> str | None:
         if self.state == "stopping":
             return "stopping"
         if self.health is None or self.state not in ("running", "reloading"):
@@ -224,7 +249,9 @@ class Gateway:
         return self.health.reason()
 
     def _healthy(self) -> bool:
-        return self.health_reason() in (None, "stopping")
+        """The watchdog's predicate: only a stuck loop or pipeline. A full disk is not one: a restart would
+        not make room, and the gateway goes on within the space it has."""
+        return self._pipeline_reason() in (None, "stopping")
 
     def request_reload(self) -> None:
         """Ask for a reload (the SIGHUP handler). It runs once the gateway is running; requests arriving
@@ -381,8 +408,10 @@ class Gateway:
             max_bytes=cfg.buffer.max_bytes,
             when_full=cfg.buffer.when_full,
             synchronous=cfg.buffer.synchronous,
+            reserve_bytes=cfg.buffer.disk_reserve,
         )
         log.info("buffer open at %s (%d events pending)", cfg.buffer.path, buffer.stats().depth)
+        _warn_if_cap_exceeds_space(cfg.buffer.path, cfg.buffer.max_bytes, buffer.stats().bytes)
         log.debug("config: %r", cfg)
         try:
             self.counts = counts = CountingBuffer(buffer, by_kind=cfg.metrics.enabled)
@@ -424,9 +453,11 @@ class Gateway:
                         raise RuntimeError(f"{task.get_name()} ended unexpectedly")
             finally:
                 self.state = "stopping"
+                flush_s = cfg.upstream.mqtt.stop_flush_s
+                flush_deadline = asyncio.get_running_loop().time() + flush_s
                 self.notifier.stopping(
                     f"stopping: stopping {len(self._device_tasks)} device(s), committing {len(self.queue)} "
-                    "queued events, closing the upstream"
+                    f"queued events, publishing the backlog (at most {flush_s:g} s), closing the upstream"
                 )
                 stopping.cancel()
                 await _cancel_all(aux)
@@ -436,6 +467,15 @@ class Gateway:
                 await _cancel_all(core[:1])
                 await ingest.drain()
                 log.info("committed everything queued; closing upstream")
+                # The devices' last events (their `stopped` status, the departures of the tags still
+                # tracked) go upstream now, before `offline`, not 40 s into the next start; bounded so
+                # that offline, DISCONNECT and the buffer's close still fit in TimeoutStopSec.
+                if core[1].done():
+                    self._undelivered_why = "the upstream had stopped"
+                elif flush_s <= 0:
+                    self._undelivered_why = "upstream.mqtt.stop_flush_s is 0"
+                else:
+                    self._undelivered_why = await _deliver_buffered(upstream, flush_deadline, flush_s)
                 await _cancel_all(core[1:])
                 self._log_summary()
                 await _cancel_all([watchdog])
@@ -445,6 +485,24 @@ class Gateway:
             await buffer.close()
             self.state = "stopped"
             log.info("buffer closed")
+            _log_left_buffered(buffer.stats().depth, self._undelivered_why)
+
+
+def _warn_if_cap_exceeds_space(path: Path, max_bytes: int, stored: int) -> None:
+    """``buffer.max_bytes`` is a promise the filesystem may not be able to keep: say so at start."""
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return
+    free = st.f_bavail * st.f_frsize
+    if max_bytes - stored > free:
+        log.warning(
+            "buffer.max_bytes is %d bytes but only %d are free on the filesystem of %s: when it fills, the "
+            "buffer keeps within the space there is and counts what it drops as disk_full",
+            max_bytes,
+            free,
+            path,
+        )
 
 
 SWITCH_INTERVAL_S = 0.001
@@ -452,6 +510,32 @@ SWITCH_INTERVAL_S = 0.001
 thread needs the GIL briefly between SQLite steps; behind a busy event loop it waited up to 5 ms each time,
 and batched throughput fell by a fifth (bench.pipeline, batch50: median 26,400 events/s at 5 ms, 34,800 at
 1 ms, on a loaded machine)."""
+
+
+async def _deliver_buffered(upstream: Upstream, deadline: float, bound_s: float) -> str | None:
+    """At a stop: let the upstream deliver what is buffered until ``deadline`` (loop time). None when it
+    did, else why not."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            why = await upstream.drain()
+    except TimeoutError:
+        return f"cut short by upstream.mqtt.stop_flush_s ({bound_s:g} s from the start of the stop)"
+    except Exception:
+        log.exception("stop: delivering what is buffered failed")
+        return "delivering it failed"
+    if why is None:
+        log.info("stop: everything buffered was delivered")
+    return why
+
+
+def _log_left_buffered(depth: int, why: str | None) -> None:
+    """The last word of a stop on what stays in the buffer (counted once it is closed: exact)."""
+    if depth:
+        log.warning(
+            "stop: %d event(s) remain buffered, to be delivered after the next start: %s",
+            depth,
+            why or "refused by the broker",
+        )
 
 
 async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:

@@ -74,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
         help="the frame's bytes in hex, e.g. 'A0 04 01 89 01 D1', a0:04:01:89:01:d1 or '0xA0, 0x04, ...' "
         "(several arguments are joined; - reads the hex from stdin)",
     )
+    decode.add_argument("--json", action="store_true", help="print one JSON document (for machines)")
 
     buffer = sub.add_parser("buffer", help="inspect, export or purge a gateway's buffer file")
     actions = buffer.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -200,8 +201,13 @@ def cmd_run(path: Path, log_level: str | None) -> int:
     logs.apply(config.gateway.log_level, config.gateway.log_levels)
     log = logging.getLogger("edgegw")
     log.info("edgegw starting: gateway %s, %d devices", config.gateway.id, len(config.devices))
+    from .buffer import BufferOpenError  # noqa: PLC0415  # `edgegw check` stays light
+
     try:
         asyncio.run(_run_until_signalled(config, logs))
+    except BufferOpenError as err:  # what an operator must fix: one line, naming the path and the problem
+        log.critical("edgegw cannot start: %s", err)
+        return EXIT_FAILURE
     except Exception as err:  # one log line (the traceback joined), and a failure exit for Restart=
         log.critical("edgegw failed: %s: %s", type(err).__name__, err, exc_info=True)
         return EXIT_FAILURE
@@ -209,7 +215,7 @@ def cmd_run(path: Path, log_level: str | None) -> int:
     return EXIT_OK
 
 
-def cmd_decode(protocol: str, hex_args: Sequence[str]) -> int:
+def cmd_decode(protocol: str, hex_args: Sequence[str], as_json: bool = False) -> int:
     from .decode import UnknownProtocol, decode, parse_hex  # noqa: PLC0415  # loads the codecs
 
     text = sys.stdin.read() if list(hex_args) == ["-"] else " ".join(hex_args)
@@ -219,7 +225,7 @@ def cmd_decode(protocol: str, hex_args: Sequence[str]) -> int:
     except (ValueError, UnknownProtocol) as err:
         print(f"edgegw decode: {err}", file=sys.stderr)
         return EXIT_CONFIG
-    print(decoded.render())
+    print(decoded.render_json() if as_json else decoded.render())
     return EXIT_OK if decoded.ok else EXIT_FAILURE
 
 
@@ -301,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         setup_logging(args.log_level)
         return demo_main(mqtt_url=args.mqtt, console=args.console, rate=args.rate, duration=args.duration)
     if args.command == "decode":
-        return cmd_decode(args.protocol, args.hex)
+        return cmd_decode(args.protocol, args.hex, args.json)
     if args.command == "buffer":
         return cmd_buffer(args)
     if args.command == "schema":

@@ -373,6 +373,17 @@ class GatewayCollector:
             _gauge("edgegw_buffer_oldest_age_seconds", "Age of the oldest stored event (0 when empty)."), age
         )
         yield _value(_gauge("edgegw_buffer_last_seq", "The highest seq assigned."), stats.last_seq)
+        yield _value(
+            _gauge("edgegw_buffer_disk_full", "1 while the buffer's filesystem is full (drops: disk_full)."),
+            int(stats.disk_full),
+        )
+        yield _value(
+            _counter(
+                "edgegw_buffer_corrupt_files",
+                "Damaged buffer files moved aside (<file>.corrupt-<UTC time>) and replaced by a fresh one.",
+            ),
+            stats.corrupt_files,
+        )
 
     def _upstream(self) -> Iterator[Metric]:
         upstream = self.gateway.upstream

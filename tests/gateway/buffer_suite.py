@@ -22,8 +22,9 @@ from __future__ import annotations
 import abc
 import asyncio
 import json
+import os
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from hypothesis import strategies as st
 
 from drivers.event import Event
 from gateway.buffer import Buffer, BufferClosedError, DropReason, Stored, WhenFull
+from tests.storage import fill_disk
 
 DEVICE = "dev-1"
 KIND = "test.event"
@@ -44,6 +46,7 @@ HANG = 30.0  # only a guard against a hang: never reached by a passing test
 OLDEST = DropReason.DROPPED_OLDEST.value
 REJECTED = DropReason.REJECTED_NEW.value
 OVERSIZE = DropReason.OVERSIZE.value
+DISK_FULL = DropReason.DISK_FULL.value
 NONE_DROPPED = {reason.value: 0 for reason in DropReason}  # every reason is reported, 0 until it happens
 
 
@@ -54,6 +57,46 @@ def ev(i: int) -> Event:
 
 def evs(start: int, n: int) -> list[Event]:
     return [ev(i) for i in range(start, start + n)]
+
+
+def big_evs(start: int, n: int) -> list[Event]:
+    """Events of about a kilobyte each, to fill a small filesystem quickly."""
+    return [Event(DEVICE, KIND, TS0 + i, {"i": i, "pad": "x" * 1000}) for i in range(start, start + n)]
+
+
+def _truncate_to(fraction: float) -> Callable[[Path], None]:
+    def damage(path: Path) -> None:
+        os.truncate(path, int(path.stat().st_size * fraction))
+
+    return damage
+
+
+def _garbage_header(path: Path) -> None:
+    with path.open("r+b") as f:
+        f.write(bytes(range(7, 107)))  # never a valid header
+
+
+def _garbage_page(path: Path) -> None:
+    with path.open("r+b") as f:
+        f.seek(path.stat().st_size // 2)
+        f.write(b"\xa5" * 8192)
+
+
+def moved_aside(path: Path) -> list[Path]:
+    """Damaged files moved aside from the buffer at ``path``."""
+    return sorted(p for p in path.parent.iterdir() if p.name.startswith(f"{path.name}.corrupt-"))
+
+
+DAMAGE: dict[str, Callable[[Path], None]] = {
+    "garbage header": _garbage_header,
+    "garbage in the middle": _garbage_page,
+    "truncated to a third": _truncate_to(1 / 3),
+    "truncated to a half": _truncate_to(1 / 2),
+    "truncated near the end": _truncate_to(0.9),
+    "empty": _truncate_to(0),
+}
+"""How a buffer file is found after a power cut or a bad flash block. Each applies to the file at the
+buffer's path (an implementation whose storage is not one file overrides these cases)."""
 
 
 def data_json(data: Any) -> bytes:
@@ -442,6 +485,97 @@ class BufferSuite(abc.ABC):
             await buf.read(0, 1)
         with pytest.raises(BufferClosedError):
             await buf.ack([1])
+
+    # ---- storage faults ------------------------------------------------------------------------------
+    # A full filesystem and a damaged file are never errors: the buffer keeps within the room it has and
+    # counts what it drops as disk_full; a damaged file is kept aside (``<name>.corrupt-<UTC time>``) and a
+    # fresh one continues above every seq the old one handed out.
+
+    async def fill_until_disk_full(self, buf: Buffer, start: int = 0) -> int:
+        """Append big events until the buffer reports dropping for lack of space; returns the next ``i``."""
+        i = start
+        for _ in range(400):
+            await buf.append(big_evs(i, 50))
+            i += 50
+            if buf.stats().dropped[DISK_FULL]:
+                return i
+        raise AssertionError(f"no disk_full drop after {i - start} events: {buf.stats()}")
+
+    @pytest.mark.parametrize("when_full", list(WhenFull))
+    async def test_disk_full_is_counted_never_raised_and_passes(
+        self, small_fs: Callable[[int], Path], when_full: WhenFull
+    ) -> None:
+        fs = small_fs(24 << 20)
+        buf = await self.open(fs / "buffer", when_full=when_full)
+        await buf.append(big_evs(0, 20))
+        first = await read_seqs(buf)
+        filler = fill_disk(fs, leave=256 << 10)
+        i = await self.fill_until_disk_full(buf, 20)
+        s = buf.stats()
+        assert s.disk_full
+        assert s.fault is not None and s.fault.startswith("disk full: dropping")
+        assert when_full.value in s.fault
+        stored = await read_seqs(buf)
+        assert stored == sorted(set(stored)) and len(stored) == s.depth
+        if when_full is WhenFull.REJECT_NEW:
+            assert stored[: len(first)] == first  # what was stored stays; the new are refused
+        else:
+            assert first[0] not in stored  # the oldest made room for the newest
+        # Still full: acknowledged events are deleted, and their room takes new ones.
+        await buf.ack(stored)
+        more = await buf.append(big_evs(i, 10))
+        assert 0 not in more and more[0] > stored[-1]
+        assert await read_seqs(buf) == more
+        # Room again: normal by itself, without reopening.
+        filler.unlink()
+        async with asyncio.timeout(HANG):
+            while buf.stats().disk_full:
+                await buf.append(big_evs(i, 1))
+                i += 1
+                await asyncio.sleep(0.05)  # the buffer looks at the free space about once a second
+        dropped = buf.stats().dropped[DISK_FULL]
+        seqs = await buf.append(big_evs(i, 2000))  # about 2 MB more than there was room for before
+        assert 0 not in seqs
+        assert buf.stats().dropped[DISK_FULL] == dropped
+        assert buf.stats().fault is None
+
+    async def test_opens_on_a_full_disk_and_forwards_what_it_holds(
+        self, small_fs: Callable[[int], Path]
+    ) -> None:
+        fs = small_fs(24 << 20)
+        path = fs / "buffer"
+        buf = await self.open(path)
+        seqs = await buf.append(big_evs(0, 500))
+        await buf.close()
+        fill_disk(fs)  # not a byte left
+        buf = await self.open(path)
+        assert await read_seqs(buf) == seqs
+        await buf.ack(seqs)
+        later: list[int] = []
+        async with asyncio.timeout(HANG):
+            while not later:  # the deletions make room for new events
+                later = committed(await buf.append(big_evs(500, 5)))
+        assert later[0] > seqs[-1]
+
+    @pytest.mark.parametrize("damage", list(DAMAGE))
+    async def test_damaged_file_is_moved_aside_and_seqs_go_on(self, tmp_path: Path, damage: str) -> None:
+        path = tmp_path / "buffer"
+        buf = await self.open(path)
+        for k in range(10):
+            await buf.append(big_evs(100 * k, 100))
+        last = buf.stats().last_seq
+        await buf.close()
+        DAMAGE[damage](path)
+        buf = await self.open(path)
+        assert len(moved_aside(path)) == 1
+        assert buf.stats().corrupt_files == 1
+        seqs = await buf.append(evs(0, 3))
+        assert 0 not in seqs and seqs[0] > last  # an id the consumer has seen is never handed out again
+        assert await read_seqs(buf) == seqs
+        await buf.close()
+        buf = await self.open(path)  # a fresh file is a sound one: nothing moved aside again
+        assert buf.stats().corrupt_files == 1
+        assert await read_seqs(buf) == seqs
 
     # ---- against a model ----------------------------------------------------------------------------
 
