@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import signal
 import sys
+import textwrap
 from collections.abc import Awaitable, Callable
 from typing import TextIO
 
@@ -141,10 +142,23 @@ FAMILIES: dict[str, tuple[Callable[..., argparse.ArgumentParser], Runner]] = {
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgegw sim", description="Run a simulated device on loopback.")
-    sub = parser.add_subparsers(dest="family", metavar="FAMILY", required=True)
+    parser = argparse.ArgumentParser(
+        prog="edgegw sim",
+        description="Run a simulated device on loopback (a pty or a TCP port) until Ctrl-C or SIGTERM.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(title="families", dest="family", metavar="FAMILY", required=True)
+    usages: list[str] = []
     for name, (add, _) in FAMILIES.items():
-        add(sub).set_defaults(family=name)
+        family = add(sub)
+        family.set_defaults(family=name)
+        prefix = "usage: "  # argparse's; the lines under it are indented by as much as it is long
+        first, *rest = family.format_usage().rstrip().splitlines()
+        usages.append("\n".join([first.removeprefix(prefix), *(line[len(prefix) :] for line in rest)]))
+    # Each family's usage line lists its options; its own --help says what they mean, and its faults.
+    parser.epilog = "each family's options (edgegw sim FAMILY --help explains them, and the faults):\n" + (
+        "\n".join(textwrap.indent(usage, "  ") for usage in usages)
+    )
     return parser
 
 
@@ -163,6 +177,9 @@ async def _serve(runner: Runner, args: argparse.Namespace) -> None:
 def main(argv: list[str]) -> int:
     """Run ``edgegw sim`` with ``argv`` (the words after ``sim``); returns the exit status."""
     parser = _parser()
+    if not argv:  # no family: say which there are, as --help does, and that this was a usage error
+        parser.print_help(sys.stderr)
+        return 2
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:
