@@ -292,15 +292,18 @@ def cmd_schema(device_file: bool) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["sim"]:
+        # The simulators parse their own arguments (and --help): argparse's REMAINDER would not take a first
+        # word that starts with "-", and `edgegw sim --help` would be an error.
+        from firmware_sim.cli import main as sim_main  # noqa: PLC0415  # simulators load only for `sim`
+
+        return sim_main(words[1:])
+    args = _parser().parse_args(words)
     if args.command == "check":
         return cmd_check(args.config)
     if args.command == "run":
         return cmd_run(args.config, args.log_level)
-    if args.command == "sim":
-        from firmware_sim.cli import main as sim_main  # noqa: PLC0415  # simulators load only for `sim`
-
-        return sim_main(list(args.args))
     if args.command == "demo":
         from .demo import main as demo_main  # noqa: PLC0415  # the demo pulls in the simulators
 
