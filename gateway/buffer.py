@@ -597,17 +597,19 @@ class SqliteBuffer(Buffer):
         existed = path.exists()
         try:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=True, timeout=5.0)
-        except sqlite3.Error as err:
-            raise self._classify(err) from err
-        try:
-            self._prepare(conn, carry, start_after=self._first_seq(carry, moved or not existed))
-            state = self._load_state(conn)
-        except BaseException as err:
-            with contextlib.suppress(sqlite3.Error):
+            try:
+                self._prepare(conn, carry, start_after=self._first_seq(carry, moved or not existed))
+                state = self._load_state(conn)
+            except BaseException:
                 conn.close()
-            if isinstance(err, sqlite3.Error):
-                raise self._classify(err) from err
-            raise
+                raise
+        except sqlite3.Error as err:
+            failure = self._classify(err)
+            if isinstance(failure, _NoRoom) and not existed:
+                for part in _parts(path):  # what the attempt left is not a damaged buffer: try again later
+                    with contextlib.suppress(OSError):
+                        part.unlink()
+            raise failure from err
         return conn, state
 
     def _first_seq(self, carry: _State | None, fresh_file: bool) -> int:
@@ -657,6 +659,8 @@ class SqliteBuffer(Buffer):
                 conn.executemany(_COUNT_DROP, rows)
             conn.execute("COMMIT")
             self._moved_unsaved = 0
+            if carry is not None:
+                self._unsaved_drops.clear()  # the carried totals include them
         conn.execute("CREATE TEMP TABLE IF NOT EXISTS acked (seq INTEGER PRIMARY KEY)")
 
     def _classify(self, err: sqlite3.Error) -> Exception:

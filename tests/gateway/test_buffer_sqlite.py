@@ -22,13 +22,13 @@ import pytest
 from drivers.event import EncodedData, Event
 from gateway.buffer import (
     Buffer,
-    BufferCommitError,
     BufferOpenError,
     SqliteBuffer,
     WhenFull,
 )
+from tests.storage import fill_disk
 
-from .buffer_suite import BIG, HANG, BufferSuite, evs, read_seqs
+from .buffer_suite import BIG, DAMAGE, HANG, BufferSuite, evs, read_seqs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -154,7 +154,9 @@ def _moved_aside(path: Path) -> list[Path]:
     return sorted(p for p in path.parent.iterdir() if p.name.startswith(f"{path.name}.corrupt-"))
 
 
-@pytest.mark.parametrize("content", [os.urandom(8192), b"gateway:\n  id: gw-1\n" * 200], ids=["random", "text"])
+@pytest.mark.parametrize(
+    "content", [os.urandom(8192), b"gateway:\n  id: gw-1\n" * 200], ids=["random", "text"]
+)
 async def test_not_a_database_is_moved_aside(
     tmp_path: Path, content: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -504,3 +506,131 @@ async def test_encoded_data_is_stored_as_its_own_bytes_and_never_decoded(buf: Sq
     rows = await buf.read(0, 10)
     assert [r.data_json for r in rows] == [raw, b'{"a":1}']
     assert data._decoded is None  # the hot path never paid for a dict
+
+
+# ---- storage faults particular to SQLite ----------------------------------------------------------------
+
+
+def _break_schema(conn: sqlite3.Connection) -> None:
+    """Damage as SQLite meets it on a bad flash block: the events table's root page points nowhere."""
+    conn.execute("PRAGMA writable_schema = ON")
+    conn.execute("UPDATE sqlite_master SET rootpage = 9999 WHERE name = 'events'")
+    version = conn.execute("PRAGMA schema_version").fetchone()[0]
+    conn.execute(f"PRAGMA schema_version = {version + 1}")  # every connection reads the schema again
+    conn.execute("PRAGMA writable_schema = OFF")
+
+
+async def test_damage_found_by_a_commit_moves_the_file_aside_and_keeps_the_events(
+    buf: SqliteBuffer, tmp_path: Path
+) -> None:
+    """The events of the commit that met the damage are stored in the fresh file: nothing in memory is
+    lost, and their seqs go on above the old file's."""
+    old = await buf.append(evs(0, 50))
+    await buf._on_writer(_break_schema)
+    seqs = await buf.append(evs(50, 20))
+    assert 0 not in seqs and seqs[0] > old[-1]
+    assert await read_seqs(buf) == seqs
+    assert buf.stats().corrupt_files == 1
+    assert buf.stats().depth == 20
+    assert len(_moved_aside(buf.path)) == 1
+    more = await buf.append(evs(70, 2))
+    assert await read_seqs(buf) == seqs + more
+
+
+async def test_damage_found_by_a_read_moves_the_file_aside(buf: SqliteBuffer) -> None:
+    old = await buf.append(evs(0, 50))
+    await buf._on_writer(_break_schema)
+    assert await buf.read(0, 100) == []  # the read meets the damage: nothing to return from that file
+    seqs: list[int] = []
+    async with asyncio.timeout(HANG):
+        while buf.stats().corrupt_files == 0:  # the writer replaces the file, then signals
+            await buf._commit_signal.wait()
+    seqs = await buf.append(evs(50, 3))
+    assert seqs[0] > old[-1]
+    assert await read_seqs(buf) == seqs
+    assert len(_moved_aside(buf.path)) == 1
+
+
+async def test_a_torn_wal_keeps_every_whole_commit(tmp_path: Path) -> None:
+    """A power cut in the middle of writing a commit to the WAL: SQLite ignores the torn frames. Nothing is
+    damaged, nothing is moved aside, and every commit before the torn one is there."""
+    path = tmp_path / "buffer.db"
+    copy = tmp_path / "copy" / "buffer.db"
+    copy.parent.mkdir()
+    b = await SqliteBuffer.open(path)
+    whole = await b.append(evs(0, 30))
+    await b.append(evs(30, 30))  # the commit that will be torn
+    for part_from, part_to in zip(
+        (path, Path(f"{path}-wal")), (copy, Path(f"{copy}-wal")), strict=True
+    ):  # as the disk holds them now, without the checkpoint a close would make
+        part_to.write_bytes(part_from.read_bytes())
+    await b.close()
+    wal = f"{copy}-wal"
+    os.truncate(wal, os.path.getsize(wal) - 100)  # noqa: ASYNC240  # a test's own file, at once
+    again = await SqliteBuffer.open(copy)
+    try:
+        assert _moved_aside(copy) == []
+        assert again.stats().corrupt_files == 0
+        assert await read_seqs(again) == whole
+        later = await again.append(evs(60, 1))
+        assert later[0] > whole[-1]
+    finally:
+        await again.close()
+
+
+async def test_no_room_even_for_a_new_file(small_fs: Any) -> None:
+    """A first start on a filesystem with no space at all: the buffer opens without a file, refuses what
+    comes (counted as disk_full), and opens the file by itself once there is room."""
+    fs = small_fs(4 << 20)
+    filler = fill_disk(fs)
+    b = await SqliteBuffer.open(fs / "buffer.db", reserve_bytes=256 << 10)
+    try:
+        assert b.stats().disk_full
+        assert b.stats().fault is not None and "disk full" in b.stats().fault
+        assert await b.append(evs(0, 5)) == [0] * 5
+        assert b.stats().dropped["disk_full"] == 5
+        assert await b.read(0, 10) == []
+        filler.unlink()
+        seqs: list[int] = []
+        async with asyncio.timeout(HANG):
+            while not seqs:
+                seqs = [s for s in await b.append(evs(5, 1)) if s]
+                await asyncio.sleep(0.05)  # the writer tries the file again about once a second
+        assert await read_seqs(b) == seqs
+        assert not b.stats().disk_full
+        assert b.stats().dropped["disk_full"] >= 5
+    finally:
+        await b.close()
+    again = await SqliteBuffer.open(fs / "buffer.db")
+    assert again.stats().dropped["disk_full"] == b.stats().dropped["disk_full"]  # written once it could be
+    await again.close()
+
+
+@pytest.mark.parametrize("damage", ["garbage header", "truncated to a third", "full disk"])
+def test_kill_9_then_restart_never_loops(tmp_path: Path, small_fs: Any, damage: str) -> None:
+    """kill -9 while appending, then the file damaged or the disk full, then a restart: it opens every
+    time, and seqs keep going up."""
+    fs = small_fs(32 << 20)
+    path = fs / "buffer.db"
+    committed, _, _ = _run_child_until(path, 5)
+    if damage == "full disk":
+        fill_disk(fs)
+    else:
+        DAMAGE[damage](path)
+    last = asyncio.run(_reopen_after_fault(path))
+    assert last > max(committed)
+    committed2, _, _ = _run_child_until(path, 3)  # and a second crash on top of it
+    assert min(committed2) > max(committed)
+
+
+async def _reopen_after_fault(path: Path) -> int:
+    b = await SqliteBuffer.open(path)
+    try:
+        seqs: list[int] = []
+        async with asyncio.timeout(HANG):
+            while not seqs:
+                await b.ack([r.seq for r in await b.read(0, 1000)])  # forwarded: room for new events
+                seqs = [s for s in await b.append(evs(0, 1)) if s]
+        return seqs[0]
+    finally:
+        await b.close()
