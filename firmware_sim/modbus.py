@@ -410,11 +410,12 @@ class _Unit:
         }
         self.tables = frozenset(table for table, points in self.by_table.items() if points)
         """The tables this device has: the functions of the others answer exception 01."""
-        self.mapped: dict[Table, frozenset[int]] = {
-            table: frozenset(a for p in points for a in range(p.address, p.address + _width(p)))
+        self.mapped: dict[Table, dict[int, int]] = {
+            table: _run_ends(a for p in points for a in range(p.address, p.address + _width(p)))
             for table, points in self.by_table.items()
         }
-        """Per table, the addresses a read may touch (anything else: exception 02)."""
+        """Per table, the addresses a read may touch (anything else: exception 02), each with the end of the
+        run of mapped addresses it is in: a read is judged in one look-up."""
         self.settings: dict[Table, dict[int, SimPoint]] = {
             table: {a: p for p in points if p.writable for a in range(p.address, p.address + _width(p))}
             for table, points in self.by_table.items()
@@ -437,8 +438,7 @@ class _Unit:
             return mb.ExceptionCode.ILLEGAL_FUNCTION
         if not 1 <= count <= mb.read_limit(table):
             return mb.ExceptionCode.ILLEGAL_DATA_VALUE
-        mapped = self.mapped[table]
-        if not all(a in mapped for a in range(address, address + count)):
+        if self.mapped[table].get(address, -1) < address + count:
             return mb.ExceptionCode.ILLEGAL_DATA_ADDRESS
         return None
 
@@ -523,6 +523,19 @@ class _Unit:
         if run:
             data.append(_registers_run(start, run, readonly=start not in settings))
         return data
+
+
+def _run_ends(addresses: Iterable[int]) -> dict[int, int]:
+    """Each address -> the end (exclusive) of the run of consecutive addresses it belongs to."""
+    ends: dict[int, int] = {}
+    ordered = sorted(set(addresses))
+    start = 0
+    for index, address in enumerate(ordered):
+        if index + 1 == len(ordered) or ordered[index + 1] != address + 1:
+            for a in ordered[start : index + 1]:
+                ends[a] = address + 1
+            start = index + 1
+    return ends
 
 
 def _width(point: SimPoint) -> int:

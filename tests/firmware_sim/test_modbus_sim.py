@@ -14,6 +14,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.framer.rtu import FramerRTU
 from pymodbus.pdu import ModbusPDU
@@ -519,3 +521,22 @@ def test_only_holding_registers_and_coils_hold_settings() -> None:
     ):
         with pytest.raises(ValueError, match="unit 1: point 'x'"):
             ModbusSimulator({1: [point]})
+
+
+@given(
+    addresses=st.sets(st.integers(0, 300), min_size=1, max_size=60),
+    address=st.integers(0, 0xFFFF),
+    count=st.integers(0, 0xFFFF),
+)
+def test_a_read_is_judged_as_the_standard_orders_it(addresses: set[int], address: int, count: int) -> None:
+    """03 for a quantity out of 1..125 first, then 02 unless every register asked for is mapped."""
+
+    def zero(t: float, unit: int) -> int:
+        return 0
+
+    points = [SimPoint(f"r{a}", Table.HOLDING, a, DataType.UINT16, zero) for a in addresses]
+    unit = ModbusSimulator({1: points}).units[1]
+    for start, n in ((address, count), (address % 320, count % 130)):
+        expected = 3 if not 1 <= n <= 125 else None if set(range(start, start + n)) <= addresses else 2
+        assert unit.refuse_read(Table.HOLDING, start, n) == expected
+        assert unit.refuse_read(Table.COIL, start, n) == 1  # no coils at all
