@@ -618,6 +618,14 @@ class MqttConfig(_Section):
     reconnect: ReconnectConfig = Field(
         default_factory=ReconnectConfig, description="Backoff between connection attempts."
     )
+    stop_flush_s: Annotated[float, Field(strict=True, ge=0, le=3600)] = Field(
+        default=15.0,
+        description="On a clean stop, how long (in seconds, from the start of the stop) the gateway may "
+        "spend publishing what is still buffered, the devices' last events included, before it publishes "
+        "'offline' and disconnects; what is left stays buffered for the next start. An unreachable broker "
+        "is tried once, not waited for. Keep it below systemd's TimeoutStopSec (30 s in the shipped unit) "
+        "less 15 s for the rest of the stop. 0: publish nothing more at a stop.",
+    )
 
     @property
     def tls_enabled(self) -> bool:

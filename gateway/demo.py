@@ -85,9 +85,15 @@ def _describe(topic: str, payload: bytes) -> str:
     return f"{message.get('id', ''):>16}  {message.get('device')}  {message.get('kind')}  {json.dumps(data)}"
 
 
+VIEWER_LINGER_S = 5.0
+"""After the gateway stopped: how long the viewer waits for the broker to deliver the last messages (up to
+the gateway's ``offline``) before it disconnects."""
+
+
 @contextlib.contextmanager
-def _subscriber(url: str) -> Iterator[None]:
-    """Print what the broker delivers on the demo's topics (paho's own network thread)."""
+def _subscriber(url: str) -> Iterator[threading.Event]:
+    """Print what the broker delivers on the demo's topics (paho's own network thread). Yields an event set
+    once the gateway's live ``offline`` arrived (not a retained one from an earlier run): its last message."""
     parts = urlsplit(url)
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"edgegw-demo-viewer-{os.getpid()}")
     if parts.scheme == "mqtts":
@@ -95,6 +101,7 @@ def _subscriber(url: str) -> Iterator[None]:
     if parts.username:
         client.username_pw_set(parts.username, parts.password)
     lock = threading.Lock()
+    offline = threading.Event()
 
     def on_connect(c: mqtt.Client, _u: object, _f: object, rc: object, _p: object = None) -> None:
         c.subscribe(f"{PREFIX}/{GATEWAY_ID}/#", qos=1)
@@ -102,7 +109,11 @@ def _subscriber(url: str) -> Iterator[None]:
     def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         with lock:
             if msg.topic.endswith("/status"):
-                print(f"{'':>16}  gateway status: {msg.payload.decode(errors='replace')}", flush=True)
+                status = msg.payload.decode(errors="replace")
+                retained = " (retained, from before)" if msg.retain else ""
+                print(f"{'':>16}  gateway status: {status}{retained}", flush=True)
+                if status == "offline" and not msg.retain:
+                    offline.set()
             else:
                 print(_describe(msg.topic, bytes(msg.payload)), flush=True)
 
@@ -111,7 +122,7 @@ def _subscriber(url: str) -> Iterator[None]:
     client.connect(parts.hostname or "127.0.0.1", parts.port or 1883)
     client.loop_start()
     try:
-        yield
+        yield offline
     finally:
         client.disconnect()
         client.loop_stop()
@@ -146,7 +157,7 @@ async def _demo(mqtt_url: str | None, console: bool, rate: float, duration: floa
                     f"{PREFIX}/{GATEWAY_ID}/#  (Ctrl-C stops)"
                 )
                 gateway = Gateway(config)
-                viewer: contextlib.AbstractContextManager[None] = _subscriber(url)
+                viewer: contextlib.AbstractContextManager[threading.Event | None] = _subscriber(url)
             else:
                 why = (
                     "--console given"
@@ -166,8 +177,12 @@ async def _demo(mqtt_url: str | None, console: bool, rate: float, duration: floa
                 loop.add_signal_handler(sig, stop.set)
             if duration is not None:
                 loop.call_later(duration, stop.set)
-            with viewer:
+            with viewer as gateway_offline:
                 await gateway.run(stop)
+                if gateway_offline is not None:
+                    # The gateway published its last events (the devices' `stopped` statuses), then
+                    # `offline`: show them as the broker delivers them.
+                    await asyncio.to_thread(gateway_offline.wait, VIEWER_LINGER_S)
             snap = gateway.snapshot()
             print(
                 f"edgegw demo: stopped; {snap.committed} events committed, {snap.buffer_depth} left in the "

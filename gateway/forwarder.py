@@ -29,6 +29,12 @@ Failure policy:
 - **Status**: the will is ``offline`` (retained, QoS 1) on ``<prefix>/<gateway>/status``; after each connect
   the forwarder publishes ``online`` there, retained; on a clean stop it publishes ``offline`` retained,
   waits (bounded) for what is in flight, then sends DISCONNECT.
+- **Draining** (:meth:`Forwarder.drain`, the first half of a clean stop, once the last events are
+  committed): publish everything still buffered and wait for its acknowledgements, so the devices' last
+  events (their ``stopped`` status, the departures of the tags still tracked) reach the broker before
+  ``offline``. The caller bounds it (``asyncio.timeout``). While draining, a backoff pause is cut short
+  and a failed connection attempt ends the drain at once: an unreachable broker costs one attempt, and
+  what is left stays buffered for the next start.
 """
 
 from __future__ import annotations
@@ -173,6 +179,13 @@ class Forwarder:
         self._acked: list[int] = []
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
+        self._hurry = asyncio.Event()
+        """Set by :meth:`stop` and :meth:`drain`: ends a backoff pause early."""
+        self._drained: asyncio.Future[str | None] | None = None
+        """While :meth:`drain` waits: resolved with None once everything buffered is acknowledged, or
+        with the reason it cannot be (the broker is unreachable)."""
+        self._drain_requests = 0
+        self._running = False
         self._lost = False
         self._window = settings.max_inflight
         self._reconnect = Backoff(settings.reconnect_initial_s, settings.reconnect_max_s)
@@ -229,7 +242,40 @@ class Forwarder:
     def stop(self) -> None:
         """Ask :meth:`run` to publish ``offline``, disconnect cleanly and return."""
         self._stop.set()
+        self._hurry.set()
         self._wake.set()
+
+    async def drain(self) -> str | None:
+        """Publish everything buffered and wait until the broker acknowledged it: the first half of a
+        clean stop, once nothing more will be committed (:meth:`stop` or a cancellation of :meth:`run`
+        follows, which publishes ``offline`` and disconnects). Returns None when nothing is left to
+        publish (events the broker refused stay buffered), else why not.
+
+        It waits as long as the broker keeps acknowledging: the caller bounds it (``asyncio.timeout``),
+        and a cancellation leaves the forwarder as it was. While draining, a reconnect does not back off,
+        and a connection attempt that fails ends the drain at once (an unreachable broker costs one
+        attempt, not the caller's whole bound)."""
+        if not self._running or self._stop.is_set():
+            return "the forwarder is not running"
+        drained = self._drained
+        if drained is None or drained.done():
+            drained = self._drained = asyncio.get_running_loop().create_future()
+        self._drain_requests += 1
+        self._hurry.set()
+        self._wake.set()
+        try:
+            return await drained
+        finally:
+            if self._drained is drained:
+                self._drained = None
+
+    @property
+    def _draining(self) -> bool:
+        return self._drained is not None and not self._drained.done()
+
+    def _end_drain(self, reason: str | None) -> None:
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(reason)
 
     # -- the loop ----------------------------------------------------------------------------------------
 
@@ -237,6 +283,7 @@ class Forwarder:
         """Forward until cancelled or stopped; a clean shutdown either way."""
         s = self.settings
         attempt = 0
+        self._running = True
         try:
             while not self._stop.is_set():
                 conn = self._new_connection()
@@ -245,7 +292,13 @@ class Forwarder:
                 except MqttConnectError as err:
                     delay = self._backoff(attempt)
                     attempt += 1
-                    log.warning("MQTT %s:%d: %s; retrying in %.2f s", s.host, s.port, err, delay)
+                    if self._draining:
+                        log.warning(
+                            "MQTT %s:%d: %s; not waiting for it to come back: stopping", s.host, s.port, err
+                        )
+                        self._end_drain(f"the broker is unreachable ({err})")
+                    else:
+                        log.warning("MQTT %s:%d: %s; retrying in %.2f s", s.host, s.port, err, delay)
                     await self._pause(delay)
                     continue
                 attempt = 0
@@ -258,6 +311,9 @@ class Forwarder:
         except asyncio.CancelledError:
             await self._shutdown()
             raise
+        finally:
+            self._running = False
+            self._end_drain("the forwarder stopped")
         await self._shutdown()
 
     def _new_connection(self) -> MqttConnection:
@@ -302,9 +358,13 @@ class Forwarder:
         return self._reconnect.delay(attempt)
 
     async def _pause(self, delay: float) -> None:
+        """Back off for ``delay`` seconds; :meth:`stop` and :meth:`drain` cut it short (a drain skips it)."""
+        if self._stop.is_set() or self._draining:
+            return
+        self._hurry.clear()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(delay):
-                await self._stop.wait()
+                await self._hurry.wait()
 
     def _start_session(self, conn: MqttConnection) -> None:
         s = self.settings
@@ -341,6 +401,9 @@ class Forwarder:
         # (an executor hop, several loop turns under load, which capped one-per-message throughput).
         ahead: deque[Stored] = deque()
         waiter: asyncio.Task[None] | None = None
+        # The drain request (its number) after which a read found nothing left: a read begun before the
+        # request may have missed the last commits.
+        caught_up = -1
         try:
             while not self._lost and not self._stop.is_set():
                 wake.clear()
@@ -350,12 +413,15 @@ class Forwarder:
                 if space > 0:
                     want = min(space * batch, _READ_CAP)
                     if len(ahead) < want:
+                        request = self._drain_requests
                         rows = await buffer.read(cursor, max(_READ_AHEAD, want - len(ahead)))
                         if self._lost or self._stop.is_set():
                             break
                         if rows:
                             ahead.extend(rows)
                             cursor = rows[-1].seq
+                        else:
+                            caught_up = request
                     if ahead:
                         chunk = [ahead.popleft() for _ in range(min(len(ahead), want))]
                         try:
@@ -368,6 +434,9 @@ class Forwarder:
                     if not ahead and (waiter is None or waiter.done()):
                         waiter = asyncio.ensure_future(buffer.wait_for_new(cursor))
                         waiter.add_done_callback(self._waiter_done)
+                if not pending and not ahead and caught_up == self._drain_requests and self._draining:
+                    await self._flush_acks()
+                    self._end_drain(None)  # everything read since the request, and nothing in flight
                 await wake.wait()
         finally:
             if waiter is not None and not waiter.done():

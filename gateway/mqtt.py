@@ -44,6 +44,8 @@ LostCallback = Callable[[str], None]
 """``on_lost(reason)``: the connection is gone; every publish without an ack so far never gets one."""
 
 _MISC_INTERVAL_S = 1.0
+DISCONNECT_GRACE_S = 5.0
+"""How long :meth:`MqttConnection.disconnect` waits for DISCONNECT to go out before closing the socket."""
 
 
 class MqttError(Exception):
@@ -223,7 +225,7 @@ class MqttConnection:
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise MqttConnectError(f"connecting to {self.host}:{self.port}: {paho.error_string(rc)}")
 
-    async def disconnect(self, *, grace_s: float = 5.0) -> None:
+    async def disconnect(self, *, grace_s: float = DISCONNECT_GRACE_S) -> None:
         """Send DISCONNECT (so the broker does not publish the will) and wait for the socket to close."""
         if self._sock is None:
             self._abort()
