@@ -16,11 +16,20 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
+from .bus import SharedLine
+
 
 class DriverOptions(BaseModel):
     """Base of every driver's options model: unknown keys are errors, values are immutable once validated."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def shared_line(self) -> SharedLine | None:
+        """The shared bus (:mod:`drivers.bus`) this device's driver attaches to, with the settings every
+        device on it must share; None for a driver that uses no shared bus. The config compares the lines
+        of all devices before anything starts: two devices on one bus with different settings are a
+        configuration error naming both, not a device stopped at run time."""
+        return None
 
 
 class DeviceContext(Protocol):

@@ -47,7 +47,8 @@ What the bus guarantees, and why:
 - **Opened by the first device, closed by the last.** :func:`attach` opens the link if the bus is not open
   (others attaching meanwhile wait for that one opening, bounded by ``open_timeout_s``); the last port to
   leave closes it. Devices on one bus must agree on its ``settings`` (baud rate, framing, protocol): a
-  device asking for other settings gets a :class:`~drivers.errors.ConfigurationError`.
+  device asking for other settings gets a :class:`~drivers.errors.ConfigurationError`. A driver states its
+  bus in its options (:class:`SharedLine`), so the config refuses such devices before anything starts.
 
 The registry is per event loop, so test loops never see each other's buses.
 """
@@ -66,7 +67,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from .errors import ConfigurationError, ConnectionLost, DeviceTimeout, DeviceUnavailable
 
-__all__ = ["Bus", "BusStats", "Port", "SharedLink", "attach", "buses", "serial_key", "tcp_key"]
+__all__ = ["Bus", "BusStats", "Port", "SharedLine", "SharedLink", "attach", "buses", "serial_key", "tcp_key"]
 
 GOLDEN = 0.6180339887498949
 """Successive multiples of the golden ratio, modulo 1, spread evenly over [0, 1) for any count."""
@@ -334,6 +335,24 @@ class Port(Generic[LinkT]):
 
 
 # -- keys -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SharedLine:
+    """The bus a device attaches to, as its options say (:meth:`drivers.base.DriverOptions.shared_line`):
+    the bus ``key`` and the ``settings`` every device on it must share, each named by the device option it
+    comes from (``(("driver", "modbus"), ("baudrate", 9600), ...)``). The driver attaches with exactly
+    these; the config compares them across devices before anything starts, so that ``edgegw check``
+    refuses what :func:`attach` would refuse at run time, naming the option that differs and both values
+    (so a setting is a line setting, such as a speed or a framing: never a secret)."""
+
+    key: str
+    settings: tuple[tuple[str, Hashable], ...]
+
+    @property
+    def where(self) -> str:
+        """The key without its kind, as an operator writes it: ``/dev/ttyUSB0``, ``10.0.0.7:502``."""
+        return self.key.partition(":")[2]
 
 
 def serial_key(path: str) -> str:

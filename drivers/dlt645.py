@@ -45,7 +45,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
@@ -243,6 +243,13 @@ class Dlt645Options(DriverOptions):
         assert self.host is not None and self.tcp_port is not None  # guaranteed by the validator
         return bus.tcp_key(self.host, self.tcp_port)
 
+    def shared_line(self) -> bus.SharedLine:
+        """The line this meter hangs on and the settings every device on it must share."""
+        settings: tuple[tuple[str, Hashable], ...] = (("driver", "dlt645"),)
+        if self.port is not None:
+            settings += (("baudrate", self.baudrate), ("parity", self.parity))
+        return bus.SharedLine(self.bus_key, settings)
+
 
 class BadReply(Exception):
     """A reply that must not be decoded into a value (already counted); the request is asked again."""
@@ -370,11 +377,11 @@ class Dlt645Driver(Driver[Dlt645Options]):
 
     async def run(self, ctx: DeviceContext) -> None:
         opts = self.options
-        settings = ("dlt645", opts.baudrate, opts.parity) if opts.port is not None else ("dlt645",)
+        line = opts.shared_line()
         async with bus.attach(
-            opts.bus_key,
+            line.key,
             self._open,
-            settings=settings,
+            settings=line.settings,
             device=self.device,
             open_timeout_s=opts.connect_timeout_s,
         ) as port:

@@ -54,10 +54,10 @@ import contextlib
 import math
 import struct
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, ClassVar, Final, Literal
+from typing import ClassVar, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -273,6 +273,24 @@ class ModbusOptions(DriverOptions):
         if self.transport is not None:
             return self.transport
         return "rtu" if self.port is not None or self.host is None else "tcp"
+
+    def shared_line(self) -> bus.SharedLine:
+        """The bus this device uses (its serial port, or its host:tcp_port) and the settings every device
+        on it must share."""
+        transport = self.link_transport
+        if transport == "rtu":
+            assert self.port is not None  # guaranteed by the validator
+            settings: tuple[tuple[str, Hashable], ...] = (
+                ("driver", "modbus"),
+                ("transport", transport),
+                ("baudrate", self.baudrate),
+                ("parity", self.parity),
+                ("stopbits", self.stopbits),
+            )
+            return bus.SharedLine(bus.serial_key(self.port), settings)
+        assert self.host is not None  # guaranteed by the validator
+        settings = (("driver", "modbus"), ("transport", transport))
+        return bus.SharedLine(bus.tcp_key(self.host, self.tcp_port), settings)
 
     def point_byte_order(self, point: ModbusPoint) -> ByteOrder:
         return point.byte_order or self.byte_order
@@ -645,22 +663,6 @@ async def open_link(options: ModbusOptions, lost: Callable[[BaseException], None
     return link
 
 
-def bus_key(options: ModbusOptions) -> tuple[str, tuple[Any, ...]]:
-    """The bus a device uses and the settings every device on it must share."""
-    transport = options.link_transport
-    if transport == "rtu":
-        assert options.port is not None
-        return bus.serial_key(options.port), (
-            "modbus",
-            transport,
-            options.baudrate,
-            options.parity,
-            options.stopbits,
-        )
-    assert options.host is not None
-    return bus.tcp_key(options.host, options.tcp_port), ("modbus", transport)
-
-
 # -- the driver ---------------------------------------------------------------------------------------------
 
 
@@ -715,11 +717,11 @@ class ModbusDriver(Driver[ModbusOptions]):
 
     async def run(self, ctx: DeviceContext) -> None:
         opts = self.options
-        key, settings = bus_key(opts)
+        line = opts.shared_line()
         async with bus.attach(
-            key,
+            line.key,
             partial(open_link, opts),
-            settings=settings,
+            settings=line.settings,
             device=self.device,
             open_timeout_s=opts.connect_timeout_s,
             backoff_initial_s=opts.backoff_initial_s,
