@@ -36,6 +36,23 @@ Problem locations: FILE is the path as given to :func:`load_config` (device file
 line of the offending key (for an unknown key, that key; for a missing key, its parent mapping); 0 when the
 file itself cannot be read.
 
+Integers are integers: wherever an option means an integer (a count, an address, a unit id, a baud rate, an
+antenna number, ...), the YAML value must be one. ``1.0``, ``"1"`` or ``true`` there is a problem, not
+silently an integer (pydantic alone would take them), while an option that means a number takes ``5`` as
+well as ``5.0``. The loader checks this against the models' own types (:func:`_integer_problems`), so it holds
+for every model, a driver's from a plug-in included.
+
+A value written once with an anchor (``points: &feeder_points [...]``) and reused by aliases (``points:
+*feeder_points``) is one text: a problem inside it is reported once, where it is written, naming the devices
+that share it, rather than once per device.
+
+Devices on one line (a serial port, or a ``host:tcp_port``) share it (:mod:`drivers.bus`): each driver says
+which line its device uses and the settings every device on it must share
+(:meth:`drivers.base.DriverOptions.shared_line`). Devices that disagree (9600 and 19200 baud on one port, a
+Modbus and a DL/T 645 meter on one line, Modbus TCP and RTU over TCP to one ``host:tcp_port``) are a
+problem at the later device's option, naming the first device and its FILE:LINE; devices with identical
+settings share the line, which is what an RS-485 bus is for.
+
 Secrets (``password_file`` / ``password_env``, ``tls.key_password_file`` / ``tls.key_password_env``) are
 resolved at load time, into :class:`~pydantic.SecretStr` values (``MqttConfig.password``,
 ``TlsConfig.key_password``). No secret value ever appears in a message or a repr: problems are built from
@@ -47,10 +64,11 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Callable, Hashable, Mapping, Sequence
+import types
+from collections.abc import Callable, Collection, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -59,18 +77,21 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainValidator,
     PrivateAttr,
     SecretStr,
     SerializeAsAny,
     ValidationError,
     ValidationInfo,
     ValidatorFunctionWrapHandler,
+    WrapValidator,
     model_validator,
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from drivers import registry
 from drivers.base import Driver, DriverOptions
+from drivers.bus import SharedLine
 
 from .buffer import WhenFull
 from .processors.rfid import SmoothingOptions
@@ -814,8 +835,11 @@ class _Loader:
         self.context = _LoadContext(base_dir=self.source.parent, environ=environ)
         self.driver_lookup = driver_lookup
         self.problems: list[Problem] = []
+        self.found: list[_Found] = []
         self.file_order: dict[str, int] = {}
         self.devices: list[DeviceConfig] = []
+        self.placed: list[_Placed] = []  # the valid devices, with where they are written
+        self.device_names: dict[tuple[int, FieldPath], str] = {}  # (id(doc), device path) -> name
         self.names: dict[str, str] = {}  # device name -> "FILE:LINE" of its first definition
 
     def load(self) -> Config:
@@ -832,6 +856,8 @@ class _Loader:
             raw_dir = data.get("devices_dir")
             if isinstance(raw_dir, str) and raw_dir:
                 devices_dir = self._devices_dir(doc, raw_dir)
+        self._check_shared_lines()
+        self.problems = self._merge_anchored()
         if self.problems or sections is None:
             order = self.file_order
             self.problems.sort(key=lambda p: (order.get(p.file, len(order)), p.line))
@@ -852,7 +878,56 @@ class _Loader:
 
     def _problem(self, file: str, line: int, path: FieldPath, message: str, doc: Document | None) -> None:
         self.file_order.setdefault(file, len(self.file_order))
-        self.problems.append(Problem(file, line, _format_path(doc.value if doc else None, path), message))
+        problem = Problem(file, line, _format_path(doc.value if doc else None, path), message)
+        self.found.append(_Found(problem, doc, path))
+
+    def _merge_anchored(self) -> list[Problem]:
+        """The problems found, those inside an anchored value that aliases reuse reported once: where the
+        anchored text is, naming the devices that share it (else an anchor reused by eight devices would
+        give eight copies of each of its problems)."""
+        groups: dict[tuple[str, FieldPath, str], list[_Found]] = {}
+        out: list[Problem | tuple[str, FieldPath, str]] = []
+        for found in self.found:
+            if found.doc is None:
+                out.append(found.problem)
+                continue
+            anchored = found.doc.anchored(found.path)
+            key = (found.problem.file, anchored[0] if anchored else found.path, found.problem.message)
+            if key not in groups:
+                out.append(key)
+            groups.setdefault(key, []).append(found)
+        problems: list[Problem] = []
+        for item in out:
+            if isinstance(item, Problem):
+                problems.append(item)
+                continue
+            members = groups[item]
+            anchors = [a[1] for m in members if m.doc is not None and (a := m.doc.anchored(m.path))]
+            if not anchors:
+                problems.extend(m.problem for m in members)
+                continue
+            file, where, message = item
+            doc = members[0].doc
+            assert doc is not None
+            users = list(dict.fromkeys(self._user(m) for m in members))
+            if all(is_device for _, is_device in users):
+                names = [name for name, _ in users]
+                shared = f"shared by {len(names)} devices: " if len(names) > 1 else "used by "
+                note = shared + ", ".join(names)
+            else:
+                note = "used at " + ", ".join(name for name, _ in users)
+            text = f"{message} (in &{anchors[0]}, {note})"
+            problems.append(Problem(file, doc.line_of(where), _format_path(doc.value, where), text))
+        return problems
+
+    def _user(self, found: _Found) -> tuple[str, bool]:
+        """Whose problem this is: the device's name (and True), else its field path."""
+        assert found.doc is not None
+        for end in range(len(found.path), -1, -1):
+            name = self.device_names.get((id(found.doc), found.path[:end]))
+            if name is not None:
+                return name, True
+        return found.problem.field, False
 
     def _read(self, display: str, path: Path) -> Document | None:
         self.file_order.setdefault(display, len(self.file_order))
@@ -879,11 +954,25 @@ class _Loader:
         return True
 
     def _validate_sections(self, doc: Document) -> _GatewayFile | None:
+        not_integers = self._integers(_GatewayFile, doc.value, doc, self.display, ())
         try:
             return _GatewayFile.model_validate(doc.value, context={_CONTEXT_KEY: self.context})
         except ValidationError as err:
-            self._add_validation_problems(err, doc=doc, display=self.display, prefix=(), model=_GatewayFile)
+            self._add_validation_problems(
+                err, doc=doc, display=self.display, prefix=(), model=_GatewayFile, skip=not_integers
+            )
             return None
+
+    def _integers(
+        self, model: type[BaseModel], raw: Any, doc: Document, display: str, prefix: FieldPath
+    ) -> set[FieldPath]:
+        """Report every value that ``model`` means as an integer but the YAML does not give as one; their
+        paths (pydantic's own complaints there, if any, say less)."""
+        paths: set[FieldPath] = set()
+        for path, message in _integer_problems(model, raw, prefix):
+            self._problem(display, doc.line_of(path), path, message, doc)
+            paths.add(path)
+        return paths
 
     def _devices_dir(self, doc: Document, raw_dir: str) -> Path | None:
         directory = self.context.path(Path(raw_dir))
@@ -930,6 +1019,8 @@ class _Loader:
             message = f"expected a device (a mapping with name, driver, ...), got {_kind(raw)}"
             self._problem(display, line, prefix, message, doc)
             return
+        if isinstance(raw.get("name"), str):
+            self.device_names[(id(doc), prefix)] = raw["name"]
         name: str | None = None
         driver_name: str | None = None
         try:
@@ -955,6 +1046,7 @@ class _Loader:
             return
         raw_options = {key: value for key, value in raw.items() if key not in _DEVICE_KEYS}
         smoothing = self._smoothing(raw, driver_class, doc, display, prefix)
+        not_integers = self._integers(driver_class.Options, raw_options, doc, display, prefix)
         try:
             options = driver_class.Options.model_validate(raw_options, context={_CONTEXT_KEY: self.context})
         except ValidationError as err:
@@ -965,6 +1057,7 @@ class _Loader:
                 prefix=prefix,
                 model=driver_class.Options,
                 root_keys=_DEVICE_KEYS,
+                skip=not_integers,
             )
             return
         if smoothing is not None:
@@ -975,13 +1068,43 @@ class _Loader:
                     problem = f"lane {lane!r} is no zone of this device's antennas (see smoothing.zones)"
                     self._problem(display, doc.line_of(lanes_at), lanes_at, problem, doc)
                     smoothing = None
-        if name is None or ("smoothing" in raw and smoothing is None):
+        if name is None or ("smoothing" in raw and smoothing is None) or not_integers:
             return
         device = DeviceConfig(
             name=name, driver=driver_name, options=options, smoothing=smoothing, file=file, line=line
         )
         device._driver_class = driver_class
         self.devices.append(device)
+        self.placed.append(_Placed(device, doc, display, prefix))
+
+    def _check_shared_lines(self) -> None:
+        """Devices on one line must agree on its settings: each one that does not is a problem at its own
+        option, naming the first device on the line (which the bus would otherwise have kept)."""
+        first_on: dict[str, tuple[_Placed, SharedLine]] = {}
+        for placed in self.placed:
+            line = placed.device.options.shared_line()
+            if line is None:
+                continue
+            first, first_line = first_on.setdefault(line.key, (placed, line))
+            if first is placed or first_line.settings == line.settings:
+                continue
+            theirs, mine = dict(first_line.settings), dict(line.settings)
+            differing = [k for k in dict.fromkeys([*theirs, *mine]) if theirs.get(k) != mine.get(k)]
+            if "driver" in differing:  # another protocol: its other settings are no comparison
+                differing = ["driver"]
+            for option in differing:
+                path = (*placed.prefix, option)
+                their_line = first.doc.line_of((*first.prefix, option))
+                message = (
+                    f"{_setting(placed, option, mine)}, but {first.device.name} on the same line "
+                    f"({line.where}) has {_setting(first, option, theirs)} ({first.display}:{their_line}): "
+                    + (
+                        "a line speaks one protocol, so the devices sharing it must use the same driver"
+                        if option == "driver"
+                        else "devices sharing a line must use the same settings"
+                    )
+                )
+                self._problem(placed.display, placed.doc.line_of(path), path, message, placed.doc)
 
     def _smoothing(
         self,
@@ -998,11 +1121,13 @@ class _Loader:
             message = f"only RFID devices can smooth reads; driver {driver_class.name!r} emits no rfid.read"
             self._problem(display, doc.line_of(where), where, message, doc)
             return None
+        not_integers = self._integers(SmoothingOptions, raw["smoothing"], doc, display, where)
         try:
-            return SmoothingOptions.model_validate(raw["smoothing"] or {})
+            smoothing = SmoothingOptions.model_validate(raw["smoothing"] or {})
+            return None if not_integers else smoothing
         except ValidationError as err:
             self._add_validation_problems(
-                err, doc=doc, display=display, prefix=where, model=SmoothingOptions
+                err, doc=doc, display=display, prefix=where, model=SmoothingOptions, skip=not_integers
             )
             return None
 
@@ -1017,6 +1142,7 @@ class _Loader:
         prefix: FieldPath,
         model: type[BaseModel] | None,
         root_keys: Sequence[str] = (),
+        skip: Collection[FieldPath] = (),
     ) -> None:
         for error in err.errors(include_url=False, include_input=False):
             loc: FieldPath = tuple(error["loc"])
@@ -1025,8 +1151,144 @@ class _Loader:
                 loc = (*loc, located_field)
             keep_last = error["type"] == "missing" or located_field is not None
             path = _data_path(doc.value, (*prefix, *loc), keep_last=keep_last)
+            if path in skip:
+                continue
             message = _message(error, _value_at(doc.value, path), model, loc, root_keys)
             self._problem(display, doc.line_of(path), path, message, doc)
+
+
+@dataclass(frozen=True)
+class _Found:
+    """A problem, and where in which document it was found (None: the file as a whole)."""
+
+    problem: Problem
+    doc: Document | None
+    path: FieldPath
+
+
+@dataclass(frozen=True)
+class _Placed:
+    """A valid device and where it is written."""
+
+    device: DeviceConfig
+    doc: Document
+    display: str
+    prefix: FieldPath
+
+
+def _setting(placed: _Placed, option: str, settings: Mapping[str, Hashable]) -> str:
+    """A line setting of a device as a problem shows it: ``9600``, ``N (the default)``, ``nothing``."""
+    if option not in settings:
+        return "nothing"
+    value = settings[option]
+    default = option != "driver" and option not in placed.device.options.model_fields_set
+    return f"{value}{' (the default)' if default else ''}"
+
+
+# -- integers are integers ---------------------------------------------------------------------------------
+
+_CONVERTS = (BeforeValidator, WrapValidator, PlainValidator)
+"""Validators that take the input before its type does: a value they convert (``max_bytes: 1.5GiB``) is no
+integer yet, and its own validator says what is wrong with it."""
+_INTEGER_TEXT = re.compile(r"\s*[-+]?[0-9]+\s*")
+
+
+def _integer_problems(model: type[BaseModel], raw: Any, path: FieldPath) -> Iterator[tuple[FieldPath, str]]:
+    """(path, message) for every value in ``raw`` (as read from YAML) that ``model`` means as an integer
+    (an ``int`` field, a ``Literal`` of integers, an ``int`` mapping key, ... at any depth of nested models,
+    lists and mappings) and that is not a YAML integer. Pydantic's lax mode would take ``1.0``, ``"1"`` and
+    ``true`` there; its strict mode would also refuse a string for an enum or a path, so the config checks
+    integers itself, from each model's own types."""
+    if not isinstance(raw, dict):
+        return
+    decorators = model.__pydantic_decorators__.field_validators.values()
+    converted = {name for d in decorators if d.info.mode != "after" for name in d.info.fields}
+    for name, info in model.model_fields.items():
+        key = info.alias if isinstance(info.alias, str) and info.alias in raw else name
+        if key not in raw:
+            continue
+        converts = name in converted or any(isinstance(m, _CONVERTS) for m in info.metadata)
+        yield from _integers_in(info.annotation, raw[key], (*path, key), converts=converts)
+
+
+def _integers_in(
+    annotation: Any, raw: Any, path: FieldPath, *, converts: bool = False
+) -> Iterator[tuple[FieldPath, str]]:
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        base, *metadata = get_args(annotation)
+        converts = converts or any(isinstance(m, _CONVERTS) for m in metadata)
+        yield from _integers_in(base, raw, path, converts=converts)
+        return
+    if origin in (Union, types.UnionType):
+        members = [a for a in get_args(annotation) if a is not type(None)]
+        if raw is None:
+            return
+        if all(_means_integer(m) for m in members):
+            annotation, origin = members[0], get_origin(members[0])
+        else:
+            shaped = [m for m in members if _fits(m, raw)]
+            if len(shaped) == 1:
+                yield from _integers_in(shaped[0], raw, path, converts=converts)
+            return
+    if _means_integer(annotation):
+        message = None if converts else _not_an_integer(raw)
+        if message is not None:
+            yield path, message
+        return
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield from _integer_problems(annotation, raw, path)
+        return
+    args = get_args(annotation)
+    if isinstance(raw, list) and origin in (list, tuple, set, frozenset, Sequence, Collection) and args:
+        item = args[0]
+        for index, value in enumerate(raw):
+            yield from _integers_in(item, value, (*path, index))
+    elif isinstance(raw, dict) and origin in (dict, Mapping) and len(args) == 2:
+        key_type, value_type = args
+        for key, value in raw.items():
+            if _means_integer(key_type):
+                message = _not_an_integer(key)
+                if message is not None:
+                    yield (*path, key), message
+            yield from _integers_in(value_type, value, (*path, key))
+
+
+def _means_integer(annotation: Any) -> bool:
+    """An ``int`` (or an int enum, never a bool), or a ``Literal`` of integers, possibly ``Annotated``."""
+    if get_origin(annotation) is Annotated:
+        return _means_integer(get_args(annotation)[0])
+    if get_origin(annotation) is Literal:
+        values = get_args(annotation)
+        return bool(values) and all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+    return isinstance(annotation, type) and issubclass(annotation, int) and not issubclass(annotation, bool)
+
+
+def _fits(annotation: Any, raw: Any) -> bool:
+    """Whether ``raw`` has the shape of a structured ``annotation`` (a model, a list, a mapping)."""
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    origin = get_origin(annotation) or annotation
+    if isinstance(raw, dict):
+        return origin in (dict, Mapping) or (isinstance(origin, type) and issubclass(origin, BaseModel))
+    if isinstance(raw, list):
+        return origin in (list, tuple, set, frozenset, Sequence, Collection)
+    return False
+
+
+def _not_an_integer(value: Any) -> str | None:
+    """Why a YAML value is no integer, without showing it; None for an integer, and for what the
+    model's own validation describes better (a list, a mapping, null, a date)."""
+    if isinstance(value, bool):
+        return "expected an integer, got a boolean"
+    if isinstance(value, int):
+        return None
+    if isinstance(value, float):
+        return "expected an integer, got a number with a decimal point"
+    if isinstance(value, str):
+        hint = ": write it without quotes" if _INTEGER_TEXT.fullmatch(value) else ""
+        return "expected an integer, got a string" + hint
+    return None
 
 
 def _data_path(data: Any, loc: FieldPath, *, keep_last: bool) -> FieldPath:

@@ -9,7 +9,12 @@ configuration error can name the file, the line and the field:
   ``{1: lane1-in}`` has the int key ``1``), the 1-based line of every value by its path, and the
   non-fatal problems found (duplicate keys: the first occurrence is kept, each later one is reported).
 - Text that cannot be read as one YAML document (a syntax error, an unknown tag, a merge key ``<<``, a
-  list or mapping used as a key, a recursive alias) raises :class:`YamlError` with its line.
+  list or mapping used as a key, a recursive alias) raises :class:`YamlError` with its line. Indentation
+  mistakes, which PyYAML reports in terms of its parser ("expected <block end>, but found '?'"), are said
+  to be indentation, with the line where the enclosing block starts.
+- An alias (``*name``) is walked like a copy of its anchored value (``&name``), at its own path; the
+  document remembers which paths are such copies (:meth:`Document.anchored`), so that a problem inside an
+  anchored value that several places reuse can be reported once, where it is written.
 
 A path is a tuple of mapping keys and list indexes: ``("devices", 0, "antennas", 1)``. The line recorded for
 a mapping entry is its key's line; for a list item, the line the item starts on; for the root, the line the
@@ -19,15 +24,16 @@ document's content starts on.
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 from yaml.constructor import SafeConstructor
+from yaml.events import CollectionStartEvent, ScalarEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-__all__ = ["Document", "FieldPath", "YamlError", "YamlProblem", "load_file", "load_text"]
+__all__ = ["Alias", "Document", "FieldPath", "YamlError", "YamlProblem", "load_file", "load_text"]
 
 FieldPath = tuple[Hashable, ...]
 """Mapping keys and list indexes from the document's root to a value."""
@@ -57,6 +63,14 @@ class YamlProblem:
 
 
 @dataclass(frozen=True, slots=True)
+class Alias:
+    """Where an alias points: the anchor's name and the path of the value it names."""
+
+    anchor: str
+    target: FieldPath
+
+
+@dataclass(frozen=True, slots=True)
 class Document:
     """A YAML document's value and where each part of it came from."""
 
@@ -66,6 +80,26 @@ class Document:
     """The 1-based line of every value, by path."""
     problems: tuple[YamlProblem, ...] = ()
     """Non-fatal problems (duplicate keys), in document order."""
+    aliases: Mapping[FieldPath, Alias] = field(default_factory=dict)
+    """The paths whose value is an alias (``*name``), and the anchored value each one repeats. The lines
+    of what is inside such a value are the anchored text's lines."""
+
+    def anchored(self, path: Sequence[Hashable]) -> tuple[FieldPath, str] | None:
+        """Where the value at ``path`` is written, when ``path`` leads through an alias: the path of the
+        same value inside the anchored text, and the (outermost) anchor's name; None when ``path`` leads
+        through no alias."""
+        current = tuple(path)
+        anchor: str | None = None
+        while True:
+            for end in range(1, len(current) + 1):
+                alias = self.aliases.get(current[:end])
+                if alias is not None:
+                    if anchor is None:
+                        anchor = alias.anchor
+                    current = alias.target + current[end:]
+                    break
+            else:
+                return None if anchor is None else (current, anchor)
 
     def line_of(self, path: Sequence[Hashable]) -> int:
         """The line of the value at ``path``, or of the nearest enclosing value that exists (1 when the
@@ -81,17 +115,20 @@ class Document:
 
 def load_text(text: str) -> Document:
     """Read one YAML document from ``text``. Raises :class:`YamlError`."""
+    loader = _AnchorLoader(text)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = loader.get_single_node()
     except yaml.MarkedYAMLError as err:
-        raise YamlError(_mark_line(err), _describe(err)) from None
+        raise YamlError(_mark_line(err), _describe(err, text)) from None
     except yaml.YAMLError as err:  # a reader error (a control character) has no MarkedYAMLError mark
         raise YamlError(_reader_line(err, text), "not readable as YAML text") from None
+    finally:
+        loader.dispose()
     if root is None:
         return Document(value=None, lines={})
-    walker = _Walker()
+    walker = _Walker(loader.anchors_of)
     value = walker.value(root, (), root.start_mark.line + 1)
-    return Document(value=value, lines=walker.lines, problems=tuple(walker.problems))
+    return Document(value=value, lines=walker.lines, problems=tuple(walker.problems), aliases=walker.aliases)
 
 
 def load_file(path: str | Path) -> Document:
@@ -105,15 +142,39 @@ def load_file(path: str | Path) -> Document:
     return load_text(text)
 
 
+class _AnchorLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, remembering the anchor's name of every anchored node (an alias is composed
+    as the very node its anchor names, which keeps no name)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.anchors_of: dict[int, str] = {}  # id(node) -> anchor
+
+    def compose_node(self, parent: Node | None, index: int) -> Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]  # untyped in types-PyYAML
+        node = super().compose_node(parent, index)
+        if isinstance(event, ScalarEvent | CollectionStartEvent) and event.anchor and node is not None:
+            self.anchors_of[id(node)] = event.anchor
+        return node
+
+
 class _Walker:
-    def __init__(self) -> None:
+    def __init__(self, anchors_of: Mapping[int, str]) -> None:
         self.lines: dict[FieldPath, int] = {}
         self.problems: list[YamlProblem] = []
+        self.aliases: dict[FieldPath, Alias] = {}
+        self._anchors_of = anchors_of
+        self._anchored_at: dict[int, FieldPath] = {}  # id(anchored node) -> the path it was first walked at
         self._constructor = SafeConstructor()
         self._open: set[int] = set()  # ids of the collections being walked: an alias to one is a cycle
 
     def value(self, node: Node, path: FieldPath, line: int) -> Any:
         self.lines[path] = line
+        anchor = self._anchors_of.get(id(node))
+        if anchor is not None:
+            first = self._anchored_at.setdefault(id(node), path)
+            if first != path:
+                self.aliases[path] = Alias(anchor, first)
         if isinstance(node, ScalarNode):
             return self._scalar(node)
         if id(node) in self._open:
@@ -162,7 +223,7 @@ class _Walker:
         try:
             return self._constructor.construct_object(node, deep=True)
         except yaml.MarkedYAMLError as err:
-            raise YamlError(_mark_line(err, node), _describe(err)) from None
+            raise YamlError(_mark_line(err, node), _describe(err, "")) from None
         except ValueError:  # e.g. a timestamp-shaped scalar with month 13
             raise YamlError(node.start_mark.line + 1, "invalid value for its YAML type") from None
 
@@ -172,8 +233,12 @@ def _mark_line(err: yaml.MarkedYAMLError, node: Node | None = None) -> int:
     return mark.line + 1 if mark is not None else 1
 
 
-def _describe(err: yaml.MarkedYAMLError) -> str:
-    """PyYAML's problem and context, without its snippet of the source (which could show a secret)."""
+def _describe(err: yaml.MarkedYAMLError, text: str) -> str:
+    """PyYAML's problem and context, without its snippet of the source (which could show a secret); an
+    indentation mistake said as such."""
+    indentation = _indentation(err, text)
+    if indentation is not None:
+        return indentation
     problem = err.problem or "invalid YAML"
     if err.context:
         where = ""
@@ -190,3 +255,68 @@ def _reader_line(err: yaml.YAMLError, text: str) -> int:
     if isinstance(position, int):
         return text.count("\n", 0, position) + 1
     return 1
+
+
+_BLOCKS = {"while parsing a block mapping": "mapping", "while parsing a block collection": "list"}
+_FOUND_KEY = "expected <block end>, but found '?'"
+_FOUND_MAPPING = "expected <block end>, but found '<block mapping start>'"
+_FOUND_LIST = "expected <block end>, but found '<block sequence start>'"
+
+
+def _indentation(err: yaml.MarkedYAMLError, text: str) -> str | None:
+    """What PyYAML's parser error means when it comes from indentation, else None. Built from positions
+    and the shape of the lines only (never their text: a line may hold a secret)."""
+    problem, mark, context = err.problem or "", err.problem_mark, err.context_mark
+    if mark is None:
+        return None
+    if problem.startswith("found character '\\t'"):
+        return "a tab character: YAML indents with spaces only"
+    block = _BLOCKS.get(err.context or "")
+    if problem.startswith("expected <block end>") and block is not None and context is not None:
+        starts = (
+            f"the {block} it is in starts at line {context.line + 1}, indented by {_spaces(context.column)}"
+        )
+        if problem == _FOUND_KEY:
+            return (
+                f"bad indentation: a key in line with the '- ' of the list that starts at line "
+                f"{context.line + 1}, where only a new item can start: indent it like the keys of its item"
+            )
+        if problem == _FOUND_MAPPING:
+            spaces = _spaces(mark.column)
+            return f"bad indentation: indented by {spaces}, which lines up with no key above it ({starts})"
+        if problem == _FOUND_LIST:
+            return (
+                f"bad indentation: a '- ' item indented by {_spaces(mark.column)}, which lines up with no "
+                f"list above it ({starts})"
+            )
+        return f"bad indentation ({starts}): {problem}"
+    if problem == "mapping values are not allowed here":
+        return _colon_not_allowed(text, mark.line, mark.column)
+    return None
+
+
+def _colon_not_allowed(text: str, line: int, column: int) -> str:
+    """PyYAML's "mapping values are not allowed here": a key indented deeper than its block allows, or a
+    ': ' inside an unquoted value."""
+    lines = text.splitlines()
+    if line >= len(lines):
+        return "a ':' where none is allowed"
+    current = lines[line]
+    indent = len(current) - len(current.lstrip(" "))
+    if ": " in current[indent:column] or current[indent:column].rstrip().endswith(":"):
+        return "a ': ' inside an unquoted value: put the value in quotes"
+    for before in range(line - 1, -1, -1):
+        stripped = lines[before].strip()
+        if stripped and not stripped.startswith("#"):
+            above = len(lines[before]) - len(lines[before].lstrip(" "))
+            if indent > above:
+                return (
+                    f"bad indentation: indented by {_spaces(indent)}, deeper than line {before + 1} (indented "
+                    f"by {_spaces(above)}), which opens no block: line it up with the keys it belongs with"
+                )
+            break
+    return "a ':' where none is allowed: check this line's indentation, or quote a value that holds ': '"
+
+
+def _spaces(count: int) -> str:
+    return "1 space" if count == 1 else f"{count} spaces"

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -18,12 +21,15 @@ import pytest
 from pydantic import Field
 
 from drivers.base import DeviceContext, Driver, DriverOptions
+from drivers.bus import SharedLine
 from gateway.buffer import WhenFull
 from gateway.config import Config, ConfigError, Problem, load_config
 from gateway.yamlsrc import YamlError, load_file, load_text
 
 CASES = Path(__file__).parent / "config_cases"
 EXAMPLE = Path(__file__).parents[2] / "config" / "examples" / "roadside-lane.yaml"
+SUBSTATION = EXAMPLE.with_name("substation.yaml")
+EDGEGW = str(Path(sys.executable).with_name("edgegw"))
 CASE_ENV = {"EDGEGW_TEST_PASSWORD": "do-not-print-env-s3cret"}
 SECRET_MARKER = "do-not-print"
 
@@ -280,6 +286,126 @@ def test_smoothing_options_reach_the_device(tmp_path: Path) -> None:
     assert second.smoothing is None
 
 
+# -- shared lines -------------------------------------------------------------------------------------------
+
+
+def test_devices_with_identical_settings_share_a_line() -> None:
+    # The substation example is the RS-485 case: eight Modbus meters on one port and four DL/T 645 meters on
+    # another, each set like its neighbours; the two PD monitors have a TCP line each.
+    config = load_config(SUBSTATION)
+    on: dict[str, list[str]] = {}
+    for device in config.devices:
+        line = device.options.shared_line()
+        assert line is not None
+        on.setdefault(line.key, []).append(device.name)
+    assert sorted(len(names) for names in on.values()) == [1, 1, 4, 8]
+    assert on[f"serial:{os.path.realpath('/dev/ttyUSB0')}"] == [f"feeder-0{n}" for n in range(1, 9)]
+
+
+def _meter(name: str, port: Path | str, baudrate: int, unit: int) -> str:
+    return (
+        f"  - {{name: {name}, driver: modbus, port: {port}, baudrate: {baudrate}, unit_id: {unit}, "
+        "points: [{name: v, address: 0}]}\n"
+    )
+
+
+def test_two_names_of_one_port_are_one_line(tmp_path: Path) -> None:
+    tty = write(tmp_path / "dev" / "ttyUSB0", "")
+    by_id = tmp_path / "serial" / "by-id" / "usb-FTDI_FT232R-if00-port0"
+    by_id.parent.mkdir(parents=True)
+    by_id.symlink_to(tty)
+    text = MINIMAL + "devices:\n" + _meter("m1", by_id, 9600, 1) + _meter("m2", tty, 19200, 2)
+    gateway = write(tmp_path / "gw.yaml", text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(gateway)
+    assert [str(p) for p in caught.value.problems] == [
+        f"{gateway}:10: devices[1].baudrate: 19200, but m1 on the same line ({os.path.realpath(tty)}) has "
+        f"9600 ({gateway}:9): devices sharing a line must use the same settings"
+    ]
+    other_port = (
+        MINIMAL + "devices:\n" + _meter("m1", by_id, 9600, 1) + _meter("m2", "/dev/ttyUSB7", 19200, 2)
+    )
+    assert len(load_config(write(tmp_path / "ok.yaml", other_port)).devices) == 2
+
+
+def test_check_and_run_refuse_devices_that_disagree_on_a_line(tmp_path: Path) -> None:
+    # The operator's commands, in a child process: both refuse before opening anything, naming both devices.
+    case = shutil.copytree(CASES / "shared_line_baudrate_differs", tmp_path / "case")
+    expected = (case / "expected.err").read_text()
+
+    def edgegw(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [EDGEGW, *args, "-c", "gateway.yaml"]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=case, check=False)
+
+    check = edgegw("check")
+    assert (check.returncode, check.stdout, check.stderr) == (2, "", expected)
+    run = edgegw("run")
+    assert run.returncode == 2
+    assert expected.strip() in run.stderr.splitlines()
+    assert not (case / "buffer.db").exists()
+
+
+class _LineOptions(DriverOptions):
+    line: str
+    speed: int = 9600
+
+    def shared_line(self) -> SharedLine:
+        return SharedLine(f"test:{self.line}", (("driver", "test-line"), ("speed", self.speed)))
+
+
+class _LineDriver(Driver[_LineOptions]):
+    name: ClassVar[str] = "test-line"
+    Options: ClassVar[type[DriverOptions]] = _LineOptions
+
+    async def run(self, ctx: DeviceContext) -> None:  # pragma: no cover - never run here
+        raise NotImplementedError
+
+
+def test_every_driver_states_its_line_and_its_integers_are_integers(tmp_path: Path) -> None:
+    # A driver the config knows nothing of (a plug-in) gets the same checks: its line, through
+    # DriverOptions.shared_line, and its int options.
+    drivers: dict[str, type[Driver[Any]]] = {"test-line": _LineDriver, "test-driver": _TestDriver}
+
+    text = MINIMAL + (
+        "devices:\n"
+        "  - {name: a, driver: test-line, line: one}\n"
+        "  - {name: b, driver: test-line, line: one, speed: 9600}\n"
+        "  - {name: c, driver: test-line, line: one, speed: 19200}\n"
+        "  - {name: d, driver: test-line, line: two, speed: 19200}\n"
+        "  - {name: e, driver: test-line, line: two, speed: 1200.0}\n"
+        "  - {name: f, driver: test-driver, level: '2'}\n"
+    )
+    gateway = write(tmp_path / "gw.yaml", text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(gateway, driver_lookup=drivers.__getitem__)
+    assert [str(p) for p in caught.value.problems] == [
+        f"{gateway}:11: devices[2].speed: 19200, but a on the same line (one) has 9600 (the default) "
+        f"({gateway}:9): devices sharing a line must use the same settings",
+        f"{gateway}:13: devices[4].speed: expected an integer, got a number with a decimal point",
+        f"{gateway}:14: devices[5].level: expected an integer, got a string: write it without quotes",
+    ]
+
+
+# -- integers -----------------------------------------------------------------------------------------------
+
+
+def test_numbers_may_be_written_as_integers_where_numbers_are_meant(tmp_path: Path) -> None:
+    text = MINIMAL.replace("  path: buffer.db\n", "  path: buffer.db\n  max_bytes: 1.5GiB\n") + (
+        "    reconnect: {initial_s: 1, max_s: 30}\n"
+        "supervisor: {backoff_initial_s: 2, backoff_max_s: 60}\n"
+        "devices:\n"
+        "  - {name: m, driver: modbus, port: /dev/ttyUSB0, unit_id: 1, poll_s: 5, timeout_s: 1,\n"
+        "     points: [{name: v, address: 0, scale: 1, offset: 0, deadband: 1}]}\n"
+        "  - {name: r, driver: uhf-r2000, port: /dev/ttyUSB1, reply_timeout_s: 2,\n"
+        "     smoothing: {depart_after_s: 5, move_hysteresis_db: 3}}\n"
+    )
+    config = load_config(write(tmp_path / "gw.yaml", text))
+    assert config.upstream.mqtt.reconnect.initial_s == 1.0
+    assert config.supervisor.backoff_max_s == 60.0
+    meter = config.devices[0].options.model_dump()
+    assert (meter["unit_id"], meter["poll_s"], meter["points"][0]["scale"]) == (1, 5.0, 1.0)
+
+
 def test_missing_file_is_a_problem_of_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(tmp_path / "absent.yaml")
@@ -343,6 +469,31 @@ def test_yamlsrc_duplicate_keys_keep_the_first() -> None:
         ("a: *nowhere\n", 1, "undefined alias"),
         ("? [1, 2]\n: x\n", 1, "mapping key must be a plain value"),
         ("a: !!set {x}\n", 1, "unsupported tag"),
+        # Indentation, said as such (PyYAML says "expected <block end>, but found ..."), with where the
+        # enclosing block starts.
+        (
+            "a:\n  b: 1\n c: 2\n",
+            3,
+            "bad indentation: indented by 1 space, which lines up with no key above it (the mapping it is "
+            "in starts at line 1, indented by 0 spaces)",
+        ),
+        (
+            "devices:\n  - name: a\n    driver: x\n  port: y\n",
+            4,
+            "bad indentation: a key in line with the '- ' of the list that starts at line 2, where only a "
+            "new item can start: indent it like the keys of its item",
+        ),
+        (
+            "devices:\n  - name: a\n    points:\n      - {a: 1}\n     poll_s: 5\n",
+            5,
+            "bad indentation: indented by 5 spaces, which lines up with no key above it (the mapping it is "
+            "in starts at line 2, indented by 4 spaces)",
+        ),
+        ("a:\n  - x\n - y\n", 3, "bad indentation: a '- ' item indented by 1 space, which lines up with no"),
+        ("a:\n  b: 1\n    c: 2\n", 3, "indented by 4 spaces, deeper than line 2 (indented by 2 spaces)"),
+        ("a:\n  b: 1\n\n    c: 2\n", 4, "deeper than line 2 (indented by 2 spaces), which opens no block"),
+        ("a:\n\tb: 1\n", 2, "a tab character: YAML indents with spaces only"),
+        ("url: mqtt://host: do-not-print\n", 1, "a ': ' inside an unquoted value: put the value in quotes"),
     ],
 )
 def test_yamlsrc_errors(text: str, line: int, message: str) -> None:
@@ -351,6 +502,17 @@ def test_yamlsrc_errors(text: str, line: int, message: str) -> None:
     assert caught.value.line == line
     assert message in caught.value.message
     assert SECRET_MARKER not in caught.value.message
+
+
+def test_yamlsrc_remembers_what_aliases_repeat() -> None:
+    doc = load_text("a: &a\n  p: &p [1, 2]\n  q: 3\nb: *a\nc: {inner: *p}\n")
+    assert doc.value == {"a": {"p": [1, 2], "q": 3}, "b": {"p": [1, 2], "q": 3}, "c": {"inner": [1, 2]}}
+    assert doc.anchored(("b", "p", 1)) == (("a", "p", 1), "a")
+    assert doc.anchored(("c", "inner", 0)) == (("a", "p", 0), "p")
+    assert doc.anchored(("b",)) == (("a",), "a")
+    assert doc.anchored(("a", "p", 1)) is None
+    assert doc.line_of(("b",)) == 4  # the alias's own line
+    assert doc.line_of(("b", "q")) == 3  # inside it, the anchored text's
 
 
 def test_yamlsrc_empty_and_non_utf8(tmp_path: Path) -> None:

@@ -5,7 +5,9 @@ session stay, an invalid file changes nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -240,6 +242,44 @@ async def test_an_invalid_file_keeps_the_running_config_and_says_why(
     problems = [line for line in lines if line.startswith(f"reload: {path}:")]
     assert len(problems) >= 2  # every problem, one line each
     assert any("baudrate" in line for line in problems) and any("antennas" in line for line in problems)
+
+
+async def test_a_reload_that_puts_two_line_settings_on_one_port_is_refused(
+    tmp_path: Path, broker: Mosquitto, readers: dict[str, R2000Simulator], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Two meters added on one RS-485 adapter, one at 9600 and one at 19200 baud: applied, the bus would
+    # stop one of them; refused, everything runs on as before and the log names both devices' lines.
+    path = write_gateway(
+        tmp_path / "gateway.yaml", gateway_id="reload-5", url=broker.url, devices=two_readers(tmp_path)
+    )
+    config = load_config(path)
+    gateway = Gateway(config)
+    rs485 = tmp_path / "ttyRS485"
+    meters = "".join(
+        f"  - {{name: feeder-0{unit}, driver: modbus, port: {rs485}, baudrate: {baudrate}, unit_id: {unit},"
+        " points: [{name: voltage_a, address: 0}]}\n"
+        for unit, baudrate in ((1, 9600), (2, 19200))
+    )
+    async with running(gateway):
+        runners = dict(gateway.runners)
+        write_gateway(path, gateway_id="reload-5", url=broker.url, devices=two_readers(tmp_path) + meters)
+        with caplog.at_level(logging.INFO, logger="edgegw.reload"):
+            assert await gateway.reload() is None
+        assert gateway.runners == runners
+        assert gateway.config is config
+        assert gateway.reloads == {"rejected": 1}
+        assert gateway.state == "running"
+    text = path.read_text().splitlines()
+    first, second = (
+        next(n for n, line in enumerate(text, 1) if name in line) for name in ("feeder-01", "feeder-02")
+    )
+    lines = [r.getMessage() for r in caplog.records if r.name == "edgegw.reload"]
+    port = await asyncio.to_thread(os.path.realpath, rs485)  # the bus's key: the port's real path
+    assert [line for line in lines if line.startswith(f"reload: {path}:")] == [
+        f"reload: {path}:{second}: devices[3].baudrate: 19200, but feeder-01 on the same line "
+        f"({port}) has 9600 ({path}:{first}): devices sharing a line must use the same "
+        "settings"
+    ]
 
 
 async def test_a_log_level_change_is_handed_to_the_logging(tmp_path: Path, broker: Mosquitto) -> None:
