@@ -311,8 +311,9 @@ def _colon_not_allowed(text: str, line: int, column: int) -> str:
             above = len(lines[before]) - len(lines[before].lstrip(" "))
             if indent > above:
                 return (
-                    f"bad indentation: indented by {_spaces(indent)}, deeper than line {before + 1} (indented "
-                    f"by {_spaces(above)}), which opens no block: line it up with the keys it belongs with"
+                    f"bad indentation: indented by {_spaces(indent)}, deeper than line {before + 1} "
+                    f"(indented by {_spaces(above)}), which opens no block: line it up with the keys it "
+                    "belongs with"
                 )
             break
     return "a ':' where none is allowed: check this line's indentation, or quote a value that holds ': '"
