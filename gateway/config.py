@@ -906,14 +906,22 @@ class _Loader:
             if not anchors:
                 problems.extend(m.problem for m in members)
                 continue
+            if len(members) == 1:  # only one of the places that reuse it has this problem: that one
+                (member,) = members
+                problem = member.problem
+                problems.append(
+                    Problem(
+                        problem.file, problem.line, problem.field, f"{problem.message} (in &{anchors[0]})"
+                    )
+                )
+                continue
             file, where, message = item
             doc = members[0].doc
             assert doc is not None
             users = list(dict.fromkeys(self._user(m) for m in members))
             if all(is_device for _, is_device in users):
-                names = [name for name, _ in users]
-                shared = f"shared by {len(names)} devices: " if len(names) > 1 else "used by "
-                note = shared + ", ".join(names)
+                shared = f"shared by {len(users)} devices: " if len(users) > 1 else "used by "
+                note = shared + ", ".join(name for name, _ in users)
             else:
                 note = "used at " + ", ".join(name for name, _ in users)
             text = f"{message} (in &{anchors[0]}, {note})"

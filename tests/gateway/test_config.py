@@ -406,6 +406,35 @@ def test_numbers_may_be_written_as_integers_where_numbers_are_meant(tmp_path: Pa
     assert (meter["unit_id"], meter["poll_s"], meter["points"][0]["scale"]) == (1, 5.0, 1.0)
 
 
+# -- anchors ------------------------------------------------------------------------------------------------
+
+
+def test_a_problem_only_one_user_of_an_anchor_has_is_that_users(tmp_path: Path) -> None:
+    # The lanes of an anchored smoothing block are checked against each device's own antennas: only
+    # reader-2's are wrong, so the problem is reader-2's, at the anchored text's line.
+    text = MINIMAL + (
+        "devices:\n"
+        "  - name: reader-1\n"
+        "    driver: uhf-r2000\n"
+        "    port: /dev/ttyUSB0\n"
+        "    antennas: {1: lane1}\n"
+        "    smoothing: &lane_counts\n"
+        "      depart_after_s: 5\n"
+        "      lanes: [lane1]\n"
+        "  - {name: reader-2, driver: uhf-r2000, port: /dev/ttyUSB1, antennas: {1: lane2},\n"
+        "     smoothing: *lane_counts}\n"
+        "  - {name: reader-3, driver: uhf-r2000, port: /dev/ttyUSB2, antennas: {1: lane1},\n"
+        "     smoothing: *lane_counts}\n"
+    )
+    gateway = write(tmp_path / "gw.yaml", text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(gateway)
+    assert [str(p) for p in caught.value.problems] == [
+        f"{gateway}:15: devices[1].smoothing.lanes: lane 'lane1' is no zone of this device's antennas "
+        "(see smoothing.zones) (in &lane_counts)"
+    ]
+
+
 def test_missing_file_is_a_problem_of_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(tmp_path / "absent.yaml")
