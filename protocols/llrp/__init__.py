@@ -26,14 +26,16 @@ The package is pure (no I/O, clocks or asyncio); everything is imported from her
   :func:`decode_frame` for one message;
 - ``messages``: :func:`encode_message` and :func:`parse_message` turn the typed messages into frames and
   back, for both sides: the client's requests (:class:`GetReaderCapabilities`, :class:`SetReaderConfig`,
-  :class:`DeleteRoSpec`, :class:`AddRoSpec`, :class:`EnableRoSpec`, :class:`StartRoSpec`,
-  :class:`KeepaliveAck`, :class:`CloseConnection`, ...) and the reader's (:class:`ReaderEventNotification`
-  with the ``events`` of :mod:`.events`, :class:`Response` with its :class:`LlrpStatus`,
-  :class:`RoAccessReport`, :class:`Keepalive`, :class:`ErrorMessage`); a message type without a codec here
-  is an :class:`UnknownMessage`;
+  :class:`DeleteRoSpec`, :class:`AddRoSpec`, :class:`EnableRoSpec`, :class:`StartRoSpec`, the AccessSpec
+  messages :class:`AddAccessSpec`, :class:`DeleteAccessSpec`, :class:`EnableAccessSpec`,
+  :class:`DisableAccessSpec`, :class:`GetAccessSpecs`, :class:`KeepaliveAck`, :class:`CloseConnection`, ...)
+  and the reader's (:class:`ReaderEventNotification` with the ``events`` of :mod:`.events`,
+  :class:`Response` with its :class:`LlrpStatus`, :class:`RoAccessReport`, :class:`Keepalive`,
+  :class:`ErrorMessage`); a message type without a codec here is an :class:`UnknownMessage`;
 - ``params``: :func:`decode_parameters` / :func:`encode_parameter`, any parameter tree, through one construct
   definition per parameter type (:data:`TV_VALUES`, :data:`TLV_SPECS`), in both directions; ``values``: the
-  typed forms of the parameters a client sets and reads (:class:`RoSpec`, :class:`RoReportSpec`, ...);
+  typed forms of the parameters a client sets and reads (:class:`RoSpec` with its :class:`AiSpec`\\ s and
+  their :class:`TagObservation` stop triggers, :class:`RoReportSpec`, :class:`AccessSpec`, ...);
 - ``tags``: :class:`TagReport` and RO_ACCESS_REPORT, the hot path; ``constants``: the standard's numbers.
 
 The hot path is RO_ACCESS_REPORT: a reader streams thousands of TagReportData a second. They are decoded by a
@@ -45,20 +47,25 @@ from __future__ import annotations
 
 from .constants import (
     AIR_PROTOCOL_C1G2,
+    AISPEC_EVENT_END,
     CUSTOM,
     DEFAULT_MAX_MESSAGE,
     EPC96_BITS,
     HEADER_SIZE,
     SUPPORTED_VERSIONS,
+    AccessReportTrigger,
+    AccessSpecStopTriggerType,
     ConnectionAttemptStatus,
     MessageType,
     ParamType,
     ReaderEventType,
     ReportTrigger,
+    RoSpecEventType,
     RoSpecState,
     StartTrigger,
     StatusCode,
     StopTrigger,
+    TagObservationType,
     response_type,
 )
 from .events import (
@@ -86,13 +93,18 @@ from .framing import (
 )
 from .messages import (
     MESSAGE_FIELDS,
+    AddAccessSpec,
     AddRoSpec,
     CloseConnection,
+    DeleteAccessSpec,
     DeleteRoSpec,
+    DisableAccessSpec,
     DisableRoSpec,
+    EnableAccessSpec,
     EnableEventsAndReports,
     EnableRoSpec,
     ErrorMessage,
+    GetAccessSpecs,
     GetReaderCapabilities,
     GetReaderConfig,
     GetReport,
@@ -128,12 +140,14 @@ from .tags import (
     parse_tag_report_spec,
 )
 from .values import (
+    AccessSpec,
     AiSpec,
     DeviceCapabilities,
     KeepaliveSpec,
     LlrpStatus,
     RoReportSpec,
     RoSpec,
+    TagObservation,
     TagReportContent,
     capabilities_parameters,
     device_capabilities,
@@ -141,6 +155,7 @@ from .values import (
 
 __all__ = [
     "AIR_PROTOCOL_C1G2",
+    "AISPEC_EVENT_END",
     "CUSTOM",
     "DEFAULT_MAX_MESSAGE",
     "EPC96_BITS",
@@ -151,6 +166,10 @@ __all__ = [
     "TLV_HEADER",
     "TLV_SPECS",
     "TV_VALUES",
+    "AccessReportTrigger",
+    "AccessSpec",
+    "AccessSpecStopTriggerType",
+    "AddAccessSpec",
     "AddRoSpec",
     "AiSpec",
     "AiSpecEvent",
@@ -161,13 +180,17 @@ __all__ = [
     "ConnectionAttemptEvent",
     "ConnectionAttemptStatus",
     "ConnectionCloseEvent",
+    "DeleteAccessSpec",
     "DeleteRoSpec",
     "DeviceCapabilities",
+    "DisableAccessSpec",
     "DisableRoSpec",
+    "EnableAccessSpec",
     "EnableEventsAndReports",
     "EnableRoSpec",
     "ErrorMessage",
     "Frame",
+    "GetAccessSpecs",
     "GetReaderCapabilities",
     "GetReaderConfig",
     "GetReport",
@@ -195,6 +218,7 @@ __all__ = [
     "RoReportSpec",
     "RoSpec",
     "RoSpecEvent",
+    "RoSpecEventType",
     "RoSpecState",
     "SetReaderConfig",
     "SpecLoopEvent",
@@ -203,6 +227,8 @@ __all__ = [
     "StatusCode",
     "StopRoSpec",
     "StopTrigger",
+    "TagObservation",
+    "TagObservationType",
     "TagReport",
     "TagReportContent",
     "UnknownMessage",

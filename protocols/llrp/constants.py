@@ -331,5 +331,50 @@ class StopTrigger(IntEnum):
     TAG_OBSERVATION = 3
 
 
+class TagObservationType(IntEnum):
+    """TagObservationTrigger types: when an AISpec whose stop trigger is TAG_OBSERVATION ends (3 and 4 are
+    LLRP 1.1 only). Each also ends at the trigger's timeout, when it is not 0."""
+
+    N_TAGS_OR_TIMEOUT = 0
+    """After N tag observations (every read counts, the same tag again too)."""
+    NO_NEW_TAGS_FOR_T_OR_TIMEOUT = 1
+    """When no tag observation came for T ms."""
+    N_ATTEMPTS_OR_TIMEOUT = 2
+    """After N attempts (inventory rounds) to see every tag in the field."""
+    N_UNIQUE_TAGS_OR_TIMEOUT = 3
+    """After N distinct tags."""
+    NO_NEW_UNIQUE_TAGS_FOR_T_OR_TIMEOUT = 4
+    """When no tag not seen before in this AISpec came for T ms."""
+
+
+class RoSpecEventType(IntEnum):
+    """ROSpecEvent types."""
+
+    START = 0
+    END = 1
+    PREEMPTED = 2
+
+
+AISPEC_EVENT_END: Final = 0
+"""AISpecEvent's only event type: the end of an AISpec."""
+
+
+class AccessSpecStopTriggerType(IntEnum):
+    """AccessSpecStopTrigger: NULL keeps the AccessSpec until it is deleted; OPERATION_COUNT deletes it after
+    it ran that many times."""
+
+    NULL = 0
+    OPERATION_COUNT = 1
+
+
+class AccessReportTrigger(IntEnum):
+    """AccessReportSpec: when the results of an AccessSpec's operations are reported."""
+
+    WITH_RO_REPORT = 0
+    """In the RO_ACCESS_REPORT the ROReportSpec sends anyway."""
+    END_OF_ACCESS_SPEC = 1
+    """In an RO_ACCESS_REPORT of their own, at the end of the AccessSpec."""
+
+
 AIR_PROTOCOL_C1G2: Final = 1
 """AirProtocolID of EPCglobal Class 1 Gen 2."""

@@ -15,7 +15,7 @@ from .events import ReaderEvent, _event_from, _event_parameter
 from .framing import Frame, encode_frame
 from .params import Parameter, _flags, _wrap_build, decode_parameters, encode_parameter
 from .tags import RoAccessReport, encode_tag_report, parse_ro_access_report
-from .values import KeepaliveSpec, LlrpStatus, RoReportSpec, RoSpec
+from .values import AccessSpec, KeepaliveSpec, LlrpStatus, RoReportSpec, RoSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +96,46 @@ class GetRoSpecs:
 
 
 @dataclass(frozen=True, slots=True)
+class AddAccessSpec:
+    """ADD_ACCESSSPEC: the AccessSpec must come disabled (a reader refuses it otherwise)."""
+
+    access_spec: AccessSpec
+    message_type: ClassVar[int] = MessageType.ADD_ACCESSSPEC
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteAccessSpec:
+    """``access_spec_id`` 0 deletes every AccessSpec (what sllurp sends on connect and before it hangs up)."""
+
+    access_spec_id: int = 0
+    message_type: ClassVar[int] = MessageType.DELETE_ACCESSSPEC
+
+
+@dataclass(frozen=True, slots=True)
+class EnableAccessSpec:
+    """``access_spec_id`` 0 enables every AccessSpec."""
+
+    access_spec_id: int
+    message_type: ClassVar[int] = MessageType.ENABLE_ACCESSSPEC
+
+
+@dataclass(frozen=True, slots=True)
+class DisableAccessSpec:
+    """``access_spec_id`` 0 disables every AccessSpec."""
+
+    access_spec_id: int
+    message_type: ClassVar[int] = MessageType.DISABLE_ACCESSSPEC
+
+
+@dataclass(frozen=True, slots=True)
+class GetAccessSpecs:
+    """Answered by GET_ACCESSSPECS_RESPONSE: a :class:`Response` whose ``params`` are the AccessSpecs
+    (:meth:`AccessSpec.from_parameter <protocols.llrp.AccessSpec.from_parameter>` reads each)."""
+
+    message_type: ClassVar[int] = MessageType.GET_ACCESSSPECS
+
+
+@dataclass(frozen=True, slots=True)
 class GetReport:
     """Ask for the TagReportData the reader holds now (an RO_ACCESS_REPORT answers, nothing else)."""
 
@@ -172,6 +212,11 @@ Message = (
     | EnableRoSpec
     | DisableRoSpec
     | GetRoSpecs
+    | AddAccessSpec
+    | DeleteAccessSpec
+    | EnableAccessSpec
+    | DisableAccessSpec
+    | GetAccessSpecs
     | GetReport
     | EnableEventsAndReports
     | KeepaliveAck
@@ -185,6 +230,7 @@ Message = (
 )
 
 _ROSPEC_ID = Struct("rospec_id" / Int32ub)
+_ACCESS_SPEC_ID = Struct("access_spec_id" / Int32ub)
 MESSAGE_FIELDS: Final[Mapping[int, Any]] = {
     MessageType.GET_READER_CAPABILITIES: Struct("requested" / Int8ub),
     MessageType.GET_READER_CONFIG: Struct(
@@ -196,6 +242,9 @@ MESSAGE_FIELDS: Final[Mapping[int, Any]] = {
     MessageType.STOP_ROSPEC: _ROSPEC_ID,
     MessageType.ENABLE_ROSPEC: _ROSPEC_ID,
     MessageType.DISABLE_ROSPEC: _ROSPEC_ID,
+    MessageType.DELETE_ACCESSSPEC: _ACCESS_SPEC_ID,
+    MessageType.ENABLE_ACCESSSPEC: _ACCESS_SPEC_ID,
+    MessageType.DISABLE_ACCESSSPEC: _ACCESS_SPEC_ID,
 }
 """The fields a message carries before its parameters (messages not listed have none)."""
 _MESSAGE_LAYOUTS: Final = {
@@ -203,6 +252,7 @@ _MESSAGE_LAYOUTS: Final = {
 }
 _NO_BODY: Final[Mapping[int, Callable[[], Message]]] = {
     MessageType.GET_ROSPECS: GetRoSpecs,
+    MessageType.GET_ACCESSSPECS: GetAccessSpecs,
     MessageType.GET_REPORT: GetReport,
     MessageType.ENABLE_EVENTS_AND_REPORTS: EnableEventsAndReports,
     MessageType.KEEPALIVE_ACK: KeepaliveAck,
@@ -215,6 +265,11 @@ _ROSPEC_COMMANDS: Final[Mapping[int, Callable[[int], Message]]] = {
     MessageType.STOP_ROSPEC: StopRoSpec,
     MessageType.ENABLE_ROSPEC: EnableRoSpec,
     MessageType.DISABLE_ROSPEC: DisableRoSpec,
+}
+_ACCESS_SPEC_COMMANDS: Final[Mapping[int, Callable[[int], Message]]] = {
+    MessageType.DELETE_ACCESSSPEC: DeleteAccessSpec,
+    MessageType.ENABLE_ACCESSSPEC: EnableAccessSpec,
+    MessageType.DISABLE_ACCESSSPEC: DisableAccessSpec,
 }
 
 
@@ -270,6 +325,10 @@ def _message_body(message: Message) -> tuple[int, bytes]:
         params.append(message.rospec.parameter())
     elif isinstance(message, DeleteRoSpec | StartRoSpec | StopRoSpec | EnableRoSpec | DisableRoSpec):
         fields = {"rospec_id": message.rospec_id}
+    elif isinstance(message, AddAccessSpec):
+        params.append(message.access_spec.parameter())
+    elif isinstance(message, DeleteAccessSpec | EnableAccessSpec | DisableAccessSpec):
+        fields = {"access_spec_id": message.access_spec_id}
     elif isinstance(message, ReaderEventNotification):
         stamp = Parameter(
             ParamType.UPTIME if message.uptime else ParamType.UTC_TIMESTAMP,
@@ -377,6 +436,10 @@ def _parse_body(frame: Frame) -> Message:
         if body:
             raise DecodeError(f"{MessageType(mtype).name} takes no parameters, {len(body)} bytes follow")
         return _ROSPEC_COMMANDS[mtype](fields.rospec_id)
+    if mtype in _ACCESS_SPEC_COMMANDS:
+        if body:
+            raise DecodeError(f"{MessageType(mtype).name} takes no parameters, {len(body)} bytes follow")
+        return _ACCESS_SPEC_COMMANDS[mtype](fields.access_spec_id)
     if mtype not in _KNOWN_MESSAGES:
         return UnknownMessage(mtype, frame.body)
     name = MessageType(mtype).name
@@ -397,6 +460,11 @@ def _parse_body(frame: Frame) -> Message:
         return GetReaderConfig(fields.antenna, fields.requested, fields.gpi_port, fields.gpo_port)
     if mtype == MessageType.SET_READER_CONFIG:
         return _parse_set_reader_config(bool(fields.flags.reset_to_factory_default), params)
+    if mtype == MessageType.ADD_ACCESSSPEC:
+        specs = [p for p in params if p.type == ParamType.ACCESS_SPEC]
+        if len(specs) != 1:
+            raise DecodeError(f"ADD_ACCESSSPEC carries {len(specs)} AccessSpecs, exactly one expected")
+        return AddAccessSpec(AccessSpec.from_parameter(specs[0]))
     # ADD_ROSPEC
     rospecs = [p for p in params if p.type == ParamType.ROSPEC]
     if len(rospecs) != 1:
@@ -418,6 +486,7 @@ _KNOWN_MESSAGES: Final = frozenset(
         MessageType.GET_READER_CONFIG,
         MessageType.SET_READER_CONFIG,
         MessageType.ADD_ROSPEC,
+        MessageType.ADD_ACCESSSPEC,
         *_STATUS_RESPONSES,
     }
 )

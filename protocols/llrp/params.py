@@ -45,6 +45,8 @@ _U16V = PrefixedArray(Int16ub, Int16ub)
 _U32V = PrefixedArray(Int16ub, Int32ub)
 _BITS_ARRAY = Struct("bits" / Int16ub, "data" / Bytes((this.bits + 7) // 8))
 """u1v: u16 count of bits, then that many bits padded to whole bytes."""
+_MEMORY_BANK = BitStruct("memory_bank" / BitsInteger(2), Padding(6))
+"""A Gen2 memory bank (0 reserved, 1 EPC, 2 TID, 3 user) in the top two bits of a byte."""
 
 
 def _flags(*names: str) -> Any:
@@ -187,11 +189,19 @@ TLV_SPECS: Final[Mapping[int, _TlvSpec]] = {
     P.RF_SURVEY_SPEC_STOP_TRIGGER: _spec(
         "RFSurveySpecStopTrigger", "trigger" / Int8ub, "duration_ms" / Int32ub, "n" / Int32ub
     ),
-    P.ACCESS_SPEC: _TlvSpec("AccessSpec", opaque=True),
+    P.ACCESS_SPEC: _spec(
+        "AccessSpec",
+        "access_spec_id" / Int32ub,
+        "antenna" / Int16ub,
+        "protocol_id" / Int8ub,
+        "flags" / _flags("current_state"),
+        "rospec_id" / Int32ub,
+        children=True,
+    ),
     P.ACCESS_SPEC_STOP_TRIGGER: _spec(
         "AccessSpecStopTrigger", "trigger" / Int8ub, "operation_count" / Int16ub
     ),
-    P.ACCESS_COMMAND: _TlvSpec("AccessCommand", opaque=True),
+    P.ACCESS_COMMAND: _spec("AccessCommand", children=True),
     P.CLIENT_REQUEST_OPSPEC: _spec("ClientRequestOpSpec", "opspec_id" / Int16ub),
     P.CLIENT_REQUEST_RESPONSE: _TlvSpec("ClientRequestResponse", opaque=True),
     P.LLRP_CONFIGURATION_STATE_VALUE: _spec("LLRPConfigurationStateValue", "state" / Int32ub),
@@ -326,15 +336,49 @@ TLV_SPECS: Final[Mapping[int, _TlvSpec]] = {
         "C1G2TagInventoryStateAwareSingulationAction",
         "flags" / _flags("inventoried_state_b", "sl_deasserted"),
     ),
-    P.C1G2_TAG_SPEC: _TlvSpec("C1G2TagSpec", opaque=True),
-    P.C1G2_TARGET_TAG: _TlvSpec("C1G2TargetTag", opaque=True),
-    P.C1G2_READ: _TlvSpec("C1G2Read", opaque=True),
-    P.C1G2_WRITE: _TlvSpec("C1G2Write", opaque=True),
-    P.C1G2_KILL: _TlvSpec("C1G2Kill", opaque=True),
-    P.C1G2_LOCK: _TlvSpec("C1G2Lock", opaque=True),
-    P.C1G2_LOCK_PAYLOAD: _TlvSpec("C1G2LockPayload", opaque=True),
-    P.C1G2_BLOCK_ERASE: _TlvSpec("C1G2BlockErase", opaque=True),
-    P.C1G2_BLOCK_WRITE: _TlvSpec("C1G2BlockWrite", opaque=True),
+    P.C1G2_TAG_SPEC: _spec("C1G2TagSpec", children=True),
+    P.C1G2_TARGET_TAG: _spec(
+        "C1G2TargetTag",
+        "flags" / BitStruct("memory_bank" / BitsInteger(2), "match" / Flag, Padding(5)),
+        "pointer" / Int16ub,
+        "mask" / _BITS_ARRAY,
+        "data" / _BITS_ARRAY,
+    ),
+    P.C1G2_READ: _spec(
+        "C1G2Read",
+        "opspec_id" / Int16ub,
+        "access_password" / Int32ub,
+        "flags" / _MEMORY_BANK,
+        "word_pointer" / Int16ub,
+        "word_count" / Int16ub,
+    ),
+    P.C1G2_WRITE: _spec(
+        "C1G2Write",
+        "opspec_id" / Int16ub,
+        "access_password" / Int32ub,
+        "flags" / _MEMORY_BANK,
+        "word_pointer" / Int16ub,
+        "data" / _U16V,
+    ),
+    P.C1G2_KILL: _spec("C1G2Kill", "opspec_id" / Int16ub, "kill_password" / Int32ub),
+    P.C1G2_LOCK: _spec("C1G2Lock", "opspec_id" / Int16ub, "access_password" / Int32ub, children=True),
+    P.C1G2_LOCK_PAYLOAD: _spec("C1G2LockPayload", "privilege" / Int8ub, "data_field" / Int8ub),
+    P.C1G2_BLOCK_ERASE: _spec(
+        "C1G2BlockErase",
+        "opspec_id" / Int16ub,
+        "access_password" / Int32ub,
+        "flags" / _MEMORY_BANK,
+        "word_pointer" / Int16ub,
+        "word_count" / Int16ub,
+    ),
+    P.C1G2_BLOCK_WRITE: _spec(
+        "C1G2BlockWrite",
+        "opspec_id" / Int16ub,
+        "access_password" / Int32ub,
+        "flags" / _MEMORY_BANK,
+        "word_pointer" / Int16ub,
+        "data" / _U16V,
+    ),
     P.C1G2_EPC_MEMORY_SELECTOR: _spec(
         "C1G2EPCMemorySelector", "flags" / _flags("crc_enabled", "pc_bits_enabled", "xpc_bits_enabled")
     ),

@@ -11,12 +11,14 @@ from protocols.errors import DecodeError
 
 from .constants import (
     AIR_PROTOCOL_C1G2,
+    AccessSpecStopTriggerType,
     ParamType,
     ReportTrigger,
     RoSpecState,
     StartTrigger,
     StatusCode,
     StopTrigger,
+    TagObservationType,
 )
 from .params import Parameter, parameter_name
 
@@ -182,19 +184,54 @@ class KeepaliveSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class TagObservation:
+    """TagObservationTrigger: when an AISpec whose stop trigger is TAG_OBSERVATION ends (``trigger``, a
+    :class:`TagObservationType`): after ``number_of_tags`` observations (or distinct tags), after
+    ``number_of_attempts`` inventory rounds, or when nothing new came for ``t_ms``; always at ``timeout_ms``
+    when that is not 0. What sllurp's ``report_every_n_tags`` sends: N tags, its ``report_timeout_ms``."""
+
+    trigger: int = TagObservationType.N_TAGS_OR_TIMEOUT
+    number_of_tags: int = 0
+    number_of_attempts: int = 0
+    t_ms: int = 0
+    timeout_ms: int = 0
+
+    def parameter(self) -> Parameter:
+        return Parameter(
+            ParamType.TAG_OBSERVATION_TRIGGER,
+            {
+                "trigger": self.trigger,
+                "number_of_tags": self.number_of_tags,
+                "number_of_attempts": self.number_of_attempts,
+                "t_ms": self.t_ms,
+                "timeout_ms": self.timeout_ms,
+            },
+        )
+
+    @classmethod
+    def from_parameter(cls, param: Parameter) -> TagObservation:
+        f = param.fields
+        return cls(f["trigger"], f["number_of_tags"], f["number_of_attempts"], f["t_ms"], f["timeout_ms"])
+
+
+@dataclass(frozen=True, slots=True)
 class AiSpec:
     """AISpec: an inventory on ``antennas`` (0 alone: every antenna) until its stop trigger, with one
     InventoryParameterSpec per (id, air protocol) in ``inventory`` (AntennaConfiguration and vendor
-    parameters inside them are not modelled)."""
+    parameters inside them are not modelled). A TAG_OBSERVATION stop trigger carries its
+    ``tag_observation``; the codec does not insist on it, a reader refuses an AISpec without it."""
 
     antennas: tuple[int, ...] = (0,)
     stop_trigger: int = StopTrigger.NULL
     duration_ms: int = 0
     inventory: tuple[tuple[int, int], ...] = ((1, AIR_PROTOCOL_C1G2),)
+    tag_observation: TagObservation | None = None
 
     def parameter(self) -> Parameter:
         stop = Parameter(
-            ParamType.AISPEC_STOP_TRIGGER, {"trigger": self.stop_trigger, "duration_ms": self.duration_ms}
+            ParamType.AISPEC_STOP_TRIGGER,
+            {"trigger": self.stop_trigger, "duration_ms": self.duration_ms},
+            () if self.tag_observation is None else (self.tag_observation.parameter(),),
         )
         specs = tuple(
             Parameter(ParamType.INVENTORY_PARAMETER_SPEC, {"spec_id": spec_id, "protocol_id": protocol})
@@ -213,8 +250,13 @@ class AiSpec:
         )
         if not inventory:
             raise DecodeError("AISpec without an InventoryParameterSpec")
+        observation = stop.find(ParamType.TAG_OBSERVATION_TRIGGER)
         return cls(
-            tuple(param.fields["antennas"]), stop.fields["trigger"], stop.fields["duration_ms"], inventory
+            tuple(param.fields["antennas"]),
+            stop.fields["trigger"],
+            stop.fields["duration_ms"],
+            inventory,
+            None if observation is None else TagObservation.from_parameter(observation),
         )
 
 
@@ -283,6 +325,71 @@ class RoSpec:
             stop.fields["trigger"],
             stop.fields["duration_ms"],
             None if report is None else RoReportSpec.from_parameter(report),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AccessSpec:
+    """AccessSpec: operations (read, write, lock, kill... of tag memory) a reader runs on the tags its
+    ROSpec ``rospec_id`` (0: any) singulates on ``antenna`` (0: any) that match the C1G2TagSpec. ``command``
+    holds the AccessCommand's parameters as they are (the C1G2TagSpec, then the OpSpecs: ``C1G2Read``,
+    ``C1G2Write``...); ``stop_trigger`` OPERATION_COUNT deletes it after ``operation_count`` runs;
+    ``report_trigger`` is its AccessReportSpec's, when it has one. ``extra``: vendor parameters."""
+
+    access_spec_id: int
+    command: tuple[Parameter, ...]
+    antenna: int = 0
+    protocol: int = AIR_PROTOCOL_C1G2
+    enabled: bool = False
+    rospec_id: int = 0
+    stop_trigger: int = AccessSpecStopTriggerType.NULL
+    operation_count: int = 0
+    report_trigger: int | None = None
+    extra: tuple[Parameter, ...] = ()
+
+    def parameter(self) -> Parameter:
+        stop = Parameter(
+            ParamType.ACCESS_SPEC_STOP_TRIGGER,
+            {"trigger": self.stop_trigger, "operation_count": self.operation_count},
+        )
+        command = Parameter(ParamType.ACCESS_COMMAND, {}, self.command)
+        report = (
+            ()
+            if self.report_trigger is None
+            else (Parameter(ParamType.ACCESS_REPORT_SPEC, {"trigger": self.report_trigger}),)
+        )
+        return Parameter(
+            ParamType.ACCESS_SPEC,
+            {
+                "access_spec_id": self.access_spec_id,
+                "antenna": self.antenna,
+                "protocol_id": self.protocol,
+                "flags": {"current_state": self.enabled},
+                "rospec_id": self.rospec_id,
+            },
+            (stop, command, *report, *self.extra),
+        )
+
+    @classmethod
+    def from_parameter(cls, param: Parameter) -> AccessSpec:
+        stop = param.find(ParamType.ACCESS_SPEC_STOP_TRIGGER)
+        command = param.find(ParamType.ACCESS_COMMAND)
+        if stop is None or command is None:
+            raise DecodeError("AccessSpec without its AccessSpecStopTrigger and AccessCommand")
+        report = param.find(ParamType.ACCESS_REPORT_SPEC)
+        known = {ParamType.ACCESS_SPEC_STOP_TRIGGER, ParamType.ACCESS_COMMAND, ParamType.ACCESS_REPORT_SPEC}
+        f = param.fields
+        return cls(
+            access_spec_id=f["access_spec_id"],
+            command=command.params,
+            antenna=f["antenna"],
+            protocol=f["protocol_id"],
+            enabled=bool(f["flags"]["current_state"]),
+            rospec_id=f["rospec_id"],
+            stop_trigger=stop.fields["trigger"],
+            operation_count=stop.fields["operation_count"],
+            report_trigger=None if report is None else report.fields["trigger"],
+            extra=tuple(p for p in param.params if p.type not in known),
         )
 
 

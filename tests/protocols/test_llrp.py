@@ -365,6 +365,67 @@ def test_reference_epc_data() -> None:
     assert llrp.parse_tag_report(raw, 4) == tag
 
 
+def test_reference_access_spec_messages() -> None:
+    # DELETE_ACCESSSPEC (41) 0, what sllurp sends first: every AccessSpec; ENABLE (42), DISABLE (43) take an
+    # id the same way; GET_ACCESSSPECS (44) has no body.
+    assert llrp.encode_message(llrp.DeleteAccessSpec(0), 1) == bytes.fromhex(
+        "0429 0000000E 00000001 00000000"
+    )
+    assert llrp.encode_message(llrp.EnableAccessSpec(7), 2) == bytes.fromhex(
+        "042A 0000000E 00000002 00000007"
+    )
+    assert llrp.encode_message(llrp.DisableAccessSpec(7), 3) == bytes.fromhex(
+        "042B 0000000E 00000003 00000007"
+    )
+    assert llrp.encode_message(llrp.GetAccessSpecs(), 4) == bytes.fromhex("042C 0000000A 00000004")
+    read_tid = Parameter(
+        ParamType.C1G2_READ,
+        {
+            "opspec_id": 1,
+            "access_password": 0,
+            "flags": {"memory_bank": 2},
+            "word_pointer": 0,
+            "word_count": 6,
+        },
+    )
+    any_tag = Parameter(
+        ParamType.C1G2_TARGET_TAG,
+        {
+            "flags": {"memory_bank": 1, "match": True},
+            "pointer": 0x20,
+            "mask": {"bits": 0, "data": b""},
+            "data": {"bits": 0, "data": b""},
+        },
+    )
+    spec = llrp.AccessSpec(
+        7, (Parameter(ParamType.C1G2_TAG_SPEC, {}, (any_tag,)), read_tid), report_trigger=1
+    )
+    assert llrp.encode_message(llrp.AddAccessSpec(spec), 5) == bytes.fromhex(
+        "0428 00000048 00000005"  # ADD_ACCESSSPEC (40), 72 bytes
+        "00CF 003E"  # AccessSpec (207), 62 bytes
+        "00000007 0000 01 00 00000000"  # id 7, any antenna, Gen2, disabled, any ROSpec
+        "00D0 0007 00 0000"  # AccessSpecStopTrigger (208): null
+        "00D1 0022"  # AccessCommand (209), 34 bytes
+        "0152 000F"  # C1G2TagSpec (338)
+        "0153 000B 60 0020 0000 0000"  # C1G2TargetTag (339): EPC bank, match, pointer 32, no mask, no data
+        "0155 000F 0001 00000000 80 0000 0006"  # C1G2Read (341): opspec 1, no password, TID, words 0..5
+        "00EF 0005 01"  # AccessReportSpec (239): at the end of the AccessSpec
+    )
+
+
+def test_reference_tag_observation_trigger() -> None:
+    # sllurp's report_every_n_tags=5: AISpecStopTrigger (184) of type 3, with a TagObservationTrigger (185):
+    # upon 5 tag observations, no timeout.
+    ai = llrp.AiSpec(
+        (1,),
+        llrp.StopTrigger.TAG_OBSERVATION,
+        0,
+        tag_observation=llrp.TagObservation(llrp.TagObservationType.N_TAGS_OR_TIMEOUT, 5),
+    )
+    stop = llrp.encode_parameter(ai.parameter())[8:]
+    assert stop[:25] == bytes.fromhex("00B8 0019 03 00000000 00B9 0010 00 00 0005 0000 0000 00000000")
+
+
 def test_status_says_what_went_wrong() -> None:
     status = llrp.LlrpStatus(
         llrp.StatusCode.M_PARAMETER_ERROR,
@@ -520,12 +581,14 @@ contents = st.builds(
     llrp.TagReportContent, *(st.booleans() for _ in dataclasses.fields(llrp.TagReportContent))
 )
 report_specs = st.builds(llrp.RoReportSpec, st.integers(0, 6), u16, contents)
+tag_observations = st.builds(llrp.TagObservation, st.integers(0, 4), u16, u16, u16, u32)
 ai_specs = st.builds(
     llrp.AiSpec,
     st.lists(u16, max_size=4).map(tuple),
     st.integers(0, 3),
     u32,
     st.lists(st.tuples(u16, u8), min_size=1, max_size=2).map(tuple),
+    st.one_of(st.none(), tag_observations),
 )
 
 
@@ -547,6 +610,114 @@ def rospecs(draw: st.DrawFn) -> llrp.RoSpec:
     )
 
 
+bit_strings = st.integers(0, 64).flatmap(
+    lambda bits: st.builds(
+        lambda data: {"bits": bits, "data": data},
+        st.binary(min_size=(bits + 7) // 8, max_size=(bits + 7) // 8),
+    )
+)
+memory_banks = st.builds(lambda bank: {"memory_bank": bank}, st.integers(0, 3))
+target_tags = st.builds(
+    lambda bank, match, pointer, mask, data: Parameter(
+        ParamType.C1G2_TARGET_TAG,
+        {"flags": {"memory_bank": bank, "match": match}, "pointer": pointer, "mask": mask, "data": data},
+    ),
+    st.integers(0, 3),
+    st.booleans(),
+    u16,
+    bit_strings,
+    bit_strings,
+)
+tag_specs = st.builds(
+    lambda targets: Parameter(ParamType.C1G2_TAG_SPEC, {}, tuple(targets)),
+    st.lists(target_tags, min_size=1, max_size=2),
+)
+opspecs = st.one_of(
+    st.builds(
+        lambda op, password, bank, pointer, count: Parameter(
+            ParamType.C1G2_READ,
+            {
+                "opspec_id": op,
+                "access_password": password,
+                "flags": bank,
+                "word_pointer": pointer,
+                "word_count": count,
+            },
+        ),
+        u16,
+        u32,
+        memory_banks,
+        u16,
+        u16,
+    ),
+    *(
+        st.builds(
+            lambda op, password, bank, pointer, words, ptype=ptype: Parameter(
+                ptype,
+                {
+                    "opspec_id": op,
+                    "access_password": password,
+                    "flags": bank,
+                    "word_pointer": pointer,
+                    "data": words,
+                },
+            ),
+            u16,
+            u32,
+            memory_banks,
+            u16,
+            st.lists(u16, max_size=4),
+        )
+        for ptype in (ParamType.C1G2_WRITE, ParamType.C1G2_BLOCK_WRITE)
+    ),
+    st.builds(
+        lambda op, password, bank, pointer, count: Parameter(
+            ParamType.C1G2_BLOCK_ERASE,
+            {
+                "opspec_id": op,
+                "access_password": password,
+                "flags": bank,
+                "word_pointer": pointer,
+                "word_count": count,
+            },
+        ),
+        u16,
+        u32,
+        memory_banks,
+        u16,
+        u16,
+    ),
+    st.builds(
+        lambda op, password: Parameter(ParamType.C1G2_KILL, {"opspec_id": op, "kill_password": password}),
+        u16,
+        u32,
+    ),
+    st.builds(
+        lambda op, password, payloads: Parameter(
+            ParamType.C1G2_LOCK,
+            {"opspec_id": op, "access_password": password},
+            tuple(
+                Parameter(ParamType.C1G2_LOCK_PAYLOAD, {"privilege": p, "data_field": f}) for p, f in payloads
+            ),
+        ),
+        u16,
+        u32,
+        st.lists(st.tuples(u8, u8), min_size=1, max_size=3),
+    ),
+)
+access_specs = st.builds(
+    llrp.AccessSpec,
+    u32,
+    st.builds(lambda tags, ops: (tags, *ops), tag_specs, st.lists(opspecs, min_size=1, max_size=3)),
+    u16,
+    u8,
+    st.booleans(),
+    u32,
+    st.integers(0, 1),
+    u16,
+    st.one_of(st.none(), st.integers(0, 1)),
+    st.lists(customs, max_size=2).map(tuple),
+)
 reader_events = st.one_of(
     st.builds(llrp.ConnectionAttemptEvent, st.integers(0, 4)),
     st.just(llrp.ConnectionCloseEvent()),
@@ -575,6 +746,7 @@ generic_params = st.one_of(
         st.binary(max_size=8),
     ),
     st.builds(lambda k: k.parameter(), st.builds(llrp.KeepaliveSpec, st.booleans(), u32)),
+    st.builds(lambda spec: spec.parameter(), access_specs),
 )
 messages: st.SearchStrategy[llrp.Message] = st.one_of(
     st.builds(llrp.GetReaderCapabilities, u8),
@@ -591,6 +763,7 @@ messages: st.SearchStrategy[llrp.Message] = st.one_of(
         st.lists(customs, max_size=2).map(tuple),
     ),
     st.builds(llrp.AddRoSpec, rospecs()),
+    st.builds(llrp.AddAccessSpec, access_specs),
     *(
         st.builds(cls, u32)
         for cls in (
@@ -599,12 +772,16 @@ messages: st.SearchStrategy[llrp.Message] = st.one_of(
             llrp.StopRoSpec,
             llrp.EnableRoSpec,
             llrp.DisableRoSpec,
+            llrp.DeleteAccessSpec,
+            llrp.EnableAccessSpec,
+            llrp.DisableAccessSpec,
         )
     ),
     *(
         st.just(cls())
         for cls in (
             llrp.GetRoSpecs,
+            llrp.GetAccessSpecs,
             llrp.GetReport,
             llrp.EnableEventsAndReports,
             llrp.KeepaliveAck,
@@ -655,6 +832,25 @@ def test_message_round_trip(message: llrp.Message, message_id: int, version: int
         version,
     )
     assert llrp.parse_message(frame) == message
+
+
+@given(access_specs)
+def test_access_spec_round_trip(spec: llrp.AccessSpec) -> None:
+    # The typed AccessSpec, its generic parameter tree (every OpSpec through its construct definition) and
+    # the bytes agree, both ways; a GET_ACCESSSPECS_RESPONSE lists them as parameters.
+    raw = llrp.encode_parameter(spec.parameter())
+    (param,) = llrp.decode_parameters(raw)
+    assert param == spec.parameter()
+    assert llrp.AccessSpec.from_parameter(param) == spec
+    listed = llrp.Response(llrp.MessageType.GET_ACCESSSPECS_RESPONSE, llrp.LlrpStatus(), (param, param))
+    parsed = llrp.parse_message(llrp.decode_frame(llrp.encode_message(listed, 3)))
+    assert isinstance(parsed, llrp.Response)
+    assert [llrp.AccessSpec.from_parameter(p) for p in parsed.params] == [spec, spec]
+
+
+@given(ai_specs)
+def test_ai_spec_round_trip(ai: llrp.AiSpec) -> None:
+    assert llrp.AiSpec.from_parameter(llrp.decode_parameters(llrp.encode_parameter(ai.parameter()))[0]) == ai
 
 
 @given(tag_reports())
