@@ -13,16 +13,25 @@ answers:
 - ADD_ROSPEC / DELETE_ROSPEC (0: all) / ENABLE_ROSPEC / START_ROSPEC / STOP_ROSPEC / DISABLE_ROSPEC /
   GET_ROSPECS, with the standard's state machine (an ROSpec is added disabled, enabled to inactive, started to
   active; IMMEDIATE start triggers start on enable). Start triggers NULL and IMMEDIATE, stop triggers NULL and
-  DURATION, AISpec stop triggers NULL and DURATION are run; others are refused with an LLRPStatus;
+  DURATION, AISpec stop triggers NULL, DURATION and TAG_OBSERVATION (every TagObservationTrigger type, with
+  its timeout: what sllurp's ``report_every_n_tags`` sends) are run; others are refused with an LLRPStatus;
+- ADD_ACCESSSPEC / DELETE_ACCESSSPEC (0: all) / ENABLE_ACCESSSPEC / DISABLE_ACCESSSPEC (0: all) /
+  GET_ACCESSSPECS: AccessSpecs are checked, kept and listed as a reader keeps them, never run (no tag memory
+  is simulated: reports carry no OpSpec results);
 - GET_REPORT: the TagReportData held, at once; CLOSE_CONNECTION: the response, then the connection closes;
 - anything else: ERROR_MESSAGE (M_UnsupportedMessage; a body that does not decode: M_ParameterError).
+
+A session that enabled them in SET_READER_CONFIG is sent ROSpecEvents (start, end) and AISpecEvents (end of
+each AISpec; with C1G2SingulationDetails when AISPEC_WITH_SINGULATION is enabled); these are off until
+enabled, while antenna, buffer and reader-exception events are on until disabled.
 
 While an ROSpec is active it inventories: every ``round_ms`` it reads ``rate * round_ms / 1000`` tags
 (fractions carried over), each a random tag of the population on a random antenna of the AISpec (those
 connected), with an RSSI around a per-tag, per-antenna level, on a channel that hops per round. Each read
-is a TagReportData with what the report spec's TagReportContentSelector enables; an RO_ACCESS_REPORT goes out
-every N tags (report triggers 1 and 2), every N seconds or milliseconds (triggers 3 to 6, LLRP 1.1), at the
-end of an AISpec or ROSpec as the trigger says, and on GET_REPORT.
+is a TagReportData with what the report spec's TagReportContentSelector enables (the ROSpecID, SpecIndex and
+InventoryParameterSpecID of the spec that read it among them); an RO_ACCESS_REPORT goes out every N tags
+(report triggers 1 and 2), every N seconds or milliseconds (triggers 3 to 6, LLRP 1.1), at the end of an
+AISpec or ROSpec as the trigger says, and on GET_REPORT.
 
 Faults (:class:`Faults`, or on demand): unknown vendor (Custom) parameters and unknown TLVs in the reports,
 no KEEPALIVEs (the client must notice), connections refused with a ConnectionAttemptEvent status, a report
@@ -55,6 +64,7 @@ from .tags import antenna_list, check_inventory, parse_epc, random_population, r
 __all__ = [
     "Faults",
     "LlrpSimulator",
+    "Origin",
     "Read",
     "SimOptions",
     "SimStats",
@@ -88,6 +98,19 @@ class Read(NamedTuple):
     antenna: int
     jitter: int
     channel: int
+
+
+class Origin(NamedTuple):
+    """Which spec made a read: the ROSpec, the AISpec's place in it (from 1) and the id of the AISpec's
+    InventoryParameterSpec (what ROSpecID, SpecIndex and InventoryParameterSpecID report)."""
+
+    rospec_id: int = 0
+    spec_index: int = 1
+    inventory_parameter_spec_id: int = 1
+
+
+NO_SPEC: Final = Origin()
+"""The origin of a read outside any spec (ids 0, indexes 1)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,7 +257,7 @@ class LlrpSimulator(serving.Simulator[SimStats]):
             spread=self.options.rssi_spread,
         )
         self._rng = random.Random(f"edgegw-llrp-sim-{self.options.seed}")
-        self._cache: dict[tuple[llrp.TagReportContent, bool, Read], list[bytes]] = {}
+        self._cache: dict[tuple[llrp.TagReportContent, bool, Read, Origin], list[bytes]] = {}
         self._sessions: set[_Session] = set()
         self.reports_made = 0
         """RO_ACCESS_REPORTs with tags begun (what the periodic report faults count)."""
@@ -246,6 +269,8 @@ class LlrpSimulator(serving.Simulator[SimStats]):
         """Every SET_READER_CONFIG received, in order."""
         self.rospecs_added: list[llrp.RoSpec] = []
         """Every ROSpec added, in order."""
+        self.access_specs_added: list[llrp.AccessSpec] = []
+        """Every AccessSpec added, in order."""
 
     # ---------------------------------------------------------------- controls for tests and the CLI
 
@@ -333,22 +358,26 @@ class LlrpSimulator(serving.Simulator[SimStats]):
             return time.time_ns() // 1000
         return int((time.monotonic() - self._started) * 1_000_000)
 
-    def tag_bytes(self, content: llrp.TagReportContent, read: Read, stamp_us: int) -> bytes:
+    def tag_bytes(
+        self, content: llrp.TagReportContent, read: Read, stamp_us: int, origin: Origin = NO_SPEC
+    ) -> bytes:
         """The TagReportData of one read. Cached without its timestamp (reads repeat: the population is
         small), so tens of thousands a second are reachable; tested against the codec."""
-        key = (content, self.options.utc_clock, read)
+        key = (content, self.options.utc_clock, read, origin)
         parts = self._cache.get(key)
         if parts is None:
             if len(self._cache) >= CACHE_LIMIT:
                 self._cache.clear()
             sentinel = int.from_bytes(_STAMP, "big")
-            parts = self._cache[key] = llrp.encode_tag_report(self.tag_report(content, read, sentinel)).split(
-                _STAMP
-            )
+            parts = self._cache[key] = llrp.encode_tag_report(
+                self.tag_report(content, read, sentinel, origin)
+            ).split(_STAMP)
         return stamp_us.to_bytes(8, "big").join(parts)
 
-    def tag_report(self, content: llrp.TagReportContent, read: Read, stamp_us: int) -> llrp.TagReport:
-        """One read, with what ``content`` enables."""
+    def tag_report(
+        self, content: llrp.TagReportContent, read: Read, stamp_us: int, origin: Origin = NO_SPEC
+    ) -> llrp.TagReport:
+        """One read by the spec ``origin``, with what ``content`` enables."""
         utc = self.options.utc_clock
         seen = content.first_seen
         last = content.last_seen
@@ -365,9 +394,11 @@ class LlrpSimulator(serving.Simulator[SimStats]):
             seen_count=1 if content.seen_count else None,
             pc=PC_96_BITS if content.pc else None,
             crc=0xFFFF & (read.tag * 40503 + 1) if content.crc else None,
-            rospec_id=None,
-            spec_index=1 if content.spec_index else None,
-            inventory_parameter_spec_id=1 if content.inventory_parameter_spec_id else None,
+            rospec_id=origin.rospec_id if content.rospec_id else None,
+            spec_index=origin.spec_index if content.spec_index else None,
+            inventory_parameter_spec_id=(
+                origin.inventory_parameter_spec_id if content.inventory_parameter_spec_id else None
+            ),
             access_spec_id=0 if content.access_spec_id else None,
         )
 
@@ -397,6 +428,8 @@ class _RoSpecState:
     spec: llrp.RoSpec
     state: int = llrp.RoSpecState.DISABLED
     task: asyncio.Task[None] | None = None
+    announced: bool = False
+    """Whether this run's start was told (its ROSpecEvent), so that its end is told after it."""
 
 
 class _Session:
@@ -415,6 +448,7 @@ class _Session:
         self.report = llrp.RoReportSpec(llrp.ReportTrigger.N_TAGS_OR_END_OF_ROSPEC, 1)
         self.keepalive_ms = 0
         self.rospecs: dict[int, _RoSpecState] = {}
+        self.access_specs: dict[int, llrp.AccessSpec] = {}
         self.pending: list[bytes] = []
         self.keepalive_ids: set[int] = set()
         self._keepalive_task: asyncio.Task[None] | None = None
@@ -567,6 +601,17 @@ class _Session:
                 dataclasses.replace(s.spec, state=s.state).parameter() for s in self.rospecs.values()
             )
             await self._respond(message, message_id, params=params)
+        elif isinstance(message, llrp.AddAccessSpec):
+            await self._respond(message, message_id, self._add_access_spec(message.access_spec))
+        elif isinstance(message, llrp.DeleteAccessSpec):
+            await self._respond(message, message_id, self._access_specs(message.access_spec_id, None))
+        elif isinstance(message, llrp.EnableAccessSpec):
+            await self._respond(message, message_id, self._access_specs(message.access_spec_id, True))
+        elif isinstance(message, llrp.DisableAccessSpec):
+            await self._respond(message, message_id, self._access_specs(message.access_spec_id, False))
+        elif isinstance(message, llrp.GetAccessSpecs):
+            params = tuple(spec.parameter() for spec in self.access_specs.values())
+            await self._respond(message, message_id, params=params)
         elif isinstance(message, llrp.GetReport):
             await self.flush(always=True)
         elif isinstance(message, llrp.KeepaliveAck):
@@ -660,10 +705,25 @@ class _Session:
         if not spec.ai_specs:
             return _failure(llrp.StatusCode.M_MISSING_PARAMETER, "no AISpec")
         for ai in spec.ai_specs:
-            if ai.stop_trigger not in (llrp.StopTrigger.NULL, llrp.StopTrigger.DURATION):
+            if ai.stop_trigger not in _AISPEC_STOP_TRIGGERS:
                 return _failure(
                     llrp.StatusCode.P_UNSUPPORTED_PARAMETER, f"AISpec stop trigger {ai.stop_trigger}"
                 )
+            if ai.stop_trigger == llrp.StopTrigger.TAG_OBSERVATION:
+                if ai.tag_observation is None:
+                    return llrp.LlrpStatus(
+                        llrp.StatusCode.M_PARAMETER_ERROR,
+                        "AISpecStopTrigger of type Tag observation without its TagObservationTrigger",
+                        parameter_error=(
+                            llrp.ParamType.AISPEC_STOP_TRIGGER,
+                            llrp.StatusCode.P_MISSING_PARAMETER,
+                        ),
+                    )
+                if ai.tag_observation.trigger not in _TAG_OBSERVATION_TYPES:
+                    return _failure(
+                        llrp.StatusCode.A_OUT_OF_RANGE,
+                        f"TagObservationTrigger type {ai.tag_observation.trigger} (0..4)",
+                    )
             bad = [a for a in ai.antennas if not 0 <= a <= max_antennas]
             if bad or not ai.antennas:
                 return _failure(
@@ -674,6 +734,50 @@ class _Session:
                 return _failure(llrp.StatusCode.A_INVALID, "only EPCglobal Class 1 Gen 2 (air protocol 1)")
         self.rospecs[spec.rospec_id] = _RoSpecState(spec)
         self.sim.rospecs_added.append(spec)
+        return llrp.LlrpStatus()
+
+    # ---------------------------------------------------------------- AccessSpecs
+
+    def _add_access_spec(self, spec: llrp.AccessSpec) -> llrp.LlrpStatus:
+        """Keep an AccessSpec, checked as a reader checks it. It is listed, enabled, disabled and deleted as
+        the standard says, but never run: no tag memory is simulated, so reports carry no OpSpec results."""
+        max_antennas = self.sim.options.max_antennas
+        if spec.access_spec_id == 0:
+            return _failure(llrp.StatusCode.A_INVALID, "AccessSpecID 0 is reserved")
+        if spec.access_spec_id in self.access_specs:
+            return _failure(llrp.StatusCode.A_INVALID, f"AccessSpec {spec.access_spec_id} exists")
+        if spec.enabled:
+            return _failure(llrp.StatusCode.A_INVALID, "an AccessSpec is added disabled")
+        if not 0 <= spec.antenna <= max_antennas:
+            return _failure(
+                llrp.StatusCode.A_OUT_OF_RANGE, f"antenna {spec.antenna}: this reader has 1..{max_antennas}"
+            )
+        if spec.protocol != llrp.AIR_PROTOCOL_C1G2:
+            return _failure(llrp.StatusCode.A_INVALID, "only EPCglobal Class 1 Gen 2 (air protocol 1)")
+        if spec.stop_trigger not in tuple(llrp.AccessSpecStopTriggerType):
+            return _failure(llrp.StatusCode.A_OUT_OF_RANGE, f"AccessSpec stop trigger {spec.stop_trigger}")
+        tag_specs = [p for p in spec.command if p.type == llrp.ParamType.C1G2_TAG_SPEC]
+        if len(tag_specs) != 1 or not tag_specs[0].find_all(llrp.ParamType.C1G2_TARGET_TAG):
+            return _failure(llrp.StatusCode.M_MISSING_PARAMETER, "AccessCommand without its C1G2TagSpec")
+        if len(spec.command) < 2:
+            return _failure(llrp.StatusCode.M_MISSING_PARAMETER, "AccessCommand without an OpSpec")
+        self.access_specs[spec.access_spec_id] = spec
+        self.sim.access_specs_added.append(spec)
+        return llrp.LlrpStatus()
+
+    def _access_specs(self, access_spec_id: int, enable: bool | None) -> llrp.LlrpStatus:
+        """Enable (True), disable (False) or delete (None) AccessSpec ``access_spec_id`` (0: every one)."""
+        if access_spec_id == 0:
+            ids = list(self.access_specs)
+        elif access_spec_id in self.access_specs:
+            ids = [access_spec_id]
+        else:
+            return _failure(llrp.StatusCode.A_INVALID, f"no AccessSpec {access_spec_id}")
+        for key in ids:
+            if enable is None:
+                del self.access_specs[key]
+            else:
+                self.access_specs[key] = dataclasses.replace(self.access_specs[key], enabled=enable)
         return llrp.LlrpStatus()
 
     def _targets(self, rospec_id: int) -> list[_RoSpecState] | None:
@@ -687,8 +791,11 @@ class _Session:
         if targets is None:
             return _failure(llrp.StatusCode.A_INVALID, f"no ROSpec {rospec_id}")
         for state in targets:
+            was_active = state.state == llrp.RoSpecState.ACTIVE
             await self._halt(state)
             del self.rospecs[state.spec.rospec_id]
+            if was_active:
+                await self._stopped(state)
         return llrp.LlrpStatus()
 
     def _enable(self, rospec_id: int) -> llrp.LlrpStatus:
@@ -721,10 +828,12 @@ class _Session:
             state.state = to
             if was_active:
                 await self.flush()
+                await self._stopped(state)
         return llrp.LlrpStatus()
 
     def _activate(self, state: _RoSpecState) -> None:
         state.state = llrp.RoSpecState.ACTIVE
+        state.announced = False
         self.sim.stats.rospecs_started += 1
         state.task = asyncio.create_task(self._inventory(state))
 
@@ -748,12 +857,16 @@ class _Session:
         last_flush = clock
         period = _report_period(report)
         try:
-            for ai in spec.ai_specs:
-                ai_end = (
-                    clock + ai.duration_ms / 1000 if ai.stop_trigger == llrp.StopTrigger.DURATION else None
-                )
-                while (ai_end is None or clock < ai_end) and (ro_end is None or clock < ro_end):
-                    carry = await self._round(ai, report, carry)
+            state.announced = True
+            await self._rospec_event(llrp.RoSpecEventType.START, spec.rospec_id)
+            for index, ai in enumerate(spec.ai_specs, 1):
+                progress = _AiSpecProgress(ai, clock)
+                origin = Origin(spec.rospec_id, index, ai.inventory[0][0])
+                while not progress.done(clock) and (ro_end is None or clock < ro_end):
+                    carry = await self._round(
+                        ai, report, carry, origin=origin, progress=progress, clock=clock
+                    )
+                    progress.attempts += 1
                     clock += round_s
                     now = loop.time()
                     # Always yield (keepalives and requests share the loop); a reader that fell behind
@@ -765,16 +878,29 @@ class _Session:
                         await self.flush()
                 if report.trigger in _END_OF_AISPEC:
                     await self.flush()
+                await self._aispec_event(spec.rospec_id, index)
+                if ro_end is not None and clock >= ro_end:
+                    break  # the ROSpec's own stop trigger ends it, and the AISpecs after this one
             if report.trigger != llrp.ReportTrigger.NONE:
                 await self.flush()
             state.state = llrp.RoSpecState.INACTIVE
             state.task = None
             self.sim.stats.rospecs_ended += 1
+            await self._rospec_event(llrp.RoSpecEventType.END, spec.rospec_id)
             self.sim._notify()
         except (ConnectionError, _Aborted):
             self.abort()
 
-    async def _round(self, ai: llrp.AiSpec, report: llrp.RoReportSpec, carry: float) -> float:
+    async def _round(
+        self,
+        ai: llrp.AiSpec,
+        report: llrp.RoReportSpec,
+        carry: float,
+        *,
+        origin: Origin,
+        progress: _AiSpecProgress,
+        clock: float,
+    ) -> float:
         sim = self.sim
         options = sim.options
         carry += options.rate * options.round_ms / 1000
@@ -791,6 +917,7 @@ class _Session:
         content = report.content
         vendor = options.faults.vendor_params
         n = report.n if report.trigger in _N_TAGS else 0
+        watching = progress.observation is not None  # only a TagObservationTrigger counts reads
         pending = self.pending
         stamp = sim.timestamp_us()
         for _ in range(count):
@@ -801,7 +928,7 @@ class _Session:
                 channel,
             )
             if vendor and rng.random() < vendor:
-                report_ = sim.tag_report(content, read, stamp)
+                report_ = sim.tag_report(content, read, stamp, origin)
                 custom = llrp.Parameter(
                     llrp.CUSTOM,
                     {"vendor": UNKNOWN_VENDOR, "subtype": rng.randrange(1 << 32), "data": rng.randbytes(6)},
@@ -810,13 +937,51 @@ class _Session:
                 pending.append(llrp.encode_tag_report(report_._replace(extra=(custom, unknown))))
                 sim.stats.vendor_params_sent += 2
             else:
-                pending.append(sim.tag_bytes(content, read, stamp))
+                pending.append(sim.tag_bytes(content, read, stamp, origin))
             sim.stats.tag_reads_made += 1
             if n and len(pending) >= n:
                 await self.flush()
                 pending = self.pending
+            if watching:
+                progress.observe(read.tag, clock)
+                if progress.observed_enough():
+                    break  # the AISpec's TagObservationTrigger ends it at this read
         sim._notify()
         return carry
+
+    # ---------------------------------------------------------------- the spec events
+
+    async def _rospec_event(self, event_type: int, rospec_id: int) -> None:
+        """A ROSpecEvent, if this client enabled them (they are off until SET_READER_CONFIG says)."""
+        if self.events_enabled.get(llrp.ReaderEventType.ROSPEC, False):
+            await self.event(llrp.RoSpecEvent(event_type, rospec_id))
+            self.sim.stats.events_sent += 1
+
+    async def _stopped(self, state: _RoSpecState) -> None:
+        """The ROSpecEvents of a run the client ended (its start too, if its task never got to tell it)."""
+        if not state.announced:
+            state.announced = True
+            await self._rospec_event(llrp.RoSpecEventType.START, state.spec.rospec_id)
+        await self._rospec_event(llrp.RoSpecEventType.END, state.spec.rospec_id)
+
+    async def _aispec_event(self, rospec_id: int, spec_index: int) -> None:
+        """The end of an AISpec, if this client enabled AISpec events (with singulation details too, if it
+        enabled those: the simulated air protocol has no slots, so they count none)."""
+        enabled = self.events_enabled
+        details = enabled.get(llrp.ReaderEventType.AISPEC_WITH_SINGULATION, False)
+        if details or enabled.get(llrp.ReaderEventType.AISPEC, False):
+            params = (
+                (
+                    llrp.Parameter(
+                        llrp.ParamType.C1G2_SINGULATION_DETAILS,
+                        {"value": {"collision_slots": 0, "empty_slots": 0}},
+                    ),
+                )
+                if details
+                else ()
+            )
+            await self.event(llrp.AiSpecEvent(llrp.AISPEC_EVENT_END, rospec_id, spec_index, params))
+            self.sim.stats.events_sent += 1
 
     async def flush(self, *, always: bool = False) -> None:
         """Send the TagReportData held as one RO_ACCESS_REPORT; with none held, only when ``always`` (the
@@ -851,6 +1016,66 @@ class _Session:
         sim._notify()
 
 
+class _AiSpecProgress:
+    """Where a running AISpec stands against its stop trigger: its end time (a duration, or a
+    TagObservationTrigger's timeout) and, for a TagObservationTrigger, the observations, distinct tags,
+    attempts (inventory rounds) and when the last new one came."""
+
+    __slots__ = ("attempts", "end", "last_new", "observation", "observations", "unique")
+
+    def __init__(self, ai: llrp.AiSpec, start: float) -> None:
+        self.observation = ai.tag_observation if ai.stop_trigger == llrp.StopTrigger.TAG_OBSERVATION else None
+        self.end: float | None = None
+        if ai.stop_trigger == llrp.StopTrigger.DURATION:
+            self.end = start + ai.duration_ms / 1000
+        elif self.observation is not None and self.observation.timeout_ms:
+            self.end = start + self.observation.timeout_ms / 1000
+        self.observations = 0
+        self.unique: set[int] = set()
+        self.attempts = 0
+        self.last_new = start
+
+    def observe(self, tag: int, clock: float) -> None:
+        self.observations += 1
+        new_tag = tag not in self.unique
+        self.unique.add(tag)
+        if self.observation is not None and (
+            new_tag or self.observation.trigger == llrp.TagObservationType.NO_NEW_TAGS_FOR_T_OR_TIMEOUT
+        ):
+            self.last_new = clock
+
+    def observed_enough(self) -> bool:
+        """Whether the N tags (or N distinct tags) of the TagObservationTrigger have been seen."""
+        observation = self.observation
+        if observation is None or not observation.number_of_tags:
+            return False
+        if observation.trigger == llrp.TagObservationType.N_TAGS_OR_TIMEOUT:
+            return self.observations >= observation.number_of_tags
+        if observation.trigger == llrp.TagObservationType.N_UNIQUE_TAGS_OR_TIMEOUT:
+            return len(self.unique) >= observation.number_of_tags
+        return False
+
+    def done(self, clock: float) -> bool:
+        if self.end is not None and clock >= self.end:
+            return True
+        observation = self.observation
+        if observation is None:
+            return False
+        kind = observation.trigger
+        if kind == llrp.TagObservationType.N_ATTEMPTS_OR_TIMEOUT:
+            return bool(observation.number_of_attempts) and self.attempts >= observation.number_of_attempts
+        if kind in (
+            llrp.TagObservationType.NO_NEW_TAGS_FOR_T_OR_TIMEOUT,
+            llrp.TagObservationType.NO_NEW_UNIQUE_TAGS_FOR_T_OR_TIMEOUT,
+        ):
+            return bool(observation.t_ms) and clock - self.last_new >= observation.t_ms / 1000
+        return self.observed_enough()
+
+
+_AISPEC_STOP_TRIGGERS: Final = frozenset(
+    {llrp.StopTrigger.NULL, llrp.StopTrigger.DURATION, llrp.StopTrigger.TAG_OBSERVATION}
+)
+_TAG_OBSERVATION_TYPES: Final = frozenset(int(t) for t in llrp.TagObservationType)
 _N_TAGS: Final = frozenset(
     {llrp.ReportTrigger.N_TAGS_OR_END_OF_AISPEC, llrp.ReportTrigger.N_TAGS_OR_END_OF_ROSPEC}
 )

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from firmware_sim import llrp as sim_llrp
-from firmware_sim.llrp import Faults, LlrpSimulator, Read, SimOptions, serve_tcp
+from firmware_sim.llrp import Faults, LlrpSimulator, Origin, Read, SimOptions, serve_tcp
 from protocols import llrp
 
 from .clients import Lines
@@ -268,6 +268,30 @@ async def test_the_content_selector_decides_what_a_tag_report_holds() -> None:
         assert (tag.crc is None) == (not content.crc)
         assert (tag.spec_index is None) == (not content.spec_index)
         assert (tag.access_spec_id is None) == (not content.access_spec_id)
+        assert tag.rospec_id == (1 if content.rospec_id else None)
+        assert tag.inventory_parameter_spec_id == (1 if content.inventory_parameter_spec_id else None)
+
+
+async def test_a_tag_says_which_spec_read_it() -> None:
+    which = llrp.TagReportContent(rospec_id=True, spec_index=True, inventory_parameter_spec_id=True)
+    two_ai_specs = llrp.RoSpec(
+        9,
+        (
+            llrp.AiSpec((1,), llrp.StopTrigger.DURATION, 20, ((5, llrp.AIR_PROTOCOL_C1G2),)),
+            llrp.AiSpec((2,), llrp.StopTrigger.DURATION, 20, ((6, llrp.AIR_PROTOCOL_C1G2),)),
+        ),
+        report=llrp.RoReportSpec(llrp.ReportTrigger.N_TAGS_OR_END_OF_AISPEC, 0, which),
+    )
+    async with serve_tcp("127.0.0.1", 0, FAST) as sim, client_of(sim) as client:
+        await start(client, two_ai_specs)
+        first = await client.next_of(llrp.RoAccessReport)
+        second = await client.next_of(llrp.RoAccessReport)
+    assert {(t.rospec_id, t.spec_index, t.inventory_parameter_spec_id, t.antenna) for t in first.tags} == {
+        (9, 1, 5, 1)
+    }
+    assert {(t.rospec_id, t.spec_index, t.inventory_parameter_spec_id, t.antenna) for t in second.tags} == {
+        (9, 2, 6, 2)
+    }
 
 
 async def test_a_reader_without_a_clock_reports_uptime() -> None:
@@ -326,7 +350,233 @@ async def test_close_connection_is_answered_then_the_reader_hangs_up() -> None:
     assert sim.stats.close_connections == 1
 
 
+# -------------------------------------------------------------------------------------- AISpec stop triggers
+
+
+def observing(
+    trigger: int, *, tags: int = 0, attempts: int = 0, t_ms: int = 0, timeout_ms: int = 0
+) -> llrp.RoSpec:
+    """An ROSpec of one AISpec that a TagObservationTrigger ends, reporting at the end of the AISpec."""
+    observation = llrp.TagObservation(trigger, tags, attempts, t_ms, timeout_ms)
+    return llrp.RoSpec(
+        1,
+        (llrp.AiSpec((0,), llrp.StopTrigger.TAG_OBSERVATION, 0, tag_observation=observation),),
+        report=llrp.RoReportSpec(llrp.ReportTrigger.N_TAGS_OR_END_OF_AISPEC, 0),
+    )
+
+
+@pytest.mark.parametrize("n", [1, 7, 45])
+async def test_n_tag_observations_end_the_aispec_with_its_report(n: int) -> None:
+    # What sllurp's report_every_n_tags sends: the AISpec ends at the Nth read, mid-round, and its report
+    # holds those N; the ROSpec (null stop trigger, one AISpec) ends with it.
+    async with serve_tcp("127.0.0.1", 0, FAST) as sim, client_of(sim) as client:
+        await start(client, observing(llrp.TagObservationType.N_TAGS_OR_TIMEOUT, tags=n))
+        report = await client.next_of(llrp.RoAccessReport)
+        await wait(sim, lambda s: s.rospecs_ended == 1)
+        listed = await client.ok(llrp.GetRoSpecs())
+    assert len(report.tags) == n
+    assert sim.stats.tag_reads_made == n
+    assert [llrp.RoSpec.from_parameter(p).state for p in listed.params] == [llrp.RoSpecState.INACTIVE]
+
+
+async def test_n_distinct_tags_end_the_aispec_at_the_last_new_one() -> None:
+    async with serve_tcp("127.0.0.1", 0, FAST) as sim, client_of(sim) as client:
+        await start(client, observing(llrp.TagObservationType.N_UNIQUE_TAGS_OR_TIMEOUT, tags=3))
+        report = await client.next_of(llrp.RoAccessReport)
+    epcs = [tag.epc for tag in report.tags]
+    assert len(set(epcs)) == 3
+    assert epcs[-1] not in epcs[:-1]  # the read that made three is the last
+    assert sim.stats.rospecs_ended == 1
+
+
+async def test_n_attempts_end_the_aispec_after_n_rounds() -> None:
+    # FAST reads 4,000 tags a second in rounds of 5 ms: 20 a round.
+    async with serve_tcp("127.0.0.1", 0, FAST) as sim, client_of(sim) as client:
+        await start(client, observing(llrp.TagObservationType.N_ATTEMPTS_OR_TIMEOUT, attempts=4))
+        report = await client.next_of(llrp.RoAccessReport)
+    assert len(report.tags) == 4 * 20
+
+
+@pytest.mark.parametrize(
+    "trigger",
+    [
+        llrp.TagObservationType.NO_NEW_TAGS_FOR_T_OR_TIMEOUT,
+        llrp.TagObservationType.NO_NEW_UNIQUE_TAGS_FOR_T_OR_TIMEOUT,
+    ],
+)
+async def test_a_quiet_field_ends_the_aispec_after_t(trigger: int) -> None:
+    # An empty field: nothing new comes, so the AISpec ends T after it started, without a report.
+    async with serve_tcp("127.0.0.1", 0, FAST) as sim, client_of(sim) as client:
+        sim.pause()
+        await start(client, observing(trigger, t_ms=20))
+        await wait(sim, lambda s: s.rospecs_ended == 1)
+    assert sim.stats.tag_reads_made == 0 and sim.stats.reports_sent == 0
+
+
+async def test_no_new_distinct_tags_for_t_ends_the_aispec_while_known_tags_are_read() -> None:
+    # Eight tags, 4,000 reads a second: all are seen in the first rounds, then only old ones come back.
+    async with serve_tcp("127.0.0.1", 0, FAST) as sim, client_of(sim) as client:
+        await start(client, observing(llrp.TagObservationType.NO_NEW_UNIQUE_TAGS_FOR_T_OR_TIMEOUT, t_ms=30))
+        report = await client.next_of(llrp.RoAccessReport)
+    assert {tag.epc for tag in report.tags} == set(sim.population)
+
+
+async def test_the_timeout_ends_an_aispec_that_never_sees_its_n_tags() -> None:
+    async with serve_tcp("127.0.0.1", 0, FAST) as sim, client_of(sim) as client:
+        sim.pause()
+        await start(client, observing(llrp.TagObservationType.N_TAGS_OR_TIMEOUT, tags=5, timeout_ms=30))
+        await wait(sim, lambda s: s.rospecs_ended == 1)
+    assert sim.stats.tag_reads_made == 0
+
+
+async def test_a_tag_observation_stop_trigger_needs_its_trigger_parameter() -> None:
+    bare = llrp.RoSpec(1, (llrp.AiSpec((0,), llrp.StopTrigger.TAG_OBSERVATION),))
+    unknown = observing(9, tags=1)
+    async with serve_tcp("127.0.0.1", 0, FAST) as sim, client_of(sim) as client:
+        await admitted(client)
+        missing = await client.ask(llrp.AddRoSpec(bare))
+        assert isinstance(missing, llrp.Response)
+        assert missing.status.code == llrp.StatusCode.M_PARAMETER_ERROR
+        assert missing.status.parameter_error == (
+            llrp.ParamType.AISPEC_STOP_TRIGGER,
+            llrp.StatusCode.P_MISSING_PARAMETER,
+        )
+        out_of_range = await client.ask(llrp.AddRoSpec(unknown))
+        assert isinstance(out_of_range, llrp.Response)
+        assert out_of_range.status.code == llrp.StatusCode.A_OUT_OF_RANGE
+    assert sim.rospecs_added == [] and sim.stats.errors_sent == 2
+
+
+# ------------------------------------------------------------------------------------------ AccessSpecs
+
+
+def access_spec(access_spec_id: int, **kwargs: Any) -> llrp.AccessSpec:
+    """An AccessSpec reading the TID bank of any tag."""
+    any_tag = llrp.Parameter(
+        llrp.ParamType.C1G2_TARGET_TAG,
+        {
+            "flags": {"memory_bank": 1, "match": True},
+            "pointer": 0,
+            "mask": {"bits": 0, "data": b""},
+            "data": {"bits": 0, "data": b""},
+        },
+    )
+    read_tid = llrp.Parameter(
+        llrp.ParamType.C1G2_READ,
+        {
+            "opspec_id": 1,
+            "access_password": 0,
+            "flags": {"memory_bank": 2},
+            "word_pointer": 0,
+            "word_count": 6,
+        },
+    )
+    tag_spec = llrp.Parameter(llrp.ParamType.C1G2_TAG_SPEC, {}, (any_tag,))
+    return llrp.AccessSpec(access_spec_id, kwargs.pop("command", (tag_spec, read_tid)), **kwargs)
+
+
+async def test_accessspecs_follow_the_standards_state_machine() -> None:
+    async with serve_tcp("127.0.0.1", 0, FAST) as sim, client_of(sim) as client:
+        await admitted(client)
+        await client.ok(llrp.DeleteAccessSpec(0))  # none yet: still a success
+        refusals: list[tuple[llrp.Message, int]] = [
+            (llrp.AddAccessSpec(access_spec(0)), llrp.StatusCode.A_INVALID),  # id 0 is reserved
+            (llrp.AddAccessSpec(access_spec(1, enabled=True)), llrp.StatusCode.A_INVALID),  # added disabled
+            (llrp.AddAccessSpec(access_spec(1, antenna=9)), llrp.StatusCode.A_OUT_OF_RANGE),
+            (llrp.AddAccessSpec(access_spec(1, protocol=2)), llrp.StatusCode.A_INVALID),
+            (llrp.AddAccessSpec(access_spec(1, command=())), llrp.StatusCode.M_MISSING_PARAMETER),
+            (llrp.EnableAccessSpec(5), llrp.StatusCode.A_INVALID),  # no such AccessSpec
+            (llrp.DisableAccessSpec(5), llrp.StatusCode.A_INVALID),
+            (llrp.DeleteAccessSpec(5), llrp.StatusCode.A_INVALID),
+        ]
+        for request, code in refusals:
+            answer = await client.ask(request)
+            assert isinstance(answer, llrp.Response) and answer.status.code == code, (request, answer)
+            assert answer.status.description
+        await client.ok(llrp.AddAccessSpec(access_spec(1)))
+        await client.ok(llrp.AddAccessSpec(access_spec(2, rospec_id=1, antenna=2)))
+        duplicate = await client.ask(llrp.AddAccessSpec(access_spec(2)))
+        assert isinstance(duplicate, llrp.Response) and duplicate.status.code == llrp.StatusCode.A_INVALID
+
+        async def listed() -> dict[int, bool]:
+            answer = await client.ok(llrp.GetAccessSpecs())
+            specs = [llrp.AccessSpec.from_parameter(p) for p in answer.params]
+            return {spec.access_spec_id: spec.enabled for spec in specs}
+
+        assert await listed() == {1: False, 2: False}
+        await client.ok(llrp.EnableAccessSpec(2))
+        assert await listed() == {1: False, 2: True}
+        await client.ok(llrp.EnableAccessSpec(0))
+        assert await listed() == {1: True, 2: True}
+        await client.ok(llrp.DisableAccessSpec(1))
+        assert await listed() == {1: False, 2: True}
+        await client.ok(llrp.DeleteAccessSpec(1))
+        assert await listed() == {2: True}
+        await client.ok(llrp.DeleteAccessSpec(0))
+        assert await listed() == {}
+    assert [spec.access_spec_id for spec in sim.access_specs_added] == [1, 2]
+    assert sim.access_specs_added[1] == access_spec(2, rospec_id=1, antenna=2)
+    assert sim.stats.errors_sent == len(refusals) + 1
+
+
 # ------------------------------------------------------------------------------------------ events
+
+
+async def test_rospec_and_aispec_events_go_to_a_client_that_enables_them() -> None:
+    two_ai_specs = llrp.RoSpec(
+        4,
+        (llrp.AiSpec((0,), llrp.StopTrigger.DURATION, 10), llrp.AiSpec((0,), llrp.StopTrigger.DURATION, 10)),
+    )
+    enable = llrp.SetReaderConfig(
+        event_notifications=(
+            (llrp.ReaderEventType.ROSPEC, True),
+            (llrp.ReaderEventType.AISPEC_WITH_SINGULATION, True),
+        )
+    )
+    singulation = llrp.Parameter(
+        llrp.ParamType.C1G2_SINGULATION_DETAILS, {"value": {"collision_slots": 0, "empty_slots": 0}}
+    )
+    async with serve_tcp("127.0.0.1", 0, FAST) as sim, client_of(sim) as client:
+        await admitted(client)
+        await client.ok(enable)
+        await client.ok(llrp.AddRoSpec(two_ai_specs))
+        await client.ok(llrp.EnableRoSpec(4))
+        await client.ok(llrp.StartRoSpec(4))
+        ran = [(await client.next_of(llrp.ReaderEventNotification)).events for _ in range(4)]
+        # Started again, then stopped by the client at once: the ROSpec ends there (its AISpec does not),
+        # and both are told before the STOP_ROSPEC_RESPONSE.
+        stopped: list[tuple[llrp.ReaderEvent, ...]] = []
+
+        def told(frame: llrp.Frame, message: llrp.Message) -> bool:
+            if isinstance(message, llrp.ReaderEventNotification):
+                stopped.append(message.events)
+            return frame.message_id == stop_id and isinstance(message, llrp.Response)
+
+        await client.send(llrp.StartRoSpec(4))
+        stop_id = await client.send(llrp.StopRoSpec(4))
+        _, answer = await client.until(told)
+        assert isinstance(answer, llrp.Response) and answer.status.ok
+    assert ran == [
+        (llrp.RoSpecEvent(llrp.RoSpecEventType.START, 4),),
+        (llrp.AiSpecEvent(llrp.AISPEC_EVENT_END, 4, 1, (singulation,)),),
+        (llrp.AiSpecEvent(llrp.AISPEC_EVENT_END, 4, 2, (singulation,)),),
+        (llrp.RoSpecEvent(llrp.RoSpecEventType.END, 4),),
+    ]
+    assert stopped == [
+        (llrp.RoSpecEvent(llrp.RoSpecEventType.START, 4),),
+        (llrp.RoSpecEvent(llrp.RoSpecEventType.END, 4),),
+    ]
+    assert sim.stats.events_sent == 6
+
+
+async def test_rospec_and_aispec_events_are_off_until_enabled() -> None:
+    spec = llrp.RoSpec(1, (llrp.AiSpec((0,), llrp.StopTrigger.DURATION, 10),))
+    async with serve_tcp("127.0.0.1", 0, FAST) as sim, client_of(sim) as client:
+        await start(client, spec)
+        await wait(sim, lambda s: s.rospecs_ended == 1)
+        await client.ok(llrp.GetReaderConfig())  # everything the reader sent before this is in the inbox
+    assert not any(isinstance(m, llrp.ReaderEventNotification) for _, m in client.inbox)
+    assert sim.stats.events_sent == 0
 
 
 async def test_reader_events_go_to_the_sessions_that_asked() -> None:
@@ -451,14 +701,17 @@ async def test_periodic_report_faults() -> None:
     st.builds(Read, st.integers(0, 7), st.integers(1, 4), st.integers(0, 4), st.integers(1, 50)),
     st.integers(0, 2**64 - 1),
     st.booleans(),
+    st.builds(Origin, st.integers(0, 2**32 - 1), st.integers(1, 3), st.integers(0, 0xFFFF)),
 )
 def test_cached_tag_reports_match_the_codec(
-    content: llrp.TagReportContent, read: Read, stamp: int, utc: bool
+    content: llrp.TagReportContent, read: Read, stamp: int, utc: bool, origin: Origin
 ) -> None:
     sim = LlrpSimulator(SimOptions(tags=8, utc_clock=utc))
     # The first call fills the cache, the second splices another timestamp into the cached bytes.
     assert sim.tag_bytes(content, read, 12345) == llrp.encode_tag_report(sim.tag_report(content, read, 12345))
     assert sim.tag_bytes(content, read, stamp) == llrp.encode_tag_report(sim.tag_report(content, read, stamp))
+    by_spec = llrp.encode_tag_report(sim.tag_report(content, read, stamp, origin))
+    assert sim.tag_bytes(content, read, stamp, origin) == by_spec
 
 
 def test_population_is_deterministic_and_distinct() -> None:
