@@ -640,6 +640,7 @@ class SqliteBuffer(Buffer):
         conn.execute("PRAGMA temp_store = MEMORY")
         conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
         conn.execute("PRAGMA journal_size_limit = 67108864")
+        conn.execute(f"PRAGMA wal_autocheckpoint = {self._autocheckpoint_pages(conn)}")
         if not {"events", "meta"} <= tables or app_id != _APPLICATION_ID or version != _SCHEMA_VERSION:
             conn.execute("BEGIN IMMEDIATE")  # fails here on a read-only file
             for statement in _SCHEMA:
@@ -662,6 +663,16 @@ class SqliteBuffer(Buffer):
             if carry is not None:
                 self._unsaved_drops.clear()  # the carried totals include them
         conn.execute("CREATE TEMP TABLE IF NOT EXISTS acked (seq INTEGER PRIMARY KEY)")
+
+    def _autocheckpoint_pages(self, conn: sqlite3.Connection) -> int:
+        """How many pages the WAL may hold before SQLite copies it into the database: SQLite's 1,000 (4 MiB),
+        or fewer, so that half the reserve can take them. On a full disk the pages the WAL holds beyond the
+        database's end must be copied into it before the WAL can start over, and the released reserve is
+        the only room there is for that."""
+        if self._reserve.size == 0:
+            return 1000
+        page = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        return max(16, min(1000, self._reserve.size // 2 // page))
 
     def _classify(self, err: sqlite3.Error) -> Exception:
         """A failed open: damaged (moved aside), no room (retried later), or an operator's to fix."""
@@ -1012,20 +1023,20 @@ class SqliteBuffer(Buffer):
 
     def _writer_close(self, closing: list[_CloseJob]) -> None:
         conn, self._conn = self._conn, None
-        error: BaseException | None = None
         if conn is not None:
             try:
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-            except sqlite3.Error as err:
-                error = BufferStoreError(f"closing buffer {self.path}: checkpoint failed: {err}")
+            except sqlite3.Error as err:  # what is committed stays in the WAL: the next open recovers it
+                log.warning(
+                    "closing buffer %s: the WAL checkpoint failed (%s); the next start replays it",
+                    self.path,
+                    err,
+                )
             finally:
                 conn.close()
         self._release_lock()
         for job in closing:
-            if error is None:
-                self._post(_resolve, job.future, None)
-            else:
-                self._post(_reject, job.future, error)
+            self._post(_resolve, job.future, None)
 
     def _transaction(self, appends: list[_AppendJob], acks: list[int]) -> None:
         """Commit appends and deletions in one transaction. A storage fault never fails the caller: a full
@@ -1063,6 +1074,8 @@ class SqliteBuffer(Buffer):
                 break
             self._unsaved_drops.clear()
             self._wstate = state
+            if self._space_cap is not None:
+                _checkpoint(conn)
             if state.last_seq and self._lock_fd is not None:
                 with contextlib.suppress(OSError):
                     os.pwrite(self._lock_fd, f"{state.last_seq:>20}\n".encode(), _WATERMARK_AT)
@@ -1092,6 +1105,7 @@ class SqliteBuffer(Buffer):
         ones reuse without growing the file). Each further failure lowers that cap by a tenth, down to half
         of where it started (below that, new events are refused rather than stored ones deleted)."""
         released = self._reserve.release()
+        _checkpoint(conn)
         st = self._wstate
         if self._space_cap is None:
             room = 0
@@ -1406,6 +1420,15 @@ class _Reserve:
             log.error("cannot release the disk reserve %s: %s", self.path, err.strerror)
             return False
         return True
+
+
+def _checkpoint(conn: sqlite3.Connection) -> None:
+    """Copy the WAL into the database and truncate it: on a full disk the WAL cannot start over until its
+    pages are in the database (new pages make the database grow, into the released reserve), and a WAL
+    that keeps growing takes the last free bytes. Busy (a read under way) or failing: tried again after
+    the next commit."""
+    with contextlib.suppress(sqlite3.Error):
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
 
 def _free_space(path: Path) -> int:

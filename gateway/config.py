@@ -283,6 +283,14 @@ def _parse_size(value: Any) -> Any:
 ByteCount = Annotated[int, BeforeValidator(_parse_size), Field(strict=True, ge=1)]
 
 
+def _parse_size_or_zero(value: Any) -> Any:
+    """:func:`_parse_size` for a size where 0 means none (its own function: the schema says minimum 0)."""
+    return _parse_size(value)
+
+
+ByteCountOrZero = Annotated[int, BeforeValidator(_parse_size_or_zero), Field(strict=True, ge=0)]
+
+
 def _check_prefix(value: str) -> str:
     if any(c in value for c in "+#\0"):
         raise _error("topic_prefix", "must not contain the MQTT wildcards '+' or '#' (or NUL)")
@@ -523,6 +531,12 @@ class BufferConfig(_Section):
         default="full",
         description="SQLite synchronous mode: 'full' (default: a committed event survives a power cut) "
         "or 'normal' (faster; the last commits may be lost on power loss, never corrupted).",
+    )
+    disk_reserve: ByteCountOrZero = Field(
+        default=8 * 2**20,
+        description="A spare file of this size kept beside the buffer (<path>.reserve) and deleted when "
+        "the filesystem fills, so that the buffer can still commit deletions and forward what it holds; "
+        "re-created when space returns. 0 keeps none. Default 8 MiB.",
     )
 
 

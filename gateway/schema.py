@@ -68,13 +68,17 @@ def _size_pattern() -> str:
     return rf"^\s*\d+(\.\d+)?\s*({units})?\s*$"
 
 
-def _size(_: JsonSchemaValue) -> JsonSchemaValue:
+def _size(_: JsonSchemaValue, minimum: int = 1) -> JsonSchemaValue:
     return {
         "anyOf": [
-            {"type": "integer", "minimum": 1},
+            {"type": "integer", "minimum": minimum},
             {"type": "string", "pattern": _size_pattern(), "examples": ["512MiB", "1GiB", "2GB"]},
         ]
     }
+
+
+def _size_or_zero(inner: JsonSchemaValue) -> JsonSchemaValue:
+    return _size(inner, minimum=0)
 
 
 def _any_case(inner: JsonSchemaValue) -> JsonSchemaValue:
@@ -110,6 +114,7 @@ def _pattern(regex: str) -> Callable[[JsonSchemaValue], JsonSchemaValue]:
 
 _BEFORE: Final[dict[Callable[..., Any], Callable[[JsonSchemaValue], JsonSchemaValue]]] = {
     cfg._parse_size: _size,
+    cfg._parse_size_or_zero: _size_or_zero,
     cfg._upper: _any_case,
     cfg._protocol_text: _number_text,
     cfg._none_is_empty: _nullable,
