@@ -216,6 +216,8 @@ def cmd_run(path: Path, log_level: str | None) -> int:
 
 
 def cmd_decode(protocol: str, hex_args: Sequence[str], as_json: bool = False) -> int:
+    import os  # noqa: PLC0415
+
     from .decode import UnknownProtocol, decode, parse_hex  # noqa: PLC0415  # loads the codecs
 
     text = sys.stdin.read() if list(hex_args) == ["-"] else " ".join(hex_args)
@@ -225,7 +227,10 @@ def cmd_decode(protocol: str, hex_args: Sequence[str], as_json: bool = False) ->
     except (ValueError, UnknownProtocol) as err:
         print(f"edgegw decode: {err}", file=sys.stderr)
         return EXIT_CONFIG
-    print(decoded.render_json() if as_json else decoded.render())
+    try:
+        print(decoded.render_json() if as_json else decoded.render(), flush=True)
+    except BrokenPipeError:  # `edgegw decode ... | head`: the reader has seen enough; no traceback at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return EXIT_OK if decoded.ok else EXIT_FAILURE
 
 

@@ -6,13 +6,14 @@ import io
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway import cli
-from gateway.decode import DECODERS, UnknownProtocol, decode, parse_hex
+from gateway.decode import DECODERS, Decoded, UnknownProtocol, decode, parse_hex
 from protocols import llrp, modbus, r2000
 
 EDGEGW = str(Path(sys.executable).with_name("edgegw"))
@@ -60,59 +61,96 @@ def test_parse_hex_round_trips_any_bytes(data: bytes, separator: str, prefixed: 
 # ---- r2000: good frames ----------------------------------------------------------------------------------
 
 
+def readings(decoded: Decoded) -> list[tuple[str, dict[str, Any]]]:
+    """Each reading's title line and its content as the JSON carries it."""
+    found = []
+    for reading in decoded.readings:
+        content = reading.to_json()["content"]
+        assert isinstance(content, dict)
+        found.append((reading.title, content))
+    return found
+
+
 @pytest.mark.parametrize(
-    ("frame", "meaning"),
+    ("frame", "title", "content"),
     [
         (
             TAG,
-            "reply (reader -> host): tag read: EPC 300833B2DDD9014000000001, PC 3000, antenna 2, "
-            "RSSI -31 dBm (raw 98), frequency 908.5 MHz (index 20)",
+            "reply (reader -> host): tag read",
+            {
+                "epc": "300833B2DDD9014000000001",
+                "epc_uri": "urn:epc:id:sgtin:0867360217.005.1",
+                "pc": "3000",
+                "antenna": 2,
+                "rssi_dbm": -31,
+                "rssi_raw": 98,
+                "frequency_mhz": 908.5,
+                "frequency_index": 20,
+            },
         ),
         (
             r2000.encode_reply(r2000.InventoryEnd(0x89, 120, antenna=1, read_rate=55)),
-            "reply (reader -> host): end of real-time inventory on antenna 1: 55 tags/s, 120 reads",
+            "reply (reader -> host): end of real-time inventory",
+            {"antenna": 1, "read_rate_per_s": 55, "total_read": 120},
         ),
         (
             r2000.encode_reply(r2000.InventoryEnd(0x8A, 300, duration_ms=250)),
-            "reply (reader -> host): end of fast-switch inventory: 300 reads in 250 ms",
+            "reply (reader -> host): end of fast-switch inventory",
+            {"total_read": 300, "duration_ms": 250},
         ),
         (
             r2000.encode_reply(r2000.AntennaMissing(3)),
-            "reply (reader -> host): fast-switch inventory skipped antenna 3: 0x22 antenna_missing",
+            "reply (reader -> host): fast-switch inventory skipped a missing antenna",
+            {"antenna": 3, "status": {"code": 0x22, "name": "antenna_missing"}},
         ),
-        (r2000.encode_reply(r2000.FirmwareVersion(1, 7)), "reply (reader -> host): firmware version 1.7"),
+        (
+            r2000.encode_reply(r2000.FirmwareVersion(1, 7)),
+            "reply (reader -> host): firmware version",
+            {"version": "1.7"},
+        ),
         (
             r2000.encode_reply(r2000.CommandStatus(r2000.Command.SET_WORK_ANTENNA, r2000.ErrorCode.SUCCESS)),
-            "reply (reader -> host): status of 0x74 set_work_antenna: 0x10 success",
+            "reply (reader -> host): command status",
+            {
+                "command": {"code": 0x74, "name": "set_work_antenna"},
+                "status": {"code": 0x10, "name": "success"},
+            },
         ),
         (
             r2000.real_time_inventory(repeat=1),
-            "request (host -> reader): real-time inventory on the work antenna, repeat 1",
+            "request (host -> reader): real-time inventory on the work antenna",
+            {"repeat": 1},
         ),
-        (r2000.get_firmware_version(), "request (host -> reader): get the firmware version"),
-        (r2000.set_work_antenna(4), "request (host -> reader): set the work antenna to 4"),
+        (r2000.get_firmware_version(), "request (host -> reader): get the firmware version", {}),
+        (r2000.set_work_antenna(4), "request (host -> reader): set the work antenna", {"antenna": 4}),
         (
             r2000.fast_switch_inventory([(1, 1), (2, 3)], interval_ms=5, repeat=2),
-            "request (host -> reader): fast-switch inventory: antenna 1 x1, antenna 2 x3; interval 5 ms, "
-            "repeat 2",
+            "request (host -> reader): fast-switch inventory",
+            {
+                "antennas": [{"antenna": 1, "stay": 1}, {"antenna": 2, "stay": 3}],
+                "interval_ms": 5,
+                "repeat": 2,
+            },
         ),
     ],
 )
-def test_good_r2000_frames_are_explained(frame: bytes, meaning: str) -> None:
+def test_good_r2000_frames_are_explained(frame: bytes, title: str, content: dict[str, object]) -> None:
     decoded = decode("r2000", frame)
     assert decoded.problems == []
     assert decoded.ok
-    assert decoded.meaning == [meaning]
-    assert decoded.render().endswith(f"{meaning}\nOK")
+    assert readings(decoded) == [(title, content)]
+    text = decoded.render()
+    assert text.endswith("\nOK")
+    assert title in text.splitlines()
 
 
 def test_the_wire_fields_are_listed_in_order() -> None:
     decoded = decode("r2000", TAG)
-    assert decoded.fields == [
+    assert decoded.field_texts == [
         ("head", "0xA0"),
         ("length", "19: a frame of 21 bytes"),
         ("address", "1"),
-        ("command", "0x89 real_time_inventory"),
+        ("command", "0x89 (real_time_inventory)"),
         ("data", "51 30 00 30 08 33 B2 DD D9 01 40 00 00 00 01 62 (16 bytes)"),
         ("check", "0xCB (ok)"),
     ]
@@ -126,13 +164,13 @@ def test_bad_checksum_gives_expected_and_found() -> None:
     decoded = decode("r2000", bad)
     assert not decoded.ok
     assert decoded.problems == ["bad checksum: expected 0xCB, found 0xCA"]
-    assert ("check", "0xCA (expected 0xCB)") in decoded.fields
+    assert ("check", "0xCA (expected 0xCB)") in decoded.field_texts
 
 
 def test_a_frame_cut_short_is_a_length_mismatch() -> None:
     decoded = decode("r2000", TAG[:-1])
     assert decoded.problems == ["length mismatch: Len says 19, 18 bytes follow"]
-    assert ("check", "missing: the frame is cut short by 1 byte") in decoded.fields
+    assert ("check", "missing: the frame is cut short by 1 byte") in decoded.field_texts
 
 
 def test_two_frames_pasted_together_are_found() -> None:
@@ -142,14 +180,14 @@ def test_two_frames_pasted_together_are_found() -> None:
         "length mismatch: Len says 5, 26 bytes follow",
         "the bytes hold 2 valid frame(s) (7 bytes at offset 0, 21 bytes at offset 7): decode each alone",
     ]
-    assert ("trailing", f"{TAG.hex(' ').upper()} (21 bytes after the frame)") in decoded.fields
+    assert ("trailing", f"{TAG.hex(' ').upper()} (21 bytes after the frame)") in decoded.field_texts
 
 
 def test_unknown_command() -> None:
     frame = r2000.encode_frame(r2000.Frame(1, 0x55, b""))
     decoded = decode("r2000", frame)
     assert decoded.problems == ["unknown command 0x55"]
-    assert ("command", "0x55 (not a command of this protocol)") in decoded.fields
+    assert ("command", "0x55 (not a command of this protocol)") in decoded.field_texts
 
 
 def test_a_known_command_with_data_that_fits_neither_direction() -> None:
@@ -224,8 +262,11 @@ def test_every_plausible_tag_frame_decodes(
     )
     decoded = decode("r2000", frame)
     assert decoded.ok, decoded.problems
-    assert f"antenna {antenna}," in decoded.meaning[-1]
-    assert f"(index {frequency})" in decoded.meaning[-1]
+    [(title, content)] = readings(decoded)
+    assert title == "reply (reader -> host): tag read"
+    assert content["antenna"] == antenna
+    assert content["frequency_index"] == frequency
+    assert content["epc"] == epc.hex().upper()
 
 
 def test_unknown_protocol_names_the_known_ones() -> None:
@@ -243,12 +284,27 @@ DLT645_REPLY = "68 25 04 03 02 01 00 68 91 08 33 33 34 33 75 39 45 33 8B 16"  # 
 
 def test_dlt645_reference_frames_are_explained() -> None:
     reply = decode("dlt645", parse_hex(DLT645_REPLY))
-    assert reply.ok and reply.meaning == [
-        "reply (meter -> master): DI 00010000 = 1206.42 kWh (energy_active_forward)"
+    assert reply.ok
+    assert readings(reply) == [
+        (
+            "reply (meter -> master): read data",
+            {
+                "di": {"code": "00010000", "name": "energy_active_forward"},
+                "value": {"value": 1206.42, "unit": "kWh"},
+            },
+        )
     ]
+    assert "  di     00010000 (energy_active_forward)\n  value  1206.42 kWh\nOK" in reply.render()
     request = decode("dlt645", parse_hex("FE FE FE FE " + DLT645_REQUEST))
-    assert request.ok and request.meaning[0].startswith("request (master -> meter)")
-    assert ("address", "000102030425") in request.fields
+    assert request.ok
+    assert readings(request) == [
+        (
+            "request (master -> meter): read data",
+            {"di": {"code": "00010000", "name": "energy_active_forward"}},
+        )
+    ]
+    assert ("address", "000102030425") in request.field_texts
+    assert ("preamble", "4 bytes 0xFE") in request.field_texts
 
 
 def test_dlt645_bad_frames_say_what_is_wrong() -> None:
@@ -277,10 +333,39 @@ def llrp_message(name: str, message_type: int, message_id: int = 7) -> bytes:
 def test_llrp_captured_messages_are_explained() -> None:
     report = decode("llrp", llrp_message("ROAccessReport-001.bytes", 61))
     assert report.ok
-    assert ("type", "61 RO_ACCESS_REPORT") in report.fields and ("id", "7") in report.fields
-    assert report.meaning[0].startswith("RO_ACCESS_REPORT: RoAccessReport(tags=(TagReport(")
+    assert ("type", "61 (RO_ACCESS_REPORT)") in report.field_texts and ("id", "7") in report.field_texts
+    assert readings(report) == [
+        (
+            "message (reader -> client): RO_ACCESS_REPORT",
+            {
+                "tags": [
+                    {
+                        "epc": "3000ABCDEF00000000000003",
+                        "epc_uri": "urn:epc:id:sgtin:184473600000.0.3",
+                        "antenna": 1,
+                        "rssi_dbm": -48,
+                        "first_seen_utc": "2020-07-08T02:20:05.140192Z",
+                    }
+                ]
+            },
+        )
+    ]
     event = decode("llrp", llrp_message("ReaderEventNotification-000.bytes", 63))
-    assert event.ok and event.meaning[0].startswith("READER_EVENT_NOTIFICATION")
+    assert event.ok
+    [(title, content)] = readings(event)
+    assert title == "message (reader -> client): READER_EVENT_NOTIFICATION"
+    assert content == {
+        "parameters": [
+            {
+                "parameter": {"code": 246, "name": "ReaderEventNotificationData"},
+                "parameters": [
+                    {"parameter": {"code": 128, "name": "UTCTimestamp"}, "microseconds": 1596721689842138},
+                    {"parameter": {"code": 257, "name": "ConnectionCloseEvent"}},
+                ],
+            }
+        ]
+    }
+    assert "microseconds  2020-08-06T13:48:09.842138Z (1596721689842138)" in event.render()
 
 
 def test_llrp_bad_messages_say_what_is_wrong() -> None:
@@ -300,7 +385,7 @@ EPC_96 = b"\x8d" + EPC  # a TV EPC-96 parameter
 BAD_REPORT_BODIES = {
     "a TagReportData whose length is 0": "00F00000",
     "a TagReportData of no parameters (no EPC)": "00F00004",
-    "an unknown TV parameter type in a tag": "00F00013" + EPC_96.hex() + "FF0000",
+    "an unknown TV parameter type in a tag": "00F00014" + EPC_96.hex() + "FF0000",
     "an EPC bit count longer than its data": "00F0000C" + "00F10008" + "0060" + "3008",
     "an empty Custom parameter in a report": "03FF0004",
     "an empty Custom parameter in a tag": "00F00015" + EPC_96.hex() + "03FF0004",
@@ -330,6 +415,7 @@ def test_an_llrp_report_keeps_its_good_tags_beside_the_bad_one() -> None:
     good = llrp.encode_tag_report(llrp.TagReport(EPC, antenna=1)).hex()
     decoded = decode("llrp", report(good + BAD_REPORT_BODIES["a TagReportData whose length is 0"]))
     assert decoded.problems == ["RO_ACCESS_REPORT: TagReportData at byte 20 with impossible length 0"]
+    assert f"      epc      {EPC.hex().upper()}" in decoded.render().splitlines()
 
 
 @given(st.binary(max_size=80))
@@ -349,12 +435,27 @@ def rtu(hex_text: str) -> bytes:
 
 def test_modbus_rtu_frames_are_explained() -> None:
     request = decode("modbus", bytes.fromhex("01 03 00 00 00 02 C4 0B"))  # the classic example frame
-    assert request.ok and request.meaning == ["request: read holding registers, 2 from address 0"]
+    assert request.ok
+    assert readings(request) == [
+        ("request (master -> device): read holding registers", {"address": 0, "count": 2})
+    ]
     reply = decode("modbus-rtu", rtu("01 03 04 43 66 40 00"))
-    assert reply.ok and reply.meaning == ["reply: read holding registers, 4 data bytes: 43 66 40 00"]
+    assert reply.ok
+    assert readings(reply) == [
+        (
+            "reply (device -> master): read holding registers",
+            {"byte_count": 4, "registers": [0x4366, 0x4000], "data": "43664000"},
+        )
+    ]
     exception = decode("modbus", rtu("01 83 02"))
     assert exception.ok
-    assert exception.meaning == ["exception reply to function 0x03: 0x02 illegal_data_address"]
+    assert readings(exception) == [
+        (
+            "reply (device -> master): exception to read holding registers",
+            {"exception": {"code": 2, "name": "illegal_data_address"}},
+        )
+    ]
+    assert ("function", "0x83 (exception to read holding registers)") in exception.field_texts
 
 
 def test_modbus_rtu_bad_frames_say_what_is_wrong() -> None:
@@ -413,7 +514,7 @@ def test_any_bytes_are_a_modbus_verdict_never_an_exception(data: bytes) -> None:
 def test_cli_good_frame_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["decode", "r2000", *TAG.hex(" ").split()]) == 0
     out = capsys.readouterr().out
-    assert "tag read: EPC 300833B2DDD9014000000001" in out
+    assert "  epc              300833B2DDD9014000000001\n" in out
     assert out.rstrip().endswith("OK")
 
 
@@ -454,7 +555,7 @@ def test_the_installed_command() -> None:
         check=False,
     )
     assert good.returncode == 0, good.stderr
-    assert "request (host -> reader): real-time inventory on the work antenna, repeat 1" in good.stdout
+    assert "request (host -> reader): real-time inventory on the work antenna\n  repeat  1\nOK" in good.stdout
     bad = subprocess.run(
         [EDGEGW, "decode", "r2000", "A0 04 01 89 01"], capture_output=True, text=True, timeout=60, check=False
     )
