@@ -31,7 +31,7 @@ from drivers import registry
 from drivers.base import Driver
 
 from .backoff import Backoff
-from .buffer import Buffer, SqliteBuffer
+from .buffer import Buffer, BufferStats, SqliteBuffer
 from .config import Config, ConfigError, DeviceConfig, load_config
 from .forwarder import Forwarder, ForwarderSettings
 from .loopmon import LoopMonitor
@@ -197,15 +197,6 @@ class Gateway:
             self.ingest.committed if self.ingest else 0,
             self.ingest.commits if self.ingest else 0,
         )
-        if self.buffer is not None:
-            stats = self.buffer.stats()
-            log.info(
-                "summary buffer depth=%d dropped %s corrupt_files=%d%s",
-                stats.depth,
-                " ".join(f"{reason}={n}" for reason, n in sorted(stats.dropped.items())),
-                stats.corrupt_files,
-                f" fault={stats.fault!r}" if stats.fault else "",
-            )
 
     # -- status, health, reload -----------------------------------------------------------------------------
 
@@ -486,6 +477,18 @@ class Gateway:
             self.state = "stopped"
             log.info("buffer closed")
             _log_left_buffered(buffer.stats().depth, self._undelivered_why)
+            _log_buffer_summary(buffer.stats())
+
+
+def _log_buffer_summary(stats: BufferStats) -> None:
+    """The buffer's line of the shutdown summary, once it is closed (its figures are final then)."""
+    log.info(
+        "summary buffer depth=%d dropped %s corrupt_files=%d%s",
+        stats.depth,
+        " ".join(f"{reason}={n}" for reason, n in sorted(stats.dropped.items())),
+        stats.corrupt_files,
+        f" fault={stats.fault!r}" if stats.fault else "",
+    )
 
 
 def _warn_if_cap_exceeds_space(path: Path, max_bytes: int, stored: int) -> None:
