@@ -1385,14 +1385,19 @@ class _Reserve:
     def __init__(self, path: Path, size: int) -> None:
         self.path = path
         self.size = size
+        self._made = False
 
     @property
     def present(self) -> bool:
-        return self.size == 0 or self.path.exists()
+        """In place (or none is wanted), as far as this buffer made and released it: no I/O, it is asked
+        before every commit."""
+        return self.size == 0 or self._made
 
     def ensure(self) -> bool:
         """Create it (allocated blocks, not a sparse file) if missing; False when there is no room."""
-        if self.size == 0:
+        if self.size == 0:  # none wanted: one left from an earlier setting is space for nothing
+            with contextlib.suppress(OSError):
+                self.path.unlink()
             return True
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -1408,10 +1413,12 @@ class _Reserve:
             log.warning("no room for the %d-byte disk reserve %s: %s", self.size, self.path, err.strerror)
             return False
         os.close(fd)
+        self._made = True
         return True
 
     def release(self) -> bool:
         """Delete it; True if that freed its space."""
+        self._made = False
         try:
             self.path.unlink()
         except FileNotFoundError:
