@@ -42,6 +42,7 @@ from drivers import registry
 from drivers.base import Driver
 
 from . import config as cfg
+from .processors.rfid import SmoothingOptions
 
 __all__ = ["DEVICE_FILE", "GATEWAY_FILE", "REGENERATE", "SCHEMA_DIR", "build", "dumps", "main", "render"]
 
@@ -169,7 +170,10 @@ def build(drivers: Sequence[str] | None = None) -> tuple[dict[str, Any], dict[st
     for name, cls in sorted(loaded.items()):
         by_options.setdefault(cls.Options, []).append(name)
 
-    models: list[tuple[type[BaseModel], Any]] = [(cfg._GatewayFile, "validation")]
+    models: list[tuple[type[BaseModel], Any]] = [
+        (cfg._GatewayFile, "validation"),
+        (SmoothingOptions, "validation"),
+    ]
     models += [(options, "validation") for options in by_options]
     refs, top = models_json_schema(models, schema_generator=_Generator, ref_template="#/$defs/{model}")
     defs: dict[str, Any] = _clean(top["$defs"])
@@ -195,6 +199,11 @@ def build(drivers: Sequence[str] | None = None) -> tuple[dict[str, Any], dict[st
         which: dict[str, Any] = {"const": names[0]} if len(names) == 1 else {"enum": names}
         driver = {**which, "description": _summary(loaded[names[0]])}
         body["properties"] = {"name": name_schema, "driver": driver, **body.get("properties", {})}
+        if any("rfid.read" in loaded[n].emits for n in names):  # what the loader allows: see DeviceConfig
+            body["properties"]["smoothing"] = {
+                "description": "Tag smoothing and lane counts for this RFID device (see the README).",
+                "anyOf": [{"$ref": f"#/$defs/{def_name(SmoothingOptions)}"}, {"type": "null"}],
+            }
         body["required"] = ["name", "driver", *body.get("required", [])]
         condition = {"properties": {"driver": which}, "required": ["driver"]}
         branches.append({"if": condition, "then": {"$ref": f"#/$defs/{key}"}})

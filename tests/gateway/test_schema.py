@@ -303,9 +303,24 @@ def test_what_the_loader_rejects_by_shape_the_schema_rejects(
     assert Validator(schemas[0]).errors(as_json(yaml.safe_load(text))) != []
 
 
-def test_the_example_config_validates(schemas: tuple[dict[str, Any], dict[str, Any]]) -> None:
-    doc = as_json(yaml.safe_load(EXAMPLE.read_text()))
+@pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLE.parent.glob("*.yaml")))
+def test_every_example_config_validates(schemas: tuple[dict[str, Any], dict[str, Any]], example: str) -> None:
+    """Every shipped example (RFID smoothing, meters, ...) is accepted by the schema as by the loader."""
+    path = EXAMPLE.parent / example
+    load_config(path)
+    doc = as_json(yaml.safe_load(path.read_text()))
     assert Validator(schemas[0]).errors(doc) == []
+
+
+def test_smoothing_only_on_a_driver_that_emits_rfid_reads(
+    schemas: tuple[dict[str, Any], dict[str, Any]],
+) -> None:
+    validator = Validator(schemas[1])
+    reader = {"name": "r", "driver": "uhf-r2000", "port": "/dev/ttyUSB1", "smoothing": {"depart_after_s": 5}}
+    assert validator.errors(reader) == []
+    assert validator.errors({**reader, "smoothing": {"depart_after": 5}}) != []  # a misspelt option
+    meter = {"name": "m", "driver": "modbus", "port": "/dev/ttyUSB2", "points": [], "smoothing": {}}
+    assert any("smoothing" in e for e in validator.errors(meter))
 
 
 def test_an_r2000_option_is_checked_against_that_driver_only(
