@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -27,6 +27,7 @@ from gateway.buffer import Buffer, SqliteBuffer
 from gateway.forwarder import Forwarder, ForwarderSettings
 from gateway.mqtt import MqttConnectError, MqttConnection, TlsOptions
 from tests.broker import Message, Mosquitto, Subscriber
+from tests.waiting import until
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 15.0
@@ -55,13 +56,6 @@ def events(device: str, kind: str, n: int, start: int = 0) -> list[Event]:
         Event(device, kind, 1_700_000_000.25 + i, {"i": i, "tag": f"E2{i:06X}"})
         for i in range(start, start + n)
     ]
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    """Wait for a condition on state that has no notification of its own (bounded polling)."""
-    async with asyncio.timeout(timeout):
-        while not predicate():  # noqa: ASYNC110 (these states have no event to wait on)
-            await asyncio.sleep(0.01)
 
 
 @asynccontextmanager
@@ -116,7 +110,7 @@ async def test_every_event_arrives_once_with_topic_and_payload_and_is_deleted(
         after = events("reader-1", "rfid.read", 100, start=60)
         await buffer.append(after)
         await sub.wait_count(200, TIMEOUT, f"edgegw/{gw}/")
-        await eventually(lambda: buffer.stats().depth == 0)
+        await until("buffer.stats().depth == 0", lambda: buffer.stats().depth == 0, TIMEOUT)
     expected = {e.seq: e for e in before + after}
     got = sub.snapshot()
     assert len(got) == 200
@@ -138,7 +132,7 @@ async def test_every_event_arrives_once_with_topic_and_payload_and_is_deleted(
     assert (stats.published, stats.acked, stats.refused, stats.resent) == (200, 200, 0, 0)
     assert stats.connects == 1
     assert not stats.connected
-    await eventually(lambda: buffer.stats().depth == 0)
+    await until("buffer.stats().depth == 0", lambda: buffer.stats().depth == 0, TIMEOUT)
 
 
 @pytest.mark.parametrize(("max_inflight", "bound"), [(10, 10), (100, 20)])
@@ -150,12 +144,12 @@ async def test_inflight_window_is_bounded(
     await buffer.append(events("reader-1", "rfid.read", 500))
     forwarder = Forwarder(buffer, settings)
     async with running(forwarder):
-        await eventually(lambda: forwarder.acked == 500)
+        await until("forwarder.acked == 500", lambda: forwarder.acked == 500, TIMEOUT)
     stats = forwarder.stats()
     # Never exceeded; and filled, less at most the one slot the retained birth message may still hold
     # (whether its PUBACK came back before the first burst is timing, so both are allowed).
     assert bound - 1 <= stats.max_inflight_seen <= bound
-    await eventually(lambda: buffer.stats().depth == 0)
+    await until("buffer.stats().depth == 0", lambda: buffer.stats().depth == 0, TIMEOUT)
 
 
 async def test_broker_restart_loses_nothing_and_resends_with_same_ids(
@@ -168,7 +162,11 @@ async def test_broker_restart_loses_nothing_and_resends_with_same_ids(
     async with Subscriber(broker, f"edgegw/{gw}/+/+", session=f"sub-{gw}") as sub, running(forwarder):
         await asyncio.wait_for(forwarder.wait_connected(), TIMEOUT)
         await buffer.append(events("reader-1", "rfid.read", 2000))
-        await eventually(lambda: forwarder.inflight > 0 and forwarder.acked > 0)
+        await until(
+            "forwarder.inflight > 0 and forwarder.acked > 0",
+            lambda: forwarder.inflight > 0 and forwarder.acked > 0,
+            TIMEOUT,
+        )
         await asyncio.to_thread(broker.stop)
         # Prompt: the disconnect is seen when the socket closes, not at the keepalive (60 s, > TIMEOUT),
         # and every publish in flight is failed at that moment.
@@ -192,7 +190,7 @@ async def test_broker_restart_loses_nothing_and_resends_with_same_ids(
             return len(seen) >= total
 
         messages = await sub.wait_until(all_seen, TIMEOUT)
-        await eventually(lambda: buffer.stats().depth == 0)
+        await until("buffer.stats().depth == 0", lambda: buffer.stats().depth == 0, TIMEOUT)
     bodies = decoded(messages)
     ids = {b["id"] for b in bodies}
     assert len(ids) == total
@@ -230,15 +228,21 @@ async def test_refused_publishes_stay_buffered_and_do_not_block_others(
             with caplog.at_level(logging.WARNING, logger="edgegw.forwarder"):
                 async with running(forwarder):
                     await sub.wait_count(60, TIMEOUT, f"edgegw/{gw}/allowed/")
-                    await eventually(
-                        lambda: forwarder.refused == len(denied) and buffer.stats().depth == len(denied)
+                    await until(
+                        "every denied event refused once",
+                        lambda: forwarder.refused == len(denied) and buffer.stats().depth == len(denied),
+                        TIMEOUT,
                     )
                     assert forwarder.stats().refused == len(denied)  # not retried on the same connection
                     # After a reconnect, the refused events are tried once more (and refused again).
                     await asyncio.to_thread(acl_broker.stop)
                     await asyncio.wait_for(forwarder.disconnected_event.wait(), TIMEOUT)
                     await asyncio.to_thread(acl_broker.start)
-                    await eventually(lambda: forwarder.refused == 2 * len(denied))
+                    await until(
+                        "forwarder.refused == 2 * len(denied)",
+                        lambda: forwarder.refused == 2 * len(denied),
+                        TIMEOUT,
+                    )
         remaining = await buffer.read(0, 100)
         assert [s.seq for s in remaining] == denied
         assert not [m for m in sub.snapshot() if "/forbidden/" in m.topic]
@@ -256,7 +260,7 @@ async def test_batching_sends_pending_runs_as_arrays_and_acks_all(broker: Mosqui
     forwarder = Forwarder(buffer, settings)
     async with Subscriber(broker, f"edgegw/{gw}/+/+") as sub, running(forwarder):
         messages = await sub.wait_until(lambda ms: len(decoded(ms)) >= 150, TIMEOUT)
-        await eventually(lambda: buffer.stats().depth == 0)
+        await until("buffer.stats().depth == 0", lambda: buffer.stats().depth == 0, TIMEOUT)
     assert [len(json.loads(m.payload)) for m in messages] == [50, 50, 20, 30]
     for m in messages:
         for body in json.loads(m.payload):
@@ -375,8 +379,8 @@ async def test_tls_forwarding(tls_broker: Mosquitto, tls_files: dict[str, Path],
     await buffer.append(events("reader-1", "rfid.read", 300))
     forwarder = Forwarder(buffer, settings)
     async with running(forwarder):
-        await eventually(lambda: forwarder.acked == 300)
-        await eventually(lambda: buffer.stats().depth == 0)
+        await until("forwarder.acked == 300", lambda: forwarder.acked == 300, TIMEOUT)
+        await until("buffer.stats().depth == 0", lambda: buffer.stats().depth == 0, TIMEOUT)
     assert forwarder.stats().connects == 1
     assert gw
 
@@ -398,7 +402,9 @@ async def test_auth_and_secrets_stay_out_of_logs_and_reprs(
         with caplog.at_level(logging.DEBUG):
             refused = Forwarder(buffer, wrong)
             task = asyncio.create_task(refused.run())
-            await eventually(lambda: "not authori" in caplog.text.lower())  # CONNACK refusal, logged
+            await until(
+                "'not authori' in caplog.text.lower()", lambda: "not authori" in caplog.text.lower(), TIMEOUT
+            )  # CONNACK refusal, logged
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
@@ -406,7 +412,7 @@ async def test_auth_and_secrets_stay_out_of_logs_and_reprs(
             await buffer.append(events("reader-1", "rfid.read", 5))
             forwarder = Forwarder(buffer, right)
             async with running(forwarder):
-                await eventually(lambda: forwarder.acked == 5)
+                await until("forwarder.acked == 5", lambda: forwarder.acked == 5, TIMEOUT)
         text = (
             caplog.text + repr(wrong) + repr(right) + repr(forwarder) + repr(refused) + str(forwarder.stats())
         )

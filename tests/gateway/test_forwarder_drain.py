@@ -20,8 +20,9 @@ from gateway.config import MqttConfig
 from gateway.forwarder import SHUTDOWN_GRACE_S, Forwarder
 from gateway.mqtt import DISCONNECT_GRACE_S
 from tests.broker import Mosquitto, Subscriber
+from tests.waiting import until
 
-from .test_forwarder import TIMEOUT, decoded, event_messages, events, eventually, make_settings, running
+from .test_forwarder import TIMEOUT, decoded, event_messages, events, make_settings, running
 from .test_systemd_unit import UNIT, parse_unit
 
 pytestmark = pytest.mark.timeout(90)
@@ -72,7 +73,7 @@ async def test_drain_with_the_broker_down_returns_after_one_attempt(
     forwarder = Forwarder(buf, make_settings(broker, reconnect_initial_s=30.0, reconnect_max_s=30.0))
     try:
         async with running(forwarder):
-            await eventually(lambda: "retrying in" in caplog.text)
+            await until("'retrying in' in caplog.text", lambda: "retrying in" in caplog.text, TIMEOUT)
             async with asyncio.timeout(TIMEOUT):  # far less than the backoff: the pause is cut short
                 why = await forwarder.drain()
     finally:
@@ -91,7 +92,7 @@ async def test_drain_cuts_a_backoff_short_and_delivers(
     forwarder = Forwarder(buf, make_settings(broker, reconnect_initial_s=30.0, reconnect_max_s=30.0))
     try:
         async with running(forwarder):
-            await eventually(lambda: "retrying in" in caplog.text)
+            await until("'retrying in' in caplog.text", lambda: "retrying in" in caplog.text, TIMEOUT)
             broker.start()  # back, while the forwarder would still wait up to 30 s
             async with asyncio.timeout(TIMEOUT):
                 assert await forwarder.drain() is None

@@ -22,8 +22,9 @@ from gateway.buffer import SqliteBuffer, WhenFull
 from gateway.config import load_config
 from gateway.metrics import CountingBuffer, MetricsServer
 from tests.broker import Mosquitto, free_port
+from tests.waiting import until
 
-from .ops_helpers import http_get, r2000, running, samples, until, value, write_gateway
+from .ops_helpers import http_get, r2000, running, samples, value, write_gateway
 from .test_sdnotify import FakeSystemd, Message
 
 pytestmark = pytest.mark.timeout(120)

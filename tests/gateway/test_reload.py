@@ -20,8 +20,9 @@ from gateway.config import Config, load_config
 from gateway.forwarder import Forwarder
 from gateway.reload import plan_reload, same_device
 from tests.broker import Mosquitto
+from tests.waiting import until
 
-from .ops_helpers import http_get, r2000, running, samples, until, value, write_gateway
+from .ops_helpers import http_get, r2000, running, samples, value, write_gateway
 
 pytestmark = pytest.mark.timeout(120)
 

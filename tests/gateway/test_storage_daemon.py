@@ -20,6 +20,7 @@ from gateway.buffer import SqliteBuffer
 from tests.broker import Mosquitto
 from tests.e2e.harness import Collector
 from tests.storage import fill_disk
+from tests.waiting import until_probe
 
 from .buffer_suite import DAMAGE, big_evs, moved_aside
 from .ops_helpers import http_get, r2000, samples, value, write_gateway
@@ -77,19 +78,16 @@ async def health(port: int) -> tuple[int, str]:
 
 
 async def wait_health(port: int, want: Callable[[int, str], bool], what: str) -> None:
-    seen: list[tuple[int, str]] = []
-    deadline = asyncio.get_running_loop().time() + 60
-    while not seen or not want(*seen[-1]):
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}: {seen[-3:]}"
-        seen.append(await health(port))
-        await asyncio.sleep(0.1)  # /healthz is polled, as a monitoring system does
+    await until_probe(what, lambda: health(port), lambda answer: want(*answer), timeout=60)
 
 
 async def wait_metric(port: int, name: str, want: Callable[[float], bool], **labels: str) -> None:
-    deadline = asyncio.get_running_loop().time() + 60
-    while not want(value(await scrape(port), name, **labels)):
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {name}{labels}"
-        await asyncio.sleep(0.1)  # scraped, as Prometheus does
+    await until_probe(
+        f"{name}{labels}",
+        lambda: scrape(port),
+        lambda scraped: want(value(scraped, name, **labels)),
+        timeout=60,
+    )
 
 
 def assert_no_crash(daemon: Daemon) -> None:
