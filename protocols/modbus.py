@@ -50,6 +50,12 @@ single points.
 **Reply checks**: :func:`crc16`, :func:`check_rtu_reply` and :func:`check_tcp_reply` classify a received
 frame (complete? CRC? unit? length?) without raising, so that a driver can count corrupt replies instead of
 letting them pass for silence.
+
+**RTU framing**: :class:`RtuReplyFramer` splits what a master receives on a serial line (replies, with line
+noise, damage and replies to other masters' requests mixed in) into :class:`RtuFrame`\\ s whose CRC holds,
+counting what it skips and rejects like every framer of :mod:`protocols.framing`; :func:`judge_rtu_reply`
+then says whether a whole frame answers a given read. :func:`encode_rtu_frame` / :func:`decode_rtu_frame`
+build and take apart one frame.
 """
 
 from __future__ import annotations
@@ -61,7 +67,8 @@ from dataclasses import dataclass
 from enum import Enum, IntEnum, StrEnum
 from typing import Final
 
-from protocols.errors import EncodeError
+from protocols.errors import DecodeError, EncodeError
+from protocols.framing import Framer
 
 __all__ = [
     "MAX_READ_BITS",
@@ -71,6 +78,8 @@ __all__ = [
     "ExceptionCode",
     "ReadRequest",
     "ReplyCheck",
+    "RtuFrame",
+    "RtuReplyFramer",
     "Span",
     "Table",
     "Value",
@@ -78,7 +87,10 @@ __all__ = [
     "check_tcp_reply",
     "crc16",
     "decode",
+    "decode_rtu_frame",
     "encode",
+    "encode_rtu_frame",
+    "judge_rtu_reply",
     "make_decoder",
     "make_scaler",
     "plan",
@@ -629,3 +641,198 @@ def check_tcp_reply(
     if length < 3 or buf[8] != length - 3 or buf[8] != _expected_data_bytes(function, count):
         return ReplyCheck.WRONG_LENGTH, size
     return ReplyCheck.OK, size
+
+
+# -- RTU framing -------------------------------------------------------------------------------------------
+
+_BYTE_COUNTED: Final = frozenset((1, 2, 3, 4))
+"""Replies whose third byte counts the data bytes that follow (the reads)."""
+_FIXED_SIZE: Final = {5: 8, 6: 8, 15: 8, 16: 8}
+"""Replies of a fixed size (the writes: an echo of the address and value or quantity)."""
+_KNOWN: Final = _BYTE_COUNTED | frozenset(_FIXED_SIZE)
+RTU_MAX_FRAME: Final = 256
+"""The longest RTU frame (Modbus over Serial Line V1.02, 2.5.1.1): unit, PDU of at most 253, CRC."""
+
+
+@dataclass(frozen=True, slots=True)
+class RtuFrame:
+    """One whole RTU frame whose CRC holds: the unit id and the PDU (function code, then its data)."""
+
+    unit: int
+    pdu: bytes
+
+    @property
+    def function(self) -> int:
+        return self.pdu[0]
+
+
+def encode_rtu_frame(frame: RtuFrame) -> bytes:
+    """The frame's bytes: unit, PDU, CRC (low byte first)."""
+    if not 0 <= frame.unit <= 255:
+        raise EncodeError(f"unit id {frame.unit} is not 0..255")
+    if not 1 <= len(frame.pdu) <= RTU_MAX_FRAME - 3:
+        raise EncodeError(f"a PDU of {len(frame.pdu)} bytes does not fit an RTU frame (1..253)")
+    return rtu_frame(frame.unit, frame.pdu)
+
+
+def _reply_size(buffer: bytes | bytearray, start: int) -> int:
+    """The size of the reply whose header is at ``start`` (at least 2 bytes there): -1 when its function
+    is not one a reply has here, 0 while its size is not known yet (the byte count has not arrived), -2
+    when its byte count is impossible."""
+    function = buffer[start + 1]
+    if function in _BYTE_COUNTED:
+        if len(buffer) - start < 3:
+            return 0
+        count = buffer[start + 2]
+        if count == 0 or count > 2 * MAX_READ_REGISTERS or (function > 2 and count % 2):
+            return -2
+        return 5 + count
+    size = _FIXED_SIZE.get(function)
+    if size is not None:
+        return size
+    if function & 0x80 and function & 0x7F in _KNOWN:
+        return 5
+    return -1
+
+
+def decode_rtu_frame(raw: bytes) -> RtuFrame:
+    """Exactly one whole reply frame; :class:`~protocols.errors.DecodeError` says what is wrong with it."""
+    if len(raw) < 4:
+        raise DecodeError(f"truncated: {len(raw)} bytes, an RTU frame has at least 4")
+    size = _reply_size(raw, 0)
+    if size == -1:
+        raise DecodeError(f"function 0x{raw[1]:02X} is not one this side reads replies of")
+    if size == -2:
+        raise DecodeError(f"impossible byte count {raw[2]} for function {raw[1]}")
+    if size != len(raw):
+        raise DecodeError(f"length mismatch: the header says {size} bytes, {len(raw)} given")
+    expected = crc16(raw[:-2])
+    found = int.from_bytes(raw[-2:], "little")
+    if expected != found:
+        raise DecodeError(f"bad CRC: expected 0x{expected:04X}, found 0x{found:04X}")
+    return RtuFrame(raw[0], raw[1:-2])
+
+
+class RtuReplyFramer(Framer[RtuFrame]):
+    """Splits what a Modbus RTU master receives into :class:`RtuFrame`\\ s: replies (reads 01-04, writes
+    05/06/15/16 and the exception replies of those), whatever device sent them.
+
+    RTU has no start marker: any byte may begin a frame. At each position it reads the function code and
+    from it (and a read's byte count) the frame's size, waits for the whole frame and checks its CRC. A
+    function no reply has here is not a frame start (that byte is skipped); an impossible byte count (0,
+    above 250, odd for registers: ``bad_length``) or a bad CRC (``bad_checksum``) is counted and only that
+    first byte is skipped, so a real frame that starts inside the candidate is still found. A candidate
+    whose claimed size runs past what has arrived is held until that many bytes have come (at most 256),
+    unless a whole frame whose CRC holds already starts inside it: then it is a false start in noise
+    (``bad_length``), and the frame is taken at once.
+    Every byte discarded is counted in ``stats.bytes_skipped``; it never raises on input. (The 16-bit CRC
+    lets pass one damaged frame in 65,536, so no check for frames hidden inside a passing one is needed,
+    unlike the R2000's 8-bit checksum.)
+
+    :attr:`rejected` lists the unit and function of every candidate the last :meth:`feed` rejected, so that
+    a master can tell its own reply damaged (and ask again at once) from noise that looked like a frame.
+    """
+
+    __slots__ = ("_buffer", "rejected")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._buffer = bytearray()
+        self.rejected: list[tuple[int, int]] = []
+        """(unit, function) of the candidates rejected by the last :meth:`feed`."""
+
+    @property
+    def pending(self) -> int:
+        return len(self._buffer)
+
+    @property
+    def held(self) -> bytes:
+        """The bytes held back as the start of a frame not yet complete."""
+        return bytes(self._buffer)
+
+    def discard(self) -> None:
+        """Drop what is held (a partial frame that must not be completed by what comes next: a master
+        does this before each request, so a late reply to an abandoned one is not taken for its answer).
+        The bytes count as skipped."""
+        self.stats.bytes_skipped += len(self._buffer)
+        self._buffer.clear()
+
+    def feed(self, data: bytes) -> list[RtuFrame]:
+        buffer = self._buffer
+        buffer += data
+        stats = self.stats
+        rejected: list[tuple[int, int]] = []
+        self.rejected = rejected
+        frames: list[RtuFrame] = []
+        size = len(buffer)
+        pos = 0  # the first byte not yet accounted for
+        scan = 0  # where the next candidate is looked for
+        while size - scan >= 2:
+            end = _reply_size(buffer, scan)
+            if end == -1:
+                scan += 1
+                continue
+            if end == -2:
+                stats.bad_length += 1
+                rejected.append((buffer[scan], buffer[scan + 1]))
+                scan += 1
+                continue
+            if end == 0:
+                break  # its byte count is on its way
+            end += scan
+            if end > size:
+                # Wait for the whole candidate, unless a whole frame already starts inside it: then this is
+                # a false start in noise (its claimed size would swallow the frame, and with nothing more
+                # to come, a master would wait in vain for its reply).
+                hidden = _first_frame(buffer, scan + 1, size)
+                if hidden < 0:
+                    break
+                stats.bad_length += 1
+                rejected.append((buffer[scan], buffer[scan + 1]))
+                scan = hidden
+                continue
+            if crc16(buffer[scan : end - 2]) != buffer[end - 2] | buffer[end - 1] << 8:
+                stats.bad_checksum += 1
+                rejected.append((buffer[scan], buffer[scan + 1]))
+                scan += 1
+                continue
+            stats.bytes_skipped += scan - pos
+            frames.append(RtuFrame(buffer[scan], bytes(buffer[scan + 1 : end - 2])))
+            pos = scan = end
+        # Keep from where a frame may still begin: the candidate waited for, or the last byte (a unit id
+        # whose function code has not arrived).
+        keep = min(scan, size)
+        if keep > pos:
+            stats.bytes_skipped += keep - pos
+        if keep:
+            del buffer[:keep]
+        stats.frames += len(frames)
+        return frames
+
+
+def _first_frame(buffer: bytearray, start: int, size: int) -> int:
+    """Where the first whole frame whose CRC holds begins in ``buffer[start:size]``; -1 if none does."""
+    for at in range(start, size - 3):
+        end = _reply_size(buffer, at)
+        if end <= 0:
+            continue
+        end += at
+        if end <= size and crc16(buffer[at : end - 2]) == buffer[end - 2] | buffer[end - 1] << 8:
+            return at
+    return -1
+
+
+def judge_rtu_reply(frame: RtuFrame, unit: int, function: int, count: int) -> ReplyCheck:
+    """Whether ``frame`` (whole, its CRC checked: from :class:`RtuReplyFramer`) answers a read of ``count``
+    items with ``function`` from ``unit``: OK, EXCEPTION, WRONG_UNIT, WRONG_FUNCTION or WRONG_LENGTH."""
+    if frame.unit != unit:
+        return ReplyCheck.WRONG_UNIT
+    pdu = frame.pdu
+    fc = pdu[0]
+    if fc == function | 0x80:
+        return ReplyCheck.EXCEPTION
+    if fc != function:
+        return ReplyCheck.WRONG_FUNCTION
+    if len(pdu) < 2 or pdu[1] != _expected_data_bytes(function, count):
+        return ReplyCheck.WRONG_LENGTH
+    return ReplyCheck.OK

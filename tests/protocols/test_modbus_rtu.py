@@ -1,0 +1,288 @@
+"""protocols.modbus RTU framing: :class:`RtuReplyFramer` and the one-frame codec, the same properties every
+framer has (round trips, arbitrary bytes, frames in garbage and split anywhere, every byte accounted for),
+and the replies pymodbus's own server framer builds."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+from pymodbus.framer import FramerRTU
+from pymodbus.pdu import DecodePDU, ExceptionResponse
+from pymodbus.pdu.bit_message import ReadCoilsResponse
+from pymodbus.pdu.register_message import ReadHoldingRegistersResponse, WriteSingleRegisterResponse
+
+from protocols import modbus as mb
+from protocols.errors import DecodeError, EncodeError
+from protocols.modbus import ReplyCheck, RtuFrame, RtuReplyFramer
+
+
+@st.composite
+def replies(draw: st.DrawFn) -> RtuFrame:
+    """A reply a device may send: a read's (byte count, data), a write's echo, or an exception."""
+    unit = draw(st.integers(0, 255))
+    kind = draw(st.sampled_from(["registers", "bits", "write", "exception"]))
+    if kind == "registers":
+        words = draw(st.integers(1, mb.MAX_READ_REGISTERS))
+        data = draw(st.binary(min_size=2 * words, max_size=2 * words))
+        pdu = bytes((draw(st.sampled_from([3, 4])), len(data))) + data
+    elif kind == "bits":
+        data = draw(st.binary(min_size=1, max_size=250))
+        pdu = bytes((draw(st.sampled_from([1, 2])), len(data))) + data
+    elif kind == "write":
+        pdu = bytes((draw(st.sampled_from([5, 6, 15, 16])),)) + draw(st.binary(min_size=4, max_size=4))
+    else:
+        function = draw(st.sampled_from([1, 2, 3, 4, 5, 6, 15, 16]))
+        pdu = bytes((function | 0x80, draw(st.integers(0, 255))))
+    return RtuFrame(unit, pdu)
+
+
+def _split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c for c in cuts if 0 < c < len(data)})
+    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+
+
+def _feed(framer: RtuReplyFramer, data: bytes, cuts: list[int]) -> list[RtuFrame]:
+    found: list[RtuFrame] = []
+    for piece in _split(data, cuts):
+        found += framer.feed(piece)
+    return found
+
+
+def _stray_frames(stream: bytes, starts: set[int]) -> bool:
+    """True if a frame whose CRC holds starts anywhere but at a real frame's start (in garbage, or inside a
+    real frame): by chance, one in 65,536 plausible headers; it could hide a real frame."""
+    for at in range(len(stream) - 3):
+        if at in starts:
+            continue
+        size = mb._reply_size(stream, at)
+        if 0 < size <= len(stream) - at:
+            try:
+                mb.decode_rtu_frame(stream[at : at + size])
+            except DecodeError:
+                continue
+            return True
+    return False
+
+
+# -- the codec ------------------------------------------------------------------------------------------
+
+
+def test_reference_frames() -> None:
+    # Unit 1 answers a read of two holding registers with 0x000A 0x0102 (CRC from pymodbus, below).
+    raw = bytes.fromhex("0103 04 000a 0102") + mb.crc16(bytes.fromhex("010304000a0102")).to_bytes(2, "little")
+    assert mb.decode_rtu_frame(raw) == RtuFrame(1, bytes.fromhex("0304000a0102"))
+    assert mb.encode_rtu_frame(RtuFrame(1, bytes.fromhex("0304000a0102"))) == raw
+    assert RtuFrame(1, bytes.fromhex("8302")).function == 0x83
+
+
+def test_decode_says_what_is_wrong() -> None:
+    good = mb.rtu_frame(7, bytes.fromhex("0302abcd"))
+    with pytest.raises(DecodeError, match="truncated"):
+        mb.decode_rtu_frame(good[:3])
+    with pytest.raises(DecodeError, match="bad CRC"):
+        mb.decode_rtu_frame(good[:-1] + bytes((good[-1] ^ 1,)))
+    with pytest.raises(DecodeError, match="length mismatch"):
+        mb.decode_rtu_frame(good + b"\x00")
+    with pytest.raises(DecodeError, match="function 0x07"):
+        mb.decode_rtu_frame(mb.rtu_frame(7, b"\x07\x00"))
+    with pytest.raises(DecodeError, match="impossible byte count 3"):
+        mb.decode_rtu_frame(mb.rtu_frame(7, b"\x03\x03abc"))
+
+
+def test_encode_refuses_what_does_not_fit() -> None:
+    with pytest.raises(EncodeError):
+        mb.encode_rtu_frame(RtuFrame(256, b"\x03\x00"))
+    with pytest.raises(EncodeError):
+        mb.encode_rtu_frame(RtuFrame(1, b""))
+    with pytest.raises(EncodeError):
+        mb.encode_rtu_frame(RtuFrame(1, bytes(254)))
+
+
+@given(replies())
+def test_round_trip(frame: RtuFrame) -> None:
+    raw = mb.encode_rtu_frame(frame)
+    assert mb.decode_rtu_frame(raw) == frame
+    framer = RtuReplyFramer()
+    assert framer.feed(raw) == [frame]
+    assert framer.pending == 0 and framer.stats.bytes_skipped == 0 and framer.stats.frames == 1
+
+
+@given(st.binary(max_size=300))
+def test_decode_raises_only_decode_error(raw: bytes) -> None:
+    try:
+        frame = mb.decode_rtu_frame(raw)
+    except DecodeError:
+        return
+    assert mb.encode_rtu_frame(frame) == raw
+
+
+def test_replies_built_by_pymodbus_are_found() -> None:
+    framer = FramerRTU(DecodePDU(True))
+    frames = [
+        framer.buildFrame(ReadHoldingRegistersResponse(registers=[1, 2, 0xFFFF], dev_id=17)),
+        framer.buildFrame(ReadCoilsResponse(bits=[True, False, True] * 5, dev_id=3)),
+        framer.buildFrame(WriteSingleRegisterResponse(address=100, registers=[0x1234], dev_id=247)),
+        framer.buildFrame(ExceptionResponse(4, 2, device_id=9)),
+    ]
+    ours = RtuReplyFramer()
+    found = ours.feed(b"".join(frames))
+    assert [(f.unit, f.function) for f in found] == [(17, 3), (3, 1), (247, 6), (9, 0x84)]
+    assert [mb.encode_rtu_frame(f) for f in found] == frames
+
+
+# -- the framer -----------------------------------------------------------------------------------------
+
+
+def test_framer_reference_stream() -> None:
+    reply = mb.rtu_frame(1, bytes.fromhex("0304000a0102"))
+    framer = RtuReplyFramer()
+    assert framer.feed(reply[:2]) == []
+    assert framer.pending == 2
+    assert framer.feed(reply[2:5]) == []
+    assert framer.feed(reply[5:] + reply) == [mb.decode_rtu_frame(reply)] * 2
+    assert framer.pending == 0
+    assert framer.stats.frames == 2 and framer.stats.bytes_skipped == 0
+
+
+def test_a_bad_crc_is_counted_and_the_next_frame_found() -> None:
+    reply = mb.rtu_frame(1, bytes.fromhex("0304000a0102"))
+    damaged = reply[:-1] + bytes((reply[-1] ^ 0x5A,))
+    framer = RtuReplyFramer()
+    assert framer.feed(damaged + reply) == [mb.decode_rtu_frame(reply)]
+    assert framer.stats.bad_checksum >= 1
+    assert (1, 3) in framer.rejected
+    assert framer.stats.bytes_skipped == len(damaged)
+    assert framer.feed(reply) == [mb.decode_rtu_frame(reply)]
+    assert framer.rejected == []  # only the last feed's
+
+
+def test_an_impossible_byte_count_is_counted() -> None:
+    odd = mb.rtu_frame(1, bytes.fromhex("0303000a01"))  # three bytes of registers
+    reply = mb.rtu_frame(2, bytes.fromhex("0302ffff"))
+    framer = RtuReplyFramer()
+    assert framer.feed(odd + reply) == [mb.decode_rtu_frame(reply)]
+    assert framer.stats.bad_length >= 1 and (1, 3) in framer.rejected
+    assert framer.stats.bytes_skipped == len(odd)
+
+
+def test_a_false_start_does_not_hold_back_the_frame_inside_it() -> None:
+    # Noise 01 03 F8: unit 1, a read of 124 registers on its way (253 bytes); the real reply is inside it,
+    # and nothing else comes: the reply is found at once, not after 253 bytes that never come.
+    reply = mb.rtu_frame(1, bytes.fromhex("0304000a0102"))
+    framer = RtuReplyFramer()
+    assert framer.feed(b"\x01\x03\xf8" + reply) == [mb.decode_rtu_frame(reply)]
+    assert framer.stats.bad_length == 1 and framer.stats.bytes_skipped == 3
+    assert framer.pending == 0
+
+
+def test_discard_drops_a_partial_frame_and_counts_it() -> None:
+    late = mb.rtu_frame(1, bytes.fromhex("0304000a0102"))
+    framer = RtuReplyFramer()
+    assert framer.feed(late[:-3]) == []
+    assert framer.held == late[:-3]
+    framer.discard()
+    assert framer.pending == 0 and framer.stats.bytes_skipped == len(late) - 3
+    answer = mb.rtu_frame(1, bytes.fromhex("0304000b0102"))
+    assert framer.feed(late[-3:] + answer) == [mb.decode_rtu_frame(answer)]
+
+
+@given(st.binary(max_size=600), st.lists(st.integers(0, 600), max_size=6))
+def test_framer_never_raises_and_accounts_for_every_byte(data: bytes, cuts: list[int]) -> None:
+    framer = RtuReplyFramer()
+    found = _feed(framer, data, cuts)
+    framed = sum(len(frame.pdu) + 3 for frame in found)
+    assert framed + framer.stats.bytes_skipped + framer.pending == len(data)
+    assert framer.stats.frames == len(found)
+    assert framer.pending < mb.RTU_MAX_FRAME + 4
+
+
+@given(
+    st.lists(st.tuples(st.binary(max_size=30), replies()), max_size=5),
+    st.binary(max_size=30),
+    st.lists(st.integers(0, 2000), max_size=8),
+)
+def test_framer_finds_every_frame_in_garbage(
+    pieces: list[tuple[bytes, RtuFrame]], tail: bytes, cuts: list[int]
+) -> None:
+    stream = bytearray()
+    starts: set[int] = set()
+    framed = 0
+    for noise, frame in pieces:
+        stream += noise
+        starts.add(len(stream))
+        raw = mb.encode_rtu_frame(frame)
+        framed += len(raw)
+        stream += raw
+    # The tail, then enough zeros (no reply starts with function 0) that any false start is resolved.
+    stream += tail + bytes(mb.RTU_MAX_FRAME)
+    assume(not _stray_frames(bytes(stream), starts))
+    framer = RtuReplyFramer()
+    assert _feed(framer, bytes(stream), cuts) == [frame for _, frame in pieces]
+    assert framer.stats.bytes_skipped + framer.pending == len(stream) - framed
+    assert framer.pending <= 1
+
+
+@given(st.lists(replies(), min_size=1, max_size=5), st.lists(st.integers(0, 1500), max_size=20))
+def test_framer_finds_frames_split_anywhere(frames: list[RtuFrame], cuts: list[int]) -> None:
+    stream = b"".join(mb.encode_rtu_frame(frame) for frame in frames)
+    starts, at = set(), 0
+    for frame in frames:
+        starts.add(at)
+        at += len(frame.pdu) + 3
+    assume(not _stray_frames(stream, starts))
+    framer = RtuReplyFramer()
+    assert _feed(framer, stream, cuts) == frames
+    assert framer.stats.bytes_skipped == 0 and framer.pending == 0
+
+
+@given(st.binary(max_size=200), replies())
+def test_bytes_skipped_equals_garbage_that_holds_no_frame_start(garbage: bytes, frame: RtuFrame) -> None:
+    # Garbage of function codes no reply has (0, 7..14, 17..127 and their 0x80 forms), and a unit id that is
+    # none either (the last garbage byte and the unit id would make a header): no candidate at all.
+    known = (1, 2, 3, 4, 5, 6, 15, 16)
+    assume(frame.unit & 0x7F not in known)
+    cleaned = bytes(b if (b & 0x7F) not in known else 0 for b in garbage)
+    framer = RtuReplyFramer()
+    assert framer.feed(cleaned + mb.encode_rtu_frame(frame)) == [frame]
+    assert framer.stats.bytes_skipped == len(cleaned)
+    assert framer.stats.bad_checksum == framer.stats.bad_length == 0
+
+
+@given(replies(), replies(), st.integers(1, 255), st.data())
+def test_a_damaged_frame_is_counted_and_the_next_one_found(
+    first: RtuFrame, second: RtuFrame, flip: int, data: st.DataObject
+) -> None:
+    bad = bytearray(mb.encode_rtu_frame(first))
+    position = data.draw(st.sampled_from([len(bad) - 2, len(bad) - 1, *range(2, len(bad) - 2)]))
+    bad[position] ^= flip
+    good = mb.encode_rtu_frame(second)
+    stream = bytes(bad) + good + bytes(mb.RTU_MAX_FRAME)
+    assume(not _stray_frames(stream, {len(bad)}))
+    framer = RtuReplyFramer()
+    assert framer.feed(stream) == [second]
+    assert framer.stats.bad_checksum + framer.stats.bad_length >= 1
+
+
+# -- judging a whole frame against a read ---------------------------------------------------------------
+
+
+def test_judging_a_reply() -> None:
+    answer = RtuFrame(1, bytes.fromhex("0304000a0102"))
+    assert mb.judge_rtu_reply(answer, 1, 3, 2) is ReplyCheck.OK
+    assert mb.judge_rtu_reply(answer, 2, 3, 2) is ReplyCheck.WRONG_UNIT
+    assert mb.judge_rtu_reply(answer, 1, 4, 2) is ReplyCheck.WRONG_FUNCTION
+    assert mb.judge_rtu_reply(answer, 1, 3, 3) is ReplyCheck.WRONG_LENGTH
+    assert mb.judge_rtu_reply(RtuFrame(1, b"\x83\x02"), 1, 3, 2) is ReplyCheck.EXCEPTION
+    assert mb.judge_rtu_reply(RtuFrame(1, b"\x84\x02"), 1, 3, 2) is ReplyCheck.WRONG_FUNCTION
+    bits = RtuFrame(5, bytes.fromhex("0102ff01"))
+    assert mb.judge_rtu_reply(bits, 5, 1, 9) is ReplyCheck.OK  # 9 bits in 2 bytes
+    assert mb.judge_rtu_reply(bits, 5, 1, 17) is ReplyCheck.WRONG_LENGTH
+
+
+@given(replies(), st.integers(0, 255), st.integers(1, 4), st.integers(1, 125))
+def test_judging_agrees_with_check_rtu_reply(frame: RtuFrame, unit: int, function: int, count: int) -> None:
+    raw = mb.encode_rtu_frame(frame)
+    verdict, size = mb.check_rtu_reply(raw, unit, function, count)
+    assert size == len(raw)
+    assert mb.judge_rtu_reply(frame, unit, function, count) is verdict
