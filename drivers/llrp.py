@@ -39,8 +39,6 @@ import asyncio
 import contextlib
 import os
 import ssl
-import time
-from collections import deque
 from typing import Annotated, ClassVar, Final, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -48,15 +46,34 @@ from pydantic import Field, field_validator, model_validator
 from protocols import llrp
 from protocols.errors import DecodeError
 
-from .base import DeviceContext, Driver, DriverOptions
+from .base import DeviceContext, DriverOptions
+from .counters import DECODE_ERRORS
 from .errors import ConfigurationError, ConnectionLost, DeviceTimeout, DeviceUnavailable, ProtocolFailure
+from .kinds import DEVICE_STATUS, RFID_READ
+from .link import LinkOptions, TlsOptions
 from .rfid import UriCache
-from .transport import ByteLink, open_tcp
+from .session import StreamDriver, StreamSession
+from .transport import ByteLink
 
 AntennaId = Annotated[int, Field(ge=1, le=65535)]
 AntennaName = Annotated[str, Field(min_length=1, max_length=64)]
 
-STATUS: Final = "device.status"
+# The driver's own counters, on top of drivers.counters' (decode_errors, bytes_skipped, frames_rejected).
+TRUNCATED_MESSAGES: Final = "truncated_messages"
+"""Connections that dropped in the middle of a message."""
+KEEPALIVES: Final = "keepalives"
+"""KEEPALIVEs answered."""
+READER_ERRORS: Final = "reader_errors"
+"""ERROR_MESSAGEs the reader sent on its own."""
+UNKNOWN_MESSAGES: Final = "unknown_messages"
+"""Messages of a type this client does not know (a vendor's): skipped."""
+UNEXPECTED_MESSAGES: Final = "unexpected_messages"
+"""Known messages that answer nothing we asked (a response to another client's request, say)."""
+PARAMS_SKIPPED: Final = "params_skipped"
+"""Parameters skipped because this client does not know them (vendor extensions)."""
+READER_EVENTS: Final = "reader_events"
+"""Reader events that are not reported as device.status (hopping, GPI, ROSpec, AISpec, ...)."""
+
 CLOSE_TIMEOUT_S: Final = 1.0
 """How long shutdown waits for CLOSE_CONNECTION_RESPONSE."""
 INVENTORY_SPEC_ID: Final = 1
@@ -178,15 +195,25 @@ class LlrpOptions(DriverOptions):
             return self.port
         return TLS_PORT if self.tls else PORT
 
+    @property
+    def link(self) -> LinkOptions:
+        """The reader's TCP (or TLS) link."""
+        tls = None
+        if self.tls:
+            tls = TlsOptions(
+                ca_file=self.ca_file,
+                cert_file=self.cert_file,
+                key_file=self.key_file,
+                check_hostname=self.tls_check_hostname,
+            )
+        return LinkOptions(
+            host=self.host, tcp_port=self.reader_port, tls=tls, connect_timeout_s=self.connect_timeout_s
+        )
+
     def tls_context(self) -> ssl.SSLContext | None:
         """The client's TLS context (chain always verified), or None without tls."""
-        if not self.tls:
-            return None
-        context = ssl.create_default_context(cafile=self.ca_file)
-        context.check_hostname = self.tls_check_hostname
-        if self.cert_file is not None:
-            context.load_cert_chain(self.cert_file, self.key_file)
-        return context
+        tls = self.link.tls
+        return tls.context() if tls is not None else None
 
     def report_spec(self) -> llrp.RoReportSpec:
         """Reports every N tags (0: only when asked, or at the end of the ROSpec, which never ends)."""
@@ -204,46 +231,36 @@ class LlrpOptions(DriverOptions):
         return llrp.RoSpec(self.rospec_id, (inventory,), report=self.report_spec())
 
 
-class LlrpDriver(Driver[LlrpOptions]):
+class LlrpDriver(StreamDriver[LlrpOptions]):
     name: ClassVar[str] = "llrp"
     Options: ClassVar[type[LlrpOptions]] = LlrpOptions
-    emits: ClassVar[frozenset[str]] = frozenset({"rfid.read"})
+    emits: ClassVar[frozenset[str]] = frozenset({RFID_READ, DEVICE_STATUS})
 
-    async def run(self, ctx: DeviceContext) -> None:
-        opts = self.options
-        link = await open_tcp(
-            opts.host, opts.reader_port, connect_timeout=opts.connect_timeout_s, tls=opts.tls_context()
-        )
-        async with link:
-            session = _Session(link, opts, ctx)
-            try:
-                await session.wait_for_admission()
-                detail = await session.configure()
-                ctx.connected(detail)
-                await session.stream()
-            except asyncio.CancelledError:
-                await session.close()
-                raise
+    def link(self) -> LinkOptions:
+        return self.options.link
+
+    def session(self, link: ByteLink, ctx: DeviceContext) -> _Session:
+        return _Session(link, self.options, ctx)
 
 
-class _Session:
+class _Session(StreamSession[llrp.Frame, LlrpOptions]):
     """One connection: requests and their answers, and every message the reader sends on its own."""
 
+    rejections: ClassVar[tuple[str, ...]] = ("bad_length", "bad_version")
+    device_noun: ClassVar[str] = "reader"
+
     def __init__(self, link: ByteLink, options: LlrpOptions, ctx: DeviceContext) -> None:
-        self.link = link
-        self.options = options
-        self.ctx = ctx
-        self.framer = llrp.LlrpFramer(max_length=options.max_message_bytes)
-        self.backlog: deque[llrp.Frame] = deque()
+        self._framer = llrp.LlrpFramer(max_length=options.max_message_bytes)
+        super().__init__(link, options, ctx, self._framer)
         self.next_id = 1
-        self.loop = asyncio.get_running_loop()
         self.last_keepalive = self.loop.time()
-        self.received_at = 0.0
         self.uris = UriCache()
-        self._skipped = 0
-        self._rejected = 0
 
     # ---------------------------------------------------------------- the sequence
+
+    async def start(self) -> str:
+        await self.wait_for_admission()
+        return await self.configure()
 
     async def wait_for_admission(self) -> None:
         """The reader's ConnectionAttemptEvent: status 0 lets us in."""
@@ -315,9 +332,7 @@ class _Session:
                 if isinstance(message, llrp.RoAccessReport):
                     # Backpressure: while the pipeline is congested, stop reading; the reader holds its
                     # reports (and says so with buffer warnings). That wait is not the reader's silence.
-                    paused = loop.time()
-                    await self.ctx.room()
-                    self.last_keepalive += loop.time() - paused
+                    self.last_keepalive += await self.room()
             now = loop.time()
             if watchdog is not None and now - self.last_keepalive > watchdog:
                 raise DeviceTimeout(
@@ -330,7 +345,7 @@ class _Session:
                 if next_report <= now:  # fell behind (a long pause for room): start over from now
                     next_report = now + period
 
-    async def close(self) -> None:
+    async def stop(self) -> None:
         """CLOSE_CONNECTION, then its response (or the connection's end) within a second; never raises."""
         with contextlib.suppress(Exception):
             async with asyncio.timeout(CLOSE_TIMEOUT_S):
@@ -381,50 +396,25 @@ class _Session:
         time) passes without one."""
         ctx = self.ctx
         while True:
-            while self.backlog:
-                frame = self.backlog.popleft()
-                try:
-                    return frame, llrp.parse_message(frame)
-                except DecodeError as err:
-                    ctx.count("decode_errors")
-                    ctx.log.debug("undecodable message (type %d): %s", frame.message_type, err)
-            if self.framer.broken is not None:
-                raise ProtocolFailure(f"{self.framer.broken}; reconnecting")
-            if deadline is None:
-                data = await self._read()
-            else:
-                remaining = deadline - self.loop.time()
-                if remaining <= 0:
-                    return None
-                try:
-                    async with asyncio.timeout(remaining):
-                        data = await self._read()
-                except TimeoutError:
-                    return None
-            self.received_at = time.time()
-            self.backlog.extend(self.framer.feed(data))
-            self._account()
+            frame = await self.recv(deadline)
+            if frame is None:
+                return None
+            try:
+                return frame, llrp.parse_message(frame)
+            except DecodeError as err:
+                ctx.count(DECODE_ERRORS, 1)
+                ctx.log.debug("undecodable message (type %d): %s", frame.message_type, err)
 
-    async def _read(self) -> bytes:
-        try:
-            return await self.link.read()
-        except ConnectionLost as err:
-            if self.framer.pending:
-                self.ctx.count("truncated_messages")
-                raise ConnectionLost(
-                    f"{err} (in the middle of a message, {self.framer.pending} bytes in)"
-                ) from err
-            raise
+    def check(self) -> None:
+        if self._framer.broken is not None:
+            raise ProtocolFailure(f"{self._framer.broken}; reconnecting")
 
-    def _account(self) -> None:
-        stats = self.framer.stats
-        if stats.bytes_skipped != self._skipped:
-            self.ctx.count("bytes_skipped", stats.bytes_skipped - self._skipped)
-            self._skipped = stats.bytes_skipped
-        rejected = stats.bad_length + stats.bad_version
-        if rejected != self._rejected:
-            self.ctx.count("frames_rejected", rejected - self._rejected)
-            self._rejected = rejected
+    def link_lost(self, error: ConnectionLost) -> ConnectionLost:
+        pending = self._framer.pending
+        if not pending:
+            return error
+        self.ctx.count(TRUNCATED_MESSAGES, 1)
+        return ConnectionLost(f"{error} (in the middle of a message, {pending} bytes in)")
 
     # ---------------------------------------------------------------- what the reader says on its own
 
@@ -435,28 +425,28 @@ class _Session:
         elif isinstance(message, llrp.Keepalive):
             self.last_keepalive = self.loop.time()
             await self.send(llrp.KeepaliveAck(), frame.message_id)
-            ctx.count("keepalives")
+            ctx.count(KEEPALIVES, 1)
         elif isinstance(message, llrp.ReaderEventNotification):
             self._events(message)
         elif isinstance(message, llrp.ErrorMessage):
-            ctx.count("reader_errors")
+            ctx.count(READER_ERRORS, 1)
             ctx.log.warning("reader error (message %d): %s", frame.message_id, message.status)
-            ctx.emit(STATUS, {"state": "reader_error", "detail": f"ERROR_MESSAGE: {message.status}"})
+            ctx.emit(DEVICE_STATUS, {"state": "reader_error", "detail": f"ERROR_MESSAGE: {message.status}"})
         elif isinstance(message, llrp.UnknownMessage):
-            ctx.count("unknown_messages")
+            ctx.count(UNKNOWN_MESSAGES, 1)
             ctx.log.debug("skipped message type %d (%d bytes)", message.message_type, len(message.body))
         else:
-            ctx.count("unexpected_messages")
+            ctx.count(UNEXPECTED_MESSAGES, 1)
             ctx.log.debug("unexpected %s (message %d)", type(message).__name__, frame.message_id)
 
     def _emit_reads(self, report: llrp.RoAccessReport) -> None:
         ctx = self.ctx
         if report.errors:
-            ctx.count("decode_errors", len(report.errors))
+            ctx.count(DECODE_ERRORS, len(report.errors))
             ctx.log.debug("skipped %d undecodable tag reports: %s", len(report.errors), report.errors[0])
         skipped = report.skipped
         if skipped:
-            ctx.count("params_skipped", skipped)
+            ctx.count(PARAMS_SKIPPED, skipped)
         emit = ctx.emit
         names = self.options.antennas
         received = self.received_at
@@ -477,13 +467,13 @@ class _Session:
             uri = uris.get(tag.epc)
             if uri:
                 data["epc_uri"] = uri
-            emit("rfid.read", data, received if seen is None else seen / 1e6)
+            emit(RFID_READ, data, received if seen is None else seen / 1e6)
 
     def _events(self, message: llrp.ReaderEventNotification) -> None:
         ctx = self.ctx
         ts = None if message.uptime else message.timestamp_us / 1e6
         if message.extra:
-            ctx.count("params_skipped", len(message.extra))
+            ctx.count(PARAMS_SKIPPED, len(message.extra))
         names = self.options.antennas
         for event in message.events:
             if isinstance(event, llrp.AntennaEvent):
@@ -491,7 +481,7 @@ class _Session:
                 name = names.get(event.antenna)
                 label = f"antenna {event.antenna}" + (f" ({name})" if name else "")
                 ctx.emit(
-                    STATUS,
+                    DEVICE_STATUS,
                     {
                         "state": f"antenna_{state}",
                         "antenna": event.antenna,
@@ -502,7 +492,7 @@ class _Session:
                 )
             elif isinstance(event, llrp.BufferLevelWarningEvent):
                 ctx.emit(
-                    STATUS,
+                    DEVICE_STATUS,
                     {
                         "state": "buffer_warning",
                         "fill_percent": event.percent_full,
@@ -513,7 +503,7 @@ class _Session:
             elif isinstance(event, llrp.BufferOverflowEvent):
                 ctx.log.warning("the reader's report buffer overflowed: reads were lost")
                 ctx.emit(
-                    STATUS,
+                    DEVICE_STATUS,
                     {
                         "state": "buffer_overflow",
                         "detail": "the reader's report buffer overflowed: reads were lost",
@@ -522,14 +512,14 @@ class _Session:
                 )
             elif isinstance(event, llrp.ReaderExceptionEvent):
                 ctx.log.warning("reader exception: %s", event.message)
-                ctx.emit(STATUS, {"state": "reader_exception", "detail": event.message}, ts)
+                ctx.emit(DEVICE_STATUS, {"state": "reader_exception", "detail": event.message}, ts)
             elif isinstance(event, llrp.ConnectionCloseEvent):
                 raise ConnectionLost("the reader is closing the connection (ConnectionCloseEvent)")
             elif isinstance(event, llrp.ConnectionAttemptEvent):
                 ctx.emit(
-                    STATUS,
+                    DEVICE_STATUS,
                     {"state": "connection_attempt", "detail": f"connection attempt event: {event.text}"},
                     ts,
                 )
             else:
-                ctx.count("reader_events")
+                ctx.count(READER_EVENTS, 1)

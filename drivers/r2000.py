@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Annotated, ClassVar, Final, Literal
 
@@ -30,20 +28,37 @@ from pydantic import Field, model_validator
 from protocols import r2000
 from protocols.errors import DecodeError
 
-from .base import DeviceContext, Driver, DriverOptions
-from .errors import DeviceTimeout, ProtocolFailure
+from .base import DeviceContext
+from .counters import DECODE_ERRORS
+from .errors import ProtocolFailure
 from .event import EncodedData
+from .kinds import RFID_READ
+from .link import LinkOptions, SerialOrTcpOptions
 from .rfid import UriCache
-from .transport import ByteLink, open_serial, open_tcp
+from .session import StreamDriver, StreamSession
+from .transport import ByteLink
 
 AntennaNumber = Annotated[int, Field(ge=1, le=8)]
 AntennaName = Annotated[str, Field(min_length=1, max_length=64)]
 
+# The driver's own counters, on top of drivers.counters' (decode_errors, bytes_skipped, frames_rejected,
+# overflow_bytes).
+FOREIGN_FRAMES: Final = "foreign_frames"
+"""Frames from (or to) another bus address."""
+IMPLAUSIBLE_FRAMES: Final = "implausible_frames"
+"""Tag frames that passed the 8-bit checksum yet cannot be real: an antenna not being inventoried, a
+frequency index out of the table (about 1 damaged frame in 256 passes the checksum)."""
+REPLY_TIMEOUTS: Final = "reply_timeouts"
+"""Commands sent again because their reply did not come within ``reply_timeout_s`` (lost on the line)."""
+ANTENNA_MISSING: Final = "antenna_missing"
+"""Fast-switch rounds that found an antenna port with nothing connected."""
+READER_ERRORS: Final = "reader_errors"
+"""Commands the reader answered with an error code."""
+UNEXPECTED_FRAMES: Final = "unexpected_frames"
+"""Well-formed replies to no command of ours."""
 
-class R2000Options(DriverOptions):
-    port: str | None = Field(None, description="Serial port device path, e.g. /dev/ttyUSB0.")
-    host: str | None = Field(None, description="Host of a serial-to-Ethernet converter (with tcp_port).")
-    tcp_port: int | None = Field(None, ge=1, le=65535, description="TCP port of the converter.")
+
+class R2000Options(SerialOrTcpOptions):
     baudrate: Literal[9600, 19200, 38400, 57600, 115200] = Field(115200, description="Serial line speed.")
     address: int = Field(1, ge=0, le=254, description="The reader's address on the bus (0xFF is broadcast).")
     antennas: dict[AntennaNumber, AntennaName] = Field(
@@ -63,66 +78,57 @@ class R2000Options(DriverOptions):
         "(a corrupt end-of-round frame, say) and the command is sent again.",
     )
     read_timeout_s: float = Field(5.0, gt=0, le=300, description="Silence longer than this reconnects.")
-    connect_timeout_s: float = Field(5.0, gt=0, le=300, description="TCP connect timeout.")
 
     @model_validator(mode="after")
-    def _one_link(self) -> R2000Options:
-        serial_given = self.port is not None
-        tcp_given = self.host is not None or self.tcp_port is not None
-        if serial_given and tcp_given:
-            raise ValueError("give either port (serial) or host + tcp_port (TCP), not both")
-        if not serial_given and not tcp_given:
-            raise ValueError("give port (serial) or host + tcp_port (TCP)")
-        if tcp_given and (self.host is None or self.tcp_port is None):
-            raise ValueError("a TCP link needs both host and tcp_port")
+    def _some_antenna(self) -> R2000Options:
         if not self.antennas:
             raise ValueError("antennas: at least one antenna is needed")
         return self
 
 
-class UhfR2000Driver(Driver[R2000Options]):
+class UhfR2000Driver(StreamDriver[R2000Options]):
     name: ClassVar[str] = "uhf-r2000"
     Options: ClassVar[type[R2000Options]] = R2000Options
-    emits: ClassVar[frozenset[str]] = frozenset({"rfid.read"})
+    emits: ClassVar[frozenset[str]] = frozenset({RFID_READ})
 
-    async def _open(self) -> ByteLink:
-        opts = self.options
-        if opts.port is not None:
-            return await open_serial(opts.port, opts.baudrate)
-        assert opts.host is not None and opts.tcp_port is not None  # guaranteed by R2000Options
-        return await open_tcp(opts.host, opts.tcp_port, connect_timeout=opts.connect_timeout_s)
+    def link(self) -> LinkOptions:
+        return self.options.link
 
-    async def run(self, ctx: DeviceContext) -> None:
-        async with await self._open() as link:
-            session = _Session(link, self.options, ctx)
-            version = await session.exchange(
-                r2000.get_firmware_version(address=self.options.address),
-                lambda reply: isinstance(reply, r2000.FirmwareVersion),
-            )
-            assert isinstance(version, r2000.FirmwareVersion)
-            ctx.connected(f"firmware {version.major}.{version.minor}")
-            await session.inventory_forever()
+    def session(self, link: ByteLink, ctx: DeviceContext) -> _Session:
+        return _Session(link, self.options, ctx)
 
 
-class _Session:
+_Item = r2000.Frame | r2000.RawTag
+"""What the backlog holds: a frame, or a tag frame as a light tuple (:meth:`r2000.R2000Framer.feed_reads`)."""
+
+
+class _Session(StreamSession[_Item, R2000Options]):
     """One connection's exchange with the reader: writes requests and consumes every frame that arrives,
     emitting tag reads as they come and returning when the awaited reply is seen."""
 
+    device_noun: ClassVar[str] = "reader"
+
     def __init__(self, link: ByteLink, options: R2000Options, ctx: DeviceContext) -> None:
-        self.link = link
-        self.options = options
-        self.ctx = ctx
-        self.framer = r2000.R2000Framer()
-        self._last_byte = 0.0
-        self._backlog: deque[r2000.Frame | r2000.RawTag] = deque()
-        self._received_at = 0.0
+        self._framer = r2000.R2000Framer()
+        super().__init__(link, options, ctx, self._framer, silence_s=options.read_timeout_s)
         # Antennas a tag frame may plausibly come from: in realtime mode only the selected work antenna.
         self._expected_antennas = frozenset(options.antennas)
         self._names_json = {antenna: _json(name) for antenna, name in options.antennas.items()}
         self._uris = UriCache()
-        self._skipped = 0
-        self._bad = 0
-        self._overflow = 0
+
+    def feed(self, data: bytes) -> list[_Item]:
+        return self._framer.feed_reads(data)
+
+    async def start(self) -> str:
+        version = await self.exchange(
+            r2000.get_firmware_version(address=self.options.address),
+            lambda reply: isinstance(reply, r2000.FirmwareVersion),
+        )
+        assert isinstance(version, r2000.FirmwareVersion)
+        return f"firmware {version.major}.{version.minor}"
+
+    async def stream(self) -> None:
+        await self.inventory_forever()
 
     async def inventory_forever(self) -> None:
         opts = self.options
@@ -133,7 +139,7 @@ class _Session:
                 [(antenna, 1) for antenna in antennas], repeat=opts.repeat, address=address
             )
             while True:
-                await self.ctx.room()
+                await self.room()
                 await self.exchange(request, _is_round_end)
         while True:
             for antenna in antennas:
@@ -145,7 +151,7 @@ class _Session:
                         raise ProtocolFailure(
                             f"reader refused to select antenna {antenna} (error 0x{status.code:02X})"
                         )
-                await self.ctx.room()
+                await self.room()
                 self._expected_antennas = frozenset((antenna,))
                 await self.exchange(r2000.real_time_inventory(opts.repeat, address=address), _is_round_end)
 
@@ -156,46 +162,38 @@ class _Session:
         after ``reply_timeout_s`` without a byte the request is sent again. Only ``read_timeout_s`` of
         silence across retries means the reader is gone."""
         opts = self.options
-        loop = asyncio.get_running_loop()
-        silent_since = loop.time()
+        asked = self.loop.time()
         while True:
-            await self.link.write(request)
+            await self.write(request)
             try:
                 return await self._handle_until(done, min(opts.reply_timeout_s, opts.read_timeout_s))
             except TimeoutError:
-                silent_since = max(silent_since, self._last_byte)
-                if loop.time() - silent_since >= opts.read_timeout_s:
-                    raise DeviceTimeout(f"reader silent for {opts.read_timeout_s:g} s") from None
-                self.ctx.count("reply_timeouts")
+                self.check_silence(asked)
+                self.ctx.count(REPLY_TIMEOUTS, 1)
 
     async def _handle_until(self, done: Callable[[r2000.Reply], bool], timeout: float) -> r2000.Reply:
-        link = self.link
         ctx = self.ctx
+        count = ctx.count
         emit_many = ctx.emit_many
         reads: list[Mapping[str, object]] = []
         processed = ctx.processed
         names = self.options.antennas
-        feed = self.framer.feed_reads
+        receive = self.receive
         names_json = self._names_json
         uris = self._uris
         address = self.options.address
         broadcast = r2000.BROADCAST
         frequencies = r2000.FREQUENCY_MHZ
         rssi_dbm = r2000.RSSI_DBM
-        loop = asyncio.get_running_loop()
-        backlog = self._backlog
-        now = self._received_at
+        backlog = self.backlog
+        now = self.received_at
         try:
             async with asyncio.timeout(timeout) as deadline:
                 while True:
                     if not backlog:
-                        chunk = await link.read()
-                        self._last_byte = now_mono = loop.time()
-                        deadline.reschedule(now_mono + timeout)
-                        self._received_at = time.time()
-                        backlog.extend(feed(chunk))
-                        self._account()
-                    now = self._received_at
+                        await receive()
+                        deadline.reschedule(self.last_received + timeout)
+                    now = self.received_at
                     expected = self._expected_antennas
                     while backlog:
                         # Frames after the awaited reply stay in the backlog for the next exchange.
@@ -204,10 +202,10 @@ class _Session:
                             frame_address, _, antenna, frequency, pc, epc, rssi = item
                             mhz = frequencies[frequency]
                             if frame_address not in (address, broadcast):
-                                ctx.count("foreign_frames")
+                                count(FOREIGN_FRAMES, 1)
                             elif antenna not in expected or mhz is None:
                                 # The 8-bit checksum passes 1 in 256 damaged frames; these cannot be real.
-                                ctx.count("implausible_frames")
+                                count(IMPLAUSIBLE_FRAMES, 1)
                             elif processed:  # a processor reads each one: a dict, not JSON to decode
                                 data: dict[str, object] = {
                                     "epc": epc.hex().upper(),
@@ -241,23 +239,23 @@ class _Session:
                             continue
                         assert isinstance(item, r2000.Frame)
                         if item.address not in (address, broadcast):
-                            ctx.count("foreign_frames")
+                            count(FOREIGN_FRAMES, 1)
                             continue
                         try:
                             reply = r2000.parse_reply(item)
                         except DecodeError as err:
-                            ctx.count("decode_errors")
+                            count(DECODE_ERRORS, 1)
                             ctx.log.debug("undecodable frame: %s", err)
                             continue
                         if done(reply):
                             return reply  # the reads before it are emitted first (finally, below)
                         if isinstance(reply, r2000.AntennaMissing):
                             # A fast-switch round skips it and goes on to its end frame.
-                            ctx.count("antenna_missing")
+                            count(ANTENNA_MISSING, 1)
                             continue
                         if isinstance(reply, r2000.CommandStatus):
                             if not reply.ok:
-                                ctx.count("reader_errors")
+                                count(READER_ERRORS, 1)
                                 ctx.log.debug(
                                     "reader error 0x%02X for command 0x%02X", reply.code, reply.command
                                 )
@@ -268,28 +266,14 @@ class _Session:
                                     # An inventory that failed (no tag, antenna missing) ends its round.
                                     return reply
                             continue
-                        ctx.count("unexpected_frames")
+                        count(UNEXPECTED_FRAMES, 1)
                     # The reads of one chunk go to the pipeline together, in order, before the next read.
                     if reads:
-                        emit_many("rfid.read", reads, now)
+                        emit_many(RFID_READ, reads, now)
                         reads = []
         finally:
             if reads:  # decoded before the reply that ends this exchange, or a timeout: never lost
-                emit_many("rfid.read", reads, now)
-
-    def _account(self) -> None:
-        stats = self.framer.stats
-        if stats.bytes_skipped != self._skipped:
-            self.ctx.count("bytes_skipped", stats.bytes_skipped - self._skipped)
-            self._skipped = stats.bytes_skipped
-        bad = stats.bad_checksum + stats.bad_length + stats.overlapping
-        if bad != self._bad:
-            self.ctx.count("frames_rejected", bad - self._bad)
-            self._bad = bad
-        overflow = self.link.overflow_bytes
-        if overflow != self._overflow:
-            self.ctx.count("overflow_bytes", overflow - self._overflow)
-            self._overflow = overflow
+                emit_many(RFID_READ, reads, now)
 
 
 _json: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode

@@ -1,10 +1,21 @@
 """Byte transports shared by drivers: a serial port (RS-232/RS-485, USB adapters, ptys) and a TCP socket
-(serial-to-Ethernet converters, network readers).
+(serial-to-Ethernet converters, network readers), with or without TLS. A driver opens one with
+:func:`drivers.link.open_link`, from its :class:`~drivers.link.LinkOptions`.
 
-Both present the same small interface, :class:`ByteLink`: ``read()`` returns the next bytes that arrived
+They present the same small interface, :class:`ByteLink`: ``read()`` returns the next bytes that arrived
 (at least one), ``write()`` sends, ``close()``. Failures are translated into the driver error tree:
 :class:`~drivers.errors.DeviceUnavailable` when opening fails, :class:`~drivers.errors.ConnectionLost` when
 the link drops.
+
+Two ways to take the bytes in:
+
+- **pull** (``await link.read()``): a session that reads what a device sends on its own (a reader's tag
+  reports) frames each chunk as it comes. :class:`SerialLink` and :class:`TcpLink`.
+- **push** (a ``receiver`` given when the link is opened): every chunk is handed to ``receiver(data)`` as
+  soon as it arrives, from the event loop's own callback, with no task in between; the link's loss goes to
+  ``lost(error)``. For request/response lines shared by several devices (:mod:`drivers.bus`), where a reply
+  completes the future its request waits on: one wake-up per reply instead of two. :class:`SerialLink`
+  (``receiver=``) and :class:`TcpPushLink`. A receiver that raises fails the link (``lost`` is told).
 
 The serial link reads on the event loop with ``add_reader`` on the port's file descriptor: the kernel wakes
 the loop as soon as bytes arrive and the callback drains them at once, so the port's input queue is emptied
@@ -23,8 +34,9 @@ import os
 import ssl
 import termios
 from collections import deque
+from collections.abc import Callable
 from types import TracebackType
-from typing import Self
+from typing import Self, overload
 
 import serial
 
@@ -32,6 +44,11 @@ from .errors import ConnectionLost, DeviceUnavailable
 
 READ_CHUNK = 65536
 DEFAULT_MAX_BUFFERED = 1 << 20
+
+Receiver = Callable[[bytes], None]
+"""Push mode: called with each chunk as it arrives (see the module docstring)."""
+Lost = Callable[[ConnectionLost], None]
+"""Push mode: called once, with the reason, when the link drops on its own (not after ``close()``)."""
 
 
 class ByteLink(abc.ABC):
@@ -63,7 +80,15 @@ class ByteLink(abc.ABC):
 class SerialLink(ByteLink):
     """A serial port read with ``add_reader`` on its file descriptor (no thread, no polling)."""
 
-    def __init__(self, port: serial.Serial, *, max_buffered: int = DEFAULT_MAX_BUFFERED) -> None:
+    def __init__(
+        self,
+        port: serial.Serial,
+        *,
+        max_buffered: int = DEFAULT_MAX_BUFFERED,
+        receiver: Receiver | None = None,
+        lost: Lost | None = None,
+    ) -> None:
+        """``receiver`` (and ``lost``): push mode, see the module docstring; else read with :meth:`read`."""
         self._port = port
         self._fd: int = port.fileno()
         self._loop = asyncio.get_running_loop()
@@ -73,6 +98,8 @@ class SerialLink(ByteLink):
         self._waiter: asyncio.Future[None] | None = None
         self._error: ConnectionLost | None = None
         self._closed = False
+        self._receiver = receiver
+        self._lost = lost
         self.overflow_bytes = 0
         self._loop.add_reader(self._fd, self._on_readable)
 
@@ -97,6 +124,14 @@ class SerialLink(ByteLink):
         if not data:
             self._fail(ConnectionLost(f"serial port {self.name}: end of file"))
             return
+        receiver = self._receiver
+        if receiver is not None:
+            try:
+                receiver(data)
+            except Exception as err:  # a bug in the receiver must not leave the line deaf: fail it
+                self._fail(ConnectionLost(f"serial port {self.name}: receiver failed: {err!r}"))
+                self.close()
+            return
         self._chunks.append(data)
         self._buffered += len(data)
         while self._buffered > self._max_buffered and len(self._chunks) > 1:
@@ -106,9 +141,13 @@ class SerialLink(ByteLink):
         self._wake()
 
     def _fail(self, error: ConnectionLost) -> None:
+        if self._error is not None or self._closed:
+            return
         self._error = error
         self._loop.remove_reader(self._fd)
         self._wake()
+        if self._lost is not None:
+            self._lost(error)
 
     async def read(self) -> bytes:
         while not self._chunks:
@@ -192,6 +231,87 @@ class TcpLink(ByteLink):
         self._writer.close()
 
 
+class TcpPushLink(ByteLink, asyncio.Protocol):
+    """A TCP connection (TLS or not) in push mode: the connection's protocol hands every chunk to the
+    receiver from ``data_received``, and its loss to ``lost``. Writes go straight to the transport, waiting
+    only while the kernel's send buffer is full. Made by :func:`open_tcp` with a ``receiver``."""
+
+    def __init__(self, name: str, receiver: Receiver, lost: Lost | None = None) -> None:
+        self.name = name
+        self._receiver = receiver
+        self._lost = lost
+        self._transport: asyncio.Transport | None = None
+        self._error: ConnectionLost | None = None
+        self._closed = False
+        self._writable: asyncio.Future[None] | None = None
+        """Set while the transport asked us to pause writing; resolved when it may resume."""
+
+    # -- asyncio.Protocol --------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._receiver(data)
+        except Exception as err:  # a bug in the receiver must not leave the line deaf: fail it
+            self._fail(ConnectionLost(f"tcp {self.name}: receiver failed: {err!r}"))
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is None:
+            detail = "connection closed by peer"
+        else:
+            detail = (exc.strerror if isinstance(exc, OSError) else None) or str(exc) or type(exc).__name__
+        self._fail(ConnectionLost(f"tcp {self.name}: {detail}"))
+
+    def pause_writing(self) -> None:
+        if self._writable is None:
+            self._writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        writable, self._writable = self._writable, None
+        if writable is not None and not writable.done():
+            writable.set_result(None)
+
+    # -- ByteLink ----------------------------------------------------------------------------------------
+    async def read(self) -> bytes:
+        raise TypeError(f"tcp {self.name}: a push link hands its bytes to its receiver")
+
+    async def write(self, data: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        transport = self._transport
+        if transport is None or self._closed:
+            raise ConnectionLost(f"tcp {self.name}: closed")
+        transport.write(data)
+        writable = self._writable
+        if writable is not None:
+            await asyncio.shield(writable)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._transport is not None:
+            self._transport.close()
+        self._release(ConnectionLost(f"tcp {self.name}: closed"))
+
+    def _fail(self, error: ConnectionLost) -> None:
+        if self._error is not None or self._closed:
+            return
+        self._error = error
+        self._release(error)
+        if self._lost is not None:
+            self._lost(error)
+
+    def _release(self, error: ConnectionLost) -> None:
+        writable, self._writable = self._writable, None
+        if writable is not None and not writable.done():
+            writable.set_exception(error)
+            writable.exception()  # retrieved: nobody may be waiting on it
+
+
 PARITIES = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_ODD}
 
 
@@ -203,8 +323,10 @@ async def open_serial(
     parity: str = "N",
     stopbits: float = 1,
     max_buffered: int = DEFAULT_MAX_BUFFERED,
+    receiver: Receiver | None = None,
+    lost: Lost | None = None,
 ) -> SerialLink:
-    """Open a serial port (exclusively, non-blocking, raw)."""
+    """Open a serial port (exclusively, non-blocking, raw); in push mode with ``receiver``."""
     try:
         handle = serial.Serial(
             port=port,
@@ -222,18 +344,52 @@ async def open_serial(
         raise DeviceUnavailable(f"serial port {port}: {err}") from err
     # pyserial's open() has already discarded input waiting from before (stale bytes); from here on every
     # byte is read, and the framer resynchronises on whatever partial frame the stream starts with.
-    return SerialLink(handle, max_buffered=max_buffered)
+    return SerialLink(handle, max_buffered=max_buffered, receiver=receiver, lost=lost)
+
+
+@overload
+async def open_tcp(
+    host: str, port: int, *, connect_timeout: float = 5.0, tls: ssl.SSLContext | None = None
+) -> TcpLink: ...
+
+
+@overload
+async def open_tcp(
+    host: str,
+    port: int,
+    *,
+    connect_timeout: float = 5.0,
+    tls: ssl.SSLContext | None = None,
+    receiver: Receiver,
+    lost: Lost | None = None,
+) -> TcpPushLink: ...
 
 
 async def open_tcp(
-    host: str, port: int, *, connect_timeout: float = 5.0, tls: ssl.SSLContext | None = None
-) -> TcpLink:
-    """Connect to ``host:port``, with TLS when ``tls`` is given (the handshake within the timeout too)."""
+    host: str,
+    port: int,
+    *,
+    connect_timeout: float = 5.0,
+    tls: ssl.SSLContext | None = None,
+    receiver: Receiver | None = None,
+    lost: Lost | None = None,
+) -> TcpLink | TcpPushLink:
+    """Connect to ``host:port``, with TLS when ``tls`` is given (the handshake within the timeout too); in
+    push mode with ``receiver``."""
     name = f"{host}:{port}"
     scheme = "tls" if tls is not None else "tcp"
     try:
         async with asyncio.timeout(connect_timeout):
-            reader, writer = await asyncio.open_connection(host, port, ssl=tls)
+            if receiver is None:
+                reader, writer = await asyncio.open_connection(host, port, ssl=tls)
+                return TcpLink(reader, writer, name)
+            link = TcpPushLink(name, receiver, lost)
+            try:
+                await asyncio.get_running_loop().create_connection(lambda: link, host, port, ssl=tls)
+            except BaseException:
+                link.close()
+                raise
+            return link
     except TimeoutError as err:
         raise DeviceUnavailable(f"{scheme} {name}: no answer within {connect_timeout:g} s") from err
     except ssl.SSLCertVerificationError as err:  # said as such, and retried like any unreachable device
@@ -242,4 +398,3 @@ async def open_tcp(
         raise DeviceUnavailable(f"tls {name}: {err.reason or err}") from err
     except OSError as err:
         raise DeviceUnavailable(f"{scheme} {name}: {err.strerror or err}") from err
-    return TcpLink(reader, writer, name)

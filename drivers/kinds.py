@@ -1,0 +1,43 @@
+"""The event kinds, each named once.
+
+An event's ``kind`` is a dotted type (``rfid.read``, ``device.status``, ...): it goes into the upstream topic
+(``<prefix>/<gateway>/<device>/<kind>``), so a kind is a public name, documented per kind in the README with
+the ``data`` it carries. Drivers and processors use these constants, never the strings, and a driver
+declares what it emits in :attr:`drivers.base.Driver.emits`.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = [
+    "DEVICE_STATUS",
+    "METER_READING",
+    "RFID_ARRIVED",
+    "RFID_DEPARTED",
+    "RFID_FLOW",
+    "RFID_MOVED",
+    "RFID_READ",
+]
+
+DEVICE_STATUS: Final = "device.status"
+"""A device's state: the supervisor's ``connected``/``disconnected``/``failed``/``stopped`` for every device,
+and what a device says of itself (an LLRP reader's antenna and buffer events)."""
+
+RFID_READ: Final = "rfid.read"
+"""One read of one tag by one antenna (``uhf-r2000``, ``llrp``)."""
+
+RFID_ARRIVED: Final = "rfid.arrived"
+"""A tag seen for the first time (tag smoothing, a processor of RFID devices)."""
+
+RFID_MOVED: Final = "rfid.moved"
+"""A tag's strongest zone changed (tag smoothing)."""
+
+RFID_DEPARTED: Final = "rfid.departed"
+"""A tag unseen for the smoothing's ``depart_after_s`` (tag smoothing)."""
+
+RFID_FLOW: Final = "rfid.flow"
+"""Tags that arrived in one lane in one period (tag smoothing with ``lanes``)."""
+
+METER_READING: Final = "meter.reading"
+"""One poll's values of a meter or sensor (``modbus``, ``dlt645``)."""
