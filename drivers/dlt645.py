@@ -26,17 +26,21 @@ its deadband since it was last reported, when its ``max_interval_s`` has passed,
 after (re)connecting; a poll with nothing to report emits no event (``polls_unchanged``).
 
 Nothing doubtful becomes a value. A reply that fails the framer (bad checksum, no 0x16 where its length
-says: ``frames_rejected``, with ``bytes_skipped`` for garbage) or with a value of the wrong length or not BCD
-(``bad_values``) is counted and the request asked again at once (``retries`` times); a frame from another
-address (``wrong_address``) or for another identifier (``unexpected_replies``) is counted and waited past,
-and the request is asked again if its own reply does not come within ``timeout_s``. A point still without a
-good reply after the retries is left out of that reading (``points_missed``); so is one the meter refuses with
-an error reply (``meter_errors``; the reason is logged). A poll with no value emits nothing
-(``empty_polls``). Frames left from an abandoned exchange are dropped (``stale_frames``).
+says: ``frames_rejected``, with ``bytes_skipped`` for garbage), that does not decode (``bad_replies``) or
+with a value of the wrong length or not BCD (``bad_values``; both also ``decode_errors``) is counted and the
+request asked again at once (``retries`` times); a frame from another address (``wrong_address``) or for
+another identifier (``unexpected_replies``) is counted and waited past, and the request is asked again if
+its own reply does not come within ``timeout_s``. A point still without a good reply after the retries is
+left out of that reading (``points_missed``); so is one the meter refuses with an error reply
+(``meter_errors``; the reason is logged). A poll with no value emits nothing (``empty_polls``). Frames left
+from an abandoned exchange are dropped (``stale_frames``).
 
 A meter that never answers is a :class:`~drivers.errors.DeviceTimeout`: the supervisor restarts the device
 with backoff, and the bus makes the meter wait its own backoff before it may claim the line again. The
 counters of the shared line (bytes skipped, frames rejected) go to the meter whose exchange saw them.
+
+The driver stands on :mod:`drivers.polled` (the schedule, its stagger and ``polls_missed``, the event) and
+:mod:`drivers.link` (the link's keys and opening).
 """
 
 from __future__ import annotations
@@ -45,8 +49,8 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Hashable
-from typing import Annotated, Any, ClassVar, Literal
+from collections.abc import Callable, Hashable, Mapping
+from typing import Annotated, Any, ClassVar, Final, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
@@ -55,10 +59,31 @@ from protocols import dlt645
 from protocols.errors import DecodeError
 
 from . import bus
-from .base import DeviceContext, Driver, DriverOptions
+from .base import DeviceContext
+from .counters import DECODE_ERRORS, FramerTally
 from .errors import ConnectionLost
-from .reporting import Deadband, MaxInterval, Reporter, ReportOnChange, reports_on_change
-from .transport import ByteLink, open_serial, open_tcp
+from .kinds import METER_READING
+from .link import Parity, SerialOrTcpOptions, open_link
+from .polled import PolledDevice, PolledDriver, Schedule
+from .reporting import Deadband, MaxInterval, Reporter, ReportOnChange, Reports
+from .transport import ByteLink
+
+# The driver's own counters, on top of drivers.counters' (decode_errors, bytes_skipped, frames_rejected,
+# polls_missed, polls_unchanged, empty_polls, polls).
+BAD_REPLIES: Final = "bad_replies"
+"""Replies that passed the framer but do not decode (also counted as decode_errors)."""
+BAD_VALUES: Final = "bad_values"
+"""Data replies whose value is of the wrong length or not BCD (also counted as decode_errors)."""
+WRONG_ADDRESS: Final = "wrong_address"
+"""Replies from another meter's address (a late reply, or a meter with a wrong address on the line)."""
+UNEXPECTED_REPLIES: Final = "unexpected_replies"
+"""Replies from this meter to another request (another identifier, a continuation)."""
+STALE_FRAMES: Final = "stale_frames"
+"""Frames left from an abandoned exchange, dropped before the next request."""
+POINTS_MISSED: Final = "points_missed"
+"""Points left out of a reading: no good reply after every attempt."""
+METER_ERRORS: Final = "meter_errors"
+"""Points the meter refused with an error reply (the reason is logged)."""
 
 DEFAULT_POINTS = (
     "energy_active_forward",
@@ -142,14 +167,9 @@ Point = Annotated[Dlt645Point, BeforeValidator(_point_from_text, json_schema_inp
 """A point in either form: a string (identifier only) or a mapping (:class:`Dlt645Point`)."""
 
 
-class Dlt645Options(DriverOptions):
-    port: str | None = Field(default=None, description="Serial port device path, e.g. /dev/ttyUSB0.")
-    host: str | None = Field(
-        default=None, description="Host of a serial-to-Ethernet converter (with tcp_port)."
-    )
-    tcp_port: int | None = Field(default=None, ge=1, le=65535, description="TCP port of the converter.")
+class Dlt645Options(SerialOrTcpOptions):
     baudrate: Literal[1200, 2400, 4800, 9600, 19200] = Field(default=2400, description="Serial line speed.")
-    parity: Literal["E", "N", "O"] = Field(default="E", description="Serial parity (DL/T 645: even, 8E1).")
+    parity: Parity = Field(default="E", description="Serial parity (DL/T 645: even, 8E1).")
     address: str = Field(
         description="The meter's address: 12 digits as on its nameplate, quoted ('000102030425')."
     )
@@ -169,9 +189,6 @@ class Dlt645Options(DriverOptions):
     retries: int = Field(default=1, ge=0, le=5, description="Further attempts for a lost or damaged reply.")
     preamble: int = Field(
         default=4, ge=0, le=4, description="Wake-up bytes 0xFE sent before each request (0-4)."
-    )
-    connect_timeout_s: float = Field(
-        default=5.0, gt=0, le=300, description="Opening the port or TCP connection."
     )
 
     @field_validator("address", mode="before")
@@ -218,18 +235,6 @@ class Dlt645Options(DriverOptions):
             raise ValidationError.from_exception_data("Dlt645Options", errors)
         return points
 
-    @model_validator(mode="after")
-    def _one_link(self) -> Dlt645Options:
-        serial_given = self.port is not None
-        tcp_given = self.host is not None or self.tcp_port is not None
-        if serial_given and tcp_given:
-            raise ValueError("give either port (serial) or host + tcp_port (TCP), not both")
-        if not serial_given and not tcp_given:
-            raise ValueError("give port (serial) or host + tcp_port (TCP)")
-        if tcp_given and (self.host is None or self.tcp_port is None):
-            raise ValueError("a TCP link needs both host and tcp_port")
-        return self
-
     @property
     def items(self) -> list[dlt645.DataItem]:
         """The table lines of ``points``, in order."""
@@ -238,10 +243,7 @@ class Dlt645Options(DriverOptions):
     @property
     def bus_key(self) -> str:
         """The line this meter hangs on: meters with the same key share it."""
-        if self.port is not None:
-            return bus.serial_key(self.port)
-        assert self.host is not None and self.tcp_port is not None  # guaranteed by the validator
-        return bus.tcp_key(self.host, self.tcp_port)
+        return self.link.key
 
     def shared_line(self) -> bus.SharedLine:
         """The line this meter hangs on and the settings every device on it must share."""
@@ -258,53 +260,38 @@ class BadReply(Exception):
 class Line:
     """One open link to a meter line, shared by the meters on it (the bus's link object).
 
-    A reader task frames everything that arrives, so a late reply to an abandoned request is consumed (and
-    discarded) rather than mistaken for the answer to the next one. Framer counters are charged to the
-    meter whose exchange is running."""
+    Every chunk that arrives is framed at once (the link pushes it: :mod:`drivers.transport`), so a late
+    reply to an abandoned request is consumed (and discarded) rather than mistaken for the answer to the next
+    one. Framer counters are charged to the meter whose exchange is running."""
 
-    def __init__(self, link: ByteLink, lost: Callable[[BaseException], None]) -> None:
-        self.link = link
+    def __init__(self, lost: Callable[[BaseException], None]) -> None:
         self.framer = dlt645.Dlt645Framer()
+        self.link: ByteLink | None = None
+        self.tally = FramerTally(self.framer.stats)
         self._frames: deque[dlt645.Frame] = deque()
         self._arrived = asyncio.Event()
         self._lost = lost
         self._error: BaseException | None = None
-        self._skipped = 0
-        self._rejected = 0
-        self._overflow = 0
-        self._reader = asyncio.get_running_loop().create_task(self._read_forever())
 
-    async def _read_forever(self) -> None:
-        try:
-            while True:
-                data = await self.link.read()
-                self._frames.extend(self.framer.feed(data))
-                self._arrived.set()
-        except (ConnectionLost, OSError) as err:
-            self._error = err
-            self._arrived.set()
-            self._lost(err)
+    @classmethod
+    async def open(cls, options: Dlt645Options, lost: Callable[[BaseException], None]) -> Line:
+        """The line of ``options``, opened (the bus's opener)."""
+        line = cls(lost)
+        line.link = await open_link(options.link, receiver=line._received, lost=line._link_lost)
+        return line
+
+    def _received(self, data: bytes) -> None:
+        self._frames.extend(self.framer.feed(data))
+        self._arrived.set()
+
+    def _link_lost(self, err: ConnectionLost) -> None:
+        self._error = err
+        self._arrived.set()
+        self._lost(err)
 
     def close(self) -> None:
-        self._reader.cancel()
-        self.link.close()
-
-    def _account(self, ctx: DeviceContext) -> None:
-        stats = self.framer.stats
-        if stats.bytes_skipped != self._skipped:
-            ctx.count("bytes_skipped", stats.bytes_skipped - self._skipped)
-            self._skipped = stats.bytes_skipped
-        overflow = self.link.overflow_bytes
-        if overflow != self._overflow:
-            ctx.count("overflow_bytes", overflow - self._overflow)
-            self._overflow = overflow
-
-    def _rejections(self) -> int:
-        """Candidate frames the framer rejected since the last call."""
-        stats = self.framer.stats
-        rejected = stats.bad_checksum + stats.bad_length + stats.overlapping
-        new, self._rejected = rejected - self._rejected, rejected
-        return new
+        if self.link is not None:
+            self.link.close()
 
     async def read(self, request: bytes, address: str, di: int, ctx: DeviceContext) -> dlt645.Reply:
         """Send a read-data request and return the meter's reply to it (data or error).
@@ -313,12 +300,14 @@ class Line:
         (an adapter's echo) are ignored; a frame from another address or for another identifier is counted
         and waited past (the right reply may still come); a damaged frame is counted and raises
         :class:`BadReply` at once, since the reply it was is lost."""
+        count = ctx.count
         stale = len(self._frames)
         if stale:
-            ctx.count("stale_frames", stale)
+            count(STALE_FRAMES, stale)
             self._frames.clear()
-        self._rejections()
-        self._account(ctx)
+        tally = self.tally
+        tally.charge(count)
+        assert self.link is not None
         await self.link.write(request)
         while True:
             while self._frames:
@@ -326,32 +315,33 @@ class Line:
                 if not frame.control & dlt645.REPLY_BIT:
                     continue
                 if frame.address != address:
-                    ctx.count("wrong_address")
+                    count(WRONG_ADDRESS, 1)
                     continue
                 try:
                     reply = dlt645.parse_reply(frame)
                 except DecodeError as err:
-                    ctx.count("bad_replies")
+                    count(BAD_REPLIES, 1)
+                    count(DECODE_ERRORS, 1)
                     raise BadReply(str(err)) from err
                 if isinstance(reply, dlt645.ErrorReply) and reply.function == dlt645.Control.READ_DATA:
                     return reply
                 if isinstance(reply, dlt645.DataReply) and reply.di == di and reply.seq is None:
                     return reply
-                ctx.count("unexpected_replies")
-            self._account(ctx)
+                count(UNEXPECTED_REPLIES, 1)
+            rejected = tally.rejected_since()
+            tally.charge(count)
             if self._error is not None:
                 raise ConnectionLost(str(self._error)) from self._error
-            rejected = self._rejections()
             if rejected:
-                ctx.count("frames_rejected", rejected)
                 raise BadReply(f"{rejected} damaged frame(s) on the line")
             self._arrived.clear()
             await self._arrived.wait()
 
 
-class Dlt645Driver(Driver[Dlt645Options]):
+class Dlt645Driver(PolledDriver[Dlt645Options, Line]):
     name: ClassVar[str] = "dlt645"
     Options: ClassVar[type[Dlt645Options]] = Dlt645Options
+    emits: ClassVar[frozenset[str]] = frozenset({METER_READING})
 
     def __init__(
         self, device: str, options: Dlt645Options, *, clock: Callable[[], float] = time.monotonic
@@ -362,71 +352,46 @@ class Dlt645Driver(Driver[Dlt645Options]):
             (item, dlt645.read_data(options.address, item.di, options.preamble)) for item in options.items
         ]
         self._refused: set[int] = set()
+        """Identifiers the meter refused already (logged at WARNING the first time only)."""
         self._clock = clock
-        self._on_change = any(reports_on_change(point) for point in options.points)
-        """Some point reports only when due (else every value read is, with no per-point state)."""
 
-    async def _open(self, lost: Callable[[BaseException], None]) -> Line:
-        opts = self.options
-        if opts.port is not None:
-            link: ByteLink = await open_serial(opts.port, opts.baudrate, parity=opts.parity)
-        else:
-            assert opts.host is not None and opts.tcp_port is not None  # guaranteed by Dlt645Options
-            link = await open_tcp(opts.host, opts.tcp_port, connect_timeout=opts.connect_timeout_s)
-        return Line(link, lost)
+    async def open_line(self, lost: Callable[[BaseException], None]) -> Line:
+        return await Line.open(self.options, lost)
 
-    async def run(self, ctx: DeviceContext) -> None:
-        opts = self.options
-        line = opts.shared_line()
-        async with bus.attach(
-            line.key,
-            self._open,
-            settings=line.settings,
-            device=self.device,
-            open_timeout_s=opts.connect_timeout_s,
-        ) as port:
-            loop = asyncio.get_running_loop()
-            # Meters with equal periods do not all ask at once (see drivers.bus).
-            await asyncio.sleep(port.phase * opts.poll_s)
-            due = loop.time()
-            connected = False
-            # A new session reports every value afresh: what was last reported may be long gone.
-            reporters = {point.item.name: Reporter.of(point) for point in opts.points}
-            while True:
-                await ctx.room()
-                values, units = await self._poll(port, ctx)
-                if not connected:
-                    ctx.connected(f"meter {opts.address}")
-                    connected = True
-                if not values:
-                    ctx.count("empty_polls")
-                else:
-                    if self._on_change:
-                        now = self._clock()
-                        values = {n: v for n, v in values.items() if reporters[n].offer(v, now)}
-                        units = {n: u for n, u in units.items() if n in values}
-                    if values:
-                        ctx.emit("meter.reading", {"values": values, "units": units})
-                    else:
-                        ctx.count("polls_unchanged")
-                due += opts.poll_s
-                now = loop.time()
-                if due < now:  # a poll overran its period: skip the missed ones, do not burst
-                    ctx.count("polls_overrun")
-                    due = now
-                await asyncio.sleep(due - now)
+    def session(self, port: bus.Port[Line], ctx: DeviceContext) -> _Meter:
+        # A new session reports every value afresh: what was last reported may be long gone.
+        points = self.options.points
+        reports = Reports(
+            {point.item.name: Reporter.of(point) for point in points},
+            {point.item.name: point.item.unit for point in points if point.item.unit},
+            self._clock,
+        )
+        return _Meter(self, port, ctx, [Schedule(self.options.poll_s, reports)])
 
-    async def _poll(
-        self, port: bus.Port[Line], ctx: DeviceContext
-    ) -> tuple[dict[str, float], dict[str, str]]:
-        """Read every point once, one request per bus turn; the values and units of those the meter gave.
+
+class _Meter(PolledDevice[Line, Schedule]):
+    """One session of one meter on its line."""
+
+    def __init__(
+        self, driver: Dlt645Driver, port: bus.Port[Line], ctx: DeviceContext, schedules: list[Schedule]
+    ) -> None:
+        super().__init__(port, ctx, schedules)
+        self.driver = driver
+
+    def describe(self) -> str:
+        return f"meter {self.driver.options.address}"
+
+    async def poll(self, schedule: Schedule) -> Mapping[str, object]:
+        """Read every point once, one request per bus turn; the values of those the meter gave.
 
         A point whose replies were all damaged, or that the meter refuses, is left out of this reading; a
         meter that does not answer at all raises DeviceTimeout (from the bus)."""
-        address = self.options.address
+        driver = self.driver
+        options = driver.options
+        address = options.address
+        ctx = self.ctx
         values: dict[str, float] = {}
-        units: dict[str, str] = {}
-        for item, request in self._requests:
+        for item, request in driver._requests:
 
             async def exchange(
                 line: Line, request: bytes = request, item: dlt645.DataItem = item
@@ -438,27 +403,26 @@ class Dlt645Driver(Driver[Dlt645Options]):
                 try:
                     return dlt645.decode_value(item, reply.payload)
                 except DecodeError as err:
-                    ctx.count("bad_values")
+                    ctx.count(BAD_VALUES, 1)
+                    ctx.count(DECODE_ERRORS, 1)
                     raise BadReply(str(err)) from err
 
             try:
-                result = await port.request(
+                result = await self.port.request(
                     exchange,
-                    timeout=self.options.timeout_s,
-                    attempts=1 + self.options.retries,
+                    timeout=options.timeout_s,
+                    attempts=1 + options.retries,
                     retry_on=(BadReply,),
                 )
             except BadReply as err:
-                ctx.count("points_missed")
+                ctx.count(POINTS_MISSED, 1)
                 ctx.log.debug("%s (%s): %s", item.name, dlt645.di_text(item.di), err)
                 continue
             if isinstance(result, dlt645.ErrorReply):
-                ctx.count("meter_errors")
-                level = logging.DEBUG if item.di in self._refused else logging.WARNING
-                self._refused.add(item.di)
+                ctx.count(METER_ERRORS, 1)
+                level = logging.DEBUG if item.di in driver._refused else logging.WARNING
+                driver._refused.add(item.di)
                 ctx.log.log(level, "%s (%s): %s", item.name, dlt645.di_text(item.di), result.describe())
                 continue
             values[item.name] = result
-            if item.unit:  # as the Modbus driver does: a dimensionless value (power factor) has no unit
-                units[item.name] = item.unit
-        return values, units
+        return values

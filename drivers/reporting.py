@@ -24,13 +24,16 @@ A value that is not a number (a bool, a string) is reported when it differs. NaN
 
 The options are pydantic field types (:data:`Deadband`, :data:`ReportOnChange`, :data:`MaxInterval`), so a
 driver's point model declares them among its own fields, in its own order; :class:`Reporter` holds one point's
-state and decides.
+state and decides; :class:`Reports` decides for the points of one event (what of a poll goes into it), which
+is what :class:`drivers.polled.PolledDevice` asks before it emits.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Annotated, Final, Protocol
@@ -44,6 +47,7 @@ __all__ = [
     "ReportOnChange",
     "Reporter",
     "ReportingOptions",
+    "Reports",
     "check_deadband",
     "reports_on_change",
 ]
@@ -190,3 +194,52 @@ class Reporter:
         self.last = value
         self.last_at = now
         return True
+
+
+class Reports:
+    """The points of one event (a poll of a schedule): their :class:`Reporter`\\ s by value name, in the
+    order the config gives them, and their units. :meth:`due` says what of a poll's values goes into the
+    event.
+
+    Times are ``clock``'s seconds (monotonic; injectable so that ``max_interval_s`` can be tested without
+    waiting). Made afresh for each session of a device: after a reconnect every value is reported again."""
+
+    __slots__ = ("_clock", "on_change", "reporters", "units")
+
+    def __init__(
+        self,
+        reporters: Mapping[str, Reporter],
+        units: Mapping[str, str],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``units``: value name -> unit, for the points that have one (shared by the events it makes: it
+        is never changed)."""
+        self.reporters = dict(reporters)
+        self.units = dict(units)
+        self.on_change = any(reporter.on_change for reporter in self.reporters.values())
+        """Some point reports only when due; else every value offered is reported, with no state kept."""
+        self._clock = clock
+
+    def due(self, values: Mapping[str, object]) -> tuple[Mapping[str, object], Mapping[str, str]] | None:
+        """The values of ``values`` (a poll's, by name) to report now and their units; None when none is
+        due. The values reported become their points' last reported."""
+        if not self.on_change:
+            # Every value at every poll: the common case, and the hot path (no per-point work).
+            units = self.units
+            if len(values) != len(self.reporters):
+                units = {name: unit for name, unit in units.items() if name in values}
+            return values, units
+        now = self._clock()
+        report: dict[str, object] = {}
+        report_units: dict[str, str] = {}
+        point_units = self.units
+        for name, reporter in self.reporters.items():
+            if name not in values:
+                continue
+            value = values[name]
+            if reporter.offer(value, now):
+                report[name] = value
+                unit = point_units.get(name)
+                if unit is not None:
+                    report_units[name] = unit
+        return (report, report_units) if report else None
