@@ -36,15 +36,23 @@ requests time out ``lost_after`` polls in a row is reported disconnected (the su
 backoff). Points are read in as few requests as possible (:func:`protocols.modbus.plan`); a request the
 device refuses with exception 02 is split, and the split is kept for the life of the device's session. A
 reply with a bad CRC, a wrong unit id, function or length is counted (``bad_crc``, ``wrong_unit``,
-``wrong_function``, ``wrong_length``), never decoded, and the request is tried again (``retries``).
+``wrong_function``, ``wrong_length``), never decoded, and the request is tried again (``retries``). On top
+of those, the counters every driver shares (:mod:`drivers.counters`): RTU frames are found by
+:class:`protocols.modbus.RtuReplyFramer`, so line noise counts ``bytes_skipped`` and a damaged frame
+``frames_rejected``; a whole reply of the wrong function or length, or that does not decode, counts
+``decode_errors``; a Modbus TCP header of another protocol counts ``frames_rejected``.
 
 pymodbus (pinned to 3.16.x) is used only through :class:`ModbusLink`, the one place that knows its API, and
 only as the codec: its framers (``FramerSocket``, ``FramerRTU``) build the requests and its PDU classes decode
-the replies. The link carries the bytes itself (an ``asyncio.Protocol`` on the TCP connection, a reader on
-the serial port) and runs one request at a time. pymodbus's client is not used: its machinery (a
-transaction manager, ``wait_for`` per request, its own transport) costs more CPU per request than its
-framer, and its retries, timeouts and reconnects belong to the bus (which would otherwise lose a shared TCP
-connection to a few timeouts of one dead unit, taking every healthy unit behind the same converter with it).
+the replies. The link takes the bytes as the transport pushes them (:mod:`drivers.transport`: from the TCP
+connection's protocol, or the serial port's reader callback, with no task in between) and runs one request
+at a time. pymodbus's client is not used: its machinery (a transaction manager, ``wait_for`` per request,
+its own transport) costs more CPU per request than its framer, and its retries, timeouts and reconnects
+belong to the bus (which would otherwise lose a shared TCP connection to a few timeouts of one dead unit,
+taking every healthy unit behind the same converter with it).
+
+The driver stands on :mod:`drivers.polled` (the schedules, their stagger and ``polls_missed``, the events)
+and :mod:`drivers.link` (the link's keys and opening).
 """
 
 from __future__ import annotations
@@ -53,8 +61,7 @@ import asyncio
 import contextlib
 import math
 import struct
-import time
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import ClassVar, Final, Literal
@@ -81,12 +88,51 @@ from protocols import modbus as mb
 from protocols.modbus import ByteOrder, DataType, ReplyCheck, Table
 
 from . import bus, reporting
-from .base import DeviceContext, Driver, DriverOptions
+from .base import DeviceContext
+from .counters import DECODE_ERRORS, FRAMES_REJECTED, TIMEOUTS, Count, FramerTally
 from .errors import ConnectionLost, DeviceTimeout, DeviceUnavailable
-from .reporting import Deadband, MaxInterval, Reporter, ReportOnChange
-from .transport import SerialLink, open_serial
+from .kinds import METER_READING
+from .link import Parity, SerialOrTcpOptions
+from .link import open_link as open_byte_link
+from .polled import PolledDevice, PolledDriver, Schedule
+from .reporting import Deadband, MaxInterval, Reporter, ReportOnChange, Reports
+from .transport import ByteLink
 
 __all__ = ["BadReply", "ExceptionReply", "ModbusDriver", "ModbusLink", "ModbusOptions", "ModbusPoint"]
+
+# The driver's own counters, on top of drivers.counters' (bytes_skipped, frames_rejected, decode_errors,
+# timeouts, polls, polls_missed, polls_unchanged, empty_polls).
+BAD_CRC: Final = "bad_crc"
+"""RTU replies to a read whose CRC (or byte count) was damaged (the framer also counts frames_rejected)."""
+WRONG_UNIT: Final = "wrong_unit"
+"""Replies from another unit id (on a shared line, a late reply of another device; waited past)."""
+WRONG_FUNCTION: Final = "wrong_function"
+"""Replies of another function code (also decode_errors)."""
+WRONG_LENGTH: Final = "wrong_length"
+"""Replies whose byte count does not fit the request (also decode_errors)."""
+UNDECODABLE_REPLIES: Final = "undecodable_replies"
+"""Replies pymodbus's PDU class could not decode (also decode_errors)."""
+BAD_HEADER: Final = "bad_header"
+"""Modbus TCP: a header of another protocol; the connection is dropped (also frames_rejected)."""
+STALE_REPLIES: Final = "stale_replies"
+"""Modbus TCP: replies to an earlier transaction (one that timed out)."""
+FAILED_READS: Final = "failed_reads"
+"""Requests whose every attempt got a damaged reply."""
+REQUESTS_SPLIT: Final = "requests_split"
+"""Requests split in two after exception 02 (illegal data address)."""
+UNREADABLE_POINTS: Final = "unreadable_points"
+"""Points the device refuses with exception 02 on their own: no longer read."""
+EXCEPTION_PREFIX: Final = "exception_"
+"""Replies with a Modbus exception, counted per code: ``exception_02``, ``exception_04``, ..."""
+
+ALSO_COUNTED: Final = {
+    WRONG_FUNCTION: DECODE_ERRORS,
+    WRONG_LENGTH: DECODE_ERRORS,
+    UNDECODABLE_REPLIES: DECODE_ERRORS,
+    BAD_HEADER: FRAMES_REJECTED,
+}
+"""The well-known counter each of the link's reports is also counted under (``bad_crc`` is counted as
+``frames_rejected`` by the RTU framer itself)."""
 
 
 class ModbusPoint(BaseModel):
@@ -180,19 +226,19 @@ def _escape(message: str) -> str:
 Transport = Literal["tcp", "rtu", "rtu-over-tcp"]
 
 
-class ModbusOptions(DriverOptions):
-    transport: Transport | None = Field(
-        None,
-        description="tcp, rtu (a serial port) or rtu-over-tcp (RTU frames through a serial-to-Ethernet "
-        "converter). Default: rtu with port, tcp with host.",
-    )
+class ModbusOptions(SerialOrTcpOptions):
     port: str | None = Field(None, description="rtu: the serial port, e.g. /dev/ttyUSB0.")
     host: str | None = Field(None, description="tcp, rtu-over-tcp: the device's or converter's host.")
     tcp_port: int = Field(502, ge=1, le=65535, description="tcp, rtu-over-tcp: its TCP port.")
     baudrate: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200] = Field(
         9600, description="rtu: line speed."
     )
-    parity: Literal["N", "E", "O"] = Field("N", description="rtu: parity (N, E, O).")
+    transport: Transport | None = Field(
+        None,
+        description="tcp, rtu (a serial port) or rtu-over-tcp (RTU frames through a serial-to-Ethernet "
+        "converter). Default: rtu with port, tcp with host.",
+    )
+    parity: Parity = Field("N", description="rtu: parity (N, E, O).")
     stopbits: Literal[1, 2] = Field(1, description="rtu: stop bits.")
     unit_id: int = Field(1, ge=0, le=255, description="The unit (slave) id: 1-247 on a serial line.")
     poll_s: float = Field(1.0, gt=0, le=86400, description="Poll period of points without their own.")
@@ -214,12 +260,14 @@ class ModbusOptions(DriverOptions):
         description="Read across gaps of up to this many unused registers.",
     )
     byte_order: ByteOrder = Field(ByteOrder.ABCD, description="Default byte order of the points.")
-    connect_timeout_s: float = Field(5.0, gt=0, le=300, description="Opening the port or TCP connection.")
     backoff_initial_s: float = Field(
         1.0, gt=0, le=3600, description="A silent device waits this long before its next request (doubling)."
     )
     backoff_max_s: float = Field(30.0, gt=0, le=3600, description="The longest such wait.")
     points: list[ModbusPoint] = Field(min_length=1, description="The values to read.")
+
+    def check_link(self) -> None:
+        """The link keys are checked with the transport, below, each problem at its key."""
 
     @model_validator(mode="after")
     def _consistent(self) -> ModbusOptions:
@@ -278,19 +326,10 @@ class ModbusOptions(DriverOptions):
         """The bus this device uses (its serial port, or its host:tcp_port) and the settings every device
         on it must share."""
         transport = self.link_transport
+        settings: tuple[tuple[str, Hashable], ...] = (("driver", "modbus"), ("transport", transport))
         if transport == "rtu":
-            assert self.port is not None  # guaranteed by the validator
-            settings: tuple[tuple[str, Hashable], ...] = (
-                ("driver", "modbus"),
-                ("transport", transport),
-                ("baudrate", self.baudrate),
-                ("parity", self.parity),
-                ("stopbits", self.stopbits),
-            )
-            return bus.SharedLine(bus.serial_key(self.port), settings)
-        assert self.host is not None  # guaranteed by the validator
-        settings = (("driver", "modbus"), ("transport", transport))
-        return bus.SharedLine(bus.tcp_key(self.host, self.tcp_port), settings)
+            settings += (("baudrate", self.baudrate), ("parity", self.parity), ("stopbits", self.stopbits))
+        return bus.SharedLine(self.link.key, settings)
 
     def point_byte_order(self, point: ModbusPoint) -> ByteOrder:
         return point.byte_order or self.byte_order
@@ -386,8 +425,10 @@ class ModbusLink:
     """One serial port or TCP connection, shared by the devices of a bus: one read at a time.
 
     :meth:`read` is the whole API the driver uses. pymodbus builds each request frame and decodes each reply
-    PDU; the link owns the bytes in between. Every received frame is classified with
-    :func:`protocols.modbus.check_tcp_reply` / ``check_rtu_reply`` before anything is decoded: a corrupt
+    PDU; the link owns the bytes in between. RTU frames are found by
+    :class:`protocols.modbus.RtuReplyFramer` (noise and damaged frames counted there, charged to the device
+    whose exchange is running by :meth:`account`) and judged with :func:`protocols.modbus.judge_rtu_reply`;
+    Modbus TCP frames with :func:`protocols.modbus.check_tcp_reply`; nothing is decoded before: a corrupt
     reply is counted on the device that asked and fails its request at once rather than after its timeout; a
     late reply to an earlier request (``stale_replies``) or an RTU frame of another unit (``wrong_unit``) is
     counted and skipped while the awaited reply may still come. The bus owns timeouts (it cancels
@@ -398,12 +439,12 @@ class ModbusLink:
         self._mbap = mbap
         """Modbus TCP (MBAP header, transaction ids); else RTU frames (unit id, PDU, CRC)."""
         self._framer: FramerBase = FramerSocket(_DECODER) if mbap else FramerRTU(_DECODER)
+        self._rtu: mb.RtuReplyFramer | None = None if mbap else mb.RtuReplyFramer()
+        self._tally: FramerTally | None = None if self._rtu is None else FramerTally(self._rtu.stats)
         self._loop = asyncio.get_running_loop()
         self._lost = lost
-        self._transport: asyncio.Transport | None = None
-        self._serial: SerialLink | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._buffer = b""
+        self._link: ByteLink | None = None
+        self._tcp_buffer = b""
         self._pending: asyncio.Future[ModbusPDU] | None = None
         self._unit = 0
         self._function = 0
@@ -422,11 +463,11 @@ class ModbusLink:
         :class:`~drivers.errors.ConnectionLost`. A timeout is the caller's (the bus cancels this)."""
         if self._failure is not None:
             raise ConnectionLost(str(self._failure))
-        if self._mbap:
+        if self._rtu is None:
             self._transaction = transaction = self._transaction % 0xFFFF + 1  # 1..65535: 0 matches any reply
         else:
             transaction = 0
-            self._buffer = b""  # a late reply to a timed-out request must not pass for this one's answer
+            self._rtu.discard()  # a late reply to a timed-out request must not pass for this one's answer
         frame = self._framer.buildFrame(
             _REQUESTS[table](address=address, count=count, dev_id=unit, transaction_id=transaction)
         )
@@ -434,11 +475,8 @@ class ModbusLink:
         self._pending = future
         self._unit, self._function, self._count, self._report = unit, table.function, count, report
         try:
-            if self._serial is not None:
-                await self._serial.write(frame)
-            else:
-                assert self._transport is not None
-                self._transport.write(frame)
+            assert self._link is not None
+            await self._link.write(frame)
             response = await future
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
@@ -451,14 +489,25 @@ class ModbusLink:
         if table.is_bits:
             bits = response.bits
             if len(bits) < count:
-                report("wrong_length")
-                raise BadReply("wrong_length", f"{len(bits)} bits for {count}")
+                report(WRONG_LENGTH)
+                raise BadReply(WRONG_LENGTH, f"{len(bits)} bits for {count}")
             return [1 if b else 0 for b in bits[:count]]
         registers = list(response.registers)
         if len(registers) != count:
-            report("wrong_length")
-            raise BadReply("wrong_length", f"{len(registers)} registers for {count}")
+            report(WRONG_LENGTH)
+            raise BadReply(WRONG_LENGTH, f"{len(registers)} registers for {count}")
         return registers
+
+    def account(self, count: Count) -> None:
+        """Charge what the RTU framer skipped and rejected since the last charge to ``count`` (the counters
+        of the device whose exchange is running; nothing on Modbus TCP, which has no framing to lose)."""
+        if self._tally is not None:
+            self._tally.charge(count)
+
+    @property
+    def _buffer(self) -> bytes:
+        """The bytes held as the start of a frame not yet complete."""
+        return self._tcp_buffer if self._rtu is None else self._rtu.held
 
     def close(self) -> None:
         """Release the port or connection; a read in flight raises ConnectionLost. Idempotent."""
@@ -470,11 +519,19 @@ class ModbusLink:
         self._release(self._failure)
 
     # -- receiving ------------------------------------------------------------------------------------
+    def _on_bytes(self, data: bytes) -> None:
+        """The transport's receiver (looked up at each call, so a test may wrap :meth:`_received`)."""
+        self._received(data)
+
     def _received(self, data: bytes) -> None:
-        """Bytes that arrived (the TCP protocol's ``data_received``, the serial reader's chunks)."""
-        buf = self._buffer + data if self._buffer else data
-        buf = self._take_tcp(buf) if self._mbap else self._take_rtu(buf)
-        self._buffer = buf[-_MAX_BUFFERED:] if len(buf) > _MAX_BUFFERED else buf
+        """Bytes that arrived, as the transport pushes them."""
+        rtu = self._rtu
+        if rtu is not None:
+            self._take_rtu(rtu, rtu.feed(data))
+            return
+        buf = self._tcp_buffer + data if self._tcp_buffer else data
+        buf = self._take_tcp(buf)
+        self._tcp_buffer = buf[-_MAX_BUFFERED:] if len(buf) > _MAX_BUFFERED else buf
 
     def _waiting(self) -> asyncio.Future[ModbusPDU] | None:
         """The future of the read waiting for a reply, if any (not one its caller abandoned)."""
@@ -497,7 +554,7 @@ class ModbusLink:
                 break
             if verdict is ReplyCheck.BAD_HEADER:
                 if future is not None:
-                    self._report("bad_header")
+                    self._report(BAD_HEADER)
                 self._fail(ConnectionLost(f"{self.name}: not a Modbus TCP stream (bad MBAP header)"))
                 return b""
             if future is not None:
@@ -505,25 +562,23 @@ class ModbusLink:
             buf = buf[size:]
         return buf
 
-    def _take_rtu(self, buf: bytes) -> bytes:
-        """Judge the RTU frames at the start of ``buf`` (skipping noise); what may still become one."""
+    def _take_rtu(self, rtu: mb.RtuReplyFramer, frames: list[mb.RtuFrame]) -> None:
+        """Judge the RTU frames just framed against the read waiting (nobody waits: a late reply, dropped)."""
         future = self._waiting()
-        while future is not None and len(buf) >= 5:
-            unit, function, count = self._unit, self._function, self._count
-            verdict, size = mb.check_rtu_reply(buf, unit, function, count)
-            if verdict is ReplyCheck.INCOMPLETE:
-                size = _rtu_stray_size(buf, function)
-                if size == 0:
-                    break  # a frame is arriving
-                if size > 0:  # a whole reply to another read, or noise that merely looks like one
-                    verdict, size = mb.check_rtu_reply(buf[:size], unit, function, count)
-                if verdict is ReplyCheck.INCOMPLETE:
-                    buf = buf[1:]  # no frame starts here: hunt for the next one
-                    continue
-            self._settle(future, verdict, buf[1 : size - 2])
-            buf = buf[size:]
-            future = self._pending
-        return buf if future is not None else b""  # nobody waits: a late reply or noise
+        if future is None:
+            return
+        unit, function, count = self._unit, self._function, self._count
+        for frame in frames:
+            self._settle(future, mb.judge_rtu_reply(frame, unit, function, count), frame.pdu)
+            if self._pending is None:
+                return  # answered (what follows it in this chunk answers nobody)
+        # No answer yet: if a candidate the framer rejected was our reply, damaged, it will not come.
+        for rejected_unit, rejected_function in rtu.rejected:
+            if rejected_unit == unit and rejected_function & 0x7F == function:
+                self._report(BAD_CRC)
+                future.set_exception(BadReply(BAD_CRC))
+                self._pending = None
+                return
 
     def _settle(self, future: asyncio.Future[ModbusPDU], verdict: ReplyCheck, pdu: bytes) -> None:
         """Answer the waiting read with the frame judged ``verdict`` (its ``pdu``: function code, data), or
@@ -533,7 +588,7 @@ class ModbusLink:
             try:
                 response.decode(pdu[1:])
             except (ModbusException, ValueError, IndexError, struct.error) as err:
-                self._report("undecodable_replies")
+                self._report(UNDECODABLE_REPLIES)
                 future.set_exception(BadReply("undecodable", str(err)))
             else:
                 future.set_result(response)
@@ -542,10 +597,10 @@ class ModbusLink:
             reply.decode(pdu[1:])
             future.set_exception(ExceptionReply(reply.exception_code))
         elif verdict is ReplyCheck.STALE:
-            self._report("stale_replies")
+            self._report(STALE_REPLIES)
             return
         elif verdict is ReplyCheck.WRONG_UNIT and not self._mbap:
-            self._report("wrong_unit")  # on a shared line, a late reply from another unit; ours may come
+            self._report(WRONG_UNIT)  # on a shared line, a late reply from another unit; ours may come
             return
         else:
             kind = _BAD_KINDS[verdict]
@@ -554,19 +609,10 @@ class ModbusLink:
         self._pending = None
 
     # -- the transport --------------------------------------------------------------------------------
-    def _attach_serial(self, serial: SerialLink) -> None:
-        self._serial = serial
-        self._reader = asyncio.create_task(self._read_serial(serial), name=f"modbus reader {self.name}")
-
-    async def _read_serial(self, serial: SerialLink) -> None:
-        try:
-            while True:
-                self._received(await serial.read())
-        except ConnectionLost as err:
-            detail = str(err).removeprefix(f"{self.name}: ")
-            self._fail(ConnectionLost(f"{self.name}: connection lost: {detail}"))
-        except Exception as err:  # a bug here must not leave the line deaf: fail it, the bus reopens it
-            self._fail(ConnectionLost(f"{self.name}: reader failed: {err!r}"))
+    def _on_lost(self, err: ConnectionLost) -> None:
+        """The transport dropped (or its receiver, :meth:`_received`, failed)."""
+        detail = str(err).removeprefix(f"{self.name}: ")
+        self._fail(ConnectionLost(f"{self.name}: connection lost: {detail}"))
 
     def _fail(self, error: ConnectionLost) -> None:
         """The link is gone: fail the read in flight and tell the bus (once; not after :meth:`close`)."""
@@ -581,85 +627,21 @@ class ModbusLink:
         if future is not None:
             self._pending = None
             future.set_exception(error)
-        self._buffer = b""
-        if self._transport is not None:
-            self._transport.close()
-        if self._serial is not None:
-            self._serial.close()
-        if self._reader is not None and self._reader is not asyncio.current_task():
-            self._reader.cancel()
-
-
-class _TcpStream(asyncio.Protocol):
-    """A TCP connection's events, handed to its link."""
-
-    def __init__(self, link: ModbusLink) -> None:
-        self.link = link
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.link._transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.link._received(data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        link = self.link
-        if exc is None:
-            detail = "closed by peer"
-        else:
-            detail = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
-        link._fail(ConnectionLost(f"{link.name}: connection lost: {detail}"))
-
-
-def _rtu_stray_size(buf: bytes, function: int) -> int:
-    """For bytes ``check_rtu_reply`` found incomplete: 0 while the frame at their start may still be
-    arriving (a reply to this ``function``, or too few bytes to tell); the length of a reply to another read
-    (its header says how long), to be judged alone; -1 when no reply starts here."""
-    if len(buf) < 5:
-        return 0
-    fc = buf[1]
-    if fc & 0x7F == function:
-        return 0
-    if fc & 0x7F not in _RESPONSES:
-        return -1
-    size = 5 if fc & 0x80 else 5 + buf[2]
-    return size if len(buf) >= size else 0
+        self._tcp_buffer = b""
+        if self._link is not None:
+            self._link.close()
 
 
 async def open_link(options: ModbusOptions, lost: Callable[[BaseException], None]) -> ModbusLink:
     """Open the serial port or TCP connection of ``options``' transport (the bus's opener)."""
-    transport = options.link_transport
-    if transport == "rtu":
-        assert options.port is not None
-        name = f"serial port {options.port}"
-        try:
-            serial = await open_serial(
-                options.port, options.baudrate, parity=options.parity, stopbits=options.stopbits
-            )
-        except DeviceUnavailable as err:
-            cause = err.__cause__ or err
-            raise DeviceUnavailable(f"{name}: cannot open: {cause}") from cause
-        link = ModbusLink(name, mbap=False, lost=lost)
-        link._attach_serial(serial)
-        return link
-    assert options.host is not None
-    name = f"tcp {options.host}:{options.tcp_port}"
-    link = ModbusLink(name, mbap=transport == "tcp", lost=lost)
+    where = options.link
+    link = ModbusLink(where.name, mbap=options.link_transport == "tcp", lost=lost)
     try:
-        async with asyncio.timeout(options.connect_timeout_s):
-            await link._loop.create_connection(partial(_TcpStream, link), options.host, options.tcp_port)
-    except TimeoutError as err:
-        link.close()
-        raise DeviceUnavailable(
-            f"{name}: cannot connect: no answer within {options.connect_timeout_s:g} s"
-        ) from err
-    except OSError as err:
-        link.close()
-        raise DeviceUnavailable(f"{name}: cannot connect: {err.strerror or err}") from err
-    except BaseException:
-        link.close()
-        raise
+        link._link = await open_byte_link(where, receiver=link._on_bytes, lost=link._on_lost)
+    except DeviceUnavailable as err:
+        verb = "cannot open" if where.serial else "cannot connect"
+        detail = str(err).removeprefix(f"{where.name}: ")
+        raise DeviceUnavailable(f"{where.name}: {verb}: {detail}") from (err.__cause__ or err)
     return link
 
 
@@ -671,32 +653,21 @@ _Scale = Callable[[mb.Value], mb.Value]
 
 @dataclass(slots=True)
 class _Point:
-    """A point as the poller uses it: resolved options, a compiled decoder, its reporting state."""
+    """A point as the poller uses it: resolved options and a compiled decoder."""
 
     name: str
     span: mb.Span
     decode: mb.Decoder
     scale: _Scale | None
     unit: str | None
-    report: Reporter
-
-    @property
-    def on_change(self) -> bool:
-        return self.report.on_change
 
 
-@dataclass(slots=True)
-class _Group:
+@dataclass(slots=True, eq=False)
+class _Group(Schedule):
     """Points sharing a poll period: one plan of reads, one event per poll."""
 
-    period: float
-    points: list[int]
+    points: list[int] = field(default_factory=list)
     requests: list[mb.ReadRequest] = field(default_factory=list)
-    next_due: float = 0.0
-    on_change: bool = False
-    """Some point reports on change (else every value read is reported)."""
-    units: dict[str, str] = field(default_factory=dict)
-    """The units of the points that have one (shared by the events: never mutated)."""
 
 
 def _point(options: ModbusOptions, p: ModbusPoint) -> _Point:
@@ -707,88 +678,69 @@ def _point(options: ModbusOptions, p: ModbusPoint) -> _Point:
         decode=mb.make_decoder(dtype, options.point_byte_order(p), length=p.length, bit=p.bit),
         scale=None if (p.scale == 1 and p.offset == 0) else mb.make_scaler(dtype, p.scale, p.offset),
         unit=p.unit,
-        report=Reporter.of(p),
     )
 
 
-class ModbusDriver(Driver[ModbusOptions]):
+class ModbusDriver(PolledDriver[ModbusOptions, ModbusLink]):
     name: ClassVar[str] = "modbus"
     Options: ClassVar[type[ModbusOptions]] = ModbusOptions
+    emits: ClassVar[frozenset[str]] = frozenset({METER_READING})
 
-    async def run(self, ctx: DeviceContext) -> None:
-        opts = self.options
-        line = opts.shared_line()
-        async with bus.attach(
-            line.key,
-            partial(open_link, opts),
-            settings=line.settings,
-            device=self.device,
-            open_timeout_s=opts.connect_timeout_s,
-            backoff_initial_s=opts.backoff_initial_s,
-            backoff_max_s=opts.backoff_max_s,
-        ) as port:
-            await _Poller(opts, port, ctx).run()
+    async def open_line(self, lost: Callable[[BaseException], None]) -> ModbusLink:
+        return await open_link(self.options, lost)
+
+    def backoff(self) -> tuple[float, float]:
+        return self.options.backoff_initial_s, self.options.backoff_max_s
+
+    def session(self, port: bus.Port[ModbusLink], ctx: DeviceContext) -> _Poller:
+        return _Poller(self.options, port, ctx)
 
 
-_WAKE_TICK_S: Final = 0.010
-"""Polls start on a grid of this many seconds (or a 16th of the device's fastest period, if finer)."""
-
-
-class _Poller:
-    """One device's polling: its schedule, its reads through the bus, its events."""
+class _Poller(PolledDevice[ModbusLink, _Group]):
+    """One device's session: its groups of points, their reads through the bus."""
 
     def __init__(self, options: ModbusOptions, port: bus.Port[ModbusLink], ctx: DeviceContext) -> None:
         self.options = options
-        self.port = port
-        self.ctx = ctx
         self.points = [_point(options, p) for p in options.points]
         self.spans = [p.span for p in self.points]
         periods: dict[float, list[int]] = {}
         for index, p in enumerate(options.points):
             periods.setdefault(options.point_poll_s(p), []).append(index)
-        self.groups: list[_Group] = []
+        groups: list[_Group] = []
         for period, members in sorted(periods.items()):
-            group = _Group(period, members)
-            group.on_change = any(self.points[i].on_change for i in members)
-            group.units = {self.points[i].name: u for i in members if (u := self.points[i].unit) is not None}
+            # A new session reports every value afresh: what was last reported may be long gone.
+            reports = Reports(
+                {options.points[i].name: Reporter.of(options.points[i]) for i in members},
+                {self.points[i].name: u for i in members if (u := self.points[i].unit) is not None},
+            )
             sub = [self.spans[i] for i in members]
-            group.requests = [
+            requests = [
                 mb.ReadRequest(r.table, r.address, r.count, tuple(members[j] for j in r.points))
                 for r in mb.plan(sub, max_gap=options.max_gap)
             ]
-            self.groups.append(group)
+            groups.append(_Group(period, reports, points=members, requests=requests))
+        super().__init__(port, ctx, groups)
         self._layouts: dict[mb.ReadRequest, list[tuple[str, mb.Decoder, int, _Scale | None]]] = {}
         self._exchanges: dict[mb.ReadRequest, Callable[[ModbusLink], Awaitable[list[int]]]] = {}
-        self.connected = False
+        self._read = _read if options.link_transport == "tcp" else _read_rtu
         self.silent_polls = 0
         self.unreadable: set[int] = set()
 
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        # Staggered start: this device's place in the fastest period, the same for all its groups.
-        start = loop.time() + self.port.phase * min(g.period for g in self.groups)
-        for group in self.groups:
-            group.next_due = start
-        tick = min(_WAKE_TICK_S, min(g.period for g in self.groups) / 16)
-        while True:
-            group = min(self.groups, key=lambda g: g.next_due)
-            # Wake on the tick grid, not at the exact due time: the devices due within one tick wake in one
-            # turn of the event loop and queue on their bus together, instead of one wake-up each.
-            delay = math.ceil(group.next_due / tick) * tick - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            await self.ctx.room()
-            await self.poll(group)
-            group.next_due += group.period
-            now = loop.time()
-            if group.next_due <= now:
-                missed = math.floor((now - group.next_due) / group.period) + 1
-                self.ctx.count("polls_missed", missed)
-                group.next_due += missed * group.period
+    def describe(self) -> str:
+        opts = self.options
+        return f"unit {opts.unit_id} on {opts.link.where} ({opts.link_transport})"
 
-    async def poll(self, group: _Group) -> None:
-        """Read every request of ``group``; emit what is due. Raises DeviceTimeout after ``lost_after``
-        silent polls in a row."""
+    def report_counter(self, kind: str, n: int = 1) -> None:
+        """What the link reports about a reply: counted, and under its well-known name too."""
+        count = self.ctx.count
+        count(kind, n)
+        also = ALSO_COUNTED.get(kind)
+        if also is not None:
+            count(also, n)
+
+    async def poll(self, group: _Group) -> Mapping[str, mb.Value] | None:
+        """Read every request of ``group``; the values read, or None if the device did not answer. Raises
+        DeviceTimeout after ``lost_after`` silent polls in a row."""
         opts = self.options
         ctx = self.ctx
         unit = opts.unit_id
@@ -801,23 +753,25 @@ class _Poller:
             request = pending.pop(0)
             exchange = self._exchanges.get(request)
             if exchange is None:
-                exchange = self._exchanges[request] = partial(_read, request, unit, ctx.count)
+                exchange = self._exchanges[request] = partial(
+                    self._read, request, unit, self.report_counter, ctx.count
+                )
             try:
                 words = await self.port.request(
                     exchange, timeout=opts.timeout_s, attempts=attempts, retry_on=(BadReply,)
                 )
             except DeviceTimeout as err:
-                ctx.count("timeouts")
+                ctx.count(TIMEOUTS, 1)
                 ctx.log.debug("%s", err)
                 timed_out = True
                 break  # the device is silent: the rest of this poll would only cost the bus more timeouts
             except BadReply:
                 answered = True
-                ctx.count("failed_reads")
+                ctx.count(FAILED_READS, 1)
                 continue
             except ExceptionReply as err:
                 answered = True
-                ctx.count(f"exception_{err.code:02x}")
+                ctx.count(f"{EXCEPTION_PREFIX}{err.code:02x}", 1)
                 if err.code == mb.ExceptionCode.ILLEGAL_DATA_ADDRESS:
                     parts = self._split(group, request)
                     pending[0:0] = parts
@@ -833,20 +787,15 @@ class _Poller:
             for name, decode, offset, scale in layout:
                 values[name] = decode(words, offset) if scale is None else scale(decode(words, offset))
         if answered:
-            ctx.count("polls")
             self.silent_polls = 0
-            if not self.connected:
-                self.connected = True
-                where = opts.port if opts.link_transport == "rtu" else f"{opts.host}:{opts.tcp_port}"
-                ctx.connected(f"unit {unit} on {where} ({opts.link_transport})")
-        elif timed_out:
+            return values
+        if timed_out:
             self.silent_polls += 1
             if self.silent_polls >= opts.lost_after:
                 raise DeviceTimeout(
                     f"unit {unit} silent for {self.silent_polls} polls (timeout {opts.timeout_s:g} s)"
                 )
-        if values:
-            self._emit(group, values)
+        return None
 
     def _split(self, group: _Group, request: mb.ReadRequest) -> tuple[mb.ReadRequest, ...]:
         """Exception 02: replace ``request`` in the group's plan by its halves (kept for later polls); a
@@ -856,12 +805,12 @@ class _Poller:
             at = group.requests.index(request)
             group.requests[at : at + 1] = list(parts)
         if parts:
-            self.ctx.count("requests_split")
+            self.ctx.count(REQUESTS_SPLIT, 1)
         else:
             for index in request.points:
                 if index not in self.unreadable:
                     self.unreadable.add(index)
-                    self.ctx.count("unreadable_points")
+                    self.ctx.count(UNREADABLE_POINTS, 1)
                     point = self.points[index]
                     self.ctx.log.warning(
                         "point %r (%s %d) refused with exception 02 (illegal data address): no longer read",
@@ -879,35 +828,18 @@ class _Poller:
             layout.append((point.name, point.decode, point.span.address - request.address, point.scale))
         return layout
 
-    def _emit(self, group: _Group, values: dict[str, mb.Value]) -> None:
-        if not group.on_change:
-            # Every point reports at every poll (the common case, and the hot path): no per-point state.
-            units = (
-                group.units
-                if len(values) == len(group.points)
-                else {name: unit for name, unit in group.units.items() if name in values}
-            )
-            self.ctx.emit("meter.reading", {"values": values, "units": units})
-            return
-        now = time.monotonic()
-        report: dict[str, mb.Value] = {}
-        units = {}
-        for index in group.points:
-            point = self.points[index]
-            if point.name not in values:
-                continue
-            value = values[point.name]
-            if point.report.offer(value, now):
-                report[point.name] = value
-                if point.unit is not None:
-                    units[point.name] = point.unit
-        if report:
-            self.ctx.emit("meter.reading", {"values": report, "units": units})
-        else:
-            self.ctx.count("polls_unchanged")
-
 
 async def _read(
-    request: mb.ReadRequest, unit: int, report: Callable[[str], None], link: ModbusLink
+    request: mb.ReadRequest, unit: int, report: Callable[[str], None], count: Count, link: ModbusLink
 ) -> list[int]:
     return await link.read(request.table, unit, request.address, request.count, report)
+
+
+async def _read_rtu(
+    request: mb.ReadRequest, unit: int, report: Callable[[str], None], count: Count, link: ModbusLink
+) -> list[int]:
+    """:func:`_read`, then what the RTU framer skipped and rejected meanwhile, charged to this device."""
+    try:
+        return await link.read(request.table, unit, request.address, request.count, report)
+    finally:
+        link.account(count)

@@ -684,7 +684,7 @@ def _reply_size(buffer: bytes | bytearray, start: int) -> int:
         if len(buffer) - start < 3:
             return 0
         count = buffer[start + 2]
-        if count == 0 or count > 2 * MAX_READ_REGISTERS or (function > 2 and count % 2):
+        if count == 0 or count > 2 * MAX_READ_REGISTERS:
             return -2
         return 5 + count
     size = _FIXED_SIZE.get(function)
@@ -719,8 +719,8 @@ class RtuReplyFramer(Framer[RtuFrame]):
 
     RTU has no start marker: any byte may begin a frame. At each position it reads the function code and
     from it (and a read's byte count) the frame's size, waits for the whole frame and checks its CRC. A
-    function no reply has here is not a frame start (that byte is skipped); an impossible byte count (0,
-    above 250, odd for registers: ``bad_length``) or a bad CRC (``bad_checksum``) is counted and only that
+    function no reply has here is not a frame start (that byte is skipped); an impossible byte count (0 or
+    above 250: ``bad_length``) or a bad CRC (``bad_checksum``) is counted and only that
     first byte is skipped, so a real frame that starts inside the candidate is still found. A candidate
     whose claimed size runs past what has arrived is held until that many bytes have come (at most 256),
     unless a whole frame whose CRC holds already starts inside it: then it is a false start in noise
