@@ -79,7 +79,7 @@ class LinkOptions(BaseModel):
     tcp_port: int | None = Field(default=None, ge=1, le=65535, description="Its TCP port.")
     tls: TlsOptions | None = Field(default=None, description="TLS on the TCP connection.")
     connect_timeout_s: float = Field(
-        DEFAULT_CONNECT_TIMEOUT_S, gt=0, le=300, description="Opening the port or the TCP connection."
+        default=DEFAULT_CONNECT_TIMEOUT_S, gt=0, le=300, description="Opening the port or the TCP connection."
     )
 
     @model_validator(mode="after")

@@ -12,7 +12,9 @@ import pytest
 from pydantic import ValidationError
 
 from drivers import bus
+from drivers.counters import BYTES_SKIPPED, DECODE_ERRORS, FRAMES_REJECTED, POLLS, POLLS_MISSED
 from drivers.dlt645 import DEFAULT_POINTS, Dlt645Driver, Dlt645Options, Dlt645Point
+from drivers.kinds import METER_READING
 from firmware_sim.dlt645 import Dlt645Simulator, Faults, SimOptions, serve_pty, serve_tcp
 from gateway.config import ConfigError, load_config
 from protocols import dlt645
@@ -244,6 +246,47 @@ async def test_damaged_replies_are_counted_retried_and_never_decoded(tmp_path: P
     assert totals.get("wrong_address", 0) > 0
     assert totals.get("bad_values", 0) > 0
     assert totals.get("bytes_skipped", 0) > 0
+
+
+async def test_damaged_replies_count_under_the_well_known_names(tmp_path: Path) -> None:
+    # edgegw_decode_errors, edgegw_framer_bytes_skipped and edgegw_framer_frames_rejected read these.
+    faults = Faults(noise=0.2, bad_checksum=0.2, wrong_length=0.3)
+    options = SimOptions(meters=METERS[:1], seed=11, faults=faults)
+    device: dict[str, Any] = {"port": str(tmp_path / "tty"), "address": METERS[0], "retries": 3, **FAST}
+    device["points"] = ["voltage_a", "frequency"]
+    async with serve_pty(tmp_path / "tty", options) as sim, site({"m": device}) as run:
+        await run.until("20 readings through the damage", lambda: len(run.readings("m")) >= 20)
+    for reading in run.readings("m"):
+        check_values(reading, sim, METERS[0])
+    counters = run.counters("m")
+    # A value of the wrong length is a reply that passed the framer and does not decode.
+    assert counters[DECODE_ERRORS] > 0
+    assert counters[DECODE_ERRORS] == counters.get("bad_values", 0) + counters.get("bad_replies", 0)
+    assert counters[FRAMES_REJECTED] > 0 and counters[BYTES_SKIPPED] > 0
+
+
+async def test_a_poll_longer_than_its_period_counts_the_polls_it_missed(tmp_path: Path) -> None:
+    # Each reply takes at least 0.05 s: a poll of three points lasts at least 0.15 s, so at least six of the
+    # 0.02 s periods after each poll start are skipped (never a burst of late polls to catch up).
+    options = SimOptions(meters=METERS[:1], reply_delay_s=0.05)
+    device = {
+        "port": str(tmp_path / "tty"),
+        "address": METERS[0],
+        "points": ["voltage_a", "voltage_b", "frequency"],
+        **FAST,
+    }
+    async with serve_pty(tmp_path / "tty", options) as sim, site({"m": device}) as run:
+        await run.until("5 readings", lambda: len(run.readings("m")) >= 5)
+    counters = run.counters("m")
+    assert counters[POLLS_MISSED] >= 5 * 6
+    assert counters[POLLS] >= 5
+    assert "polls_overrun" not in counters
+    for reading in run.readings("m"):
+        check_values(reading, sim, METERS[0])
+
+
+def test_the_driver_declares_what_it_emits() -> None:
+    assert Dlt645Driver.emits == {METER_READING}
 
 
 async def test_a_refused_identifier_is_left_out_and_counted(caplog: pytest.LogCaptureFixture) -> None:

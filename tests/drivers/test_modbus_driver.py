@@ -17,8 +17,10 @@ from pymodbus.pdu.bit_message import ReadCoilsResponse
 from pymodbus.pdu.register_message import ReadHoldingRegistersResponse
 
 from drivers import bus
+from drivers.counters import BYTES_SKIPPED, DECODE_ERRORS, FRAMES_REJECTED
 from drivers.errors import ConnectionLost, DeviceUnavailable
 from drivers.event import Event
+from drivers.kinds import METER_READING
 from drivers.modbus import BadReply, ExceptionReply, ModbusDriver, ModbusLink, ModbusOptions, open_link
 from firmware_sim.modbus import Faults, ModbusSimulator, serve_pty, serve_tcp
 from firmware_sim.pty import PtyEndpoint
@@ -291,6 +293,95 @@ async def test_corrupt_tcp_replies_are_counted_and_never_decoded() -> None:
         assert 0 <= sim.stats.corrupted[kind] - counters.get(kind, 0) <= 1
     assert all(value == PINNED[1][name] for r in running.readings("m") for name, value in r.items())
     assert sim.stats.connections == 1  # never a reason to drop the shared connection
+
+
+# -- the counters every driver shares (what the metrics read) -----------------------------------------------
+
+
+async def test_damaged_rtu_replies_count_under_the_well_known_names(tmp_path: Path) -> None:
+    # edgegw_framer_frames_rejected, edgegw_framer_bytes_skipped and edgegw_decode_errors read these.
+    link = tmp_path / "tty"
+    async with serve_pty(link, {1: "energy-meter"}) as sim:
+        pin_all(sim)
+        async with site({"m": rtu(link, 1, retries=1)}) as running:
+            await running.until("first reading", enough(running, ["m"], 1))
+            for kind in ("bad_crc", "wrong_length", "bad_crc"):
+                sim.corrupt(1, kind)
+                await sim.wait_for(lambda s: not sim.units[1].corrupt_next)
+            n = len(running.readings("m"))
+            await running.until("more readings", enough(running, ["m"], n + 3))
+    counters = running.counters("m")
+    assert sim.stats.corrupted == {"bad_crc": 2, "wrong_length": 1}
+    # A reply whose CRC fails is a frame the framer rejects; its bytes are skipped to find the next one.
+    assert counters[FRAMES_REJECTED] >= 2 and counters[BYTES_SKIPPED] > 0
+    # A whole reply (its CRC holds) of the wrong length is one that does not decode.
+    assert counters[DECODE_ERRORS] == 1 == counters["wrong_length"]
+    assert counters["bad_crc"] == 2
+    assert all(value == PINNED[1][name] for r in running.readings("m") for name, value in r.items())
+
+
+async def test_line_noise_through_a_converter_counts_bytes_skipped_and_every_value_is_right() -> None:
+    # RTU over TCP through a converter whose serial side is noisy: junk before every reply.
+    noise = b"\x00\xff\x55"
+    async with (
+        serve_tcp("127.0.0.1", 0, {1: "energy-meter"}, rtu_framing=True) as sim,
+        noisy_proxy(sim.port, noise) as proxy_port,
+    ):
+        pin_all(sim)
+        options = tcp(sim, 1, transport="rtu-over-tcp", tcp_port=proxy_port)
+        async with site({"m": options}) as running:
+            await running.until("5 readings", enough(running, ["m"], 5))
+    counters = running.counters("m")
+    replies = sim.stats.replies[1]
+    assert counters[BYTES_SKIPPED] >= len(noise) * (replies - 1)
+    assert counters.get("bad_crc", 0) == 0 and counters.get(DECODE_ERRORS, 0) == 0
+    assert all(r == PINNED[1] for r in running.readings("m"))
+
+
+async def test_wrong_length_tcp_replies_count_decode_errors() -> None:
+    async with serve_tcp("127.0.0.1", 0, {1: "energy-meter"}, Faults(wrong_length=0.2), seed=3) as sim:
+        pin_all(sim)
+        async with site({"m": tcp(sim, 1, retries=1)}) as running:
+            await running.until("20 readings", enough(running, ["m"], 20))
+    counters = running.counters("m")
+    assert sim.stats.corrupted["wrong_length"] > 0
+    assert counters[DECODE_ERRORS] == counters["wrong_length"]
+    assert 0 <= sim.stats.corrupted["wrong_length"] - counters[DECODE_ERRORS] <= 1
+    assert counters.get(FRAMES_REJECTED, 0) == 0  # Modbus TCP has no framing to lose
+
+
+@contextlib.asynccontextmanager
+async def noisy_proxy(target_port: int, noise: bytes) -> AsyncIterator[int]:
+    """A TCP port that forwards to ``target_port``, putting ``noise`` before every chunk coming back."""
+    pumps: set[asyncio.Task[None]] = set()
+
+    async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, junk: bytes) -> None:
+        try:
+            while data := await reader.read(4096):
+                writer.write(junk + data)
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target_port)
+        for task in (pump(reader, up_writer, b""), pump(up_reader, writer, noise)):
+            pumps.add(asyncio.create_task(task))
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        for task in pumps:
+            task.cancel()
+        await asyncio.gather(*pumps, return_exceptions=True)
+
+
+def test_the_driver_declares_what_it_emits() -> None:
+    assert ModbusDriver.emits == {METER_READING}
 
 
 # -- the scheduler: one dead meter among ten -----------------------------------------------------------------
