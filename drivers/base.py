@@ -5,6 +5,20 @@ pydantic model for its options. The runtime builds it with the device's name and
 :meth:`Driver.run` with a :class:`DeviceContext`. ``run`` connects, reports :meth:`DeviceContext.connected`,
 reads until cancelled, and raises on failure: a :class:`~drivers.errors.TransientError` (or ``OSError``) is
 retried by the supervisor with backoff, a :class:`~drivers.errors.ConfigurationError` stops the device.
+
+Most drivers do not write ``run`` themselves but stand on one of two templates, which own the lifecycle,
+the counters and the timeouts, and fill in the few steps only their protocol knows:
+
+- :class:`drivers.session.StreamDriver` / :class:`~drivers.session.StreamSession`, for a device that pushes
+  frames (an RFID reader's reports, a GPS receiver's sentences): the framer, the backlog, the silence, the
+  framer's counters, room in the pipeline;
+- :class:`drivers.polled.PolledDriver` / :class:`~drivers.polled.PolledDevice`, for a device that is asked (a
+  meter on a shared RS-485 line): the line (:mod:`drivers.bus`), the staggered schedule and its missed polls,
+  connected on the first answer, the report-on-change event.
+
+Where a device is reached is :class:`drivers.link.LinkOptions` (a serial port, a TCP host, TLS), opened by
+:func:`drivers.link.open_link`; the counter names every driver shares are in :mod:`drivers.counters`, the
+event kinds in :mod:`drivers.kinds`.
 """
 
 from __future__ import annotations
@@ -77,7 +91,8 @@ class DeviceContext(Protocol):
         ...
 
     def count(self, counter: str, n: int = 1) -> None:
-        """Add ``n`` to one of this device's named counters (``decode_errors``, ``bytes_skipped``, ...)."""
+        """Add ``n`` to one of this device's named counters: a name of :mod:`drivers.counters`
+        (``decode_errors``, ``bytes_skipped``, ...) where one means what is counted, else the driver's own."""
         ...
 
 
@@ -90,8 +105,9 @@ class Driver(abc.ABC, Generic[OptionsT]):
     name: ClassVar[str]
     Options: ClassVar[type[DriverOptions]]
     emits: ClassVar[frozenset[str]] = frozenset()
-    """The event kinds it produces besides ``device.status``: the config allows an RFID device's
-    ``smoothing:`` only on a driver that emits ``rfid.read``."""
+    """The event kinds it produces itself (:mod:`drivers.kinds`; the supervisor's ``device.status`` aside,
+    which every device has): every driver declares them. The config allows an RFID device's ``smoothing:``
+    only on a driver that emits ``rfid.read``."""
 
     def __init__(self, device: str, options: OptionsT) -> None:
         self.device = device
