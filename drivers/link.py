@@ -135,6 +135,10 @@ class SerialOrTcpOptions(DriverOptions):
     """Base of the options of a driver whose devices sit on a serial port or behind a serial-to-Ethernet
     converter: the link's YAML keys, declared once (see the module docstring)."""
 
+    # A base, never validated on its own in a running gateway: its validator is built only if it is (each
+    # driver's subclass builds its own when the config is loaded), which spares a gateway's memory.
+    model_config = ConfigDict(defer_build=True)
+
     port: str | None = Field(default=None, description="Serial port device path, e.g. /dev/ttyUSB0.")
     host: str | None = Field(
         default=None, description="Host of a serial-to-Ethernet converter (with tcp_port)."
