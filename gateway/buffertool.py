@@ -26,6 +26,12 @@ How each one touches the file (the buffer's schema is :mod:`gateway.buffer`'s, v
   never reused after a purge (the AUTOINCREMENT counter is untouched), and the number of purged events
   is kept in the buffer's ``meta`` table under ``purged`` (``inspect`` shows it; the gateway reads only
   the ``dropped.*`` keys there).
+- **A damaged file** (one the gateway moved aside as ``buffer.db.corrupt-<UTC time>``, or any file whose
+  header or size says it is damaged, or on which SQLite reports corruption) is *salvaged*: ``inspect`` and
+  ``export`` read what can still be read, by SQLite row by row and by a scan of the pages themselves (see
+  :mod:`gateway.salvage`), only ever reading the file; they say that it is damaged, what is wrong and how
+  much they recovered. ``purge`` refuses a damaged file (nothing is ever written to one): export what can be
+  salvaged, then remove it.
 """
 
 from __future__ import annotations
@@ -40,12 +46,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
 
+from . import salvage
 from .buffer import _APPLICATION_ID, _SCHEMA_VERSION, DropReason, Stored
 from .forwarder import encode_payload
 from .yamlsrc import YamlError, load_file
 
 __all__ = [
     "DEFAULT_CONFIG",
+    "BufferDamagedError",
     "BufferInUseError",
     "BufferToolError",
     "ExportResult",
@@ -72,6 +80,10 @@ class BufferToolError(Exception):
 
 class BufferInUseError(BufferToolError):
     """Purge refused: a gateway (or another tool) has the buffer open."""
+
+
+class BufferDamagedError(BufferToolError):
+    """SQLite reports the file corrupt (``inspect`` and ``export`` then salvage it; ``purge`` refuses it)."""
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -138,7 +150,7 @@ def _connect(path: Path, *, exclusive: bool = False) -> sqlite3.Connection:
         conn.close()
         if exclusive and _is_busy(err):
             raise _in_use(path) from None
-        raise BufferToolError(f"cannot read {path}: {err}") from None
+        raise _read_error(f"cannot read {path}", err) from None
     except BaseException:
         conn.close()
         raise
@@ -153,6 +165,18 @@ def _uri_path(path: Path) -> str:
 def _is_busy(err: sqlite3.Error) -> bool:
     text = str(err).lower()
     return "locked" in text or "busy" in text
+
+
+def _is_damage(err: sqlite3.Error) -> bool:
+    """SQLite says the file is corrupt, or not a database at all (a garbage header)."""
+    code = getattr(err, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+def _read_error(what: str, err: sqlite3.Error) -> BufferToolError:
+    if _is_damage(err):
+        return BufferDamagedError(f"{what}: {err}")
+    return BufferToolError(f"{what}: {err}")
 
 
 def _in_use(path: Path, pid: str | None = None) -> BufferInUseError:
@@ -171,6 +195,8 @@ def _check_buffer(conn: sqlite3.Connection, path: Path) -> None:
     except sqlite3.DatabaseError as err:
         if isinstance(err, sqlite3.OperationalError) and _is_busy(err):
             raise
+        if _is_damage(err):
+            raise BufferDamagedError(f"{path}: {err}") from None
         raise BufferToolError(f"{path} is not an edgegw buffer: {err}") from None
     if app_id != _APPLICATION_ID:
         raise BufferToolError(f"{path} is not an edgegw buffer (SQLite application_id {app_id:#x})")
@@ -212,10 +238,14 @@ class Inspection:
     last_seq: int
     """The highest seq ever assigned (the next event gets a higher one, even after deletes)."""
     by_kind: list[KindCount]
-    dropped: dict[str, int]
-    """Events the gateway dropped, by :class:`~gateway.buffer.DropReason`, since the file was made."""
-    purged: int
-    """Events deleted by ``edgegw buffer purge``."""
+    dropped: dict[str, int] | None
+    """Events the gateway dropped, by :class:`~gateway.buffer.DropReason`, since the file was made (None: a
+    damaged file whose ``meta`` table cannot be read)."""
+    purged: int | None
+    """Events deleted by ``edgegw buffer purge`` (None: unknown, as ``dropped``)."""
+    salvage: salvage.SalvageReport | None = None
+    """For a damaged file: what is wrong with it, and how the events above were recovered from it (they are
+    then what could be recovered, not what the file held)."""
     taken_at: float = field(default_factory=time.time)
 
     def age(self, ts: float | None) -> float | None:
@@ -237,20 +267,29 @@ class Inspection:
             "by_kind": [vars(k) for k in self.by_kind],
             "dropped": self.dropped,
             "purged": self.purged,
+            "damaged": None if self.salvage is None else _salvage_json(self.salvage),
         }
 
     def render(self) -> str:
-        lines = [
-            f"buffer    {self.path} ({_size(self.file_bytes)} on disk)",
-            f"events    {self.depth} pending, {self.bytes} bytes ({_size(self.bytes)})",
-        ]
+        found = self.salvage
+        lines = [f"buffer    {self.path} ({_size(self.file_bytes)} on disk)"]
+        if found is None:
+            lines.append(f"events    {self.depth} pending, {self.bytes} bytes ({_size(self.bytes)})")
+        else:
+            lines.extend(_damage_lines(found))
+            lines.append(
+                f"recovered {self.depth} events, {self.bytes} bytes ({_size(self.bytes)}): "
+                f"{found.by_sqlite} read by SQLite, {found.by_page_scan} more by the page scan"
+            )
+        highest = f"highest ever assigned {self.last_seq}"
+        if found is not None and found.sequence is None:
+            highest = f"highest ever assigned at least {self.last_seq} (its record cannot be read)"
         if self.oldest_seq is None:
-            lines.append(f"seq       none pending; highest ever assigned {self.last_seq}")
+            lines.append(f"seq       none {'pending' if found is None else 'recovered'}; {highest}")
         else:
             lines.append(
                 f"seq       oldest {self.oldest_seq} (age {_age(self.age(self.oldest_ts))}), "
-                f"newest {self.newest_seq} (age {_age(self.age(self.newest_ts))}); "
-                f"highest ever assigned {self.last_seq}"
+                f"newest {self.newest_seq} (age {_age(self.age(self.newest_ts))}); {highest}"
             )
         if self.by_kind:
             lines.append("by device and kind:")
@@ -261,9 +300,47 @@ class Inspection:
                 f"seq {k.first_seq}..{k.last_seq}"
                 for k in self.by_kind
             )
-        lines.append("dropped   " + " ".join(f"{reason}={n}" for reason, n in self.dropped.items()))
-        lines.append(f"purged    {self.purged}")
+        if self.dropped is None:
+            lines.append("dropped   unknown (the counters cannot be read)")
+        else:
+            lines.append("dropped   " + " ".join(f"{reason}={n}" for reason, n in self.dropped.items()))
+        lines.append(f"purged    {'unknown' if self.purged is None else self.purged}")
+        if found is not None:
+            lines.extend(_salvage_notes(found))
         return "\n".join(lines)
+
+
+def _damage_lines(found: salvage.SalvageReport) -> list[str]:
+    if not found.damage:
+        return ["damaged   no damage found: SQLite and the page scan read it whole (read-only, as a salvage)"]
+    return [("DAMAGED   " if i == 0 else "          ") + line for i, line in enumerate(found.damage)]
+
+
+def _salvage_notes(found: salvage.SalvageReport) -> list[str]:
+    lines = [("recovery  " if i == 0 else "          ") + note for i, note in enumerate(found.notes)]
+    if found.may_include_delivered:
+        lines.append("warning   " + DELIVERED_WARNING)
+    return lines
+
+
+DELIVERED_WARNING: Final = (
+    "the freelist cannot be read, so events already delivered (and deleted) may be among the recovered "
+    "ones: harmless, the consumer deduplicates on id"
+)
+
+
+def _salvage_json(found: salvage.SalvageReport) -> dict[str, Any]:
+    return {
+        "damage": list(found.damage),
+        "recovered": found.events,
+        "by_sqlite": found.by_sqlite,
+        "by_page_scan": found.by_page_scan,
+        "may_include_delivered": found.may_include_delivered,
+        "page_size": found.page_size,
+        "pages_scanned": found.pages_scanned,
+        "damaged_cells": found.damaged_cells,
+        "notes": list(found.notes),
+    }
 
 
 def _size(n: int) -> str:
@@ -287,8 +364,95 @@ def _age(seconds: float | None) -> str:
     return f"{sign}{days}d {clock}" if days else f"{sign}{clock}"
 
 
+def _damage_hint(path: Path) -> str | None:
+    """Why ``path`` is to be salvaged without first being opened by SQLite for reading and writing (see
+    :func:`gateway.salvage.damage_hint`); the file must exist."""
+    if path.is_dir():
+        raise BufferToolError(f"{path}: is a directory, not a buffer file")
+    try:
+        return salvage.damage_hint(path)
+    except FileNotFoundError:
+        raise BufferToolError(f"{path}: no such file") from None
+    except OSError as err:
+        raise BufferToolError(f"cannot read {path}: {err.strerror or err}") from None
+
+
+@contextlib.contextmanager
+def _salvage(path: Path) -> Iterator[salvage.Salvage]:
+    """Salvage ``path``; refused when it yields nothing and does not even look like a buffer."""
+    scratch = (
+        "the recovered events are sorted in a temporary file: give TMPDIR a directory with room "
+        "(and not on the damaged disk)"
+    )
+    try:
+        found = salvage.salvage(path)
+    except OSError as err:
+        raise BufferToolError(f"cannot read {path}: {err.strerror or err}") from None
+    except sqlite3.Error as err:
+        raise BufferToolError(f"salvaging {path} failed: {err}; {scratch}") from None
+    with found:
+        report = found.report
+        if not report.is_buffer and report.file_bytes > 0:
+            raise BufferToolError(
+                f"{path} is not an edgegw buffer, or one damaged beyond recovery: "
+                + "; ".join(report.damage or ("no event could be recovered from it",))
+            )
+        try:
+            yield found
+        except sqlite3.Error as err:
+            raise BufferToolError(f"salvaging {path} failed: {err}; {scratch}") from None
+
+
 def inspect(path: Path) -> Inspection:
-    """Read what ``path`` holds, running gateway or not (read-only SQL, one snapshot)."""
+    """Read what ``path`` holds, running gateway or not (read-only SQL, one snapshot). A damaged file is
+    salvaged instead: the result says what was recovered (:attr:`Inspection.salvage`)."""
+    if _damage_hint(path) is None:
+        try:
+            return _inspect(path)
+        except BufferDamagedError:
+            pass
+    return _inspect_salvaged(path)
+
+
+def _inspect_salvaged(path: Path) -> Inspection:
+    with _salvage(path) as found:
+        report = found.report
+        depth, nbytes = found.totals()
+        by_kind = [
+            KindCount(k.device, k.kind, k.events, k.bytes, k.first_seq, k.last_seq) for k in found.by_kind()
+        ]
+        oldest_ts = found.ts_of(report.first_seq)
+        newest_ts = found.ts_of(report.last_seq)
+    dropped: dict[str, int] | None = None
+    purged: int | None = None
+    if report.meta is not None:
+        dropped = {reason.value: 0 for reason in DropReason}
+        purged = report.meta.get(PURGED_KEY, 0)
+        for key, value in report.meta.items():
+            if key.startswith("dropped."):
+                dropped[key.removeprefix("dropped.")] = value
+    return Inspection(
+        path=path,
+        file_bytes=_file_bytes(path),
+        depth=depth,
+        bytes=nbytes,
+        oldest_seq=report.first_seq,
+        newest_seq=report.last_seq,
+        oldest_ts=oldest_ts,
+        newest_ts=newest_ts,
+        last_seq=max(report.sequence or 0, report.last_seq or 0),
+        by_kind=by_kind,
+        dropped=dropped,
+        purged=purged,
+        salvage=report,
+    )
+
+
+def _file_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists())
+
+
+def _inspect(path: Path) -> Inspection:
     conn = _connect(path)
     try:
         conn.execute("BEGIN")  # one snapshot for every figure below
@@ -315,13 +479,12 @@ def inspect(path: Path) -> Inspection:
                 purged = value
         conn.execute("COMMIT")
     except sqlite3.Error as err:
-        raise BufferToolError(f"reading {path} failed: {err}") from None
+        raise _read_error(f"reading {path} failed", err) from None
     finally:
         conn.close()
-    file_bytes = sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists())
     return Inspection(
         path=path,
-        file_bytes=file_bytes,
+        file_bytes=_file_bytes(path),
         depth=depth,
         bytes=nbytes,
         oldest_seq=oldest_seq,
@@ -351,9 +514,13 @@ def iter_events(
 ) -> Generator[Stored, None, None]:
     """The stored events with ``seq > after_seq``, in seq order, at most ``limit``, up to the highest seq
     present when the iteration starts. Each page of ``page`` rows is one short read transaction: no lock
-    or snapshot is held between pages (nor while the caller handles a page)."""
+    or snapshot is held between pages (nor while the caller handles a page). Raises
+    :class:`BufferDamagedError` on a damaged file (:func:`export` salvages it instead)."""
     if page < 1:
         raise ValueError(f"page must be >= 1, not {page}")
+    reason = _damage_hint(path)
+    if reason is not None:  # never opened for writing: see salvage.damage_hint
+        raise BufferDamagedError(f"{path}: {reason}")
     conn = _connect(path)
     try:
         upto = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
@@ -374,7 +541,7 @@ def iter_events(
             if remaining is not None:
                 remaining -= len(rows)
     except sqlite3.Error as err:
-        raise BufferToolError(f"reading {path} failed: {err}") from None
+        raise _read_error(f"reading {path} failed", err) from None
     finally:
         conn.close()
 
@@ -384,6 +551,9 @@ class ExportResult:
     events: int
     first_seq: int | None
     last_seq: int | None
+    salvage: salvage.SalvageReport | None = None
+    """For a damaged file: what is wrong with it and how its events were recovered (the events exported are
+    then those that could be recovered)."""
 
 
 def export(
@@ -397,17 +567,53 @@ def export(
 ) -> ExportResult:
     """Write the events of ``path`` to ``out`` as JSON lines: each line exactly the payload the forwarder
     publishes for that event (:func:`gateway.forwarder.encode_payload`). See :func:`iter_events` for which
-    events."""
+    events. A damaged file is salvaged: what can be recovered is written the same way, in seq order, each
+    event once (:attr:`ExportResult.salvage` says so); when SQLite finds the damage part way through, the
+    export goes on after the last event written."""
     count = 0
     first = last = None
-    with contextlib.closing(iter_events(path, after_seq=after_seq, limit=limit, page=page)) as events:
-        for event in events:
-            out.write(encode_payload(gateway_id, event) + b"\n")
-            count += 1
-            if first is None:
-                first = event.seq
-            last = event.seq
-    return ExportResult(count, first, last)
+
+    def write(event: Stored) -> None:
+        nonlocal count, first, last
+        out.write(encode_payload(gateway_id, event) + b"\n")
+        count += 1
+        if first is None:
+            first = event.seq
+        last = event.seq
+
+    if _damage_hint(path) is None:
+        try:
+            with contextlib.closing(iter_events(path, after_seq=after_seq, limit=limit, page=page)) as events:
+                for event in events:
+                    write(event)
+            return ExportResult(count, first, last)
+        except BufferDamagedError:
+            pass  # go on with what can be salvaged, after the last event written
+    with _salvage(path) as found:
+        remaining = None if limit is None else limit - count
+        if remaining is None or remaining > 0:
+            for recovered in found.events(after_seq=after_seq if last is None else last, limit=remaining):
+                write(recovered.stored())
+        return ExportResult(count, first, last, found.report)
+
+
+def salvage_summary(result: ExportResult, where: str) -> str:
+    """What to tell the operator after an export of a damaged file (:attr:`ExportResult.salvage` set)."""
+    found = result.salvage
+    assert found is not None
+    lines = [f"{found.path} is damaged:" if found.damage else f"{found.path}: no damage found"]
+    lines.extend(f"  {line}" for line in found.damage)
+    if found.events == 0:
+        lines.append("nothing could be recovered from it")
+    else:
+        span = f" (seq {result.first_seq}..{result.last_seq})" if result.events else ""
+        lines.append(
+            f"recovered {found.events} events from it ({found.by_sqlite} read by SQLite, "
+            f"{found.by_page_scan} more by the page scan); exported {result.events}{span} to {where}"
+        )
+    if found.may_include_delivered:
+        lines.append("warning: " + DELIVERED_WARNING)
+    return "\n".join(lines)
 
 
 def export_to_file(
@@ -493,8 +699,25 @@ def _plan(conn: sqlite3.Connection, up_to: int | None) -> PurgePlan:
     return PurgePlan(up_to, events, nbytes, first, last, total - events)
 
 
+def _refuse_damaged(path: Path, reason: str) -> BufferDamagedError:
+    return BufferDamagedError(
+        f"{path} is damaged ({reason}): purge never writes to a damaged file. Export what can be "
+        f"salvaged (edgegw buffer export --buffer {path} --gateway-id ID --out FILE), then remove it."
+    )
+
+
 def plan_purge(path: Path, up_to: int | None) -> PurgePlan:
     """What :func:`purge` would delete, read-only (works beside a running gateway)."""
+    reason = _damage_hint(path)
+    if reason is not None:
+        raise _refuse_damaged(path, reason)
+    try:
+        return _plan_purge(path, up_to)
+    except BufferDamagedError as err:
+        raise _refuse_damaged(path, str(err)) from None
+
+
+def _plan_purge(path: Path, up_to: int | None) -> PurgePlan:
     conn = _connect(path)
     try:
         conn.execute("BEGIN")
@@ -502,16 +725,23 @@ def plan_purge(path: Path, up_to: int | None) -> PurgePlan:
         conn.execute("COMMIT")
         return plan
     except sqlite3.Error as err:
-        raise BufferToolError(f"reading {path} failed: {err}") from None
+        raise _read_error(f"reading {path} failed", err) from None
     finally:
         conn.close()
 
 
 def purge(path: Path, up_to: int | None) -> PurgePlan:
     """Delete the events with ``seq <= up_to`` (all when None) and count them under ``purged``. Raises
-    :class:`BufferInUseError` (and deletes nothing) while anyone else has the file open."""
+    :class:`BufferInUseError` (and deletes nothing) while anyone else has the file open, and
+    :class:`BufferDamagedError` for a damaged file."""
+    reason = _damage_hint(path)
+    if reason is not None:
+        raise _refuse_damaged(path, reason)
     with _gateway_lock(path):
-        return _purge(path, up_to)
+        try:
+            return _purge(path, up_to)
+        except BufferDamagedError as err:
+            raise _refuse_damaged(path, str(err)) from None
 
 
 @contextlib.contextmanager
@@ -562,6 +792,8 @@ def _purge(path: Path, up_to: int | None) -> PurgePlan:
     except sqlite3.Error as err:
         with contextlib.suppress(sqlite3.Error):
             conn.execute("ROLLBACK")
+        if _is_damage(err):
+            raise BufferDamagedError(f"purging failed (nothing was deleted): {err}") from None
         raise BufferToolError(f"purging {path} failed (nothing was deleted): {err}") from None
     finally:
         conn.close()

@@ -101,7 +101,8 @@ def _parser() -> argparse.ArgumentParser:
         help="write the stored events as JSON lines, one upstream payload per line",
         description="Write the stored events as JSON lines (exactly the payloads the gateway publishes, "
         "id included), in seq order, up to the newest event present when the export starts. Safe beside a "
-        "running gateway.",
+        "running gateway. A damaged file (such as one the gateway moved aside, buffer.db.corrupt-TIME) is "
+        "salvaged: what can still be read is written the same way, and the damage is reported on stderr.",
     )
     export.add_argument("--out", type=Path, metavar="FILE", help="a new file to write (default: stdout)")
     export.add_argument("--after-seq", type=_non_negative, default=0, metavar="SEQ", help="start after SEQ")
@@ -244,7 +245,8 @@ def cmd_buffer(args: argparse.Namespace) -> int:
         if args.action == "inspect":
             inspection = buffertool.inspect(path)
             print(json.dumps(inspection.to_json(), indent=2) if args.json else inspection.render())
-            return EXIT_OK
+            damaged = inspection.salvage
+            return EXIT_FAILURE if damaged is not None and not damaged.events else EXIT_OK
         if args.action == "export":
             gateway_id = args.gateway_id or gateway_id
             if gateway_id is None:
@@ -262,6 +264,9 @@ def cmd_buffer(args: argparse.Namespace) -> int:
             else:
                 result = buffertool.export_to_file(path, gateway_id, args.out, **options)
                 where = str(args.out)
+            if result.salvage is not None:  # a damaged file: what was recovered, and how
+                print(buffertool.salvage_summary(result, where), file=sys.stderr)
+                return EXIT_OK if result.salvage.events else EXIT_FAILURE
             if result.events:
                 print(
                     f"exported {result.events} events (seq {result.first_seq}..{result.last_seq}) "
