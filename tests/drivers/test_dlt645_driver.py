@@ -1,5 +1,5 @@
 """The dlt645 driver against the simulated meter line, over a real pseudo-terminal and a real TCP socket, run
-by the real supervisor into the real event queue; several meters share one line through drivers.bus."""
+as the gateway runs it (drivers.testing); several meters share one line through drivers.bus."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from drivers import bus
 from drivers.counters import BYTES_SKIPPED, DECODE_ERRORS, FRAMES_REJECTED, POLLS, POLLS_MISSED
 from drivers.dlt645 import DEFAULT_POINTS, Dlt645Driver, Dlt645Options, Dlt645Point
 from drivers.kinds import METER_READING
+from drivers.testing import Harness, running
 from firmware_sim.dlt645 import Dlt645Simulator, Faults, SimOptions, serve_pty, serve_tcp
 from gateway.config import ConfigError, load_config
 from protocols import dlt645
-from tests.drivers import harness
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -26,9 +26,9 @@ METERS = ("000000000001", "000000000002", "000000000003", "000000000004")
 FAST = {"poll_s": 0.02, "timeout_s": 0.5}
 
 
-class Site(harness.Site):
+class Site(Harness):
     def readings(self, device: str) -> list[dict[str, Any]]:
-        return self.data("meter.reading", device)
+        return self.data(METER_READING, device)
 
 
 @asynccontextmanager
@@ -44,7 +44,7 @@ async def site(
             return Dlt645Driver(name, opts) if clock is None else Dlt645Driver(name, opts, clock=clock)
 
         makers[name] = make
-    async with harness.running(Site, makers, timeout=30) as run:
+    async with running(makers, Site, timeout=30) as run:
         yield run
 
 
@@ -425,7 +425,6 @@ async def test_a_steady_point_waits_for_its_max_interval_and_a_change_is_reporte
             async def readings(n: int) -> list[dict[str, Any]]:
                 """Meter m's readings from now on, once there are ``n``: all emitted after the clock was
                 last moved (so decided by it); the first may have been read before the last pin."""
-                run.collect()
                 start = len(run.readings("m"))
                 await run.until(f"{n} more readings", lambda: len(run.readings("m")) >= start + n)
                 return run.readings("m")[start:]
@@ -467,7 +466,6 @@ async def test_a_steady_point_waits_for_its_max_interval_and_a_change_is_reporte
 
             # A meter with nothing to report emits nothing, and counts it.
             await run.until("10 quiet polls", lambda: run.counters("quiet").get("polls_unchanged", 0) >= 10)
-            run.collect()
     for reading in run.readings("m"):
         check_values(reading, sim, METERS[0])
     assert [r["values"] for r in run.readings("quiet")] == [{"voltage_a": 221.0}]

@@ -1,5 +1,5 @@
-"""The llrp driver against the simulated LLRP reader over real TCP on 127.0.0.1, run by the real supervisor
-into the real event queue."""
+"""The llrp driver against the simulated LLRP reader over real TCP on 127.0.0.1, run as the gateway runs it
+(drivers.testing)."""
 
 from __future__ import annotations
 
@@ -16,12 +16,13 @@ import pytest
 
 from drivers import registry
 from drivers.event import Event
+from drivers.kinds import RFID_READ
 from drivers.llrp import LlrpDriver, LlrpOptions
+from drivers.testing import Harness
+from drivers.testing import running as run_devices
 from firmware_sim.llrp import Faults, LlrpSimulator, SimOptions, serve_tcp
 from protocols import llrp
 from protocols.epc import epc_uri
-from tests.drivers import harness
-from tests.drivers.harness import n_reads, n_status
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -37,9 +38,9 @@ SEQUENCE = [
 ]
 
 
-class Run(harness.Run):
+class Run(Harness):
     def reads(self) -> list[Event]:
-        return self.of("rfid.read")
+        return self.of(RFID_READ)
 
 
 @asynccontextmanager
@@ -52,7 +53,7 @@ async def running(sim: LlrpSimulator, **options: Any) -> AsyncIterator[Run]:
     options.setdefault("report_period_ms", 50)
     assert sim.port is not None
     opts = LlrpOptions(host="127.0.0.1", port=sim.port, **options)
-    async with harness.running(Run, {"reader-1": lambda: LlrpDriver("reader-1", opts)}) as run:
+    async with run_devices({"reader-1": lambda: LlrpDriver("reader-1", opts)}, Run) as run:
         yield run
 
 
@@ -95,10 +96,8 @@ async def test_the_full_sequence_then_reads_with_their_fields() -> None:
         serve_tcp("127.0.0.1", 0, FAST) as sim,
         running(sim, antennas=antennas, report_every_n_tags=25, keepalive_s=0.05) as run,
     ):
-        await run.until(
-            "reads on both antennas", lambda ev: {e.data["antenna"] for e in run.reads()} == {1, 3}
-        )
-        await run.until("500 reads", n_reads(500))
+        await run.until("reads on both antennas", lambda: {e.data["antenna"] for e in run.reads()} == {1, 3})
+        await run.until_events(RFID_READ, 500)
         await wait(sim, lambda s: s.keepalive_acks >= 3)
     finished = time.time()
     # In this order (keepalives, and their acks, may come in between once SET_READER_CONFIG asked for them).
@@ -121,7 +120,7 @@ async def test_the_full_sequence_then_reads_with_their_fields() -> None:
     assert rospec.start_trigger == llrp.StartTrigger.NULL and rospec.stop_trigger == llrp.StopTrigger.NULL
     assert rospec.report == config.report
     assert sim.stats.keepalive_acks == sim.stats.count(llrp.MessageType.KEEPALIVE_ACK)
-    counters = run.runner.counters
+    counters = run.device.counters
     assert counters["decode_errors"] == 0 and counters["bytes_skipped"] == 0
     assert run.states() == ["connected"]
 
@@ -131,7 +130,7 @@ async def test_a_period_alone_gets_the_reads_with_get_report() -> None:
         serve_tcp("127.0.0.1", 0, FAST) as sim,
         running(sim, report_every_n_tags=None, report_period_ms=20) as run,
     ):
-        await run.until("300 reads", n_reads(300))
+        await run.until_events(RFID_READ, 300)
     assert (
         sim.configs[0].report is not None and sim.configs[0].report.n == 0
     )  # the reader never reports alone
@@ -142,15 +141,15 @@ async def test_a_period_alone_gets_the_reads_with_get_report() -> None:
 async def test_no_read_is_lost_with_vendor_parameters_in_every_other_tag() -> None:
     options = SimOptions(tags=20, rate=3000.0, round_ms=5.0, seed=9, faults=Faults(vendor_params=0.5))
     async with serve_tcp("127.0.0.1", 0, options) as sim, running(sim) as run:
-        await run.until("1000 reads", n_reads(1000))
+        await run.until_events(RFID_READ, 1000)
         sim.pause()
         # Everything inventoried is sent (GET_REPORT flushes what is held), and everything sent arrives.
         await run.until(
             "every read sent",
-            lambda ev: sim.stats.tag_reads_made == sim.stats.tag_reads_sent == len(run.reads()),
+            lambda: sim.stats.tag_reads_made == sim.stats.tag_reads_sent == len(run.reads()),
         )
     check_reads(run.reads(), sim, NAMES)
-    counters = run.runner.counters
+    counters = run.device.counters
     assert counters["params_skipped"] >= sim.stats.vendor_params_sent > 0
     assert counters["decode_errors"] == 0
     assert run.states() == ["connected"]
@@ -162,11 +161,11 @@ async def test_llrp_over_tls_verifies_the_reader(tls_files: dict[str, Path]) -> 
     async with serve_tcp("127.0.0.1", 0, FAST, tls=server) as sim:
         # A reader whose certificate the configured CA did not sign: refused, said why, retried.
         async with running(sim, tls=True, ca_file=str(tls_files["other-ca.crt"])) as run:
-            await run.until("a refusal", n_status("disconnected"))
+            await run.until_state("disconnected")
         assert "certificate verify failed" in run.statuses()[0]["reason"]
         assert not run.reads()
         async with running(sim, tls=True, ca_file=str(tls_files["ca.crt"])) as run:
-            await run.until("100 reads over TLS", n_reads(100))
+            await run.until_events(RFID_READ, 100)
         check_reads(run.reads(), sim, NAMES)
 
 
@@ -177,22 +176,22 @@ async def test_every_keepalive_is_answered_and_missed_ones_mean_reconnect() -> N
     ):
         await wait(sim, lambda s: s.keepalive_acks >= 2)
         sim.stop_keepalives()
-        await run.until("a disconnect", n_status("disconnected"))
+        await run.until_state("disconnected")
         sim.resume_keepalives()
-        await run.until("connected again", n_status("connected", 2))
+        await run.until_state("connected", 2)
         before = len(run.reads())
-        await run.until("reads again", n_reads(before + 10))
+        await run.until_events(RFID_READ, before + 10)
     gone = next(s for s in run.statuses() if s["state"] == "disconnected")
     assert "no KEEPALIVE from the reader" in gone["reason"] and "2 periods of 0.05 s missed" in gone["reason"]
     assert sim.stats.keepalive_acks >= 2
-    assert run.runner.restarts >= 1
+    assert run.device.restarts >= 1
 
 
 async def test_a_refused_connection_is_reported_and_retried() -> None:
     async with serve_tcp("127.0.0.1", 0, SimOptions(faults=Faults(refuse=1))) as sim, running(sim) as run:
-        await run.until("two refusals", n_status("disconnected", 2))
+        await run.until_state("disconnected", 2)
         sim.refuse_connections(0)
-        await run.until("connected", n_status("connected"))
+        await run.until_state("connected")
     refusals = [s["reason"] for s in run.statuses() if s["state"] == "disconnected"]
     assert all("refused the connection: ConnectionAttemptEvent status 1" in r for r in refusals)
     assert "reader-initiated connection already exists" in refusals[0]
@@ -201,14 +200,14 @@ async def test_a_refused_connection_is_reported_and_retried() -> None:
 
 async def test_a_report_cut_by_a_disconnect_is_an_error_then_reconnect_works() -> None:
     async with serve_tcp("127.0.0.1", 0, FAST) as sim, running(sim) as run:
-        await run.until("first reads", n_reads(50))
+        await run.until_events(RFID_READ, 50)
         sim.cut_next_report()
-        await run.until("connected again", n_status("connected", 2))
+        await run.until_state("connected", 2)
         before = len(run.reads())
-        await run.until("reads again", n_reads(before + 50))
+        await run.until_events(RFID_READ, before + 50)
     gone = next(s for s in run.statuses() if s["state"] == "disconnected")
     assert "in the middle of a message" in gone["reason"]
-    assert run.runner.counters["truncated_messages"] == 1
+    assert run.device.counters["truncated_messages"] == 1
     assert sim.stats.reports_cut == 1
     check_reads(run.reads(), sim, NAMES)
 
@@ -216,14 +215,14 @@ async def test_a_report_cut_by_a_disconnect_is_an_error_then_reconnect_works() -
 @pytest.mark.parametrize("length", [5, 0xFFFFFFFF])
 async def test_a_lying_length_is_an_error_then_reconnect_works(length: int) -> None:
     async with serve_tcp("127.0.0.1", 0, FAST) as sim, running(sim) as run:
-        await run.until("first reads", n_reads(50))
+        await run.until_events(RFID_READ, 50)
         sim.lie_in_next_report(length)
-        await run.until("connected again", n_status("connected", 2))
+        await run.until_state("connected", 2)
         before = len(run.reads())
-        await run.until("reads again", n_reads(before + 50))
+        await run.until_events(RFID_READ, before + 50)
     gone = next(s for s in run.statuses() if s["state"] == "disconnected")
     assert "stream out of step" in gone["reason"] and f"length {length}" in gone["reason"]
-    counters = run.runner.counters
+    counters = run.device.counters
     assert counters["frames_rejected"] == 1 and counters["bytes_skipped"] > 0
     check_reads(run.reads(), sim, NAMES)
 
@@ -231,7 +230,7 @@ async def test_a_lying_length_is_an_error_then_reconnect_works(length: int) -> N
 async def test_close_connection_is_sent_on_shutdown() -> None:
     async with serve_tcp("127.0.0.1", 0, FAST) as sim:
         async with running(sim) as run:
-            await run.until("connected", n_status("connected"))
+            await run.until_state("connected")
         # running() cancelled the device: it said goodbye and the reader answered.
         await wait(sim, lambda s: s.close_connections == 1)
     assert sim.stats.count(llrp.MessageType.CLOSE_CONNECTION) == 1
@@ -242,16 +241,16 @@ async def test_close_connection_is_sent_on_shutdown() -> None:
 
 async def test_reader_events_become_device_status() -> None:
     async with serve_tcp("127.0.0.1", 0, FAST) as sim, running(sim) as run:
-        await run.until("connected", n_status("connected"))
+        await run.until_state("connected")
         await sim.antenna_event(2, connected=False)
         await sim.buffer_warning(85)
         await sim.reader_exception("RF module overheating")
         await sim.antenna_event(2, connected=True)
-        await run.until("antenna back", n_status("antenna_connected"))
+        await run.until_state("antenna_connected")
         await sim.send_error(llrp.LlrpStatus(llrp.StatusCode.R_DEVICE_ERROR, "antenna fault"))
-        await run.until("the reader's error", n_status("reader_error"))
+        await run.until_state("reader_error")
         before = len(run.reads())
-        await run.until("reads go on", n_reads(before + 10))
+        await run.until_events(RFID_READ, before + 10)
     statuses = run.statuses()
     assert statuses[1:5] == [
         {
@@ -273,7 +272,7 @@ async def test_reader_events_become_device_status() -> None:
         "state": "reader_error",
         "detail": "ERROR_MESSAGE: R_DEVICE_ERROR (401): antenna fault",
     }
-    assert run.runner.counters["reader_errors"] == 1
+    assert run.device.counters["reader_errors"] == 1
     assert "disconnected" not in run.states()
 
 
@@ -281,18 +280,18 @@ async def test_undecodable_and_unknown_messages_are_counted_and_skipped() -> Non
     good = llrp.encode_tag_report(llrp.TagReport(epc=bytes(12), antenna=1, peak_rssi=-50, pc=0x3000))
     unknown_tv = bytes.fromhex("00F0 0014 8D") + bytes(12) + bytes.fromhex("7F 0001")
     async with serve_tcp("127.0.0.1", 0, FAST) as sim, running(sim) as run:
-        await run.until("connected", n_status("connected"))
+        await run.until_state("connected")
         sim.pause()
         await sim.send(llrp.UnknownMessage(999, b"\x01\x02"))
         await sim.send(llrp.UnknownMessage(llrp.MessageType.CUSTOM_MESSAGE, b"\x00\x00\x65\x1a\x01"))
         await sim.send(llrp.UnknownMessage(llrp.MessageType.READER_EVENT_NOTIFICATION, b"\x00\xf6\x00\x03"))
         # One report with a tag that does not decode between two that do.
         await sim.send(llrp.UnknownMessage(llrp.MessageType.RO_ACCESS_REPORT, good + unknown_tv + good))
-        await run.until("the two good reads", lambda ev: any(e.data["epc"] == "00" * 12 for e in run.reads()))
+        await run.until("the two good reads", lambda: any(e.data["epc"] == "00" * 12 for e in run.reads()))
         sim.resume()
         before = len(run.reads())
-        await run.until("reads go on", n_reads(before + 10))
-    counters = run.runner.counters
+        await run.until_events(RFID_READ, before + 10)
+    counters = run.device.counters
     assert counters["unknown_messages"] == 2
     assert counters["decode_errors"] == 2  # the notification, and the one bad tag
     assert sum(e.data["epc"] == "00" * 12 for e in run.reads()) == 2
@@ -301,15 +300,15 @@ async def test_undecodable_and_unknown_messages_are_counted_and_skipped() -> Non
 
 async def test_llrp_1_1_when_asked() -> None:
     async with serve_tcp("127.0.0.1", 0, FAST) as sim, running(sim, llrp_version=2) as run:
-        await run.until("reads", n_reads(20))
+        await run.until_events(RFID_READ, 20)
     assert sim.versions_seen == {2}
 
 
 async def test_a_connection_close_event_means_reconnect() -> None:
     async with serve_tcp("127.0.0.1", 0, FAST) as sim, running(sim) as run:
-        await run.until("connected", n_status("connected"))
+        await run.until_state("connected")
         await sim.disconnect()
-        await run.until("connected again", n_status("connected", 2))
+        await run.until_state("connected", 2)
     gone = next(s for s in run.statuses() if s["state"] == "disconnected")
     assert gone["reason"] == "the reader is closing the connection (ConnectionCloseEvent)"
 
@@ -323,7 +322,7 @@ async def test_a_refused_request_names_it_and_the_status(error_message: bool) ->
     async with serve_tcp("127.0.0.1", 0, FAST) as sim:
         sim.fail(llrp.MessageType.ADD_ROSPEC, status, error_message=error_message)
         async with running(sim) as run:
-            await run.until("connected after the refusal", n_status("connected"))
+            await run.until_state("connected")
     gone = run.statuses()[0]
     assert gone["state"] == "disconnected"
     if error_message:
@@ -339,7 +338,7 @@ async def test_antennas_the_reader_lacks_stop_the_device() -> None:
         serve_tcp("127.0.0.1", 0, SimOptions(antennas=(1, 2), max_antennas=2)) as sim,
         running(sim) as run,
     ):
-        await run.until("failed", n_status("failed"))
+        await run.until_state("failed")
     assert run.statuses() == [
         {"state": "failed", "reason": "antennas [3, 4]: the reader has antenna ports 1..2 only"}
     ]
@@ -350,7 +349,7 @@ async def test_a_reader_without_a_clock_gets_receive_times() -> None:
     options = SimOptions(tags=5, rate=2000.0, round_ms=5.0, utc_clock=False)
     started = time.time()
     async with serve_tcp("127.0.0.1", 0, options) as sim, running(sim) as run:
-        await run.until("reads", n_reads(50))
+        await run.until_events(RFID_READ, 50)
     finished = time.time()
     assert all(started <= e.ts <= finished for e in run.reads())
 
@@ -361,8 +360,8 @@ async def test_an_unreachable_reader_is_retried_with_its_reason() -> None:
     assert port is not None
     opts = LlrpOptions(host="127.0.0.1", port=port, connect_timeout_s=1)
     devices = {"reader-1": lambda: LlrpDriver("reader-1", opts)}
-    async with harness.running(Run, devices, queue_size=1000) as run:
-        await run.until("three failed attempts", n_status("disconnected", 3))
+    async with run_devices(devices, Run) as run:
+        await run.until_state("disconnected", 3)
     assert all(f"127.0.0.1:{port}" in s["reason"] for s in run.statuses() if s["state"] == "disconnected")
 
 
@@ -395,4 +394,4 @@ def test_options_are_validated_early() -> None:
 def test_the_driver_is_registered() -> None:
     assert registry.load("llrp") is LlrpDriver
     assert LlrpDriver.Options is LlrpOptions
-    assert "rfid.read" in LlrpDriver.emits  # so a device can enable smoothing
+    assert RFID_READ in LlrpDriver.emits  # so a device can enable smoothing
