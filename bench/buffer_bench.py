@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from drivers.event import Event
-from gateway.buffer import SqliteBuffer
+from gateway.delivery.buffer import SqliteBuffer
 
 BATCH = 1000
 

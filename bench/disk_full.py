@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from drivers.event import Event
-from gateway.buffer import SqliteBuffer
+from gateway.delivery.buffer import SqliteBuffer
 from tests.storage import fill_disk
 
 BATCH = 1000

@@ -28,9 +28,9 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from drivers.event import Event
-from gateway.buffer import SqliteBuffer
-from gateway.forwarder import Forwarder, ForwarderSettings
-from gateway.mqtt import MqttConnection
+from gateway.delivery.buffer import SqliteBuffer
+from gateway.delivery.forwarder import Forwarder, ForwarderSettings
+from gateway.delivery.mqtt import MqttConnection
 from tests.broker import Mosquitto
 
 TOPIC = "bench/gw/reader-1/rfid.read"

@@ -5,12 +5,12 @@ broker is unreachable), then the ingest stage, the forwarder and the devices. St
 then whatever they queued is committed, then the forwarder closes the upstream session cleanly, then the
 buffer. Nothing committed is lost at any point: the forwarder deletes only what the broker acknowledged.
 
-Under systemd (``Type=notify``, :mod:`gateway.sdnotify`): ``READY=1`` as soon as the buffer is open (the
+Under systemd (``Type=notify``, :mod:`gateway.ops.sdnotify`): ``READY=1`` as soon as the buffer is open (the
 broker is not waited for); ``STATUS=`` every few seconds (rates in and out, backlog, upstream, devices);
-``WATCHDOG=1`` while :class:`~gateway.metrics.PipelineHealth` holds (the pings come from the loop, so a
+``WATCHDOG=1`` while :class:`~gateway.ops.metrics.PipelineHealth` holds (the pings come from the loop, so a
 blocked loop stops them too); ``STOPPING=1`` when the stop begins; ``RELOADING=1`` ... ``READY=1`` around
 a reload (:meth:`Gateway.reload`, see :mod:`gateway.reload`). ``/metrics`` and ``/healthz`` are served on
-the loop (:mod:`gateway.metrics`).
+the loop (:mod:`gateway.ops.metrics`).
 """
 
 from __future__ import annotations
@@ -29,18 +29,17 @@ from typing import Any, Final, Protocol
 
 from drivers import registry
 from drivers.base import Driver
-
-from .backoff import Backoff
-from .buffer import Buffer, BufferStats, SqliteBuffer
-from .config import Config, ConfigError, DeviceConfig, load_config
-from .forwarder import Forwarder, ForwarderSettings
-from .loopmon import LoopMonitor
-from .metrics import CountingBuffer, MetricsServer, PipelineHealth, build_registry
-from .pipeline import EventQueue, Ingest
-from .processors import RfidSmoothing
-from .reload import ReloadPlan, RetiredCounts, plan_reload
-from .sdnotify import Notifier, Watchdog
-from .supervisor import DeviceRunner
+from gateway.backoff import Backoff
+from gateway.config import Config, ConfigError, DeviceConfig, load_config
+from gateway.delivery.buffer import Buffer, BufferStats, SqliteBuffer
+from gateway.delivery.forwarder import Forwarder, ForwarderSettings
+from gateway.ops.loopmon import LoopMonitor
+from gateway.ops.metrics import CountingBuffer, MetricsServer, PipelineHealth, build_registry
+from gateway.ops.sdnotify import Notifier, Watchdog
+from gateway.pipeline import EventQueue, Ingest
+from gateway.processors import RfidSmoothing
+from gateway.reload import ReloadPlan, RetiredCounts, plan_reload
+from gateway.supervisor import DeviceRunner
 
 log = logging.getLogger("edgegw")
 reload_log = logging.getLogger("edgegw.reload")

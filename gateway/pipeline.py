@@ -16,8 +16,7 @@ import asyncio
 from collections import deque
 
 from drivers.event import Event
-
-from .buffer import Buffer
+from gateway.delivery.buffer import Buffer
 
 
 class EventQueue:

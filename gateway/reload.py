@@ -27,7 +27,7 @@ from typing import Final
 
 from pydantic import BaseModel
 
-from .config import Config, DeviceConfig
+from gateway.config import Config, DeviceConfig
 
 __all__ = [
     "LIVE_GATEWAY_FIELDS",

@@ -24,12 +24,12 @@ from typing import Any
 from drivers.base import Driver
 from drivers.errors import ConfigurationError, TransientError
 from drivers.event import Event
+from drivers.kinds import DEVICE_STATUS
+from gateway.backoff import Backoff
+from gateway.pipeline import EventQueue
+from gateway.processors import Processor
 
-from .backoff import Backoff
-from .pipeline import EventQueue
-from .processors import Processor
-
-STATUS = "device.status"
+STATUS = DEVICE_STATUS
 
 
 class DeviceRunner:

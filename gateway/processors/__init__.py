@@ -4,7 +4,7 @@
   arrivals, departures, zone moves and lane counts out of raw tag reads.
 """
 
-from .base import Chain, Processor
-from .rfid import RfidSmoothing, SmoothingOptions, zone_of
+from gateway.processors.base import Chain, Processor
+from gateway.processors.rfid import RfidSmoothing, SmoothingOptions, zone_of
 
 __all__ = ["Chain", "Processor", "RfidSmoothing", "SmoothingOptions", "zone_of"]

@@ -67,9 +67,9 @@ from typing import Annotated, Any, Final
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from drivers.event import Event
+from drivers.kinds import RFID_ARRIVED, RFID_DEPARTED, RFID_FLOW, RFID_MOVED, RFID_READ
+from gateway.processors.base import Processor
 from protocols.epc import EpcPattern, epc_uri, parse_pattern
-
-from .base import Processor
 
 __all__ = ["RfidSmoothing", "SmoothingOptions", "zone_of"]
 
@@ -350,7 +350,7 @@ class RfidSmoothing(Processor):
         return None if tag is None else self._summary(tag)
 
     def process(self, event: Event) -> list[Event]:
-        if event.kind != "rfid.read":
+        if event.kind != RFID_READ:
             return [event]
         data = event.data
         epc = data.get("epc")
@@ -475,7 +475,7 @@ class RfidSmoothing(Processor):
         }
         if uri is None:
             del data["epc_uri"]
-        out.append(Event(self.device, "rfid.arrived", ts, data))
+        out.append(Event(self.device, RFID_ARRIVED, ts, data))
         if zone in self._lane_set:
             self._count_arrival(zone, epc, ts)
         return tag
@@ -517,7 +517,7 @@ class RfidSmoothing(Processor):
         tag.zone_since = ts
         tag.candidate = None
         self.moved += 1
-        out.append(Event(self.device, "rfid.moved", ts, data))
+        out.append(Event(self.device, RFID_MOVED, ts, data))
 
     def _summary(self, tag: _Tag) -> dict[str, Any]:
         data: dict[str, Any] = {"epc": tag.epc}
@@ -550,7 +550,7 @@ class RfidSmoothing(Processor):
         self.departed += 1
         data = self._summary(tag)
         data["reason"] = reason
-        return Event(self.device, "rfid.departed", tag.last_seen, data)
+        return Event(self.device, RFID_DEPARTED, tag.last_seen, data)
 
     # Lane counts ----------------------------------------------------------------------------------------
 
@@ -604,7 +604,7 @@ class RfidSmoothing(Processor):
             count = bucket.get(lane)
             n = 0 if count is None else len(count.tags) + count.extra
             data = {"lane": lane, "period_start": start, "period_end": end, "count": n, "partial": partial}
-            out.append(Event(self.device, "rfid.flow", float(end), data))
+            out.append(Event(self.device, RFID_FLOW, float(end), data))
             self.flows += 1
 
 

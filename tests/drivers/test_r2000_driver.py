@@ -14,7 +14,7 @@ import pytest
 from drivers.event import EncodedData, Event
 from drivers.r2000 import R2000Options, UhfR2000Driver
 from firmware_sim.r2000 import Faults, R2000Simulator, SimOptions, serve_pty, serve_tcp
-from gateway.buffer import encode_data
+from gateway.delivery.buffer import encode_data
 from gateway.processors import Processor
 from protocols.epc import epc_uri
 from tests.drivers import harness

@@ -16,10 +16,9 @@ from pathlib import Path
 import pytest
 
 from firmware_sim.r2000 import R2000Simulator, SimOptions, serve_pty
-from gateway.buffer import SqliteBuffer
+from gateway.delivery.buffer import SqliteBuffer
 from tests.broker import Mosquitto
-
-from .harness import Collector, GatewayProcess, Received, missing_seqs, write_config
+from tests.e2e.harness import Collector, GatewayProcess, Received, missing_seqs, write_config
 
 pytestmark = pytest.mark.timeout(180)
 

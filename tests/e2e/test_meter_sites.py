@@ -22,8 +22,7 @@ from firmware_sim.modbus import SimPoint
 from protocols import dlt645
 from protocols.modbus import ByteOrder, DataType, Table
 from tests.broker import Mosquitto
-
-from .harness import (
+from tests.e2e.harness import (
     Collector,
     GatewayProcess,
     Received,

@@ -38,8 +38,7 @@ from protocols import modbus as mb
 from protocols.epc import encode_epc, epc_uri
 from protocols.modbus import ByteOrder, DataType, Table
 from tests.broker import Mosquitto
-
-from .harness import Collector, GatewayProcess, Received, write_config
+from tests.e2e.harness import Collector, GatewayProcess, Received, write_config
 
 README = Path(__file__).parents[2] / "README.md"
 MESSAGE_KEYS = {"id", "seq", "device", "kind", "ts", "data"}

@@ -14,8 +14,7 @@ from firmware_sim import llrp as llrp_sim
 from firmware_sim.r2000 import R2000Simulator, SimOptions, serve_pty
 from protocols.epc import encode_epc, epc_uri
 from tests.broker import Mosquitto
-
-from .harness import GatewayProcess, collector_for, missing_seqs, site_config
+from tests.e2e.harness import GatewayProcess, collector_for, missing_seqs, site_config
 
 pytestmark = pytest.mark.timeout(180)
 

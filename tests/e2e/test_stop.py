@@ -21,12 +21,11 @@ import pytest
 import yaml
 
 from firmware_sim import llrp as llrp_sim
-from gateway.buffer import SqliteBuffer, Stored
+from gateway.delivery.buffer import SqliteBuffer, Stored
 from protocols.epc import encode_epc
 from tests.broker import Message, Mosquitto, Subscriber
+from tests.e2e.harness import GatewayProcess, site_config
 from tests.gateway.test_cli import demo
-
-from .harness import GatewayProcess, site_config
 
 pytestmark = pytest.mark.timeout(180)
 

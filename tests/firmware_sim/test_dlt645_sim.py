@@ -19,8 +19,7 @@ from firmware_sim import cli
 from firmware_sim import dlt645 as sim645
 from firmware_sim.dlt645 import Faults, MeterModel, SimOptions, serve_pty, serve_tcp
 from protocols import dlt645
-
-from .clients import Client, Lines, PtyClient, over_pty, over_tcp
+from tests.firmware_sim.clients import Client, Lines, PtyClient, over_pty, over_tcp
 
 TIMEOUT = 10.0
 A, B, C = "000000000001", "000000000002", "000000000003"

@@ -17,8 +17,7 @@ from hypothesis import strategies as st
 from firmware_sim import llrp as sim_llrp
 from firmware_sim.llrp import Faults, LlrpSimulator, Origin, Read, SimOptions, serve_tcp
 from protocols import llrp
-
-from .clients import Lines
+from tests.firmware_sim.clients import Lines
 
 TIMEOUT = 10.0
 FAST = SimOptions(tags=8, rate=4000.0, round_ms=5.0, antennas=(1, 2, 3), seed=7)

@@ -20,8 +20,7 @@ from firmware_sim.r2000 import Faults, R2000Simulator, SimOptions, population, s
 from protocols import r2000
 from protocols.epc import encode_epc, epc_uri
 from protocols.errors import DecodeError
-
-from .clients import Client, PtyClient, over_pty, over_tcp
+from tests.firmware_sim.clients import Client, PtyClient, over_pty, over_tcp
 
 TIMEOUT = 10.0
 FAST = SimOptions(tags=8, rate=4000.0, round_ms=5.0, antennas=(1, 2, 3), seed=7)

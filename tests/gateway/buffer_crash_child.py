@@ -18,7 +18,7 @@ import sys
 import time
 
 from drivers.event import Event
-from gateway.buffer import SqliteBuffer
+from gateway.delivery.buffer import SqliteBuffer
 
 BATCH = 50
 

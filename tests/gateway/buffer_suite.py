@@ -34,7 +34,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from drivers.event import Event
-from gateway.buffer import Buffer, BufferClosedError, DropReason, Stored, WhenFull
+from gateway.delivery.buffer import Buffer, BufferClosedError, DropReason, Stored, WhenFull
 from tests.storage import fill_disk
 
 DEVICE = "dev-1"

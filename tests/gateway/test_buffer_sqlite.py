@@ -20,15 +20,14 @@ from typing import Any
 import pytest
 
 from drivers.event import EncodedData, Event
-from gateway.buffer import (
+from gateway.delivery.buffer import (
     Buffer,
     BufferOpenError,
     SqliteBuffer,
     WhenFull,
 )
+from tests.gateway.buffer_suite import BIG, DAMAGE, HANG, BufferSuite, evs, read_seqs
 from tests.storage import fill_disk
-
-from .buffer_suite import BIG, DAMAGE, HANG, BufferSuite, evs, read_seqs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -197,7 +196,7 @@ async def test_a_directory(tmp_path: Path) -> None:
 
 OPEN_AS_CHILD = """
 import asyncio, sys
-from gateway.buffer import BufferOpenError, SqliteBuffer
+from gateway.delivery.buffer import BufferOpenError, SqliteBuffer
 
 async def main() -> None:
     try:

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 
 from drivers.event import Event
-from gateway import buffertool
-from gateway.buffer import DropReason, SqliteBuffer, WhenFull
-from gateway.buffertool import BufferInUseError, BufferToolError
-from gateway.forwarder import encode_payload
+from gateway.cli import buffertool
+from gateway.cli.buffertool import BufferInUseError, BufferToolError
+from gateway.delivery.buffer import DropReason, SqliteBuffer, WhenFull
+from gateway.delivery.payload import encode_payload
 
 EDGEGW = str(Path(sys.executable).with_name("edgegw"))
 GATEWAY = "lane-7"

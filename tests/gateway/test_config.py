@@ -22,9 +22,9 @@ from pydantic import Field
 
 from drivers.base import DeviceContext, Driver, DriverOptions
 from drivers.bus import SharedLine
-from gateway.buffer import WhenFull
 from gateway.config import Config, ConfigError, Problem, load_config
-from gateway.yamlsrc import YamlError, load_file, load_text
+from gateway.config.yamlsrc import YamlError, load_file, load_text
+from gateway.delivery.buffer import WhenFull
 
 CASES = Path(__file__).parent / "config_cases"
 EXAMPLE = Path(__file__).parents[2] / "config" / "examples" / "roadside-lane.yaml"

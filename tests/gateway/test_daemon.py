@@ -18,13 +18,12 @@ from pathlib import Path
 import pytest
 
 from firmware_sim.r2000 import R2000Simulator, SimOptions, serve_pty
-from gateway.buffer import SqliteBuffer
+from gateway.delivery.buffer import SqliteBuffer
 from tests.broker import Mosquitto, free_port
 from tests.e2e.harness import Collector, Received, missing_seqs
+from tests.gateway.ops_helpers import http_get, r2000, samples, value, write_gateway
+from tests.gateway.test_sdnotify import FakeSystemd, Message
 from tests.waiting import until
-
-from .ops_helpers import http_get, r2000, samples, value, write_gateway
-from .test_sdnotify import FakeSystemd, Message
 
 pytestmark = pytest.mark.timeout(180)
 

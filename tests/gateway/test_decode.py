@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway import cli
-from gateway.decode import DECODERS, Decoded, UnknownProtocol, decode, parse_hex
+from gateway.cli import main as edgegw_main
+from gateway.cli.decode import DECODERS, Decoded, UnknownProtocol, decode, parse_hex
 from protocols import llrp, modbus, r2000
 
 EDGEGW = str(Path(sys.executable).with_name("edgegw"))
@@ -405,7 +405,7 @@ def test_an_llrp_report_with_a_decode_error_is_bad(body: str, capsys: pytest.Cap
     assert not decoded.ok
     for error in errors:
         assert error in decoded.problems
-    assert cli.main(["decode", "llrp", raw.hex()]) == 1
+    assert edgegw_main(["decode", "llrp", raw.hex()]) == 1
     out = capsys.readouterr().out
     assert "OK" not in out.splitlines()
     assert f"BAD: {errors[0]}" in out.splitlines()
@@ -512,14 +512,14 @@ def test_any_bytes_are_a_modbus_verdict_never_an_exception(data: bytes) -> None:
 
 
 def test_cli_good_frame_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["decode", "r2000", *TAG.hex(" ").split()]) == 0
+    assert edgegw_main(["decode", "r2000", *TAG.hex(" ").split()]) == 0
     out = capsys.readouterr().out
     assert "  epc              300833B2DDD9014000000001\n" in out
     assert out.rstrip().endswith("OK")
 
 
 def test_cli_bad_frame_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["decode", "r2000", "a0:04:01:89:01:d2"]) == 1
+    assert edgegw_main(["decode", "r2000", "a0:04:01:89:01:d2"]) == 1
     assert "BAD: bad checksum: expected 0xD1, found 0xD2" in capsys.readouterr().out
 
 
@@ -527,7 +527,7 @@ def test_cli_reads_hex_from_stdin(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sys, "stdin", io.StringIO(TAG.hex(":") + "\n"))
-    assert cli.main(["decode", "r2000", "-"]) == 0
+    assert edgegw_main(["decode", "r2000", "-"]) == 0
     assert "OK" in capsys.readouterr().out
 
 
@@ -540,7 +540,7 @@ def test_cli_reads_hex_from_stdin(
     ],
 )
 def test_cli_usage_errors_exit_2(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(args) == 2
+    assert edgegw_main(args) == 2
     captured = capsys.readouterr()
     assert captured.err.startswith(message)
     assert captured.out == ""

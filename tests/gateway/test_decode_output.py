@@ -23,8 +23,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway import cli
-from gateway.decode import DECODERS, decode
+from gateway.cli import main as edgegw_main
+from gateway.cli.decode import DECODERS, decode
 from protocols import dlt645, llrp, modbus, r2000
 
 EDGEGW = str(Path(sys.executable).with_name("edgegw"))
@@ -101,7 +101,7 @@ def run(*args: str) -> tuple[int, str]:
     """``edgegw ARGS`` in this process: the exit code and what it printed on stdout."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = cli.main(list(args))
+        code = edgegw_main(list(args))
     return code, out.getvalue()
 
 

@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 
 from drivers.event import Event
-from gateway.buffer import Buffer, SqliteBuffer
-from gateway.forwarder import Forwarder, ForwarderSettings
-from gateway.mqtt import MqttConnectError, MqttConnection, TlsOptions
+from gateway.delivery.buffer import Buffer, SqliteBuffer
+from gateway.delivery.forwarder import Forwarder, ForwarderSettings
+from gateway.delivery.mqtt import MqttConnectError, MqttConnection, TlsOptions
 from tests.broker import Message, Mosquitto, Subscriber
 from tests.waiting import until
 
@@ -300,8 +300,8 @@ async def test_birth_online_and_offline_after_clean_stop(broker: Mosquitto, buff
 
 _CHILD = """
 import asyncio, json, sys
-from gateway.buffer import SqliteBuffer
-from gateway.forwarder import Forwarder, ForwarderSettings
+from gateway.delivery.buffer import SqliteBuffer
+from gateway.delivery.forwarder import Forwarder, ForwarderSettings
 
 async def main() -> None:
     buffer = await SqliteBuffer.open(sys.argv[1])

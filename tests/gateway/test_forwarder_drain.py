@@ -15,15 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from gateway.buffer import Buffer, SqliteBuffer
 from gateway.config import MqttConfig
-from gateway.forwarder import SHUTDOWN_GRACE_S, Forwarder
-from gateway.mqtt import DISCONNECT_GRACE_S
+from gateway.delivery.buffer import Buffer, SqliteBuffer
+from gateway.delivery.forwarder import SHUTDOWN_GRACE_S, Forwarder
+from gateway.delivery.mqtt import DISCONNECT_GRACE_S
 from tests.broker import Mosquitto, Subscriber
+from tests.gateway.test_forwarder import TIMEOUT, decoded, event_messages, events, make_settings, running
+from tests.gateway.test_systemd_unit import UNIT, parse_unit
 from tests.waiting import until
-
-from .test_forwarder import TIMEOUT, decoded, event_messages, events, make_settings, running
-from .test_systemd_unit import UNIT, parse_unit
 
 pytestmark = pytest.mark.timeout(90)
 

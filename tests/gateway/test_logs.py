@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.logs import LogSetup, OneLineFormatter, under_journald
+from gateway.ops.logs import LogSetup, OneLineFormatter, under_journald
 
 
 @pytest.fixture

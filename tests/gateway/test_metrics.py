@@ -16,16 +16,15 @@ from prometheus_client import CollectorRegistry
 
 from drivers.event import Event
 from firmware_sim.r2000 import R2000Simulator, SimOptions, serve_pty
-from gateway import status
 from gateway.app import Gateway
-from gateway.buffer import SqliteBuffer, WhenFull
+from gateway.cli import status
 from gateway.config import load_config
-from gateway.metrics import CountingBuffer, MetricsServer
+from gateway.delivery.buffer import SqliteBuffer, WhenFull
+from gateway.ops.metrics import CountingBuffer, MetricsServer
 from tests.broker import Mosquitto, free_port
+from tests.gateway.ops_helpers import http_get, r2000, running, samples, value, write_gateway
+from tests.gateway.test_sdnotify import FakeSystemd, Message
 from tests.waiting import until
-
-from .ops_helpers import http_get, r2000, running, samples, value, write_gateway
-from .test_sdnotify import FakeSystemd, Message
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from drivers.event import Event
-from gateway.buffer import BufferClosedError, SqliteBuffer
+from gateway.delivery.buffer import BufferClosedError, SqliteBuffer
 from gateway.pipeline import EventQueue, Ingest
 
 

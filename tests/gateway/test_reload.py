@@ -17,12 +17,11 @@ import pytest
 from firmware_sim.r2000 import R2000Simulator, SimOptions, serve_pty
 from gateway.app import Gateway
 from gateway.config import Config, load_config
-from gateway.forwarder import Forwarder
+from gateway.delivery.forwarder import Forwarder
 from gateway.reload import plan_reload, same_device
 from tests.broker import Mosquitto
+from tests.gateway.ops_helpers import http_get, r2000, running, samples, value, write_gateway
 from tests.waiting import until
-
-from .ops_helpers import http_get, r2000, running, samples, value, write_gateway
 
 pytestmark = pytest.mark.timeout(120)
 

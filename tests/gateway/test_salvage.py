@@ -28,10 +28,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from drivers.event import Event
-from gateway import buffertool, salvage
-from gateway.buffer import ROW_OVERHEAD, DropReason, SqliteBuffer, Stored
-from gateway.buffertool import BufferDamagedError, BufferToolError
-from gateway.forwarder import encode_payload
+from gateway.cli import buffertool
+from gateway.cli.buffertool import BufferDamagedError, BufferToolError
+from gateway.delivery import salvage
+from gateway.delivery.buffer import DropReason, SqliteBuffer, Stored
+from gateway.delivery.payload import encode_payload
+from gateway.delivery.schema import ROW_OVERHEAD
 
 EDGEGW = str(Path(sys.executable).with_name("edgegw"))
 GATEWAY = "lane-7"

@@ -17,8 +17,7 @@ import pytest
 import yaml
 
 from drivers import registry
-from gateway import schema
-from gateway.config import ConfigError, load_config
+from gateway.config import ConfigError, load_config, schema
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "config" / "examples" / "roadside-lane.yaml"

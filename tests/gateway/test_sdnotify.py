@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from gateway.sdnotify import Notifier, Progress, Watchdog, monotonic_usec, watchdog_interval
+from gateway.ops.sdnotify import Notifier, Progress, Watchdog, monotonic_usec, watchdog_interval
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway import status
+from gateway.cli import status
 
 EDGEGW = str(Path(sys.executable).with_name("edgegw"))
 

@@ -5,7 +5,7 @@ the backlog out on a USB stick (``export``: JSON lines, one event per line, exac
 forwarder would publish, ``id`` included, so the consumer's deduplication works on them unchanged), and
 perhaps drop what was carried out (``purge``).
 
-How each one touches the file (the buffer's schema is :mod:`gateway.buffer`'s, version 1):
+How each one touches the file (the buffer's schema is :mod:`gateway.delivery.buffer`'s, version 1):
 
 - **inspect** and **export** use read-only SQL on their own connection (``PRAGMA query_only``). The buffer's
   public API is not used for them: :meth:`SqliteBuffer.open` starts a writer, and a second writer beside a
@@ -29,9 +29,9 @@ How each one touches the file (the buffer's schema is :mod:`gateway.buffer`'s, v
 - **A damaged file** (one the gateway moved aside as ``buffer.db.corrupt-<UTC time>``, or any file whose
   header or size says it is damaged, or on which SQLite reports corruption) is *salvaged*: ``inspect`` and
   ``export`` read what can still be read, by SQLite row by row and by a scan of the pages themselves (see
-  :mod:`gateway.salvage`), only ever reading the file; they say that it is damaged, what is wrong and how
-  much they recovered. ``purge`` refuses a damaged file (nothing is ever written to one): export what can be
-  salvaged, then remove it.
+  :mod:`gateway.delivery.salvage`), only ever reading the file; they say that it is damaged, what is wrong
+  and how much they recovered. ``purge`` refuses a damaged file (nothing is ever written to one): export
+  what can be salvaged, then remove it.
 """
 
 from __future__ import annotations
@@ -46,10 +46,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
 
-from . import salvage
-from .buffer import _APPLICATION_ID, _SCHEMA_VERSION, DropReason, Stored
-from .forwarder import encode_payload
-from .yamlsrc import YamlError, load_file
+from gateway.config.yamlsrc import YamlError, load_file
+from gateway.delivery import salvage
+from gateway.delivery.buffer import DropReason, Stored
+from gateway.delivery.payload import encode_payload
+from gateway.delivery.schema import ADD_TO_META, APPLICATION_ID, DROPPED_PREFIX, PURGED_KEY, SCHEMA_VERSION
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -69,7 +70,6 @@ __all__ = [
 ]
 
 DEFAULT_CONFIG: Final = Path("/etc/edgegw/gateway.yaml")
-PURGED_KEY: Final = "purged"
 _BUSY_TIMEOUT_S: Final = 5.0
 """How long a read waits for a lock a writer holds for a moment (a WAL checkpoint resetting the log)."""
 
@@ -198,11 +198,11 @@ def _check_buffer(conn: sqlite3.Connection, path: Path) -> None:
         if _is_damage(err):
             raise BufferDamagedError(f"{path}: {err}") from None
         raise BufferToolError(f"{path} is not an edgegw buffer: {err}") from None
-    if app_id != _APPLICATION_ID:
+    if app_id != APPLICATION_ID:
         raise BufferToolError(f"{path} is not an edgegw buffer (SQLite application_id {app_id:#x})")
-    if version > _SCHEMA_VERSION:
+    if version > SCHEMA_VERSION:
         raise BufferToolError(
-            f"{path} has buffer schema {version}, newer than this edgegw understands ({_SCHEMA_VERSION})"
+            f"{path} has buffer schema {version}, newer than this edgegw understands ({SCHEMA_VERSION})"
         )
 
 
@@ -239,8 +239,8 @@ class Inspection:
     """The highest seq ever assigned (the next event gets a higher one, even after deletes)."""
     by_kind: list[KindCount]
     dropped: dict[str, int] | None
-    """Events the gateway dropped, by :class:`~gateway.buffer.DropReason`, since the file was made (None: a
-    damaged file whose ``meta`` table cannot be read)."""
+    """Events the gateway dropped, by :class:`~gateway.delivery.buffer.DropReason`, since the file was made
+    (None: a damaged file whose ``meta`` table cannot be read)."""
     purged: int | None
     """Events deleted by ``edgegw buffer purge`` (None: unknown, as ``dropped``)."""
     salvage: salvage.SalvageReport | None = None
@@ -366,7 +366,7 @@ def _age(seconds: float | None) -> str:
 
 def _damage_hint(path: Path) -> str | None:
     """Why ``path`` is to be salvaged without first being opened by SQLite for reading and writing (see
-    :func:`gateway.salvage.damage_hint`); the file must exist."""
+    :func:`gateway.delivery.salvage.damage_hint`); the file must exist."""
     if path.is_dir():
         raise BufferToolError(f"{path}: is a directory, not a buffer file")
     try:
@@ -429,8 +429,8 @@ def _inspect_salvaged(path: Path) -> Inspection:
         dropped = {reason.value: 0 for reason in DropReason}
         purged = report.meta.get(PURGED_KEY, 0)
         for key, value in report.meta.items():
-            if key.startswith("dropped."):
-                dropped[key.removeprefix("dropped.")] = value
+            if key.startswith(DROPPED_PREFIX):
+                dropped[key.removeprefix(DROPPED_PREFIX)] = value
     return Inspection(
         path=path,
         file_bytes=_file_bytes(path),
@@ -473,8 +473,8 @@ def _inspect(path: Path) -> Inspection:
         dropped = {reason.value: 0 for reason in DropReason}
         purged = 0
         for key, value in conn.execute("SELECT key, value FROM meta"):
-            if key.startswith("dropped."):
-                dropped[key.removeprefix("dropped.")] = value
+            if key.startswith(DROPPED_PREFIX):
+                dropped[key.removeprefix(DROPPED_PREFIX)] = value
             elif key == PURGED_KEY:
                 purged = value
         conn.execute("COMMIT")
@@ -566,9 +566,9 @@ def export(
     page: int = 1000,
 ) -> ExportResult:
     """Write the events of ``path`` to ``out`` as JSON lines: each line exactly the payload the forwarder
-    publishes for that event (:func:`gateway.forwarder.encode_payload`). See :func:`iter_events` for which
-    events. A damaged file is salvaged: what can be recovered is written the same way, in seq order, each
-    event once (:attr:`ExportResult.salvage` says so); when SQLite finds the damage part way through, the
+    publishes for that event (:func:`gateway.delivery.payload.encode_payload`). See :func:`iter_events` for
+    which events. A damaged file is salvaged: what can be recovered is written the same way, in seq order,
+    each event once (:attr:`ExportResult.salvage` says so); when SQLite finds the damage part way through, the
     export goes on after the last event written."""
     count = 0
     first = last = None
@@ -747,8 +747,8 @@ def purge(path: Path, up_to: int | None) -> PurgePlan:
 @contextlib.contextmanager
 def _gateway_lock(path: Path) -> Iterator[None]:
     """Hold the lock a gateway holds while it has the buffer open (``flock`` on ``<buffer>.lock``, see
-    :class:`~gateway.buffer.SqliteBuffer`), so that none runs, or starts, during the purge. The lock file is
-    opened read-only and never created: a file made here by root would keep the service's user from
+    :class:`~gateway.delivery.buffer.SqliteBuffer`), so that none runs, or starts, during the purge. The lock
+    file is opened read-only and never created: a file made here by root would keep the service's user from
     opening it. Without one (no gateway ever opened this buffer), SQLite's exclusive lock alone guards."""
     lock_path = path.with_name(path.name + ".lock")
     try:
@@ -782,11 +782,7 @@ def _purge(path: Path, up_to: int | None) -> PurgePlan:
         if plan.events:
             bound = up_to if up_to is not None else (1 << 63) - 1
             conn.execute("DELETE FROM events WHERE seq <= ?", (bound,))
-            conn.execute(
-                "INSERT INTO meta (key, value) VALUES (?, ?) "
-                "ON CONFLICT (key) DO UPDATE SET value = value + excluded.value",
-                (PURGED_KEY, plan.events),
-            )
+            conn.execute(ADD_TO_META, (PURGED_KEY, plan.events))
         conn.execute("COMMIT")
         return plan
     except sqlite3.Error as err:

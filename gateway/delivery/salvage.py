@@ -2,7 +2,7 @@
 
 When the gateway finds its buffer corrupt it moves the file aside (``buffer.db.corrupt-<UTC time>``, with its
 ``-wal`` and ``-shm`` renamed alike) and starts a fresh one. ``edgegw buffer inspect`` and ``export`` on the
-moved file come here (through :mod:`gateway.buffertool`), so that an operator can carry out the events it
+moved file come here (through :mod:`gateway.cli.buffertool`), so that an operator can carry out the events it
 still holds. :func:`salvage` reads the file twice, in two independent ways, and keeps the union:
 
 1. **SQLite, row by row** (:func:`_sqlite_pass`): the events table in seq order, in chunks, and one row at a
@@ -64,7 +64,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, NamedTuple, Self
 
-from .buffer import _APPLICATION_ID, ROW_OVERHEAD, Stored
+from gateway.delivery.buffer import Stored
+from gateway.delivery.schema import APPLICATION_ID, ROW_OVERHEAD
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
@@ -1096,7 +1097,7 @@ def _report(
         )
     notes.extend(pages.notes)
     may_include_delivered = pages.added > 0 and not pages.freelist_known
-    is_buffer = count > 0 or _APPLICATION_ID in (sqlite.application_id, pages.application_id)
+    is_buffer = count > 0 or APPLICATION_ID in (sqlite.application_id, pages.application_id)
     return SalvageReport(
         path=path,
         file_bytes=file_bytes,

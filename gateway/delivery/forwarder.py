@@ -41,17 +41,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Literal
 
 from gateway.backoff import Backoff
-from gateway.buffer import Buffer, Stored
-from gateway.mqtt import MqttConnectError, MqttConnection, MqttError, MqttNotConnected, TlsOptions, Will
+from gateway.delivery.buffer import Buffer, Stored
+from gateway.delivery.mqtt import (
+    MqttConnectError,
+    MqttConnection,
+    MqttError,
+    MqttNotConnected,
+    TlsOptions,
+    Will,
+)
+from gateway.delivery.payload import PAYLOAD_FORMAT, id_head, topic_head
 
 log = logging.getLogger("edgegw.forwarder")
 
@@ -63,32 +70,6 @@ _READ_CAP = 10_000
 _READ_AHEAD = 1_000  # rows read from the buffer at once, ahead of the in-flight window
 """With batching: at most this many events read per iteration."""
 _REFUSED = 0x80
-
-
-PAYLOAD_FORMAT: Final = b'%s%d","seq":%d%s%r,"data":%s}'
-"""``PAYLOAD_FORMAT % (id_head(gateway), seq, seq, topic_head(device, kind), ts, data_json)``: the upstream
-JSON of one event, built around the buffer's stored JSON without decoding it."""
-
-
-def id_head(gateway_id: str) -> bytes:
-    return b'{"id":"' + json.dumps(gateway_id)[1:-1].encode() + b":"
-
-
-def topic_head(device: str, kind: str) -> bytes:
-    return b',"device":%s,"kind":%s,"ts":' % (json.dumps(device).encode(), json.dumps(kind).encode())
-
-
-def encode_payload(gateway_id: str, event: Stored) -> bytes:
-    """The payload of one event (the forwarder's hot loop inlines the same format)."""
-    seq = event.seq
-    return PAYLOAD_FORMAT % (
-        id_head(gateway_id),
-        seq,
-        seq,
-        topic_head(event.device, event.kind),
-        event.ts,
-        event.data_json,
-    )
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import Config, ConfigError, load_config
-from .logs import LogSetup
+from gateway.config import Config, ConfigError, load_config
+from gateway.ops.logs import LogSetup
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -31,7 +31,7 @@ EXIT_CONFIG = 2
 
 
 def setup_logging(level: str, log_levels: dict[str, str] | None = None) -> LogSetup:
-    """One line per record on stderr (see :mod:`gateway.logs`); ``level`` for the root logger."""
+    """One line per record on stderr (see :mod:`gateway.ops.logs`); ``level`` for the root logger."""
     logs = LogSetup()
     logs.apply(level, log_levels)
     return logs
@@ -180,7 +180,7 @@ def cmd_check(path: Path) -> int:
 
 
 async def _run_until_signalled(config: Config, logs: LogSetup) -> None:
-    from .app import Gateway  # noqa: PLC0415  # `edgegw check` stays light: no asyncio runtime imports
+    from gateway.app import Gateway  # noqa: PLC0415  # `edgegw check` stays light: no asyncio runtime imports
 
     def relog(new: Config) -> None:
         logs.apply(new.gateway.log_level, new.gateway.log_levels)
@@ -202,7 +202,7 @@ def cmd_run(path: Path, log_level: str | None) -> int:
     logs.apply(config.gateway.log_level, config.gateway.log_levels)
     log = logging.getLogger("edgegw")
     log.info("edgegw starting: gateway %s, %d devices", config.gateway.id, len(config.devices))
-    from .buffer import BufferOpenError  # noqa: PLC0415  # `edgegw check` stays light
+    from gateway.delivery.buffer import BufferOpenError  # noqa: PLC0415  # `edgegw check` stays light
 
     try:
         asyncio.run(_run_until_signalled(config, logs))
@@ -219,7 +219,7 @@ def cmd_run(path: Path, log_level: str | None) -> int:
 def cmd_decode(protocol: str, hex_args: Sequence[str], as_json: bool = False) -> int:
     import os  # noqa: PLC0415
 
-    from .decode import UnknownProtocol, decode, parse_hex  # noqa: PLC0415  # loads the codecs
+    from gateway.cli.decode import UnknownProtocol, decode, parse_hex  # noqa: PLC0415  # loads the codecs
 
     text = sys.stdin.read() if list(hex_args) == ["-"] else " ".join(hex_args)
     try:
@@ -238,7 +238,7 @@ def cmd_decode(protocol: str, hex_args: Sequence[str], as_json: bool = False) ->
 def cmd_buffer(args: argparse.Namespace) -> int:
     import json  # noqa: PLC0415
 
-    from . import buffertool  # noqa: PLC0415  # pulls in the forwarder's payload encoding
+    from gateway.cli import buffertool  # noqa: PLC0415  # pulls in the forwarder's payload encoding
 
     try:
         path, gateway_id = buffertool.locate(args.config, args.buffer)
@@ -292,7 +292,7 @@ def cmd_buffer(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(device_file: bool) -> int:
-    from .schema import build, dumps  # noqa: PLC0415  # loads every driver
+    from gateway.config.schema import build, dumps  # noqa: PLC0415  # loads every driver
 
     gateway_schema, device_schema, left_out = build()
     for line in left_out:
@@ -315,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         return cmd_run(args.config, args.log_level)
     if args.command == "demo":
-        from .demo import main as demo_main  # noqa: PLC0415  # the demo pulls in the simulators
+        from gateway.cli.demo import main as demo_main  # noqa: PLC0415  # the demo pulls in the simulators
 
         setup_logging(args.log_level)
         return demo_main(mqtt_url=args.mqtt, console=args.console, rate=args.rate, duration=args.duration)
@@ -326,7 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "schema":
         return cmd_schema(args.device_file)
     if args.command == "status":
-        from .status import main as status_main  # noqa: PLC0415  # rich and the parser load only here
+        from gateway.cli.status import main as status_main  # noqa: PLC0415  # rich and the parser load only here
 
         return status_main(url=args.url, config=args.config, once=args.once, interval=args.interval)
     raise AssertionError(args.command)

@@ -8,8 +8,8 @@ import asyncio
 import sys
 from collections.abc import Callable
 
-from .buffer import Buffer
-from .forwarder import encode_payload
+from gateway.delivery.buffer import Buffer
+from gateway.delivery.payload import encode_payload
 
 
 class ConsoleUpstream:

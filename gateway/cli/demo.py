@@ -24,11 +24,11 @@ from urllib.parse import urlsplit
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from drivers.kinds import RFID_READ
 from firmware_sim.r2000 import SimOptions, serve_pty, serve_tcp
-
-from .app import Gateway
-from .config import load_config
-from .console import ConsoleUpstream
+from gateway.app import Gateway
+from gateway.cli.console import ConsoleUpstream
+from gateway.config import load_config
 
 GATEWAY_ID = "lane-demo"
 PREFIX = "edgegw"
@@ -77,7 +77,7 @@ def _describe(topic: str, payload: bytes) -> str:
     if not isinstance(message, dict):
         return f"{topic} {payload.decode(errors='replace')}"
     data = message.get("data", {})
-    if message.get("kind") == "rfid.read":
+    if message.get("kind") == RFID_READ:
         return (
             f"{message['id']:>16}  {message['device']}  {data.get('antenna_name')}  EPC {data.get('epc')}"
             f"  {data.get('rssi_dbm')} dBm  {data.get('frequency_mhz')} MHz"

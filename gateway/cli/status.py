@@ -30,7 +30,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .config import split_listen
+from drivers.counters import BYTES_SKIPPED, DECODE_ERRORS, FRAMES_REJECTED
+from gateway.config import split_listen
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -194,9 +195,9 @@ def parse(text: str) -> View:
     per_device: dict[str, str] = {
         "edgegw_device_events_dropped_total": "queue_dropped",
         "edgegw_device_restarts_total": "restarts",
-        "edgegw_decode_errors_total": "decode_errors",
-        "edgegw_framer_bytes_skipped_total": "bytes_skipped",
-        "edgegw_framer_frames_rejected_total": "frames_rejected",
+        "edgegw_decode_errors_total": DECODE_ERRORS,
+        "edgegw_framer_bytes_skipped_total": BYTES_SKIPPED,
+        "edgegw_framer_frames_rejected_total": FRAMES_REJECTED,
     }
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

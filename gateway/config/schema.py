@@ -13,8 +13,8 @@ here (a missing optional dependency) is left out and named on stderr.
 
 Regenerate after changing a model or adding a driver (a test fails until you do)::
 
-    .venv/bin/python -m gateway.schema            # rewrites the checked-in files
-    .venv/bin/python -m gateway.schema --check    # exit 1 if they are out of date
+    .venv/bin/python -m gateway.config.schema            # rewrites the checked-in files
+    .venv/bin/python -m gateway.config.schema --check    # exit 1 if they are out of date
 
 ``edgegw schema [--device-file]`` prints one of them (for an installed gateway without the source tree).
 
@@ -40,16 +40,16 @@ from pydantic_core import core_schema
 
 from drivers import registry
 from drivers.base import Driver
-
-from . import config as cfg
-from .processors.rfid import SmoothingOptions
+from drivers.kinds import RFID_READ
+from gateway.config import models as cfg
+from gateway.processors.rfid import SmoothingOptions
 
 __all__ = ["DEVICE_FILE", "GATEWAY_FILE", "REGENERATE", "SCHEMA_DIR", "build", "dumps", "main", "render"]
 
-SCHEMA_DIR: Final = Path(__file__).resolve().parents[1] / "config" / "schema"
+SCHEMA_DIR: Final = Path(__file__).resolve().parents[2] / "config" / "schema"
 GATEWAY_FILE: Final = "edgegw.schema.json"
 DEVICE_FILE: Final = "edgegw-device.schema.json"
-REGENERATE: Final = ".venv/bin/python -m gateway.schema"
+REGENERATE: Final = ".venv/bin/python -m gateway.config.schema"
 """The one command that regenerates the checked-in schemas."""
 _DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
 
@@ -199,7 +199,7 @@ def build(drivers: Sequence[str] | None = None) -> tuple[dict[str, Any], dict[st
         which: dict[str, Any] = {"const": names[0]} if len(names) == 1 else {"enum": names}
         driver = {**which, "description": _summary(loaded[names[0]])}
         body["properties"] = {"name": name_schema, "driver": driver, **body.get("properties", {})}
-        if any("rfid.read" in loaded[n].emits for n in names):  # what the loader allows: see DeviceConfig
+        if any(RFID_READ in loaded[n].emits for n in names):  # what the loader allows: see DeviceConfig
             body["properties"]["smoothing"] = {
                 "description": "Tag smoothing and lane counts for this RFID device (see the README).",
                 "anyOf": [{"$ref": f"#/$defs/{def_name(SmoothingOptions)}"}, {"type": "null"}],
@@ -230,8 +230,8 @@ def build(drivers: Sequence[str] | None = None) -> tuple[dict[str, Any], dict[st
     gateway_schema = {
         "$schema": _DIALECT,
         "title": "edgegw gateway file",
-        "description": "The gateway's YAML file (edgegw run -c FILE). Generated from gateway/config.py by "
-        f"`{REGENERATE}`: do not edit.",
+        "description": "The gateway's YAML file (edgegw run -c FILE). Generated from "
+        f"gateway/config/models.py by `{REGENERATE}`: do not edit.",
         **{k: v for k, v in gateway.items() if k not in ("title", "description")},
         "$defs": dict(sorted(defs.items())),
     }
@@ -306,7 +306,7 @@ def render() -> tuple[dict[str, str], list[str]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m gateway.schema", description="Regenerate config/schema/*.json from the models."
+        prog="python -m gateway.config.schema", description="Regenerate config/schema/*.json from the models."
     )
     parser.add_argument(
         "--check", action="store_true", help="exit 1 if the files are out of date; write nothing"

@@ -41,6 +41,15 @@ from pathlib import Path
 from typing import Any, Final, NamedTuple, Self, TypeVar
 
 from drivers.event import EncodedData, Event
+from gateway.delivery.schema import (
+    ADD_TO_META,
+    APPLICATION_ID,
+    CORRUPT_FILES_KEY,
+    DROPPED_PREFIX,
+    ROW_OVERHEAD,
+    SCHEMA,
+    SCHEMA_VERSION,
+)
 
 T = TypeVar("T")
 
@@ -180,12 +189,10 @@ class Buffer(abc.ABC):
 # SQLite
 
 
-_APPLICATION_ID: Final = 0x45475742  # "EGWB", in the SQLite header: this file is an edgegw buffer
 _CACHE_KIB: Final = 512
 """SQLite's page cache per connection (its default is 2,000 KiB). The buffer appends at the end of one table
 and reads and deletes at its start, so a few hot pages are all it revisits; measured under full load, 512 KiB
 kept the throughput and took 2 MB off the gateway's RSS (two connections)."""
-_SCHEMA_VERSION: Final = 1
 DEFAULT_RESERVE: Final = 8 << 20
 """The spare file kept beside the buffer (``<buffer>.reserve``) and deleted when the filesystem fills: SQLite
 needs free space to commit a deletion and to checkpoint its WAL, so without it a full disk could not even
@@ -201,7 +208,6 @@ _SEQ_GAP: Final = 1_000_000
 _WATERMARK_AT: Final = 16
 """Offset of the highest seq in the lock file (after the holder's pid)."""
 _READER_CLOSE_WAIT_S: Final = 10.0
-_CORRUPT_KEY: Final = "corrupt_files"
 _SQLITE_IOERR: Final = 10
 _SQLITE_CORRUPT: Final = 11
 _SQLITE_FULL: Final = 13
@@ -212,8 +218,6 @@ _DROPPING: Final = {
     WhenFull.DROP_OLDEST: "dropping oldest (drop_oldest)",
     WhenFull.REJECT_NEW: "dropping new (reject_new)",
 }
-ROW_OVERHEAD: Final = 24
-"""Bytes counted per event on top of its device, kind and JSON data (ts, seq and size, 8 bytes each)."""
 
 _ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 _encode_strict: Final = _ENCODER.encode
@@ -246,18 +250,6 @@ def encode_data(data: object) -> tuple[bytes, bool]:
         return _encode_strict({"unencodable": repr(data)[:4096]}).encode(), True
 
 
-_SCHEMA: Final = (
-    """CREATE TABLE IF NOT EXISTS events (
-        seq    INTEGER PRIMARY KEY AUTOINCREMENT,
-        device TEXT    NOT NULL,
-        kind   TEXT    NOT NULL,
-        ts     REAL    NOT NULL,
-        data   BLOB    NOT NULL,  -- the event's data as compact JSON, UTF-8
-        size   INTEGER NOT NULL   -- bytes counted against the cap
-    )""",
-    # dropped.<reason> -> count
-    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
-)
 _INSERT_HEAD: Final = "INSERT INTO events (device, kind, ts, data, size) VALUES "
 _INSERT_CHUNKS: Final = (128, 32, 8, 2, 1)
 """Rows per INSERT statement, largest first. The sqlite3 module releases the GIL around each statement
@@ -271,13 +263,6 @@ _SUM_RANGE: Final = "SELECT count(*), coalesce(sum(size), 0) FROM events WHERE s
 _SUM_ACKED: Final = (
     "SELECT count(*), coalesce(sum(size), 0) FROM events WHERE seq IN (SELECT seq FROM temp.acked)"
 )
-_COUNT_DROP: Final = " ".join(
-    (
-        "INSERT INTO meta (key, value) VALUES (?, ?)",
-        "ON CONFLICT (key) DO UPDATE SET value = value + excluded.value",
-    )
-)
-
 # A row as prepared on the caller's side: device, kind, ts, data (compact JSON, UTF-8), size.
 _Row = tuple[str, str, float, bytes, int]
 
@@ -641,12 +626,12 @@ class SqliteBuffer(Buffer):
         conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
         conn.execute("PRAGMA journal_size_limit = 67108864")
         conn.execute(f"PRAGMA wal_autocheckpoint = {self._autocheckpoint_pages(conn)}")
-        if not {"events", "meta"} <= tables or app_id != _APPLICATION_ID or version != _SCHEMA_VERSION:
+        if not {"events", "meta"} <= tables or app_id != APPLICATION_ID or version != SCHEMA_VERSION:
             conn.execute("BEGIN IMMEDIATE")  # fails here on a read-only file
-            for statement in _SCHEMA:
+            for statement in SCHEMA:
                 conn.execute(statement)
-            conn.execute(f"PRAGMA application_id = {_APPLICATION_ID}")
-            conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             if "events" not in tables:
                 if start_after:
                     conn.execute(
@@ -654,10 +639,10 @@ class SqliteBuffer(Buffer):
                     )
                 counters = dict(carry.dropped) if carry is not None else {}
                 moved = (carry.corrupt_files if carry is not None else 0) + self._moved_unsaved
-                rows = [(f"dropped.{k}", v) for k, v in counters.items() if v]
+                rows = [(f"{DROPPED_PREFIX}{k}", v) for k, v in counters.items() if v]
                 if moved:
-                    rows.append((_CORRUPT_KEY, moved))
-                conn.executemany(_COUNT_DROP, rows)
+                    rows.append((CORRUPT_FILES_KEY, moved))
+                conn.executemany(ADD_TO_META, rows)
             conn.execute("COMMIT")
             self._moved_unsaved = 0
             if carry is not None:
@@ -730,15 +715,15 @@ class SqliteBuffer(Buffer):
         app_id = conn.execute("PRAGMA application_id").fetchone()[0]
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if app_id != _APPLICATION_ID and (app_id != 0 or tables):
+        if app_id != APPLICATION_ID and (app_id != 0 or tables):
             raise BufferOpenError(
                 f"cannot open buffer {self.path}: an SQLite database of another application "
                 f"(application_id {app_id:#x}, tables {sorted(tables)})"
             )
-        if version > _SCHEMA_VERSION:
+        if version > SCHEMA_VERSION:
             raise BufferOpenError(
                 f"cannot open buffer {self.path}: schema version {version} is newer than this edgegw "
-                f"understands ({_SCHEMA_VERSION})"
+                f"understands ({SCHEMA_VERSION})"
             )
         return app_id, version, tables
 
@@ -751,9 +736,9 @@ class SqliteBuffer(Buffer):
         dropped = {r.value: 0 for r in DropReason}
         corrupt = 0
         for key, value in conn.execute("SELECT key, value FROM meta"):
-            if key.startswith("dropped."):
-                dropped[key.removeprefix("dropped.")] = value
-            elif key == _CORRUPT_KEY:
+            if key.startswith(DROPPED_PREFIX):
+                dropped[key.removeprefix(DROPPED_PREFIX)] = value
+            elif key == CORRUPT_FILES_KEY:
                 corrupt = value
         return _State(
             last_seq=max(row[0] if row else 0, max_seq),
@@ -1251,7 +1236,7 @@ class SqliteBuffer(Buffer):
         if dropped or self._unsaved_drops:
             counts = Counter(dropped)
             counts.update(self._unsaved_drops)  # counted while nothing could be written
-            conn.executemany(_COUNT_DROP, [(f"dropped.{reason}", n) for reason, n in counts.items()])
+            conn.executemany(ADD_TO_META, [(f"{DROPPED_PREFIX}{reason}", n) for reason, n in counts.items()])
         if deleted_any or (old.depth == 0 and depth > 0):
             oldest_ts = _oldest_ts(conn)
         else:

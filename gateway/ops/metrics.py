@@ -7,12 +7,12 @@
 
 **Collected at scrape time.** Almost every value already exists as a counter on the object that owns it
 (:class:`~gateway.supervisor.DeviceRunner`, :class:`~gateway.pipeline.EventQueue`,
-:class:`~gateway.pipeline.Ingest`, the buffer's :meth:`~gateway.buffer.Buffer.stats`, the
-:class:`~gateway.forwarder.Forwarder`); :class:`GatewayCollector` reads them when Prometheus asks, so the
-event path pays nothing for metrics it does not already keep. Two things are counted here because nothing
-kept them: events per device *and kind*, once per committed batch going in and once per batch the upstream
-reads for its first publish (:class:`CountingBuffer`, which sits between the pipeline and the buffer), and
-the publish latency, a histogram fed by the forwarder with one publish per round trip (see
+:class:`~gateway.pipeline.Ingest`, the buffer's :meth:`~gateway.delivery.buffer.Buffer.stats`, the
+:class:`~gateway.delivery.forwarder.Forwarder`); :class:`GatewayCollector` reads them when Prometheus asks,
+so the event path pays nothing for metrics it does not already keep. Two things are counted here because
+nothing kept them: events per device *and kind*, once per committed batch going in and once per batch the
+upstream reads for its first publish (:class:`CountingBuffer`, which sits between the pipeline and the
+buffer), and the publish latency, a histogram fed by the forwarder with one publish per round trip (see
 ``Forwarder.latency_observer``).
 
 **Why an asyncio server on the loop, not prometheus-client's server thread.** The collector reads state
@@ -22,7 +22,7 @@ iteration") or mix two moments; read on the loop, a scrape sees one consistent m
 callbacks. And ``/healthz`` answered by the loop proves the loop runs: a thread would answer "ok" for a
 gateway whose loop is stuck. The price is the encoding on the loop, once per scrape (every 15 s or so):
 1.3 ms median for a site of two readers (9 kB of exposition, on the shared 2-core machine), far inside what
-the serial readers tolerate (see :mod:`gateway.loopmon`).
+the serial readers tolerate (see :mod:`gateway.ops.loopmon`).
 
 What the per-kind counting costs: ``bench.pipeline`` batch50, gateway CPU per delivered event, median of
 six runs each on a noisy machine: 28.9 µs with the metrics on, 28.6 µs off (``metrics: {enabled:
@@ -43,9 +43,9 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from operator import attrgetter
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Histogram
@@ -53,14 +53,47 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 
+from drivers.counters import BYTES_SKIPPED, DECODE_ERRORS, FRAMES_REJECTED
 from drivers.event import Event
-
-from .buffer import Buffer, BufferStats, DropReason, Stored
-from .forwarder import Forwarder
-from .sdnotify import Progress
+from gateway.delivery.buffer import Buffer, BufferStats, DropReason, Stored
+from gateway.delivery.forwarder import Forwarder
+from gateway.ops.sdnotify import Progress
 
 if TYPE_CHECKING:
-    from .app import Gateway
+    from gateway.config import Config
+    from gateway.ops.loopmon import LoopMonitor
+    from gateway.pipeline import EventQueue, Ingest
+    from gateway.reload import RetiredCounts
+    from gateway.supervisor import DeviceRunner
+
+
+class Gateway(Protocol):
+    """What the metrics and the health check read of the running gateway (:class:`gateway.app.Gateway` is
+    the one): a Protocol, so that this module does not import the app that imports it."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def queue(self) -> EventQueue: ...
+    @property
+    def buffer(self) -> Buffer | None: ...
+    @property
+    def ingest(self) -> Ingest | None: ...
+    @property
+    def upstream(self) -> object: ...
+    @property
+    def runners(self) -> Mapping[str, DeviceRunner]: ...
+    @property
+    def retired(self) -> Mapping[str, RetiredCounts]: ...
+    @property
+    def loop_monitor(self) -> LoopMonitor: ...
+    @property
+    def counts(self) -> CountingBuffer | None: ...
+    @property
+    def health(self) -> PipelineHealth | None: ...
+    @property
+    def reloads(self) -> Mapping[str, int]: ...
+
 
 __all__ = [
     "DEVICE_STATES",
@@ -80,7 +113,7 @@ LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 """Publish -> PUBACK, seconds: a broker on the LAN answers in a few ms, a cloud broker over LTE in 100s."""
 QUEUE_FULL: Final = "queue_full"
 """The drop reason of ``edgegw_events_dropped_total`` for events the pipeline queue had no room for (the
-buffer's reasons are :class:`~gateway.buffer.DropReason`)."""
+buffer's reasons are :class:`~gateway.delivery.buffer.DropReason`)."""
 
 _DEVICE_KIND = attrgetter("device", "kind")
 _SEQ = attrgetter("seq")
@@ -147,7 +180,7 @@ class CountingBuffer(Buffer):
 
 
 class _UpstreamWork:
-    """The forwarder's side of :class:`~gateway.sdnotify.Progress`: its counter moves when it publishes,
+    """The forwarder's side of :class:`~gateway.ops.sdnotify.Progress`: its counter moves when it publishes,
     is acknowledged or refused; it has work while connected with publishes in flight, or when events were
     committed after the last time it moved (a refused event it will retry only after a reconnect is not
     work it is failing to do)."""
@@ -327,9 +360,9 @@ class GatewayCollector:
             emitted.add_metric([name], n_emitted)
             dropped.add_metric([name], n_dropped)
             restarts.add_metric([name], n_restarts)
-            decode.add_metric([name], counters.get("decode_errors", 0))
-            skipped.add_metric([name], counters.get("bytes_skipped", 0))
-            rejected.add_metric([name], counters.get("frames_rejected", 0))
+            decode.add_metric([name], counters.get(DECODE_ERRORS, 0))
+            skipped.add_metric([name], counters.get(BYTES_SKIPPED, 0))
+            rejected.add_metric([name], counters.get(FRAMES_REJECTED, 0))
             for counter, n in sorted(counters.items()):
                 driver.add_metric([name, counter], n)
             for counter, n in sorted(processed.items()):
