@@ -1,6 +1,7 @@
 """The LLRP codec and framer: messages captured from real readers (tests/vectors/llrp, EdgeX, Apache-2.0),
 reference bytes, both directions of every message, the tag fast path against the construct definitions,
-unknown vendor parameters, and framer properties."""
+unknown vendor parameters, the framer contract (framer_suite.py) and what is particular to this framer (a
+header that lies breaks the stream; its limit)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ from hypothesis import strategies as st
 
 from protocols import llrp
 from protocols.errors import DecodeError, EncodeError
+from protocols.framing import Framer
 from protocols.llrp import Parameter, ParamType
+
+from .framer_suite import FramerSuite
 
 VECTORS = Path(__file__).resolve().parent.parent / "vectors" / "llrp"
 VECTOR_TYPES = {
@@ -939,16 +943,6 @@ def _has_lenient_text(params: tuple[Parameter, ...]) -> bool:
 # ------------------------------------------------------------------------------------------ framer
 
 
-def _pieces(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({min(c, len(data)) for c in cuts})
-    out, last = [], 0
-    for point in points:
-        out.append(data[last:point])
-        last = point
-    out.append(data[last:])
-    return out
-
-
 def test_framer_reference_stream() -> None:
     first = llrp.encode_message(llrp.Keepalive(), 1)
     second = llrp.encode_message(llrp.ReaderEventNotification((llrp.ConnectionAttemptEvent(),), 12), 2)
@@ -991,33 +985,67 @@ def test_framer_limit_is_configurable() -> None:
     assert small.feed(report) == [] and small.stats.bad_length == 1
 
 
-@given(st.lists(messages, max_size=6), st.lists(st.integers(0, 2000), max_size=8))
-def test_framer_finds_every_message_split_at_any_point(batch: list[llrp.Message], cuts: list[int]) -> None:
+@given(st.lists(messages, max_size=6))
+def test_framed_messages_parse_back_to_themselves(batch: list[llrp.Message]) -> None:
     raws = [llrp.encode_message(m, i) for i, m in enumerate(batch)]
     framer = llrp.LlrpFramer()
-    found: list[llrp.Frame] = []
-    for piece in _pieces(b"".join(raws), cuts):
-        found += framer.feed(piece)
+    found = framer.feed(b"".join(raws))
     assert found == [llrp.decode_frame(raw) for raw in raws]
     assert [llrp.parse_message(f) for f in found] == batch
-    assert framer.pending == 0 and framer.broken is None and framer.stats.frames == len(batch)
 
 
-@given(st.lists(messages, max_size=3), st.binary(max_size=200), st.lists(st.integers(0, 2000), max_size=6))
-def test_framer_never_raises_and_accounts_for_every_byte(
-    batch: list[llrp.Message], garbage: bytes, cuts: list[int]
-) -> None:
-    # Messages before garbage are all found; every byte is framed, skipped or held back.
-    raws = [llrp.encode_message(m, i) for i, m in enumerate(batch)]
-    data = b"".join(raws) + garbage
-    framer = llrp.LlrpFramer(max_length=4096)
-    found: list[llrp.Frame] = []
-    for piece in _pieces(data, cuts):
-        found += framer.feed(piece)
-    assert found[: len(raws)] == [llrp.decode_frame(raw) for raw in raws]
-    framed = sum(len(f.body) + llrp.HEADER_SIZE for f in found)
-    assert framed + framer.stats.bytes_skipped + framer.pending == len(data)
-    assert framer.stats.frames == len(found)
-    if framer.broken is not None:
-        assert framer.pending == 0
-        assert framer.stats.bad_length + framer.stats.bad_version == 1
+MAX_LENGTH = 1 << 16
+"""The framer's limit in the suite: random garbage gives a longer length almost always, so it breaks."""
+
+
+class TestLlrpFramer(FramerSuite[llrp.Frame]):
+    """The framer contract (tests/protocols/framer_suite.py), for a framer that frames by length alone: it
+    cannot resynchronise, it breaks (and a new connection starts over)."""
+
+    # Frames of any type and body: what the bodies say is the codec's, and messages framed and parsed back
+    # are tested above.
+    frames = st.builds(
+        llrp.Frame,
+        st.integers(0, 0x3FF),
+        u32,
+        st.binary(max_size=300),
+        st.sampled_from(llrp.SUPPORTED_VERSIONS),
+    )
+    max_pending = MAX_LENGTH
+    rejections = ("bad_length", "bad_version")
+    resynchronises = False
+
+    def framer(self) -> llrp.LlrpFramer:
+        return llrp.LlrpFramer(max_length=MAX_LENGTH)
+
+    def encode(self, frame: llrp.Frame) -> bytes:
+        return llrp.encode_frame(frame)
+
+    def decode(self, raw: bytes) -> llrp.Frame:
+        return llrp.decode_frame(raw)
+
+    def redecoded(self, raw: bytes, frame: llrp.Frame) -> None:
+        # The reserved bits of the header are not kept: the rest is.
+        assert llrp.encode_frame(frame)[0] == raw[0] & 0x1F
+        assert llrp.encode_frame(frame)[1:] == raw[1:]
+
+    def damage(self, raw: bytes, data: st.DataObject) -> tuple[bytes, tuple[str, ...]]:
+        # A header that lies: a version this side does not speak, or an impossible length.
+        bad = bytearray(raw)
+        how = data.draw(st.sampled_from(["version", "short", "long"]), label="damage")
+        if how == "version":
+            version = data.draw(st.sampled_from(sorted(set(range(8)) - set(llrp.SUPPORTED_VERSIONS))))
+            bad[0] = (bad[0] & 0xE3) | (version << 2)
+            return bytes(bad), ("bad_version",)
+        length = data.draw(st.integers(0, 9) if how == "short" else st.integers(MAX_LENGTH + 1, 2**32 - 1))
+        bad[2:6] = length.to_bytes(4, "big")
+        return bytes(bad), ("bad_length",)
+
+    def broken(self, framer: Framer[llrp.Frame]) -> bool:
+        assert isinstance(framer, llrp.LlrpFramer)
+        return framer.broken is not None
+
+    def restart(self, framer: Framer[llrp.Frame]) -> None:
+        assert isinstance(framer, llrp.LlrpFramer)
+        assert framer.broken is not None and "out of step" in framer.broken
+        framer.reset()

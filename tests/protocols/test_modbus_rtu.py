@@ -1,6 +1,7 @@
-"""protocols.modbus RTU framing: :class:`RtuReplyFramer` and the one-frame codec, the same properties every
-framer has (round trips, arbitrary bytes, frames in garbage and split anywhere, every byte accounted for),
-and the replies pymodbus's own server framer builds."""
+"""protocols.modbus RTU framing: :class:`RtuReplyFramer` and the one-frame codec, the framer contract
+(framer_suite.py), what is particular to this framer (the candidates it rejected, a false start that
+must not hold a reply back, discarding a partial frame), and the replies pymodbus's own server framer
+builds."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from pymodbus.pdu.register_message import ReadHoldingRegistersResponse, WriteSin
 from protocols import modbus as mb
 from protocols.errors import DecodeError, EncodeError
 from protocols.modbus import ReplyCheck, RtuFrame, RtuReplyFramer
+
+from .framer_suite import FramerSuite
 
 
 @st.composite
@@ -34,18 +37,6 @@ def replies(draw: st.DrawFn) -> RtuFrame:
         function = draw(st.sampled_from([1, 2, 3, 4, 5, 6, 15, 16]))
         pdu = bytes((function | 0x80, draw(st.integers(0, 255))))
     return RtuFrame(unit, pdu)
-
-
-def _split(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({c for c in cuts if 0 < c < len(data)})
-    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
-
-
-def _feed(framer: RtuReplyFramer, data: bytes, cuts: list[int]) -> list[RtuFrame]:
-    found: list[RtuFrame] = []
-    for piece in _split(data, cuts):
-        found += framer.feed(piece)
-    return found
 
 
 def _stray_frames(stream: bytes, starts: set[int]) -> bool:
@@ -98,24 +89,6 @@ def test_encode_refuses_what_does_not_fit() -> None:
         mb.encode_rtu_frame(RtuFrame(1, b""))
     with pytest.raises(EncodeError):
         mb.encode_rtu_frame(RtuFrame(1, bytes(254)))
-
-
-@given(replies())
-def test_round_trip(frame: RtuFrame) -> None:
-    raw = mb.encode_rtu_frame(frame)
-    assert mb.decode_rtu_frame(raw) == frame
-    framer = RtuReplyFramer()
-    assert framer.feed(raw) == [frame]
-    assert framer.pending == 0 and framer.stats.bytes_skipped == 0 and framer.stats.frames == 1
-
-
-@given(st.binary(max_size=300))
-def test_decode_raises_only_decode_error(raw: bytes) -> None:
-    try:
-        frame = mb.decode_rtu_frame(raw)
-    except DecodeError:
-        return
-    assert mb.encode_rtu_frame(frame) == raw
 
 
 def test_replies_built_by_pymodbus_are_found() -> None:
@@ -188,81 +161,42 @@ def test_discard_drops_a_partial_frame_and_counts_it() -> None:
     assert framer.feed(late[-3:] + answer) == [mb.decode_rtu_frame(answer)]
 
 
-@given(st.binary(max_size=600), st.lists(st.integers(0, 600), max_size=6))
-def test_framer_never_raises_and_accounts_for_every_byte(data: bytes, cuts: list[int]) -> None:
-    framer = RtuReplyFramer()
-    found = _feed(framer, data, cuts)
-    framed = sum(len(frame.pdu) + 3 for frame in found)
-    assert framed + framer.stats.bytes_skipped + framer.pending == len(data)
-    assert framer.stats.frames == len(found)
-    assert framer.pending < mb.RTU_MAX_FRAME + 4
+class TestRtuReplyFramer(FramerSuite[RtuFrame]):
+    """The framer contract (tests/protocols/framer_suite.py)."""
+
+    frames = replies()
+    flush = bytes(mb.RTU_MAX_FRAME)  # no reply starts with function 0: any false start is resolved
+    pending_after_flush = 1  # the last byte may be a unit id whose function code is on its way
+    max_pending = mb.RTU_MAX_FRAME + 3
+
+    def framer(self) -> RtuReplyFramer:
+        return RtuReplyFramer()
+
+    def encode(self, frame: RtuFrame) -> bytes:
+        return mb.encode_rtu_frame(frame)
+
+    def decode(self, raw: bytes) -> RtuFrame:
+        return mb.decode_rtu_frame(raw)
+
+    def accidental(self, stream: bytes, spans: list[tuple[int, int]]) -> bool:
+        return _stray_frames(stream, {start for start, _ in spans})
+
+    def inert(self, garbage: bytes, frame: RtuFrame) -> bytes:
+        # Garbage of function codes no reply has (0, 7..14, 17..127 and their 0x80 forms), and a unit id
+        # that is none either (the last garbage byte and the unit id would make a header): no candidate.
+        assume(frame.unit & 0x7F not in KNOWN_FUNCTIONS)
+        return bytes(b if (b & 0x7F) not in KNOWN_FUNCTIONS else 0 for b in garbage)
+
+    def damage(self, raw: bytes, data: st.DataObject) -> tuple[bytes, tuple[str, ...]]:
+        # The CRC, or a byte after the function code (a byte count, data): not the unit id or function,
+        # which would make it no candidate at all rather than a damaged one.
+        bad = bytearray(raw)
+        bad[data.draw(st.integers(2, len(raw) - 1), label="position")] ^= data.draw(st.integers(1, 255))
+        return bytes(bad), ("bad_checksum", "bad_length")
 
 
-@given(
-    st.lists(st.tuples(st.binary(max_size=30), replies()), max_size=5),
-    st.binary(max_size=30),
-    st.lists(st.integers(0, 2000), max_size=8),
-)
-def test_framer_finds_every_frame_in_garbage(
-    pieces: list[tuple[bytes, RtuFrame]], tail: bytes, cuts: list[int]
-) -> None:
-    stream = bytearray()
-    starts: set[int] = set()
-    framed = 0
-    for noise, frame in pieces:
-        stream += noise
-        starts.add(len(stream))
-        raw = mb.encode_rtu_frame(frame)
-        framed += len(raw)
-        stream += raw
-    # The tail, then enough zeros (no reply starts with function 0) that any false start is resolved.
-    stream += tail + bytes(mb.RTU_MAX_FRAME)
-    assume(not _stray_frames(bytes(stream), starts))
-    framer = RtuReplyFramer()
-    assert _feed(framer, bytes(stream), cuts) == [frame for _, frame in pieces]
-    assert framer.stats.bytes_skipped + framer.pending == len(stream) - framed
-    assert framer.pending <= 1
-
-
-@given(st.lists(replies(), min_size=1, max_size=5), st.lists(st.integers(0, 1500), max_size=20))
-def test_framer_finds_frames_split_anywhere(frames: list[RtuFrame], cuts: list[int]) -> None:
-    stream = b"".join(mb.encode_rtu_frame(frame) for frame in frames)
-    starts, at = set(), 0
-    for frame in frames:
-        starts.add(at)
-        at += len(frame.pdu) + 3
-    assume(not _stray_frames(stream, starts))
-    framer = RtuReplyFramer()
-    assert _feed(framer, stream, cuts) == frames
-    assert framer.stats.bytes_skipped == 0 and framer.pending == 0
-
-
-@given(st.binary(max_size=200), replies())
-def test_bytes_skipped_equals_garbage_that_holds_no_frame_start(garbage: bytes, frame: RtuFrame) -> None:
-    # Garbage of function codes no reply has (0, 7..14, 17..127 and their 0x80 forms), and a unit id that is
-    # none either (the last garbage byte and the unit id would make a header): no candidate at all.
-    known = (1, 2, 3, 4, 5, 6, 15, 16)
-    assume(frame.unit & 0x7F not in known)
-    cleaned = bytes(b if (b & 0x7F) not in known else 0 for b in garbage)
-    framer = RtuReplyFramer()
-    assert framer.feed(cleaned + mb.encode_rtu_frame(frame)) == [frame]
-    assert framer.stats.bytes_skipped == len(cleaned)
-    assert framer.stats.bad_checksum == framer.stats.bad_length == 0
-
-
-@given(replies(), replies(), st.integers(1, 255), st.data())
-def test_a_damaged_frame_is_counted_and_the_next_one_found(
-    first: RtuFrame, second: RtuFrame, flip: int, data: st.DataObject
-) -> None:
-    bad = bytearray(mb.encode_rtu_frame(first))
-    position = data.draw(st.sampled_from([len(bad) - 2, len(bad) - 1, *range(2, len(bad) - 2)]))
-    bad[position] ^= flip
-    good = mb.encode_rtu_frame(second)
-    stream = bytes(bad) + good + bytes(mb.RTU_MAX_FRAME)
-    assume(not _stray_frames(stream, {len(bad)}))
-    framer = RtuReplyFramer()
-    assert framer.feed(stream) == [second]
-    assert framer.stats.bad_checksum + framer.stats.bad_length >= 1
+KNOWN_FUNCTIONS = (1, 2, 3, 4, 5, 6, 15, 16)
+"""The function codes of the replies the framer knows."""
 
 
 # -- judging a whole frame against a read ---------------------------------------------------------------

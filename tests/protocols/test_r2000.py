@@ -1,4 +1,6 @@
-"""The R2000 0xA0 codec and framer: reference frames, both directions of every message, framer properties."""
+"""The R2000 0xA0 codec and framer: reference frames, both directions of every message, the framer contract
+(framer_suite.py) and what is particular to this framer (its 8-bit checksum's false starts, the tag fast
+path)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ from hypothesis import strategies as st
 
 from protocols import r2000
 from protocols.errors import DecodeError, EncodeError
+
+from .framer_suite import FramerSuite, split
 
 # Reference frames from public documentation of the protocol.
 RESET = bytes.fromhex("A0 03 01 70 EC")
@@ -391,19 +395,6 @@ def test_framer_finds_a_frame_that_starts_inside_a_bad_one() -> None:
     assert framer.stats.bad_checksum == 1
 
 
-@given(st.binary(max_size=600), st.lists(st.integers(0, 600), max_size=6))
-def test_framer_never_raises(data: bytes, cuts: list[int]) -> None:
-    framer = r2000.R2000Framer()
-    found: list[r2000.Frame] = []
-    for piece in _split(data, cuts):
-        found += framer.feed(piece)
-    # Every byte is in a frame returned, skipped, or held back.
-    framed = sum(len(frame.data) + 5 for frame in found)
-    assert framed + framer.stats.bytes_skipped + framer.pending == len(data)
-    assert framer.stats.frames == len(found)
-    assert framer.pending <= 257
-
-
 @given(
     st.lists(
         st.one_of(st.binary(max_size=30), st.builds(r2000.encode_reply, replies, st.integers(0, 255))),
@@ -418,7 +409,7 @@ def test_feed_reads_agrees_with_feed_and_parse_reply(pieces: list[bytes], cuts: 
     general, fast = r2000.R2000Framer(), r2000.R2000Framer()
     frames: list[r2000.Frame] = []
     items: list[r2000.Frame | r2000.RawTag] = []
-    for piece in _split(data, cuts):
+    for piece in split(data, cuts):
         frames += general.feed(piece)
         items += fast.feed_reads(piece)
     assert general.stats == fast.stats
@@ -445,87 +436,46 @@ def test_feed_reads_on_the_reference_tag_frame() -> None:
     assert r2000.RSSI_DBM[0x37] == r2000.rssi_dbm(0x37)
 
 
-def _split(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({c for c in cuts if 0 < c < len(data)})
-    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+class TestR2000Framer(FramerSuite[r2000.Frame]):
+    """The framer contract (tests/protocols/framer_suite.py)."""
 
+    frames = frames
+    flush = bytes(257)  # Len <= 255: any false start near the end is resolved
+    max_pending = 257
 
-def _accidental_frames(stream: bytes, real: list[tuple[int, int]]) -> bool:
-    """True if a checksum-valid frame starts at a garbage position (it could hide a real frame)."""
-    inside: set[int] = set()
-    for start, end in real:
-        inside.update(range(start, end))
-    for pos, byte in enumerate(stream):
-        if byte != r2000.HEAD or pos in inside or pos + 1 >= len(stream):
-            continue
-        length = stream[pos + 1]
-        end = pos + length + 2
-        if length >= 3 and end <= len(stream) and sum(stream[pos:end]) & 0xFF == 0:
-            return True
-    return False
+    def framer(self) -> r2000.R2000Framer:
+        return r2000.R2000Framer()
 
+    def encode(self, frame: r2000.Frame) -> bytes:
+        return r2000.encode_frame(frame)
 
-@given(
-    st.lists(st.tuples(st.binary(max_size=30), frames), max_size=6),
-    st.binary(max_size=30),
-    st.lists(st.integers(0, 2000), max_size=8),
-)
-def test_framer_finds_every_frame_in_garbage(
-    pieces: list[tuple[bytes, r2000.Frame]], tail: bytes, cuts: list[int]
-) -> None:
-    stream = bytearray()
-    real: list[tuple[int, int]] = []
-    garbage = 0
-    for noise, frame in pieces:
-        stream += noise
-        garbage += len(noise)
-        raw = r2000.encode_frame(frame)
-        real.append((len(stream), len(stream) + len(raw)))
-        stream += raw
-    # The tail, then enough zeros that any false start near the end is resolved (Len <= 255).
-    padding = tail + bytes(257)
-    stream += padding
-    garbage += len(padding)
-    # A checksum-valid frame may occur in garbage by chance; then a real frame may be hidden in it.
-    assume(not _accidental_frames(bytes(stream), real))
-    framer = r2000.R2000Framer()
-    found: list[r2000.Frame] = []
-    for piece in _split(bytes(stream), cuts):
-        found += framer.feed(piece)
-    assert found == [frame for _, frame in pieces]
-    assert framer.stats.bytes_skipped == garbage
-    assert framer.pending == 0
+    def decode(self, raw: bytes) -> r2000.Frame:
+        return r2000.decode_frame(raw)
 
+    def accidental(self, stream: bytes, spans: list[tuple[int, int]]) -> bool:
+        """A checksum-valid frame starting at a garbage position (it could hide a real frame)."""
+        inside: set[int] = set()
+        for start, end in spans:
+            inside.update(range(start, end))
+        for pos, byte in enumerate(stream):
+            if byte != r2000.HEAD or pos in inside or pos + 1 >= len(stream):
+                continue
+            length = stream[pos + 1]
+            end = pos + length + 2
+            if length >= 3 and end <= len(stream) and sum(stream[pos:end]) & 0xFF == 0:
+                return True
+        return False
 
-@given(st.lists(frames, min_size=1, max_size=5), st.lists(st.integers(0, 1500), max_size=20))
-def test_framer_finds_frames_split_anywhere(items: list[r2000.Frame], cuts: list[int]) -> None:
-    stream = b"".join(r2000.encode_frame(frame) for frame in items)
-    framer = r2000.R2000Framer()
-    found: list[r2000.Frame] = []
-    for piece in _split(stream, cuts):
-        found += framer.feed(piece)
-    assert found == items
-    assert framer.stats.bytes_skipped == 0 and framer.pending == 0
+    def inert(self, garbage: bytes, frame: r2000.Frame) -> bytes:
+        return garbage.replace(bytes((r2000.HEAD,)), b"\x00")  # no 0xA0: no candidate
 
-
-@given(st.binary(max_size=200).filter(lambda b: r2000.HEAD not in b), frames)
-def test_bytes_skipped_equals_garbage_without_head(garbage: bytes, frame: r2000.Frame) -> None:
-    framer = r2000.R2000Framer()
-    assert framer.feed(garbage + r2000.encode_frame(frame)) == [frame]
-    assert framer.stats.bytes_skipped == len(garbage)
-
-
-@given(frames, frames, st.integers(1, 255))
-def test_bad_checksum_counted_and_following_frame_found(
-    first: r2000.Frame, second: r2000.Frame, flip: int
-) -> None:
-    bad = bytearray(r2000.encode_frame(first))
-    bad[-1] ^= flip
-    stream = bytes(bad) + r2000.encode_frame(second) + bytes(257)
-    assume(not _accidental_frames(stream, [(len(bad), len(bad) + len(second.data) + 5)]))
-    framer = r2000.R2000Framer()
-    assert framer.feed(stream) == [second]
-    assert framer.stats.bad_checksum >= 1
+    def damage(self, raw: bytes, data: st.DataObject) -> tuple[bytes, tuple[str, ...]]:
+        # Any byte but the head (without it there is no candidate to reject): Len, impossible or pointing
+        # elsewhere; any other byte, and the checksum fails.
+        bad = bytearray(raw)
+        position = data.draw(st.integers(1, len(raw) - 1), label="position")
+        bad[position] ^= data.draw(st.integers(1, 255), label="flip")
+        return bytes(bad), ("bad_checksum",) if position > 1 else ("bad_length", "bad_checksum")
 
 
 # -- a false start whose checksum matches by chance --------------------------------------------------------
@@ -553,14 +503,14 @@ def test_a_false_start_that_passes_the_checksum_does_not_swallow_real_frames() -
 @given(
     inner=st.lists(frames, min_size=1, max_size=4),
     lead=st.binary(max_size=6).filter(lambda b: r2000.HEAD not in b),
-    split=st.integers(0, 400),
+    cut=st.integers(0, 400),
 )
 def test_real_frames_inside_a_lucky_false_start_are_all_found(
-    inner: list[r2000.Frame], lead: bytes, split: int
+    inner: list[r2000.Frame], lead: bytes, cut: int
 ) -> None:
     encoded = b"".join(r2000.encode_frame(f) for f in inner)
     assume(len(lead) + len(encoded) + 1 <= 0xFF)
     stream = false_start_over(encoded, lead)
     framer = r2000.R2000Framer()
-    got = framer.feed(stream[:split]) + framer.feed(stream[split:])
+    got = framer.feed(stream[:cut]) + framer.feed(stream[cut:])
     assert got[: len(inner)] == inner
