@@ -1,5 +1,5 @@
 """The modbus driver against the simulated meters (pymodbus's real server), over real TCP sockets and a real
-pseudo-terminal, run by the real supervisor into the real event queue. Several devices share one bus, as
+pseudo-terminal, run as the gateway runs it (drivers.testing). Several devices share one bus, as
 meters share an RS-485 line or a converter."""
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ from pymodbus.pdu import DecodePDU, ExceptionResponse, ModbusPDU
 from pymodbus.pdu.bit_message import ReadCoilsResponse
 from pymodbus.pdu.register_message import ReadHoldingRegistersResponse
 
-from drivers import bus
+from drivers import bus, testing
 from drivers.counters import BYTES_SKIPPED, DECODE_ERRORS, FRAMES_REJECTED
 from drivers.errors import ConnectionLost, DeviceUnavailable
 from drivers.event import Event
-from drivers.kinds import METER_READING
+from drivers.kinds import DEVICE_STATUS, METER_READING
 from drivers.modbus import BadReply, ExceptionReply, ModbusDriver, ModbusLink, ModbusOptions, open_link
+from drivers.testing import Harness
 from firmware_sim.modbus import Faults, ModbusSimulator, serve_pty, serve_tcp
 from firmware_sim.pty import PtyEndpoint
 from gateway.backoff import Backoff
@@ -29,7 +30,6 @@ from gateway.config import ConfigError, load_config
 from gateway.pipeline import EventQueue
 from gateway.supervisor import DeviceRunner
 from protocols.modbus import Table
-from tests.drivers import harness
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -103,22 +103,19 @@ def pin_all(sim: ModbusSimulator) -> None:
                     sim.pin(unit, name, value)
 
 
-class Site(harness.Collected):
-    async def until(self, what: str, predicate: Callable[[], bool], timeout: float | None = None) -> None:
-        await self.drain_until(what, predicate, timeout)
-
+class Site(Harness):
     def readings(self, device: str) -> list[dict[str, Any]]:
         return [dict(e.data["values"]) for e in self.reading_events(device)]
 
     def reading_events(self, device: str) -> list[Event]:
-        return self.of("meter.reading", device)
+        return self.of(METER_READING, device)
 
-    def statuses(self, device: str | None = None) -> list[tuple[str, str]]:
-        return [(e.device, e.data["state"]) for e in self.of("device.status", device)]
+    def device_states(self, device: str | None = None) -> list[tuple[str, str]]:
+        return [(e.device, e.data["state"]) for e in self.of(DEVICE_STATUS, device)]
 
 
 @contextlib.asynccontextmanager
-async def site(devices: dict[str, dict[str, Any]], backoff: Backoff | None = None) -> AsyncIterator[Site]:
+async def site(devices: dict[str, dict[str, Any]]) -> AsyncIterator[Site]:
     makers: dict[str, Callable[[], ModbusDriver]] = {}
     for name, options in devices.items():
         opts = ModbusOptions.model_validate(options)
@@ -127,8 +124,8 @@ async def site(devices: dict[str, dict[str, Any]], backoff: Backoff | None = Non
             return ModbusDriver(name, opts)
 
         makers[name] = make
-    async with harness.running(Site, makers, backoff=backoff) as running:
-        yield running
+    async with testing.running(makers, Site) as run:
+        yield run
     assert bus.buses() == {}  # every bus closed by the last device to leave
 
 
@@ -173,7 +170,7 @@ async def test_three_instruments_share_one_tcp_connection() -> None:
     for unit in PROFILES:
         for reading in running.readings(f"unit{unit}"):
             assert reading == PINNED[unit]
-        assert (f"unit{unit}", "connected") in running.statuses()
+        assert (f"unit{unit}", "connected") in running.device_states()
     units = running.reading_events("unit1")[0].data["units"]
     assert units == {"voltage_a": "V", "current_a": "A", "energy_import": "kWh"}
 
@@ -276,7 +273,7 @@ async def test_corrupt_rtu_replies_are_counted_and_never_decoded(tmp_path: Path)
     # Never a wrong value: a read whose attempts were all corrupt is missing from its poll, not made up.
     assert all(value == PINNED[1][name] for r in running.readings("m") for name, value in r.items())
     assert running.readings("m")[-1] == PINNED[1]
-    assert [state for _, state in running.statuses()] == ["connected"]
+    assert [state for _, state in running.device_states()] == ["connected"]
 
 
 async def test_corrupt_tcp_replies_are_counted_and_never_decoded() -> None:
@@ -405,14 +402,14 @@ async def test_one_dead_meter_of_ten_on_a_line_costs_the_others_at_most_its_time
         async with site(devices) as running:
             await running.until(
                 "50 polls of every healthy meter",
-                lambda: all(running.runners[d].counters["polls"] >= 50 for d in healthy),
+                lambda: all(running.devices[d].counters["polls"] >= 50 for d in healthy),
                 timeout=40,
             )
             dead_attempts = sim.stats.unanswered[10]
-            polls = {d: running.runners[d].counters["polls"] for d in healthy}
-            missed = {d: running.runners[d].counters["polls_missed"] for d in healthy}
+            polls = {d: running.devices[d].counters["polls"] for d in healthy}
+            missed = {d: running.devices[d].counters["polls_missed"] for d in healthy}
     assert dead_attempts >= 1
-    assert running.statuses("m10") and ("m10", "connected") not in running.statuses("m10")
+    assert running.device_states("m10") and ("m10", "connected") not in running.device_states("m10")
     for d in healthy:
         share = polls[d] / (polls[d] + missed[d])
         assert share >= 0.95, (d, polls[d], missed[d], dead_attempts)
@@ -435,7 +432,7 @@ async def test_a_dead_unit_behind_a_shared_tcp_connection_never_drops_it() -> No
                 lambda: sim.stats.unanswered[2] >= 12 and len(running.readings("m1")) >= 12,
             )
     assert sim.stats.connections == 1
-    assert [s for _, s in running.statuses("m1")] == ["connected"]
+    assert [s for _, s in running.device_states("m1")] == ["connected"]
     assert all(r == PINNED[1] for r in running.readings("m1"))
 
 
@@ -499,8 +496,8 @@ async def test_nothing_to_report_means_no_event_until_the_max_interval() -> None
         sim.pin(1, "voltage_a", 230.0)
         sim.pin(1, "frequency", 50.0)
         async with site({"m": tcp(sim, 1, points=points)}) as running:
-            await running.until("30 polls", lambda: running.runners["m"].counters["polls"] >= 30)
-            polls = running.runners["m"].counters["polls"]
+            await running.until("30 polls", lambda: running.devices["m"].counters["polls"] >= 30)
+            polls = running.devices["m"].counters["polls"]
     readings = running.readings("m")
     assert readings[0] == {"voltage_a": 230.0, "frequency": 50.0}
     assert all(r == {"voltage_a": 230.0} for r in readings[1:])  # only the forced reports
@@ -534,14 +531,14 @@ async def test_a_dropped_connection_fails_every_device_on_it_and_they_come_back(
             await sim.disconnect()
             await running.until(
                 "both reconnected",
-                lambda: all(running.statuses(d).count((d, "connected")) == 2 for d in devices),
+                lambda: all(running.device_states(d).count((d, "connected")) == 2 for d in devices),
             )
             n = {d: len(running.readings(d)) for d in devices}
             await running.until(
                 "readings again", lambda: all(len(running.readings(d)) > n[d] for d in devices)
             )
     for d in devices:
-        assert [s for _, s in running.statuses(d)] == ["connected", "disconnected", "connected"]
+        assert [s for _, s in running.device_states(d)] == ["connected", "disconnected", "connected"]
         assert running.counters(d).get("timeouts", 0) == 0  # the link failed, not the meters
     reasons = [e.data["reason"] for e in running.events if e.data.get("state") == "disconnected"]
     assert all("connection lost" in r for r in reasons), reasons
@@ -604,10 +601,10 @@ async def test_an_unplugged_line_fails_its_devices_until_it_is_back(tmp_path: Pa
             await sim.disconnect(downtime=0.2)
             await running.until(
                 "both reconnected",
-                lambda: all(running.statuses(d).count((d, "connected")) == 2 for d in devices),
+                lambda: all(running.device_states(d).count((d, "connected")) == 2 for d in devices),
             )
     for d in devices:
-        assert "disconnected" in [s for _, s in running.statuses(d)]
+        assert "disconnected" in [s for _, s in running.device_states(d)]
 
 
 async def test_a_silent_device_is_reported_disconnected_after_lost_after_polls() -> None:
@@ -617,21 +614,23 @@ async def test_a_silent_device_is_reported_disconnected_after_lost_after_polls()
         async with site({"m": options}) as running:
             await running.until("readings", enough(running, ["m"], 2))
             sim.kill(1)
-            await running.until("disconnected", lambda: ("m", "disconnected") in running.statuses())
+            await running.until("disconnected", lambda: ("m", "disconnected") in running.device_states())
             sim.kill(1, dead=False)
-            await running.until("connected again", lambda: running.statuses().count(("m", "connected")) == 2)
+            await running.until(
+                "connected again", lambda: running.device_states().count(("m", "connected")) == 2
+            )
     counters = running.counters("m")
     assert counters["timeouts"] >= 2
     disconnected = [
-        e.data for e in running.events if e.kind == "device.status" and e.data["state"] == "disconnected"
+        e.data for e in running.events if e.kind == DEVICE_STATUS and e.data["state"] == "disconnected"
     ]
     assert "unit 1 silent for 2 polls" in disconnected[0]["reason"]
 
 
 async def test_a_port_that_does_not_exist_is_unavailable(tmp_path: Path) -> None:
     async with site({"m": rtu(tmp_path / "nothing", 1)}) as running:
-        await running.until("disconnected", lambda: ("m", "disconnected") in running.statuses())
-    reason = next(e.data["reason"] for e in running.events if e.kind == "device.status")
+        await running.until("disconnected", lambda: ("m", "disconnected") in running.device_states())
+    reason = next(e.data["reason"] for e in running.events if e.kind == DEVICE_STATUS)
     assert "nothing" in reason and "cannot open" in reason
 
 
