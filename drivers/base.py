@@ -59,13 +59,6 @@ class DeviceContext(Protocol):
         """A logger named for this device."""
         ...
 
-    @property
-    def processed(self) -> bool:
-        """True when a processor (tag smoothing, ...) reads this device's events as mappings before they
-        are stored. A hot-path driver then emits plain dicts: pre-encoded JSON
-        (:class:`~drivers.event.EncodedData`) would only be decoded again, at ten times the cost."""
-        ...
-
     def emit(self, kind: str, data: Mapping[str, Any], ts: float | None = None) -> None:
         """Hand an event to the pipeline. Never blocks: when the pipeline's bounded queue is full the event
         is dropped and counted (a serial reader must keep reading, or the port overruns at the source).
@@ -75,7 +68,8 @@ class DeviceContext(Protocol):
     def emit_many(self, kind: str, items: Sequence[Mapping[str, Any]], ts: float | None = None) -> None:
         """One event of ``kind`` and time ``ts`` per mapping of ``items``, in order: exactly what calling
         :meth:`emit` for each would do, at a fraction of the cost per event (for a driver that decodes
-        thousands of reads from one chunk of input)."""
+        thousands of reads from one chunk of input; its items are best :class:`~drivers.event.Record`
+        instances, which build their dict or their JSON only when asked)."""
         ...
 
     def connected(self, detail: str = "") -> None:

@@ -19,9 +19,8 @@ Corrupt frames are counted and skipped by the framer; a reader silent for ``read
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable, Mapping
-from typing import Annotated, ClassVar, Final, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal
 
 from pydantic import Field, model_validator
 
@@ -31,7 +30,7 @@ from protocols.errors import DecodeError
 from .base import DeviceContext
 from .counters import DECODE_ERRORS
 from .errors import ProtocolFailure
-from .event import EncodedData
+from .event import Record, encode
 from .kinds import RFID_READ
 from .link import LinkOptions, SerialOrTcpOptions
 from .rfid import UriCache
@@ -113,8 +112,7 @@ class _Session(StreamSession[_Item, R2000Options]):
         super().__init__(link, options, ctx, self._framer, silence_s=options.read_timeout_s)
         # Antennas a tag frame may plausibly come from: in realtime mode only the selected work antenna.
         self._expected_antennas = frozenset(options.antennas)
-        self._names_json = {antenna: _json(name) for antenna, name in options.antennas.items()}
-        self._uris = UriCache()
+        self._shape = _Shape(options.antennas, UriCache())
 
     def feed(self, data: bytes) -> list[_Item]:
         return self._framer.feed_reads(data)
@@ -176,15 +174,11 @@ class _Session(StreamSession[_Item, R2000Options]):
         count = ctx.count
         emit_many = ctx.emit_many
         reads: list[Mapping[str, object]] = []
-        processed = ctx.processed
-        names = self.options.antennas
         receive = self.receive
-        names_json = self._names_json
-        uris = self._uris
+        shape = self._shape
         address = self.options.address
         broadcast = r2000.BROADCAST
         frequencies = r2000.FREQUENCY_MHZ
-        rssi_dbm = r2000.RSSI_DBM
         backlog = self.backlog
         now = self.received_at
         try:
@@ -199,43 +193,15 @@ class _Session(StreamSession[_Item, R2000Options]):
                         # Frames after the awaited reply stay in the backlog for the next exchange.
                         item = backlog.popleft()
                         if type(item) is tuple:  # a tag frame, the hot path (see R2000Framer.feed_reads)
-                            frame_address, _, antenna, frequency, pc, epc, rssi = item
+                            frame_address, _, antenna, frequency, _, _, _ = item
                             mhz = frequencies[frequency]
                             if frame_address not in (address, broadcast):
                                 count(FOREIGN_FRAMES, 1)
                             elif antenna not in expected or mhz is None:
                                 # The 8-bit checksum passes 1 in 256 damaged frames; these cannot be real.
                                 count(IMPLAUSIBLE_FRAMES, 1)
-                            elif processed:  # a processor reads each one: a dict, not JSON to decode
-                                data: dict[str, object] = {
-                                    "epc": epc.hex().upper(),
-                                    "pc": f"{pc:04X}",
-                                    "antenna": antenna,
-                                    "antenna_name": names.get(antenna),
-                                    "rssi_dbm": rssi_dbm[rssi],
-                                    "frequency_mhz": mhz,
-                                    "reader_address": frame_address,
-                                }
-                                uri = uris.get(epc)
-                                if uri:
-                                    data["epc_uri"] = uri
-                                reads.append(data)
                             else:
-                                text = _READ_JSON % (
-                                    epc.hex().upper(),
-                                    pc,
-                                    antenna,
-                                    names_json.get(antenna, "null"),
-                                    rssi_dbm[rssi],
-                                    _FREQUENCY_JSON[frequency],
-                                    frame_address,
-                                )
-                                uri = uris.get(epc)
-                                if uri:
-                                    # Pure-identity URIs of the 96-bit schemes are digits, dots, colons and
-                                    # letters: nothing JSON escapes.
-                                    text = f'{text[:-1]},"epc_uri":"{uri}"}}'
-                                reads.append(EncodedData(text.encode()))
+                                reads.append(_Read(item, shape))
                             continue
                         assert isinstance(item, r2000.Frame)
                         if item.address not in (address, broadcast):
@@ -276,14 +242,75 @@ class _Session(StreamSession[_Item, R2000Options]):
                 emit_many(RFID_READ, reads, now)
 
 
-_json: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
-# An rfid.read's data as the buffer's encoder writes it (compact, no ASCII escaping; float repr), filled
-# in on the hot path instead of encoding a dict per read. Tested against json.dumps of the same mapping.
+class _Shape:
+    """What a session's reads share: the antenna names (and their JSON) and the EPC URI cache."""
+
+    __slots__ = ("names", "names_json", "uris")
+
+    def __init__(self, names: Mapping[int, str], uris: UriCache) -> None:
+        self.names = names
+        self.names_json = {antenna: encode(name) for antenna, name in names.items()}
+        self.uris = uris
+
+
+class _Read(Record):
+    """An ``rfid.read`` as the framer decoded it (:data:`r2000.RawTag`): its mapping or its JSON is built
+    when first asked for (a processor reads the one, the buffer stores the other)."""
+
+    __slots__ = ("_shape", "_tag")
+
+    def __init__(self, tag: r2000.RawTag, shape: _Shape) -> None:
+        self._encoded = None
+        self._decoded = None
+        self._tag = tag
+        self._shape = shape
+
+    def _build(self) -> dict[str, Any]:
+        address, _, antenna, frequency, pc, epc, rssi = self._tag
+        shape = self._shape
+        data: dict[str, Any] = {
+            "epc": epc.hex().upper(),
+            "pc": f"{pc:04X}",
+            "antenna": antenna,
+            "antenna_name": shape.names.get(antenna),
+            "rssi_dbm": _RSSI_DBM[rssi],
+            "frequency_mhz": _FREQUENCY_MHZ[frequency],
+            "reader_address": address,
+        }
+        uri = shape.uris.get(epc)
+        if uri:
+            data["epc_uri"] = uri
+        return data
+
+    def _encode(self) -> bytes:
+        address, _, antenna, frequency, pc, epc, rssi = self._tag
+        shape = self._shape
+        text = _READ_JSON % (
+            epc.hex().upper(),
+            pc,
+            antenna,
+            shape.names_json.get(antenna, "null"),
+            _RSSI_DBM[rssi],
+            _FREQUENCY_JSON[frequency],
+            address,
+        )
+        uri = shape.uris.get(epc)
+        if uri:
+            # Pure-identity URIs of the 96-bit schemes are digits, dots, colons and letters: nothing JSON
+            # escapes.
+            text = f'{text[:-1]},"epc_uri":"{uri}"}}'
+        return text.encode()
+
+
+# An rfid.read's data as drivers.event.encode writes it (compact, no ASCII escaping; float repr), filled in
+# instead of encoding a dict per read. Tested against encode_data of the same mapping.
 _READ_JSON: Final = (
     '{"epc":"%s","pc":"%04X","antenna":%d,"antenna_name":%s,"rssi_dbm":%d,"frequency_mhz":%s,'
     '"reader_address":%d}'
 )
-_FREQUENCY_JSON: Final = tuple("null" if mhz is None else _json(mhz) for mhz in r2000.FREQUENCY_MHZ)
+_RSSI_DBM: Final = r2000.RSSI_DBM
+_FREQUENCY_MHZ: Final = r2000.FREQUENCY_MHZ
+_FREQUENCY_JSON: Final = tuple("null" if mhz is None else encode(mhz) for mhz in r2000.FREQUENCY_MHZ)
 
 
 def _is_round_end(reply: r2000.Reply) -> bool:

@@ -38,10 +38,9 @@ Example (pytest with pytest-asyncio; any asyncio test runner will do)::
 
 What the harness does not do, the gateway does: it keeps no bounded queue (every event is recorded; a
 driver's :meth:`~drivers.base.DeviceContext.room` returns at once unless the test holds the pipeline
-congested with :meth:`Harness.congestion`), runs no processors (a device can be marked ``processed`` so its
-driver emits as it would for one), stores nothing. Recording stops when :func:`running` exits, before the
-devices are cancelled: what a test asserts on is what happened while it watched (the ``stopped`` status of
-the shutdown is not recorded).
+congested with :meth:`Harness.congestion`), runs no processors, stores nothing. Recording stops when
+:func:`running` exits, before the devices are cancelled: what a test asserts on is what happened while it
+watched (the ``stopped`` status of the shutdown is not recorded).
 
 This module imports neither the runtime nor a test framework, only :mod:`drivers`.
 """
@@ -54,7 +53,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeVar, overload
@@ -127,7 +126,6 @@ class DeviceUnderTest:
         record: Callable[[Event], None],
         *,
         backoff: Backoff | None = None,
-        processed: bool = False,
         room: Callable[[], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -138,7 +136,6 @@ class DeviceUnderTest:
         self._make_driver = make_driver
         self._record = record
         self._backoff = backoff or Jittered()
-        self._processed = processed
         self._room = room
         self._clock = clock
         self._log = logging.getLogger(f"edgegw.device.{name}")
@@ -160,10 +157,6 @@ class DeviceUnderTest:
     @property
     def log(self) -> logging.Logger:
         return self._log
-
-    @property
-    def processed(self) -> bool:
-        return self._processed
 
     def emit(self, kind: str, data: Mapping[str, Any], ts: float | None = None) -> None:
         self._record(Event(self._name, kind, self._clock() if ts is None else ts, data))
@@ -346,7 +339,6 @@ def running(
     devices: Mapping[str, Callable[[], Driver[Any]]],
     *,
     backoff: Backoff | None = None,
-    processed: Collection[str] = (),
     timeout: float = DEFAULT_TIMEOUT_S,
 ) -> AbstractAsyncContextManager[Harness]: ...
 
@@ -357,7 +349,6 @@ def running(
     harness: type[H],
     *,
     backoff: Backoff | None = None,
-    processed: Collection[str] = (),
     timeout: float = DEFAULT_TIMEOUT_S,
 ) -> AbstractAsyncContextManager[H]: ...
 
@@ -367,16 +358,14 @@ def running(
     harness: type[Harness] = Harness,
     *,
     backoff: Backoff | None = None,
-    processed: Collection[str] = (),
     timeout: float = DEFAULT_TIMEOUT_S,
 ) -> AbstractAsyncContextManager[Harness]:
     """``devices`` (name: a factory of its driver, called for each attempt) running, each as its own task;
     on exit recording stops, every device is cancelled and awaited, so nothing outlives the block.
 
     ``harness``: the :class:`Harness` (sub)class to record into, built with ``timeout``, the default
-    deadline of its waits; ``backoff``: every device's (default :class:`Jittered`); ``processed``: the
-    devices whose events a processor would read (their context says ``processed``)."""
-    return _running(devices, harness(timeout), backoff, processed)
+    deadline of its waits; ``backoff``: every device's (default :class:`Jittered`)."""
+    return _running(devices, harness(timeout), backoff)
 
 
 @contextlib.asynccontextmanager
@@ -384,12 +373,9 @@ async def _running(
     devices: Mapping[str, Callable[[], Driver[Any]]],
     record: Harness,
     backoff: Backoff | None,
-    processed: Collection[str],
 ) -> AsyncIterator[Harness]:
     for name, make in devices.items():
-        device = DeviceUnderTest(
-            name, make, record.record, backoff=backoff, processed=name in processed, room=record.room
-        )
+        device = DeviceUnderTest(name, make, record.record, backoff=backoff, room=record.room)
         device.changed = record.changed
         record.devices[name] = device
     tasks = [

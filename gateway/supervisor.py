@@ -70,10 +70,6 @@ class DeviceRunner:
     def log(self) -> logging.Logger:
         return self._log
 
-    @property
-    def processed(self) -> bool:
-        return self.processor is not None
-
     def emit(self, kind: str, data: Mapping[str, Any], ts: float | None = None) -> None:
         event = Event(self._name, kind, self._clock() if ts is None else ts, data)
         if self.processor is None:

@@ -24,9 +24,7 @@ import asyncio
 import contextlib
 import fcntl
 import itertools
-import json
 import logging
-import math
 import os
 import pwd
 import queue
@@ -40,7 +38,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final, NamedTuple, Self, TypeVar
 
-from drivers.event import EncodedData, Event
+from drivers.event import RECORD_TYPES, Event, Record, encode_data
+from drivers.event import encode as _encode_strict
 from gateway.delivery.schema import (
     ADD_TO_META,
     APPLICATION_ID,
@@ -219,37 +218,6 @@ _DROPPING: Final = {
     WhenFull.REJECT_NEW: "dropping new (reject_new)",
 }
 
-_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-_encode_strict: Final = _ENCODER.encode
-
-
-def _sanitise(value: object) -> object:
-    """``value`` with what JSON cannot carry replaced: NaN and infinities by null, other non-JSON values
-    by their string form."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _sanitise(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_sanitise(v) for v in value]
-    if value is None or isinstance(value, str | int | bool):
-        return value
-    return str(value)
-
-
-def encode_data(data: object) -> tuple[bytes, bool]:
-    """An event's data as compact, strictly valid JSON (UTF-8), and whether it had to be sanitised. Never
-    raises: a driver emitting a NaN or a non-JSON value must not stop the pipeline nor lose the event."""
-    try:
-        return _encode_strict(data).encode(), False
-    except (ValueError, TypeError, RecursionError):
-        pass
-    try:
-        return _encode_strict(_sanitise(data)).encode(), True
-    except (ValueError, TypeError, RecursionError):  # a circular structure
-        return _encode_strict({"unencodable": repr(data)[:4096]}).encode(), True
-
-
 _INSERT_HEAD: Final = "INSERT INTO events (device, kind, ts, data, size) VALUES "
 _INSERT_CHUNKS: Final = (128, 32, 8, 2, 1)
 """Rows per INSERT statement, largest first. The sqlite3 module releases the GIL around each statement
@@ -343,9 +311,9 @@ class SqliteBuffer(Buffer):
     ``call_soon_threadsafe``, one callback per transaction. Reads run on the loop itself, on a second
     connection: WAL lets it read while the writer syncs, so a read never waits behind an fsync, and a
     read of 1,000 rows takes milliseconds (a reader thread was tried: it queued for the GIL behind the
-    loop once per row). Also on the loop: the JSON encoding in ``append`` (once per event, unless the
-    driver brought it as :class:`~drivers.event.EncodedData`; it lets a bad event fail its caller before
-    anything is queued) and the bookkeeping of acks.
+    loop once per row). Also on the loop: the JSON encoding in ``append`` (once per event; a driver's
+    :class:`~drivers.event.Record` encodes itself; it lets a bad event fail its caller before anything is
+    queued) and the bookkeeping of acks.
 
     **Acks.** ``ack`` marks the seqs deleted at once (``read`` filters them out) and queues the deletion;
     it is committed with the next append, or on its own after ``ack_delay`` seconds (default 10 ms) when no
@@ -769,18 +737,21 @@ class SqliteBuffer(Buffer):
         if not events:
             return []
         encode = _encode_strict
+        records = RECORD_TYPES
         rows: list[_Row] = []
         total = 0
         for ev in events:
             payload = ev.data
-            if type(payload) is EncodedData:  # a hot-path driver encoded it already
-                data = payload.json
-            else:
-                try:
-                    data = encode(payload).encode()
-                except (ValueError, TypeError, RecursionError):
-                    data = encode_data(payload)[0]
-                    self.sanitised += 1
+            try:
+                # A driver's Record encodes itself (faster than encoding a dict); the test is by exact type.
+                data = (
+                    payload.json  # type: ignore[attr-defined]  # a Record, by RECORD_TYPES
+                    if type(payload) in records
+                    else encode(payload).encode()
+                )
+            except (ValueError, TypeError, RecursionError):
+                data = encode_data(payload.to_dict() if isinstance(payload, Record) else payload)[0]
+                self.sanitised += 1
             device, kind = ev.device, ev.kind
             size = len(data) + ROW_OVERHEAD + len(device.encode()) + len(kind.encode())
             rows.append((device, kind, float(ev.ts), data, size))

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from drivers.event import EncodedData, Event
+from drivers.event import EncodedData, Event, Record
 from gateway.delivery.buffer import (
     Buffer,
     BufferOpenError,
@@ -505,6 +505,32 @@ async def test_encoded_data_is_stored_as_its_own_bytes_and_never_decoded(buf: Sq
     rows = await buf.read(0, 10)
     assert [r.data_json for r in rows] == [raw, b'{"a":1}']
     assert data._decoded is None  # the hot path never paid for a dict
+
+
+class _Values(Record):
+    """A driver's record that leaves its JSON to the default encoding."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: dict[str, object]) -> None:
+        super().__init__()
+        self._values = values
+
+    def _build(self) -> dict[str, object]:
+        return dict(self._values)
+
+
+async def test_a_record_is_stored_as_its_json_sanitised_like_a_dict_when_it_cannot_be(
+    buf: SqliteBuffer,
+) -> None:
+    fine, odd = _Values({"name": '車線 "3"', "f": 916.0}), _Values({"v": float("nan"), "ok": 1.5})
+    await buf.append([Event("reader-1", "rfid.read", 1.0, fine), Event("reader-1", "rfid.read", 2.0, odd)])
+    rows = await buf.read(0, 10)
+    assert [r.data_json for r in rows] == [
+        '{"name":"車線 \\"3\\"","f":916.0}'.encode(),
+        b'{"v":null,"ok":1.5}',
+    ]
+    assert buf.sanitised == 1
 
 
 # ---- storage faults particular to SQLite ----------------------------------------------------------------
