@@ -99,8 +99,6 @@ class _Counter:
     def __init__(self) -> None:
         self.emitted = 0
 
-    processed = False
-
     def emit(self, kind: str, data: Mapping[str, Any], ts: float | None = None) -> None:
         self.emitted += 1
 
