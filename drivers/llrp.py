@@ -39,7 +39,6 @@ import asyncio
 import contextlib
 import os
 import ssl
-from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Final, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -50,10 +49,10 @@ from protocols.errors import DecodeError
 from .base import DeviceContext, DriverOptions
 from .counters import DECODE_ERRORS
 from .errors import ConfigurationError, ConnectionLost, DeviceTimeout, DeviceUnavailable, ProtocolFailure
-from .event import Record, encode
+from .event import Record
 from .kinds import DEVICE_STATUS, RFID_READ
 from .link import LinkOptions, TlsOptions
-from .rfid import UriCache
+from .rfid import ReadShape, UriCache
 from .session import StreamDriver, StreamSession
 from .transport import ByteLink
 
@@ -257,7 +256,7 @@ class _Session(StreamSession[llrp.Frame, LlrpOptions]):
         self.next_id = 1
         self.last_keepalive = self.loop.time()
         self.uris = UriCache()
-        self._shape = _Shape(options.antennas, self.uris)
+        self._shape = ReadShape(options.antennas, self.uris)
 
     # ---------------------------------------------------------------- the sequence
 
@@ -513,24 +512,13 @@ class _Session(StreamSession[llrp.Frame, LlrpOptions]):
                 ctx.count(READER_EVENTS, 1)
 
 
-class _Shape:
-    """What a session's reads share: the antenna names (and their JSON) and the EPC URI cache."""
-
-    __slots__ = ("names", "names_json", "uris")
-
-    def __init__(self, names: Mapping[int, str], uris: UriCache) -> None:
-        self.names = names
-        self.names_json = {antenna: encode(name) for antenna, name in names.items()}
-        self.uris = uris
-
-
 class _Read(Record):
     """An ``rfid.read`` as the codec decoded it (:class:`llrp.TagReport`): its mapping or its JSON is built
     when first asked for (a processor reads the one, the buffer stores the other)."""
 
     __slots__ = ("_shape", "_tag")
 
-    def __init__(self, tag: llrp.TagReport, shape: _Shape) -> None:
+    def __init__(self, tag: llrp.TagReport, shape: ReadShape) -> None:
         self._encoded = None
         self._decoded = None
         self._tag = tag

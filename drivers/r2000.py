@@ -33,7 +33,7 @@ from .errors import ProtocolFailure
 from .event import Record, encode
 from .kinds import RFID_READ
 from .link import LinkOptions, SerialOrTcpOptions
-from .rfid import UriCache
+from .rfid import ReadShape, UriCache
 from .session import StreamDriver, StreamSession
 from .transport import ByteLink
 
@@ -112,7 +112,7 @@ class _Session(StreamSession[_Item, R2000Options]):
         super().__init__(link, options, ctx, self._framer, silence_s=options.read_timeout_s)
         # Antennas a tag frame may plausibly come from: in realtime mode only the selected work antenna.
         self._expected_antennas = frozenset(options.antennas)
-        self._shape = _Shape(options.antennas, UriCache())
+        self._shape = ReadShape(options.antennas, UriCache())
 
     def feed(self, data: bytes) -> list[_Item]:
         return self._framer.feed_reads(data)
@@ -242,24 +242,13 @@ class _Session(StreamSession[_Item, R2000Options]):
                 emit_many(RFID_READ, reads, now)
 
 
-class _Shape:
-    """What a session's reads share: the antenna names (and their JSON) and the EPC URI cache."""
-
-    __slots__ = ("names", "names_json", "uris")
-
-    def __init__(self, names: Mapping[int, str], uris: UriCache) -> None:
-        self.names = names
-        self.names_json = {antenna: encode(name) for antenna, name in names.items()}
-        self.uris = uris
-
-
 class _Read(Record):
     """An ``rfid.read`` as the framer decoded it (:data:`r2000.RawTag`): its mapping or its JSON is built
     when first asked for (a processor reads the one, the buffer stores the other)."""
 
     __slots__ = ("_shape", "_tag")
 
-    def __init__(self, tag: r2000.RawTag, shape: _Shape) -> None:
+    def __init__(self, tag: r2000.RawTag, shape: ReadShape) -> None:
         self._encoded = None
         self._decoded = None
         self._tag = tag

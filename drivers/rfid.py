@@ -1,12 +1,16 @@
-"""What every RFID driver shares: the EPC Tag Data Standard URI of the tags it reads."""
+"""What every RFID driver shares: the EPC Tag Data Standard URI of the tags it reads, and what a session's
+``rfid.read`` records have in common."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Final
 
 from protocols.epc import epc_uri
 
-__all__ = ["UriCache"]
+from .event import encode
+
+__all__ = ["ReadShape", "UriCache"]
 
 CAPACITY: Final = 8192
 
@@ -34,3 +38,15 @@ class UriCache:
                 self._uris.clear()
             uri = self._uris[epc] = epc_uri(epc) or ""
         return uri
+
+
+class ReadShape:
+    """What a session's reads share: the antenna names (and their JSON, encoded once) and the EPC URI cache.
+    The R2000 and LLRP drivers' ``rfid.read`` records build their mapping or JSON from it."""
+
+    __slots__ = ("names", "names_json", "uris")
+
+    def __init__(self, names: Mapping[int, str], uris: UriCache) -> None:
+        self.names = names
+        self.names_json = {antenna: encode(name) for antenna, name in names.items()}
+        self.uris = uris

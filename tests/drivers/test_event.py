@@ -13,10 +13,8 @@ from hypothesis import strategies as st
 
 from drivers.event import EncodedData, Record, encode, encode_data
 from drivers.llrp import _Read as LlrpRead
-from drivers.llrp import _Shape as LlrpShape
 from drivers.r2000 import _Read as R2000Read
-from drivers.r2000 import _Shape as R2000Shape
-from drivers.rfid import UriCache
+from drivers.rfid import ReadShape, UriCache
 from protocols import r2000
 from protocols.epc import epc_uri
 from protocols.llrp.tags import TagReport
@@ -145,8 +143,8 @@ EPCS = st.binary(min_size=0, max_size=62) | st.sampled_from([bytes.fromhex("3008
     ),
 )
 def test_an_r2000_read_encodes_as_the_buffer_would(names: dict[int, str], tag: r2000.RawTag) -> None:
-    read = R2000Read(tag, R2000Shape(names, UriCache()))
-    as_json = R2000Read(tag, R2000Shape(names, UriCache()))
+    read = R2000Read(tag, ReadShape(names, UriCache()))
+    as_json = R2000Read(tag, ReadShape(names, UriCache()))
     mapping = dict(read)
     assert as_json.json == encode_data(mapping)[0]
     assert json.loads(as_json.json) == mapping
@@ -164,8 +162,8 @@ OPTIONAL_INTS = st.none() | st.integers(-(2**31), 2**32)
 def test_an_llrp_read_encodes_as_the_buffer_would(names: dict[int, str], fields: tuple[Any, ...]) -> None:
     epc, antenna, rssi, channel, seen, pc = fields
     tag = TagReport(epc, antenna=antenna, peak_rssi=rssi, channel_index=channel, seen_count=seen, pc=pc)
-    read = LlrpRead(tag, LlrpShape(names, UriCache()))
-    as_json = LlrpRead(tag, LlrpShape(names, UriCache()))
+    read = LlrpRead(tag, ReadShape(names, UriCache()))
+    as_json = LlrpRead(tag, ReadShape(names, UriCache()))
     mapping = dict(read)
     assert as_json.json == encode_data(mapping)[0]
     assert json.loads(as_json.json) == mapping
