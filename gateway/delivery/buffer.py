@@ -341,8 +341,12 @@ class SqliteBuffer(Buffer):
     **Seqs** are the table's ``INTEGER PRIMARY KEY AUTOINCREMENT``: assigned consecutively by the one
     writer, never reused after deletes or restarts (``last_seq`` comes from ``sqlite_sequence`` at open).
 
-    **Errors**: :class:`BufferOpenError` when the file cannot be used, :class:`BufferCommitError` for every
-    append in a transaction that failed (disk full, I/O error), :class:`BufferReadError`,
+    **Storage faults** never fail an append: a full disk keeps the policy within the room there is
+    (``disk_full``), a damaged file is moved aside and replaced (``corrupt_files``), another failed commit
+    refuses its events (``storage_error``); :attr:`BufferStats.fault` says what is in force.
+
+    **Errors**: :class:`BufferOpenError` when the place cannot be used (what an operator must fix),
+    :class:`BufferReadError` for a read that fails for another reason than damage,
     :class:`BufferClosedError` after :meth:`close`.
     """
 
@@ -892,10 +896,6 @@ class SqliteBuffer(Buffer):
         self._state = done.state
         self.commits += 1
         self._signal()  # wakes wait_for_new (which re-checks last_seq) and anyone watching commits
-
-    def _on_failed(self, jobs: list[_AppendJob], exc: BaseException) -> None:
-        for job in jobs:
-            _reject(job.future, exc)
 
     def _on_refused(self, appends: list[_AppendJob], state: _State) -> None:
         """Appends the writer could not store (no room, no usable file): seq 0 for each, already counted."""
