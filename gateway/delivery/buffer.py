@@ -381,6 +381,10 @@ class SqliteBuffer(Buffer):
         self._state = _State(0, 0, 0, None, {r.value: 0 for r in DropReason})
         self._unflushed_acks: set[int] = set()  # acked, deletion not committed yet: read() filters them
         self._unflushed_max = 0  # >= every seq in _unflushed_acks
+        # The highest seq a read returned. A read can see a commit before its callback has reached the loop
+        # (the writer posts it after COMMIT), and a fast broker can acknowledge such an event in between:
+        # its ack must count, though the loop's last_seq does not know it yet.
+        self._read_max = 0
         self._commit_signal = asyncio.Event()
         self._closing = False
         self._close_task: asyncio.Task[None] | None = None
@@ -785,7 +789,10 @@ class SqliteBuffer(Buffer):
                 raise BufferClosedError(f"buffer {self.path} is closed")
             return []  # no usable file at the moment (being replaced, or no room for one): nothing to read
         try:
-            return list(map(Stored._make, conn.execute(_READ, (after_seq, limit))))
+            rows = list(map(Stored._make, conn.execute(_READ, (after_seq, limit))))
+            if rows and rows[-1].seq > self._read_max:
+                self._read_max = rows[-1].seq
+            return rows
         except sqlite3.Error as err:
             if _code(err) not in _DAMAGED:
                 raise BufferReadError(f"reading buffer {self.path} failed: {err}") from err
@@ -803,7 +810,7 @@ class SqliteBuffer(Buffer):
 
     async def ack(self, seqs: Iterable[int]) -> None:
         self._check_open()
-        last = self._state.last_seq
+        last = max(self._state.last_seq, self._read_max)
         unflushed = self._unflushed_acks
         fresh = [s for s in seqs if 0 < s <= last and s not in unflushed]
         if fresh:
@@ -1030,14 +1037,15 @@ class SqliteBuffer(Buffer):
                 break
             self._unsaved_drops.clear()
             self._wstate = state
-            if self._space_cap is not None:
-                _checkpoint(conn)
-            if state.last_seq and self._lock_fd is not None:
-                with contextlib.suppress(OSError):
-                    os.pwrite(self._lock_fd, f"{state.last_seq:>20}\n".encode(), _WATERMARK_AT)
             if acks_only:
                 self._refuse(appends, DropReason.DISK_FULL, post=False)
             self._post(self._on_commit, _Committed(appends, acks, _copy_state(self._wstate)))
+            # After telling the loop, not before: the callers wait for the post, these do not.
+            if state.last_seq and self._lock_fd is not None:
+                with contextlib.suppress(OSError):
+                    os.pwrite(self._lock_fd, f"{state.last_seq:>20}\n".encode(), _WATERMARK_AT)
+            if self._space_cap is not None:
+                _checkpoint(conn)
             return
         self._carry_acks = acks
         self._refuse(appends, refuse_as, post=True)

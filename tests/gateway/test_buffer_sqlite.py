@@ -659,3 +659,16 @@ async def _reopen_after_fault(path: Path) -> int:
         return seqs[0]
     finally:
         await b.close()
+
+
+async def test_an_ack_of_a_row_read_before_its_commit_reached_the_loop_counts(buf: SqliteBuffer) -> None:
+    """The writer tells the loop after COMMIT: a read in between sees the rows, and a broker on loopback
+    may acknowledge one before the loop's last_seq knows it. That ack must delete the event (it was
+    filtered out as unknown, and the event stayed buffered, to be sent again at the next start)."""
+    seqs = await buf.append(evs(0, 3))
+    assert [r.seq for r in await buf.read(0, 10)] == seqs
+    buf._state.last_seq = 0  # as before the commit's callback ran
+    await buf.ack(seqs)
+    buf._state.last_seq = seqs[-1]
+    await buf.append(evs(3, 1))  # the deletion commits with it
+    assert buf.stats().depth == 1
