@@ -788,7 +788,13 @@ class _Judged(ModbusPDU):
         return None if code is None else ExceptionResponse(self.function_code, code)
 
 
-class _ReadRegisters(ReadHoldingRegistersRequest, _Judged):
+class _JudgedRead(_Judged):
+    """A read (registers or bits), refused before pymodbus's datastore serves it when the unit's map says so.
+    First in its subclasses' bases, so that its ``decode`` and ``datastore_update`` come before pymodbus's."""
+
+    address: int
+    count: int
+
     def decode(self, data: bytes) -> None:
         self.address, self.count = _address_and_quantity(data)
 
@@ -798,22 +804,18 @@ class _ReadRegisters(ReadHoldingRegistersRequest, _Judged):
         if unit is not None and (refusal := self.refused(unit.refuse_read(table, self.address, self.count))):
             return refusal
         return await super().datastore_update(context, device_id)
+
+
+class _ReadRegisters(_JudgedRead, ReadHoldingRegistersRequest):
+    pass
 
 
 class _ReadInputRegisters(_ReadRegisters):
     function_code = 4
 
 
-class _ReadBits(ReadCoilsRequest, _Judged):
-    def decode(self, data: bytes) -> None:
-        self.address, self.count = _address_and_quantity(data)
-
-    async def datastore_update(self, context: ModbusServerContext, device_id: int) -> ModbusPDU:
-        unit = self.unit(device_id)
-        table = _READS[self.function_code]
-        if unit is not None and (refusal := self.refused(unit.refuse_read(table, self.address, self.count))):
-            return refusal
-        return await super().datastore_update(context, device_id)
+class _ReadBits(_JudgedRead, ReadCoilsRequest):
+    pass
 
 
 class _ReadDiscreteInputs(_ReadBits):
