@@ -31,6 +31,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 from pydantic import BaseModel, ConfigDict
 
 from .bus import SharedLine
+from .commands import CommandArgs, CommandData, CommandRefused, CommandSpec
 
 
 class DriverOptions(BaseModel):
@@ -103,6 +104,10 @@ class Driver(abc.ABC, Generic[OptionsT]):
     which every device has): every driver declares them. The config allows an RFID device's ``smoothing:``
     only on a driver that emits ``rfid.read``."""
 
+    commands: ClassVar[Mapping[str, CommandSpec]] = {}
+    """The commands it offers (:mod:`drivers.commands`), by name; none by default. A device's ``commands:``
+    in the config may name only these."""
+
     def __init__(self, device: str, options: OptionsT) -> None:
         self.device = device
         self.options = options
@@ -110,3 +115,14 @@ class Driver(abc.ABC, Generic[OptionsT]):
     @abc.abstractmethod
     async def run(self, ctx: DeviceContext) -> None:
         """Connect, call ``ctx.connected()``, read and emit until cancelled; raise on failure."""
+
+    async def command(self, name: str, args: CommandArgs) -> CommandData:
+        """Carry out one command on the running device and return the result's ``data``.
+
+        Called by the runtime on the instance whose :meth:`run` is running, with ``name`` one of
+        :attr:`commands` that the device's config allows and ``args`` already validated against its model,
+        while :meth:`run` goes on in the same event loop: a driver shares its line between its own reads
+        and commands (a command never waits behind a whole poll cycle). Raise
+        :class:`~drivers.commands.CommandRefused` for a request that must not reach the device,
+        :class:`~drivers.commands.CommandFailed` when the device was asked and failed."""
+        raise CommandRefused(f"driver {self.name!r} has no command {name!r}")
