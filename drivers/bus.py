@@ -30,6 +30,13 @@ What the bus guarantees, and why:
 - **A dead device costs the others at most its own timeout per attempt.** Every exchange runs under its
   ``timeout`` (the bus cancels it; the link must tolerate a cancelled exchange, e.g. discard a late reply).
   A retry goes to the back of the queue, so the others get their turn between attempts.
+- **A command takes the next turn, and never starves the polls.** A request made with ``urgent=True`` (an
+  operator's command: :meth:`drivers.base.Driver.command`) joins a queue of its own that is served first at
+  the next turn, so it waits for the exchange in flight, not behind every device's poll (nor behind the rest
+  of its own device's poll cycle, which queues one request at a time). Turns alternate when both queues
+  wait: after an urgent turn, a waiting ordinary request goes first, so a stream of commands slows the polls
+  to every other turn at worst and never stops them. An urgent request does not wait out its device's
+  backoff (the operator asked now; its own timeout bounds it).
 - **Per-device backoff.** When every attempt of a request timed out, that device backs off: its next request
   waits ``backoff_initial_s`` (doubling per failure up to ``backoff_max_s``) before it even joins the queue.
   Any answer resets it. The backoff lives in the bus and survives the device's restarts for as long as the
@@ -119,6 +126,10 @@ class Bus(Generic[LinkT]):
         self._failure: ConnectionLost | None = None
         self._busy = False
         self._waiting: deque[asyncio.Future[None]] = deque()
+        self._urgent: deque[asyncio.Future[None]] = deque()
+        """Waiters of urgent requests (commands): served before ``_waiting``, turns alternating."""
+        self._last_urgent = False
+        """Whether the turn now running (or the last one) went to an urgent request."""
         self._ports: list[Port[LinkT]] = []
         self._attached = 0
         self._backoffs: dict[str, tuple[int, float]] = {}
@@ -181,10 +192,11 @@ class Bus(Generic[LinkT]):
         if link is not None:
             with contextlib.suppress(Exception):
                 link.close()
-        while self._waiting:
-            waiter = self._waiting.popleft()
-            if not waiter.done():
-                waiter.set_exception(self._failure)
+        for queue in (self._urgent, self._waiting):
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.done():
+                    waiter.set_exception(self._failure)
 
     def _close(self) -> None:
         _forget(self)
@@ -194,21 +206,24 @@ class Bus(Generic[LinkT]):
                 link.close()
         if self._failure is None:
             self._failure = ConnectionLost(f"{self.key}: closed")
-        while self._waiting:
-            waiter = self._waiting.popleft()
-            if not waiter.done():
-                waiter.set_exception(self._failure)
+        for queue in (self._urgent, self._waiting):
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.done():
+                    waiter.set_exception(self._failure)
 
     # -- turns ----------------------------------------------------------------------------------------
-    async def _acquire(self) -> None:
+    async def _acquire(self, urgent: bool = False) -> None:
         if self._failure is not None:
             raise self._failure
-        if not self._busy and not self._waiting:
+        if not self._busy and not self._waiting and not self._urgent:
             self._busy = True
+            self._last_urgent = urgent
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append(waiter)
-        self.stats.max_waiting = max(self.stats.max_waiting, len(self._waiting))
+        queue = self._urgent if urgent else self._waiting
+        queue.append(waiter)
+        self.stats.max_waiting = max(self.stats.max_waiting, len(self._waiting) + len(self._urgent))
         try:
             await waiter
         except asyncio.CancelledError:
@@ -216,15 +231,19 @@ class Bus(Generic[LinkT]):
                 self._release()  # granted just as we were cancelled: pass the turn on
             else:
                 with contextlib.suppress(ValueError):
-                    self._waiting.remove(waiter)
+                    queue.remove(waiter)
             raise
 
     def _release(self) -> None:
-        while self._waiting:
-            waiter = self._waiting.popleft()
-            if not waiter.done():
-                waiter.set_result(None)  # the turn passes on: _busy stays True
-                return
+        # Urgent first, except right after an urgent turn while ordinary requests wait (turns alternate).
+        first, second = (self._waiting, self._urgent) if self._last_urgent else (self._urgent, self._waiting)
+        for queue in (first, second):
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.done():
+                    self._last_urgent = queue is self._urgent
+                    waiter.set_result(None)  # the turn passes on: _busy stays True
+                    return
         self._busy = False
 
     # -- backoff --------------------------------------------------------------------------------------
@@ -273,6 +292,7 @@ class Port(Generic[LinkT]):
         timeout: float,
         attempts: int = 1,
         retry_on: tuple[type[BaseException], ...] = (),
+        urgent: bool = False,
     ) -> T:
         """Run ``exchange(link)`` in this device's turn, within ``timeout`` seconds; its result.
 
@@ -282,18 +302,21 @@ class Port(Generic[LinkT]):
         the last attempt raised one of ``retry_on``, that is raised. A link failure raises
         :class:`~drivers.errors.ConnectionLost` (here and in every other device on the bus). Anything else
         the exchange raises passes through (the device answered: no backoff).
+
+        ``urgent``: a command's request, served at the next turn of the bus (see the module docstring). It
+        does not queue behind this device's own ordinary requests either, nor wait out its backoff.
         """
         if attempts < 1:
             raise ValueError("attempts must be >= 1")
         bus = self.bus
-        async with self._mine:
-            if self.device in bus._backoffs:
+        async with contextlib.nullcontext() if urgent else self._mine:
+            if not urgent and self.device in bus._backoffs:
                 wait = self.backoff_remaining_s
                 if wait > 0:
                     await asyncio.sleep(wait)
             last: BaseException | None = None
             for _attempt in range(attempts):
-                await bus._acquire()
+                await bus._acquire(urgent)
                 try:
                     try:
                         link = bus._link

@@ -17,6 +17,7 @@ import pytest
 
 from drivers import bus
 from drivers.errors import ConfigurationError, ConnectionLost, DeviceTimeout, DeviceUnavailable
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -352,3 +353,61 @@ async def test_ports_get_spread_phases() -> None:
         phases = sorted(p.phase for p in ports)
     assert all(0 <= p < 1 for p in phases)
     assert min(b - a for a, b in itertools.pairwise(phases)) > 0.03  # no two devices in step
+
+
+async def test_an_urgent_request_takes_the_next_turn_and_turns_alternate() -> None:
+    gate = asyncio.Event()
+    async with line_server(slow={"gate": gate}) as server, contextlib.AsyncExitStack() as stack:
+        ports = {
+            name: await stack.enter_async_context(
+                bus.attach(KEY, opener(server.port), settings="s", device=name)
+            )
+            for name in ("gate", "a", "b", "c", "x", "y", "z")
+        }
+        held = asyncio.create_task(ports["gate"].request(ask("gate"), timeout=5))
+        await server.until(lambda: server.log == ["gate"])
+        tasks = []
+        for ordinary, urgent in (("a", "x"), ("b", "y"), ("c", "z")):
+            tasks.append(asyncio.create_task(ports[ordinary].request(ask(ordinary), timeout=5)))
+            tasks.append(asyncio.create_task(ports[urgent].request(ask(urgent), timeout=5, urgent=True)))
+        registry = bus.buses()[KEY]
+        await until(
+            "six requests queued behind the gate",
+            lambda: len(registry._waiting) + len(registry._urgent) == 6,
+        )
+        gate.set()
+        await asyncio.gather(held, *tasks)
+    # The urgent requests went first at each free turn, alternating with the ordinary ones (never starving
+    # them), although the ordinary ones had queued first.
+    assert server.log == ["gate", "x", "a", "y", "b", "z", "c"]
+
+
+async def test_a_command_does_not_wait_behind_its_own_devices_poll_cycle() -> None:
+    async with line_server() as server, contextlib.AsyncExitStack() as stack:
+        ports = [
+            await stack.enter_async_context(
+                bus.attach(KEY, opener(server.port), settings="s", device=f"d{i}")
+            )
+            for i in range(4)
+        ]
+        stop = asyncio.Event()
+
+        async def poll_cycles(port: bus.Port[LineLink]) -> None:
+            while not stop.is_set():
+                for register in range(10):  # one poll: ten requests, one at a time
+                    await port.request(ask(f"{port.device}.{register}"), timeout=5)
+
+        pollers = [asyncio.create_task(poll_cycles(p)) for p in ports]
+        await server.until(lambda: len(server.log) >= 40)
+        positions = []
+        for n in range(20):
+            before = len(server.log)
+            await ports[0].request(ask(f"cmd{n}"), timeout=5, urgent=True)
+            positions.append(server.log.index(f"cmd{n}") - before)
+        stop.set()
+        await asyncio.gather(*pollers)
+    # Queued while one exchange ran (and, after its own urgent turn, at most one ordinary turn): never
+    # behind the other devices' queued polls, nor behind the rest of d0's own ten-request poll.
+    assert max(positions) <= 2
+    polls = sum(1 for name in server.log if not name.startswith("cmd"))
+    assert polls >= 40 + 20  # the polls went on between the commands
