@@ -43,7 +43,17 @@ class DriverOptions(BaseModel):
         """The shared bus (:mod:`drivers.bus`) this device's driver attaches to, with the settings every
         device on it must share; None for a driver that uses no shared bus. The config compares the lines
         of all devices before anything starts: two devices on one bus with different settings are a
-        configuration error naming both, not a device stopped at run time."""
+        configuration error naming both, not a device stopped at run time. A listen-only interface
+        (:mod:`drivers.interfaces`: a CAN channel, a ZigBee coordinator, a Bluetooth adapter) is a shared
+        line too, keyed by the interface's identity, with the settings its subscribers must agree on."""
+        return None
+
+    def exclusive_link(self) -> str | None:
+        """The key (:func:`drivers.bus.serial_key`, :func:`drivers.bus.tcp_key`) of a link this device opens
+        for itself alone, such as an RFID reader's serial port or an LLRP reader's one client connection;
+        None when it opens none (or shares its line, see :meth:`shared_line`). The config refuses a second
+        device naming that link, whatever its driver: two readers on one port would each take half of the
+        other's bytes."""
         return None
 
 

@@ -164,6 +164,10 @@ class SerialOrTcpOptions(DriverOptions):
         if message is not None:
             raise ValueError(message)
 
+    def exclusive_link(self) -> str | None:
+        """A device on its own link (not a shared line) owns the port or the TCP connection."""
+        return self.link.key if self.shared_line() is None else None
+
     @property
     def link(self) -> LinkOptions:
         """These options' link: the keys above and the line settings this driver's options declare under

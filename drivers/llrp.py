@@ -46,6 +46,7 @@ from pydantic import Field, field_validator, model_validator
 from protocols import llrp
 from protocols.errors import DecodeError
 
+from . import bus
 from .base import DeviceContext, DriverOptions
 from .counters import DECODE_ERRORS
 from .errors import ConfigurationError, ConnectionLost, DeviceTimeout, DeviceUnavailable, ProtocolFailure
@@ -189,6 +190,10 @@ class LlrpOptions(DriverOptions):
         if self.report_every_n_tags is None and self.report_period_ms is None:
             raise ValueError("give report_every_n_tags, report_period_ms, or both")
         return self
+
+    def exclusive_link(self) -> str:
+        """A reader takes one LLRP client at a time: this device owns the connection."""
+        return bus.tcp_key(self.host, self.reader_port)
 
     @property
     def reader_port(self) -> int:

@@ -332,10 +332,22 @@ class _Loader:
 
     def _check_shared_lines(self) -> None:
         """Devices on one line must agree on its settings: each one that does not is a problem at its own
-        option, naming the first device on the line (which the bus would otherwise have kept)."""
+        option, naming the first device on the line (which the bus would otherwise have kept). A link one
+        device opens alone (:meth:`~drivers.base.DriverOptions.exclusive_link`) is named by no other."""
         first_on: dict[str, tuple[_Placed, SharedLine]] = {}
+        owner: dict[str, _Placed] = {}
         for placed in self.placed:
-            line = placed.device.options.shared_line()
+            options = placed.device.options
+            line = options.shared_line()
+            exclusive = options.exclusive_link()
+            key = line.key if line is not None else exclusive
+            if key is not None:
+                if key in owner or (exclusive is not None and key in first_on):
+                    other = owner.get(key) or first_on[key][0]
+                    self._link_taken(placed, other, key)
+                    continue
+                if exclusive is not None:
+                    owner[key] = placed
             if line is None:
                 continue
             first, first_line = first_on.setdefault(line.key, (placed, line))
@@ -358,6 +370,24 @@ class _Loader:
                     )
                 )
                 self._problem(placed.display, placed.doc.line_of(path), path, message, placed.doc)
+
+    def _link_taken(self, placed: _Placed, other: _Placed, key: str) -> None:
+        """``placed`` names a link that ``other`` already has, and one of them opens it alone."""
+        option = next(
+            (o for o in ("port", "host", "channel") if o in placed.device.options.model_fields_set), "port"
+        )
+        path = (*placed.prefix, option)
+        their_option = next(
+            (o for o in ("port", "host", "channel") if o in other.device.options.model_fields_set), "port"
+        )
+        their_line = other.doc.line_of((*other.prefix, their_option))
+        where = key.partition(":")[2]
+        message = (
+            f"{where} is already the link of {other.device.name} ({other.display}:{their_line}), which "
+            "opens it alone: two devices cannot read one port or one reader connection (each would take "
+            "part of the other's traffic)"
+        )
+        self._problem(placed.display, placed.doc.line_of(path), path, message, placed.doc)
 
     def _smoothing(
         self,

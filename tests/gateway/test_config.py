@@ -309,6 +309,48 @@ def _meter(name: str, port: Path | str, baudrate: int, unit: int) -> str:
     )
 
 
+def test_a_port_a_reader_opens_alone_is_named_by_no_other_device(tmp_path: Path) -> None:
+    # Two R2000 readers, or an R2000 and an LLRP device, or a reader and a meter, on one link: each would
+    # read part of the other's bytes. The later device is refused at its link option, naming the first.
+    tty = write(tmp_path / "dev" / "ttyUSB0", "")
+    by_id = tmp_path / "serial" / "by-id" / "usb-CH340-if00-port0"
+    by_id.parent.mkdir(parents=True)
+    by_id.symlink_to(tty)
+    text = (
+        MINIMAL
+        + "devices:\n"
+        + f"  - {{name: door, driver: uhf-r2000, port: {tty}}}\n"
+        + f"  - {{name: cargo, driver: uhf-r2000, port: {by_id}}}\n"
+        + _meter("m1", tty, 9600, 1)
+        + "  - {name: gate, driver: llrp, host: 10.0.0.9}\n"
+        + "  - {name: gate-2, driver: llrp, host: 10.0.0.9, port: 5084}\n"
+        + "  - {name: conv, driver: uhf-r2000, host: 10.0.0.9, tcp_port: 5084}\n"
+    )
+    gateway = write(tmp_path / "gw.yaml", text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(gateway)
+    real = os.path.realpath(tty)
+    tail = (
+        "which opens it alone: two devices cannot read one port or one reader connection (each would take "
+        "part of the other's traffic)"
+    )
+    assert [str(p) for p in caught.value.problems] == [
+        f"{gateway}:10: devices[1].port: {real} is already the link of door ({gateway}:9), {tail}",
+        f"{gateway}:11: devices[2].port: {real} is already the link of door ({gateway}:9), {tail}",
+        f"{gateway}:13: devices[4].port: 10.0.0.9:5084 is already the link of gate ({gateway}:12), {tail}",
+        f"{gateway}:14: devices[5].host: 10.0.0.9:5084 is already the link of gate ({gateway}:12), {tail}",
+    ]
+    apart = (
+        MINIMAL
+        + "devices:\n"
+        + f"  - {{name: door, driver: uhf-r2000, port: {tty}}}\n"
+        + "  - {name: cargo, driver: uhf-r2000, port: /dev/ttyUSB7}\n"
+        + "  - {name: gate, driver: llrp, host: 10.0.0.9}\n"
+        + "  - {name: conv, driver: uhf-r2000, host: 10.0.0.9, tcp_port: 4001}\n"
+    )
+    assert len(load_config(write(tmp_path / "ok.yaml", apart)).devices) == 4
+
+
 def test_two_names_of_one_port_are_one_line(tmp_path: Path) -> None:
     tty = write(tmp_path / "dev" / "ttyUSB0", "")
     by_id = tmp_path / "serial" / "by-id" / "usb-FTDI_FT232R-if00-port0"
