@@ -11,7 +11,11 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
+    "BLE_ADVERT",
+    "COMMAND_REQUEST",
+    "COMMAND_RESULT",
     "DEVICE_STATUS",
+    "GPS_FIX",
     "METER_READING",
     "RFID_ARRIVED",
     "RFID_DEPARTED",
@@ -41,3 +45,21 @@ RFID_FLOW: Final = "rfid.flow"
 
 METER_READING: Final = "meter.reading"
 """One poll's values of a meter or sensor (``modbus``, ``dlt645``)."""
+
+COMMAND_REQUEST: Final = "command.request"
+"""A command request as the gateway received it (the audit record; emitted by the runtime's command service,
+never by a driver): ``{"id", "command", "args", "ts", "topic"}``, or ``{"id", "error", "topic"}`` when it
+could not be read."""
+
+COMMAND_RESULT: Final = "command.result"
+"""The result the gateway gave a command request (the audit record, emitted by the command service):
+``{"id", "command", "status", "reason", "data", "duration_ms"}``."""
+
+BLE_ADVERT: Final = "ble.advert"
+"""One BLE advertisement decoded (BTHome v2, Ruuvi RAWv2, iBeacon, Eddystone UID/URL/TLM) or, with the
+device's ``raw: true``, passed through undecoded (``ble``)."""
+
+GPS_FIX: Final = "gps.fix"
+"""A receiver's position fix (``gps``): ``lat``, ``lon``, ``alt_m``, ``speed_kmh``, ``course_deg``,
+``fix_quality``, ``satellites``, ``hdop``, ``time`` (the receiver's UTC, ISO 8601) and why it was reported
+(``reason``)."""
