@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import TextIO
 
 from . import dlt645 as _dlt645
+from . import gps as _gps
 from . import llrp as _llrp
 from . import modbus as _modbus
 from . import serving
@@ -137,6 +138,7 @@ FAMILIES: dict[str, tuple[Callable[..., argparse.ArgumentParser], Runner]] = {
     "dlt645": (_dlt645.add_parser, _dlt645.run_from_args),
     "llrp": (_llrp.add_parser, _llrp.run_from_args),
     "modbus": (_modbus.add_parser, _modbus.run_from_args),
+    "gps": (_gps.add_parser, _gps.run_from_args),
 }
 """Subcommand name -> (adds its parser to the subparsers, runs it until the stop event is set)."""
 
