@@ -63,3 +63,15 @@ GPS_FIX: Final = "gps.fix"
 """A receiver's position fix (``gps``): ``lat``, ``lon``, ``alt_m``, ``speed_kmh``, ``course_deg``,
 ``fix_quality``, ``satellites``, ``hdop``, ``time`` (the receiver's UTC, ISO 8601) and why it was reported
 (``reason``)."""
+
+CAN_FRAME: Final = "can.frame"
+"""One CAN frame as heard, undecoded (``can`` with ``raw_frames: true``)."""
+
+CAN_SIGNALS: Final = "can.signals"
+"""One CAN message decoded with the device's DBC file: its signals' physical values (``can``)."""
+
+J1939_PGN: Final = "j1939.pgn"
+"""One J1939 parameter group decoded with the built-in PGN table: its SPNs' physical values (``can``)."""
+
+J1939_DM1: Final = "j1939.dm1"
+"""A J1939 ECU's active diagnostic trouble codes and lamps (DM1), on change and repeated (``can``)."""
