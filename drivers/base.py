@@ -25,13 +25,29 @@ from __future__ import annotations
 
 import abc
 import logging
+import os
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from pathlib import Path
+from typing import Any, ClassVar, Final, Generic, Protocol, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationInfo
 
 from .bus import SharedLine
 from .commands import CommandArgs, CommandData, CommandRefused, CommandSpec
+
+CONFIG_DIR: Final = "edgegw.config_dir"
+"""The key, in the validation context the config loader gives a driver's options, of the directory of the
+file that names the device: a driver's option that is a file (a CAN device's ``dbc``) is relative to it."""
+
+
+def config_path(value: str | os.PathLike[str], info: ValidationInfo) -> Path:
+    """``value`` (a path from a device's options) made absolute: relative to the directory of the config file
+    that names the device, or to the current directory when the options are validated without the loader."""
+    path = Path(value)
+    if path.is_absolute():
+        return path
+    base = info.context.get(CONFIG_DIR) if isinstance(info.context, dict) else None
+    return Path(os.path.abspath(Path(base) / path if base is not None else path))
 
 
 class DriverOptions(BaseModel):

@@ -12,16 +12,23 @@ from typing import Final
 
 __all__ = [
     "BLE_ADVERT",
+    "CAN_FRAME",
+    "CAN_SIGNALS",
     "COMMAND_REQUEST",
     "COMMAND_RESULT",
     "DEVICE_STATUS",
     "GPS_FIX",
+    "J1939_DM1",
+    "J1939_PGN",
     "METER_READING",
     "RFID_ARRIVED",
     "RFID_DEPARTED",
     "RFID_FLOW",
     "RFID_MOVED",
     "RFID_READ",
+    "ZIGBEE_ALARM",
+    "ZIGBEE_JOINED",
+    "ZIGBEE_REPORT",
 ]
 
 DEVICE_STATUS: Final = "device.status"
@@ -75,3 +82,12 @@ J1939_PGN: Final = "j1939.pgn"
 
 J1939_DM1: Final = "j1939.dm1"
 """A J1939 ECU's active diagnostic trouble codes and lamps (DM1), on change and repeated (``can``)."""
+
+ZIGBEE_REPORT: Final = "zigbee.report"
+"""One ZCL attribute of a sensor, reported or read, named, scaled and with its unit (``xbee``)."""
+
+ZIGBEE_ALARM: Final = "zigbee.alarm"
+"""An IAS zone's status changed (an alarm, a tamper, a low battery), its bits named (``xbee``)."""
+
+ZIGBEE_JOINED: Final = "zigbee.joined"
+"""A device joined (or rejoined) the ZigBee network: node identification or device announce (``xbee``)."""

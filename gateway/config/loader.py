@@ -26,7 +26,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from drivers import registry
-from drivers.base import Driver
+from drivers.base import CONFIG_DIR, Driver
 from drivers.bus import SharedLine
 from drivers.kinds import RFID_READ
 from gateway.config.models import (
@@ -299,9 +299,12 @@ class _Loader:
             return
         raw_options = {key: value for key, value in raw.items() if key not in _DEVICE_KEYS}
         smoothing = self._smoothing(raw, driver_class, doc, display, prefix)
+        commands = self._commands(raw, driver_class, doc, display, prefix)
         not_integers = self._integers(driver_class.Options, raw_options, doc, display, prefix)
         try:
-            options = driver_class.Options.model_validate(raw_options, context={_CONTEXT_KEY: self.context})
+            options = driver_class.Options.model_validate(
+                raw_options, context={_CONTEXT_KEY: self.context, CONFIG_DIR: os.path.abspath(file.parent)}
+            )
         except ValidationError as err:
             self._add_validation_problems(
                 err,
@@ -321,10 +324,16 @@ class _Loader:
                     problem = f"lane {lane!r} is no zone of this device's antennas (see smoothing.zones)"
                     self._problem(display, doc.line_of(lanes_at), lanes_at, problem, doc)
                     smoothing = None
-        if name is None or ("smoothing" in raw and smoothing is None) or not_integers:
+        if name is None or ("smoothing" in raw and smoothing is None) or not_integers or commands is None:
             return
         device = DeviceConfig(
-            name=name, driver=driver_name, options=options, smoothing=smoothing, file=file, line=line
+            name=name,
+            driver=driver_name,
+            options=options,
+            smoothing=smoothing,
+            commands=commands,
+            file=file,
+            line=line,
         )
         device._driver_class = driver_class
         self.devices.append(device)
@@ -388,6 +397,42 @@ class _Loader:
             "part of the other's traffic)"
         )
         self._problem(placed.display, placed.doc.line_of(path), path, message, placed.doc)
+
+    def _commands(
+        self,
+        raw: dict[str, Any],
+        driver_class: type[Driver[Any]],
+        doc: Document,
+        display: str,
+        prefix: FieldPath,
+    ) -> tuple[str, ...] | None:
+        """The device's ``commands:`` (the allow-list), each a command of its driver; None when wrong."""
+        if "commands" not in raw or raw["commands"] is None:
+            return ()
+        where = (*prefix, "commands")
+        value = raw["commands"]
+        if not isinstance(value, list):
+            message = f"expected a list of command names, e.g. [write, read], got {_kind(value)}"
+            self._problem(display, doc.line_of(where), where, message, doc)
+            return None
+        offered = driver_class.commands
+        has = ", ".join(sorted(offered)) or "none"
+        names: list[str] = []
+        ok = True
+        for index, item in enumerate(value):
+            at = (*where, index)
+            if not isinstance(item, str):
+                message = f"expected a command name, got {_kind(item)}"
+            elif item not in offered:
+                message = f"driver {driver_class.name!r} has no command {item!r} (its commands: {has})"
+            elif item in names:
+                message = f"{item!r} is listed twice"
+            else:
+                names.append(item)
+                continue
+            self._problem(display, doc.line_of(at), at, message, doc)
+            ok = False
+        return tuple(names) if ok else None
 
     def _smoothing(
         self,
