@@ -76,19 +76,29 @@ from pymodbus.pdu.bit_message import (
     ReadCoilsResponse,
     ReadDiscreteInputsRequest,
     ReadDiscreteInputsResponse,
+    WriteMultipleCoilsRequest,
+    WriteMultipleCoilsResponse,
+    WriteSingleCoilRequest,
+    WriteSingleCoilResponse,
 )
 from pymodbus.pdu.register_message import (
     ReadHoldingRegistersRequest,
     ReadHoldingRegistersResponse,
     ReadInputRegistersRequest,
     ReadInputRegistersResponse,
+    WriteMultipleRegistersRequest,
+    WriteMultipleRegistersResponse,
+    WriteSingleRegisterRequest,
+    WriteSingleRegisterResponse,
 )
 
 from protocols import modbus as mb
+from protocols.errors import EncodeError
 from protocols.modbus import ByteOrder, DataType, ReplyCheck, Table
 
 from . import bus, reporting
 from .base import DeviceContext
+from .commands import CommandArgs, CommandData, CommandFailed, CommandRefused, CommandSpec
 from .counters import DECODE_ERRORS, FRAMES_REJECTED, TIMEOUTS, Count, FramerTally
 from .errors import ConnectionLost, DeviceTimeout, DeviceUnavailable
 from .kinds import METER_READING
@@ -122,6 +132,8 @@ REQUESTS_SPLIT: Final = "requests_split"
 """Requests split in two after exception 02 (illegal data address)."""
 UNREADABLE_POINTS: Final = "unreadable_points"
 """Points the device refuses with exception 02 on their own: no longer read."""
+WRONG_ECHO: Final = "wrong_echo"
+"""Replies to a write whose echo names another address, value or quantity than was written."""
 EXCEPTION_PREFIX: Final = "exception_"
 """Replies with a Modbus exception, counted per code: ``exception_02``, ``exception_04``, ..."""
 
@@ -161,10 +173,33 @@ class ModbusPoint(BaseModel):
     deadband: Deadband | None = None
     report_on_change: ReportOnChange = False
     max_interval_s: MaxInterval = None
+    writable: bool = Field(
+        False,
+        description="The write command may set this point (a holding register or a coil). Nothing is "
+        "writable unless marked so.",
+    )
+    min: float | None = Field(None, description="With writable: the lowest value a write may set.")
+    max: float | None = Field(None, description="With writable: the highest value a write may set.")
+    enum: list[bool | int | float | str] | None = Field(
+        None,
+        min_length=1,
+        description="With writable: the only values a write may set (a mode, a state: [0, 1, 2]).",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ModbusPoint:
         dtype = self.data_type
+        if self.writable and self.table not in (Table.HOLDING, Table.COIL):
+            _fail(
+                "writable", f"a {self.table.value} is read-only: only holding registers and coils are written"
+            )
+        for key in ("min", "max", "enum"):
+            if getattr(self, key) is not None and not self.writable:
+                _fail(key, f"{key} limits what a write may set: it goes with writable: true")
+        if (self.min is not None or self.max is not None) and not dtype.is_numeric:
+            _fail("min" if self.min is not None else "max", f"a {dtype.value} point has no range")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            _fail("max", f"max {self.max:g} is below min {self.min:g}")
         if self.table.is_bits and dtype is not DataType.BOOL:
             _fail("type", f"a {self.table.value} is one bit: its type is bool")
         if not self.table.is_bits and dtype is DataType.BOOL:
@@ -406,8 +441,23 @@ _RESPONSES: dict[int, type[ModbusPDU]] = {
     2: ReadDiscreteInputsResponse,
     3: ReadHoldingRegistersResponse,
     4: ReadInputRegistersResponse,
+    5: WriteSingleCoilResponse,
+    6: WriteSingleRegisterResponse,
+    15: WriteMultipleCoilsResponse,
+    16: WriteMultipleRegistersResponse,
 }
-"""By function code: the replies a link decodes (the only requests it sends are these reads)."""
+"""By function code: the replies a link decodes (to its reads, and to the write command's writes)."""
+
+
+def _echo_value(response: ModbusPDU, function: int) -> int:
+    """What a write's echo says was written: the coil's 0xFF00 / 0x0000, the register's value, or the
+    quantity of a multiple write."""
+    if function == 5:
+        return 0xFF00 if response.bits and response.bits[0] else 0x0000
+    if function == 6:
+        return int(response.registers[0]) if response.registers else -1
+    return int(response.count)
+
 
 _DECODER = DecodePDU(False)
 """What pymodbus's framers are built with. The link only uses their ``buildFrame``: it decodes a reply's PDU
@@ -461,31 +511,15 @@ class ModbusLink:
 
         Raises :class:`ExceptionReply`, :class:`BadReply` (already reported through ``report``),
         :class:`~drivers.errors.ConnectionLost`. A timeout is the caller's (the bus cancels this)."""
-        if self._failure is not None:
-            raise ConnectionLost(str(self._failure))
-        if self._rtu is None:
-            self._transaction = transaction = self._transaction % 0xFFFF + 1  # 1..65535: 0 matches any reply
-        else:
-            transaction = 0
-            self._rtu.discard()  # a late reply to a timed-out request must not pass for this one's answer
-        frame = self._framer.buildFrame(
-            _REQUESTS[table](address=address, count=count, dev_id=unit, transaction_id=transaction)
+        response = await self._transact(
+            lambda transaction: _REQUESTS[table](
+                address=address, count=count, dev_id=unit, transaction_id=transaction
+            ),
+            unit,
+            table.function,
+            count,
+            report,
         )
-        future: asyncio.Future[ModbusPDU] = self._loop.create_future()
-        self._pending = future
-        self._unit, self._function, self._count, self._report = unit, table.function, count, report
-        try:
-            assert self._link is not None
-            await self._link.write(frame)
-            response = await future
-        except asyncio.CancelledError:
-            if future.done() and not future.cancelled():
-                future.exception()  # settled as we were cancelled: retrieved, so asyncio does not log it
-            raise
-        finally:
-            if self._pending is future:
-                self._pending = None  # a reply landing from now on answers nobody
-            self._report = _ignore
         if table.is_bits:
             bits = response.bits
             if len(bits) < count:
@@ -497,6 +531,96 @@ class ModbusLink:
             report(WRONG_LENGTH)
             raise BadReply(WRONG_LENGTH, f"{len(registers)} registers for {count}")
         return registers
+
+    async def write(
+        self,
+        table: Table,
+        unit: int,
+        address: int,
+        values: Sequence[int],
+        report: Callable[[str], None] = _ignore,
+    ) -> None:
+        """Write ``values`` (registers, or bits as 0/1) to ``table`` (holding or coil) from ``address`` of
+        ``unit``: function 05 (one coil), 06 (one register), 15 (coils) or 16 (registers). The device's echo
+        must name the same address and the value or quantity written.
+
+        Raises :class:`ExceptionReply`, :class:`BadReply` (already reported through ``report``),
+        :class:`~drivers.errors.ConnectionLost`. A timeout is the caller's (the bus cancels this)."""
+        count = len(values)
+        if table is Table.COIL:
+            bits = [bool(v) for v in values]
+            if count == 1:
+                function, echo = 5, 0xFF00 if bits[0] else 0x0000
+
+                def build(transaction: int) -> ModbusPDU:
+                    return WriteSingleCoilRequest(
+                        address=address, bits=bits, dev_id=unit, transaction_id=transaction
+                    )
+            else:
+                function, echo = 15, count
+
+                def build(transaction: int) -> ModbusPDU:
+                    return WriteMultipleCoilsRequest(
+                        address=address, bits=bits, dev_id=unit, transaction_id=transaction
+                    )
+        elif table is Table.HOLDING:
+            registers = [int(v) for v in values]
+            if count == 1:
+                function, echo = 6, registers[0]
+
+                def build(transaction: int) -> ModbusPDU:
+                    return WriteSingleRegisterRequest(
+                        address=address, registers=registers, dev_id=unit, transaction_id=transaction
+                    )
+            else:
+                function, echo = 16, count
+
+                def build(transaction: int) -> ModbusPDU:
+                    return WriteMultipleRegistersRequest(
+                        address=address, registers=registers, dev_id=unit, transaction_id=transaction
+                    )
+        else:
+            raise ValueError(f"a {table.value} cannot be written")
+        response = await self._transact(build, unit, function, count, report)
+        echoed = response.address, _echo_value(response, function)
+        if echoed != (address, echo):
+            report(WRONG_ECHO)
+            raise BadReply(
+                WRONG_ECHO, f"wrote {echo} at {address}, the device echoed {echoed[1]} at {echoed[0]}"
+            )
+
+    async def _transact(
+        self,
+        build: Callable[[int], ModbusPDU],
+        unit: int,
+        function: int,
+        count: int,
+        report: Callable[[str], None],
+    ) -> ModbusPDU:
+        """Send the request ``build(transaction id)`` makes and return the reply that answers it."""
+        if self._failure is not None:
+            raise ConnectionLost(str(self._failure))
+        if self._rtu is None:
+            self._transaction = transaction = self._transaction % 0xFFFF + 1  # 1..65535: 0 matches any reply
+        else:
+            transaction = 0
+            self._rtu.discard()  # a late reply to a timed-out request must not pass for this one's answer
+        frame = self._framer.buildFrame(build(transaction))
+        future: asyncio.Future[ModbusPDU] = self._loop.create_future()
+        self._pending = future
+        self._unit, self._function, self._count, self._report = unit, function, count, report
+        try:
+            assert self._link is not None
+            await self._link.write(frame)
+            return await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                future.exception()  # settled as we were cancelled: retrieved, so asyncio does not log it
+            raise
+        finally:
+            if self._pending is future:
+                self._pending = None  # a reply landing from now on answers nobody
+            self._report = _ignore
 
     def account(self, count: Count) -> None:
         """Charge what the RTU framer skipped and rejected since the last charge to ``count`` (the counters
@@ -681,10 +805,197 @@ def _point(options: ModbusOptions, p: ModbusPoint) -> _Point:
     )
 
 
+# -- commands -------------------------------------------------------------------------------------------
+
+Scalar = bool | int | float | str
+"""A value a command writes: JSON true/false, a number, or text."""
+
+
+class ModbusWriteArgs(CommandArgs):
+    """``{"point": NAME, "value": V}`` or ``{"values": {NAME: V, ...}}``."""
+
+    point: str | None = Field(None, description="The point to write (with value).")
+    value: Scalar | None = Field(
+        None, description="Its new value in the units it is read in (the point's scale and offset undone)."
+    )
+    values: dict[str, Scalar] | None = Field(
+        None,
+        min_length=1,
+        description="Several points at once, by name: every one is checked before any is written.",
+    )
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ModbusWriteArgs:
+        if self.values is not None:
+            if self.point is not None or self.value is not None:
+                raise ValueError("give point and value, or values: not both")
+        elif self.point is None or self.value is None:
+            raise ValueError("give point and value, or values")
+        return self
+
+    def items(self) -> dict[str, Scalar]:
+        """The values to write, by point name."""
+        if self.values is not None:
+            return dict(self.values)
+        assert self.point is not None and self.value is not None
+        return {self.point: self.value}
+
+
+class ModbusReadArgs(CommandArgs):
+    """``{"points": [NAME, ...]}``, or ``{}`` for every point."""
+
+    points: list[str] | None = Field(
+        None, min_length=1, description="The points to read now, by name (default: every point)."
+    )
+
+
+_INTEGRAL: Final = frozenset(
+    (DataType.INT16, DataType.UINT16, DataType.INT32, DataType.UINT32, DataType.INT64, DataType.UINT64)
+)
+
+
+def _same(a: Scalar, b: Scalar) -> bool:
+    """Equal and of one kind (true is not 1 here)."""
+    return isinstance(a, bool) == isinstance(b, bool) and isinstance(a, str) == isinstance(b, str) and a == b
+
+
+def encode_write(options: ModbusOptions, point: ModbusPoint, value: Scalar) -> list[int]:
+    """The registers (or the bit) a write of ``value`` to ``point`` puts on the line: the point's scale and
+    offset undone, its type and byte order applied. :class:`~drivers.commands.CommandRefused` if the point
+    is not writable, or the value is of the wrong type, out of the point's range or its type's, not a
+    multiple of its scale, or not one of its ``enum``."""
+    name = point.name
+    if not point.writable:
+        raise CommandRefused(f"point {name!r} is not writable (its config does not say writable: true)")
+    dtype = point.data_type
+    if dtype in (DataType.BOOL, DataType.BIT):
+        if not isinstance(value, bool):
+            raise CommandRefused(f"point {name!r} ({dtype.value}) takes true or false, not {value!r}")
+        raw: Scalar = value
+    elif dtype is DataType.STRING:
+        if not isinstance(value, str):
+            raise CommandRefused(f"point {name!r} (string) takes text, not {value!r}")
+        raw = value
+    else:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise CommandRefused(f"point {name!r} ({dtype.value}) takes a number, not {value!r}")
+        if not math.isfinite(value):
+            raise CommandRefused(f"point {name!r} takes a finite number, not {value!r}")
+        if point.min is not None and value < point.min:
+            raise CommandRefused(f"{value!r} is below the minimum {point.min:g} of point {name!r}")
+        if point.max is not None and value > point.max:
+            raise CommandRefused(f"{value!r} is above the maximum {point.max:g} of point {name!r}")
+        number: int | float = value
+        if point.scale != 1 or point.offset != 0:
+            number = (value - point.offset) / point.scale
+        if dtype in _INTEGRAL:
+            nearest = round(number)
+            if abs(number - nearest) > 1e-9 * max(1.0, abs(number)):
+                raise CommandRefused(
+                    f"{value!r} is not a value point {name!r} can hold "
+                    f"({dtype.value}, scale {point.scale:g}, offset {point.offset:g})"
+                )
+            number = nearest
+        else:
+            number = float(number)
+        raw = number
+    if point.enum is not None and not any(_same(value, allowed) for allowed in point.enum):
+        allowed = ", ".join(repr(v) for v in point.enum)
+        raise CommandRefused(f"{value!r} is not one of the values of point {name!r} ({allowed})")
+    try:
+        return mb.encode(raw, dtype, options.point_byte_order(point), length=point.length, bit=point.bit)
+    except EncodeError as err:
+        raise CommandRefused(f"{value!r} does not fit point {name!r}: {err}") from err
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """One write on the line: ``words`` from ``address`` of ``table`` (a bit point: its register's
+    ``mask`` set or cleared by a read, then a write of that register)."""
+
+    table: Table
+    address: int
+    words: tuple[int, ...]
+    names: tuple[str, ...]
+    mask: int | None = None
+
+    @property
+    def exchanges(self) -> int:
+        return 2 if self.mask is not None else 1
+
+
+def plan_writes(options: ModbusOptions, values: Mapping[str, Scalar]) -> list[_Write]:
+    """Every value checked (:func:`encode_write`), then the writes that set them: neighbours in one table
+    merged into one write (function 15 or 16), within the standard's limits (123 registers, 1968 coils)."""
+    by_name = {p.name: p for p in options.points}
+    unknown = sorted(set(values) - set(by_name))
+    if unknown:
+        raise CommandRefused(f"no point named {', '.join(repr(n) for n in unknown)} on this device")
+    single: list[_Write] = []
+    for name, value in values.items():
+        point = by_name[name]
+        words = tuple(encode_write(options, point, value))
+        mask = (1 << point.bit) if point.data_type is DataType.BIT and point.bit is not None else None
+        single.append(_Write(point.table, point.address, words, (name,), mask))
+    bits = [w for w in single if w.mask is not None]
+    taken = {(w.table, w.address) for w in bits}
+    clash = [w for w in single if w.mask is None and (w.table, w.address) in taken]
+    if len(taken) < len(bits) or clash:
+        raise CommandRefused("two of these points share a register: write them one command at a time")
+    merged: list[_Write] = []
+    for w in sorted((w for w in single if w.mask is None), key=lambda w: (w.table, w.address)):
+        last = merged[-1] if merged else None
+        limit = _WRITE_LIMIT[w.table]
+        if (
+            last is not None
+            and last.table == w.table
+            and last.address + len(last.words) == w.address
+            and len(last.words) + len(w.words) <= limit
+        ):
+            merged[-1] = _Write(w.table, last.address, last.words + w.words, last.names + w.names)
+        else:
+            merged.append(w)
+    return merged + bits
+
+
+_WRITE_LIMIT: Final = {Table.HOLDING: 123, Table.COIL: 1968}
+"""The most registers (coils) one write request may carry (Modbus Application Protocol 6.11, 6.12)."""
+
+
 class ModbusDriver(PolledDriver[ModbusOptions, ModbusLink]):
     name: ClassVar[str] = "modbus"
     Options: ClassVar[type[ModbusOptions]] = ModbusOptions
     emits: ClassVar[frozenset[str]] = frozenset({METER_READING})
+    commands: ClassVar[Mapping[str, CommandSpec]] = {
+        "write": CommandSpec(
+            ModbusWriteArgs,
+            "Write points marked writable: true (holding registers, coils: functions 05, 06, 15, 16), each "
+            "value checked against the point's type, min, max and enum before anything is sent.",
+        ),
+        "read": CommandSpec(
+            ModbusReadArgs, "Read points now (default: all); their values in data, as a poll reports them."
+        ),
+    }
+
+    async def command(self, name: str, args: CommandArgs) -> CommandData:
+        if name == "write":
+            assert isinstance(args, ModbusWriteArgs)
+            writes = plan_writes(self.options, args.items())  # refused here: nothing reached the line
+            poller = self.live_session()
+            assert isinstance(poller, _Poller)
+            await poller.write(writes)
+            return {"written": args.items()}
+        if name == "read":
+            assert isinstance(args, ModbusReadArgs)
+            names = args.points or [p.name for p in self.options.points]
+            index = {p.name: i for i, p in enumerate(self.options.points)}
+            unknown = [n for n in names if n not in index]
+            if unknown:
+                raise CommandRefused(f"no point named {', '.join(repr(n) for n in unknown)} on this device")
+            poller = self.live_session()
+            assert isinstance(poller, _Poller)
+            return await poller.read_now(sorted({index[n] for n in names}))
+        return await super().command(name, args)
 
     async def open_line(self, lost: Callable[[BaseException], None]) -> ModbusLink:
         return await open_link(self.options, lost)
@@ -827,6 +1138,86 @@ class _Poller(PolledDevice[ModbusLink, _Group]):
             point = self.points[index]
             layout.append((point.name, point.decode, point.span.address - request.address, point.scale))
         return layout
+
+    # -- commands ---------------------------------------------------------------------------------------
+    async def write(self, writes: Sequence[_Write]) -> None:
+        """Carry out ``writes`` (checked already) in one urgent turn of the line: the command's exchange
+        comes next, before the polls queued; CommandFailed says what was written before a failure."""
+        opts = self.options
+        unit = opts.unit_id
+        ctx = self.ctx
+        report = self.report_counter
+        written: list[str] = []
+
+        async def exchange(link: ModbusLink) -> None:
+            try:
+                for w in writes:
+                    if w.mask is None:
+                        await link.write(w.table, unit, w.address, w.words, report)
+                    else:  # a bit of a holding register: the register as it is now, that bit changed
+                        (word,) = await link.read(Table.HOLDING, unit, w.address, 1, report)
+                        word = (word | w.mask) if w.words[0] else (word & ~w.mask & 0xFFFF)
+                        await link.write(Table.HOLDING, unit, w.address, [word], report)
+                    written.extend(w.names)
+            finally:
+                link.account(ctx.count)
+
+        try:
+            await self.port.request(
+                exchange, timeout=opts.timeout_s * sum(w.exchanges for w in writes), urgent=True
+            )
+        except (DeviceTimeout, BadReply, ExceptionReply) as err:
+            failed = next(w for w in writes if not set(w.names) <= set(written))
+            done = f" (written: {', '.join(written)})" if written else " (nothing written)"
+            what = "no answer" if isinstance(err, DeviceTimeout) else str(err)
+            raise CommandFailed(
+                f"writing {', '.join(failed.names)} ({failed.table.value} {failed.address}): {what}{done}"
+            ) from err
+
+    async def read_now(self, indices: Sequence[int]) -> dict[str, object]:
+        """The points ``indices`` read now, each request an urgent turn of the line: ``{"values", "units"}``
+        and, for points the device refused, ``"errors"`` by name. CommandFailed if the device is silent."""
+        opts = self.options
+        unit = opts.unit_id
+        values: dict[str, mb.Value] = {}
+        errors: dict[str, str] = {}
+        spans = [self.spans[i] for i in indices]
+        pending = [
+            mb.ReadRequest(r.table, r.address, r.count, tuple(indices[j] for j in r.points))
+            for r in mb.plan(spans, max_gap=opts.max_gap)
+        ]
+        while pending:
+            request = pending.pop(0)
+            try:
+                words = await self.port.request(
+                    partial(self._read, request, unit, self.report_counter, self.ctx.count),
+                    timeout=opts.timeout_s,
+                    attempts=1 + opts.retries,
+                    retry_on=(BadReply,),
+                    urgent=True,
+                )
+            except DeviceTimeout as err:
+                raise CommandFailed(f"unit {unit}: no answer within {opts.timeout_s:g} s") from err
+            except (BadReply, ExceptionReply) as err:
+                parts = ()
+                if isinstance(err, ExceptionReply) and err.code == mb.ExceptionCode.ILLEGAL_DATA_ADDRESS:
+                    parts = mb.split(request, self.spans)  # the span crossed a hole: read its halves
+                pending[0:0] = parts
+                if not parts:
+                    for i in request.points:
+                        errors[self.points[i].name] = str(err)
+                continue
+            for name, decode, offset, scale in self._layout(request):
+                values[name] = decode(words, offset) if scale is None else scale(decode(words, offset))
+        if not values and errors:
+            raise CommandFailed("; ".join(f"{name}: {reason}" for name, reason in errors.items()))
+        units = {
+            p.name: p.unit for i in indices if (p := self.points[i]).unit is not None and p.name in values
+        }
+        data: dict[str, object] = {"values": values, "units": units}
+        if errors:
+            data["errors"] = errors
+        return data
 
 
 async def _read(

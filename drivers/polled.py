@@ -42,6 +42,7 @@ from typing import Any, ClassVar, Final, Generic, TypeVar
 
 from . import bus
 from .base import DeviceContext, Driver
+from .commands import CommandFailed
 from .counters import EMPTY_POLLS, POLLS, POLLS_MISSED, POLLS_UNCHANGED
 from .kinds import METER_READING
 from .link import SerialOrTcpOptions
@@ -153,6 +154,17 @@ class PolledDriver(Driver[OptionsT], Generic[OptionsT, LinkT]):
     backoff_max_s: ClassVar[float] = 30.0
     """A silent device's backoff on the line (:meth:`drivers.bus.Port.request`), unless :meth:`backoff`
     says otherwise."""
+    live: PolledDevice[LinkT, Any] | None = None
+    """The session running now (None between sessions): what a command (:meth:`Driver.command
+    <drivers.base.Driver.command>`) uses, its requests made ``urgent`` on the same port as the polls."""
+
+    def live_session(self) -> PolledDevice[LinkT, Any]:
+        """The running session, for a command; :class:`~drivers.commands.CommandFailed` when there is none
+        (the device is between sessions: its line lost, its backoff running)."""
+        session = self.live
+        if session is None:
+            raise CommandFailed(f"device {self.device!r} is not connected to its line")
+        return session
 
     @abc.abstractmethod
     async def open_line(self, lost: Callable[[BaseException], None]) -> LinkT:
@@ -181,4 +193,9 @@ class PolledDriver(Driver[OptionsT], Generic[OptionsT, LinkT]):
             backoff_initial_s=initial,
             backoff_max_s=longest,
         ) as port:
-            await self.session(port, ctx).run()
+            session = self.live = self.session(port, ctx)
+            try:
+                await session.run()
+            finally:
+                if self.live is session:
+                    self.live = None

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import time
@@ -59,6 +60,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeVar, overload
 
 from .base import Driver
+from .commands import CommandData, CommandFailed, CommandRefused
 from .errors import ConfigurationError, TransientError
 from .event import Event
 from .kinds import DEVICE_STATUS
@@ -148,6 +150,23 @@ class DeviceUnderTest:
         """How many times the driver was started again after it ended."""
         self.changed: Callable[[], None] = _nothing
         """Called after every event and count (the harness wakes its waits with it)."""
+        self.driver: Driver[Any] | None = None
+        """The driver instance of the current (or last) attempt: the one a command goes to."""
+
+    async def command(self, name: str, args: Mapping[str, Any] | None = None) -> CommandData:
+        """Send command ``name`` to the running driver, as the gateway does once the device is connected:
+        ``args`` (the request's JSON object) validated against the command's model in strict JSON mode,
+        then :meth:`Driver.command <drivers.base.Driver.command>`. A command the driver does not offer
+        raises :class:`~drivers.commands.CommandRefused`, args that do not validate pydantic's
+        ``ValidationError``."""
+        driver = self.driver
+        if driver is None or self.state != CONNECTED:
+            raise CommandFailed(f"device {self._name!r} is not connected")
+        spec = type(driver).commands.get(name)
+        if spec is None:
+            raise CommandRefused(f"driver {driver.name!r} has no command {name!r}")
+        parsed = spec.args.model_validate_json(json.dumps(args or {}), strict=True)
+        return await driver.command(name, parsed)
 
     # -- the DeviceContext ----------------------------------------------------------------------------
     @property
@@ -189,7 +208,8 @@ class DeviceUnderTest:
         try:
             while True:
                 try:
-                    await self._make_driver().run(self)
+                    self.driver = driver = self._make_driver()
+                    await driver.run(self)
                     reason = "driver returned"
                 except ConfigurationError as err:
                     self.state = FAILED
@@ -329,6 +349,12 @@ class Harness:
     def device(self) -> DeviceUnderTest:
         """The only device."""
         return self.device_named(None)
+
+    async def command(
+        self, device: str | None, name: str, args: Mapping[str, Any] | None = None
+    ) -> CommandData:
+        """:meth:`DeviceUnderTest.command` of ``device`` (None: the only one)."""
+        return await self.device_named(device).command(name, args)
 
 
 H = TypeVar("H", bound=Harness)

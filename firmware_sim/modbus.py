@@ -374,6 +374,9 @@ class SimStats:
 
     requests: Counter[int] = field(default_factory=Counter)
     """Requests received, per unit id."""
+    functions: Counter[tuple[int, int]] = field(default_factory=Counter)
+    """Requests received, per (unit id, function code): 3 for a read of holding registers, 6 or 16 for a
+    write of them, ... (what a test counts to show that a refused write never reached the line)."""
     replies: Counter[int] = field(default_factory=Counter)
     """Replies sent intact (exceptions included), per unit."""
     exceptions: Counter[tuple[int, int]] = field(default_factory=Counter)
@@ -702,6 +705,7 @@ class ModbusSimulator:
                 self.stats.exceptions[(unit, int(getattr(pdu, "exception_code", 0)))] += 1
         else:
             self.stats.requests[unit] += 1
+            self.stats.functions[(unit, int(pdu.function_code))] += 1
             self._changed.set()
         return pdu
 

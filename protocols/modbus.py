@@ -73,6 +73,7 @@ from protocols.framing import Framer
 __all__ = [
     "MAX_READ_BITS",
     "MAX_READ_REGISTERS",
+    "WRITE_FUNCTIONS",
     "ByteOrder",
     "DataType",
     "ExceptionCode",
@@ -580,6 +581,12 @@ class ReplyCheck(Enum):
     """Modbus TCP: a protocol id other than 0, or an impossible length."""
 
 
+WRITE_FUNCTIONS: Final = frozenset((5, 6, 15, 16))
+"""Write single coil, write single register, write multiple coils, write multiple registers: each answered
+by an echo of 4 bytes (the address, then the value written or the quantity)."""
+_WRITE_ECHO: Final = 4
+
+
 def _expected_data_bytes(function: int, count: int) -> int:
     return (count + 7) // 8 if function in (1, 2) else 2 * count
 
@@ -616,7 +623,8 @@ def check_rtu_reply(buf: bytes | bytearray, unit: int, function: int, count: int
 def check_tcp_reply(
     buf: bytes | bytearray, unit: int, function: int, count: int, transaction: int
 ) -> tuple[ReplyCheck, int]:
-    """Classify the Modbus TCP (MBAP) reply at the start of ``buf``: ``(verdict, frame length)``. Never
+    """Classify the Modbus TCP (MBAP) reply at the start of ``buf`` to a read of ``count`` items with
+    ``function`` (or a write, 05, 06, 15 or 16: a four-byte echo): ``(verdict, frame length)``. Never
     raises. ``transaction`` 0 accepts any transaction id."""
     n = len(buf)
     if n < 8:
@@ -638,6 +646,8 @@ def check_tcp_reply(
         return (ReplyCheck.EXCEPTION if length == 3 else ReplyCheck.WRONG_LENGTH), size
     if fc != function:
         return ReplyCheck.WRONG_FUNCTION, size
+    if function in WRITE_FUNCTIONS:
+        return (ReplyCheck.OK if length == 2 + _WRITE_ECHO else ReplyCheck.WRONG_LENGTH), size
     if length < 3 or buf[8] != length - 3 or buf[8] != _expected_data_bytes(function, count):
         return ReplyCheck.WRONG_LENGTH, size
     return ReplyCheck.OK, size
@@ -824,7 +834,8 @@ def _first_frame(buffer: bytearray, start: int, size: int) -> int:
 
 def judge_rtu_reply(frame: RtuFrame, unit: int, function: int, count: int) -> ReplyCheck:
     """Whether ``frame`` (whole, its CRC checked: from :class:`RtuReplyFramer`) answers a read of ``count``
-    items with ``function`` from ``unit``: OK, EXCEPTION, WRONG_UNIT, WRONG_FUNCTION or WRONG_LENGTH."""
+    items with ``function`` from ``unit`` (or a write, function 05, 06, 15 or 16, whose echo is four bytes;
+    ``count`` is not used): OK, EXCEPTION, WRONG_UNIT, WRONG_FUNCTION or WRONG_LENGTH."""
     if frame.unit != unit:
         return ReplyCheck.WRONG_UNIT
     pdu = frame.pdu
@@ -833,6 +844,8 @@ def judge_rtu_reply(frame: RtuFrame, unit: int, function: int, count: int) -> Re
         return ReplyCheck.EXCEPTION
     if fc != function:
         return ReplyCheck.WRONG_FUNCTION
+    if function in WRITE_FUNCTIONS:
+        return ReplyCheck.OK if len(pdu) == 1 + _WRITE_ECHO else ReplyCheck.WRONG_LENGTH
     if len(pdu) < 2 or pdu[1] != _expected_data_bytes(function, count):
         return ReplyCheck.WRONG_LENGTH
     return ReplyCheck.OK
