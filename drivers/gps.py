@@ -85,36 +85,39 @@ class GpsOptions(SerialOrTcpOptions):
     """A receiver's link and when its fixes are worth an event."""
 
     baudrate: Literal[4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800] = Field(
-        9600, description="Serial line speed (NMEA 0183 says 4800; most receivers ship at 9600)."
+        default=9600, description="Serial line speed (NMEA 0183 says 4800; most receivers ship at 9600)."
     )
     every_s: float | None = Field(
-        10.0,
+        default=10.0,
         gt=0,
         le=86400,
         description="Report a fix at least this often (receiver time) while there is one; null: only by "
         "distance or heading.",
     )
     every_m: float | None = Field(
-        None, gt=0, le=1_000_000, description="Report a fix whenever the position moved this far (metres)."
+        default=None,
+        gt=0,
+        le=1_000_000,
+        description="Report a fix whenever the position moved this far (metres).",
     )
     heading_change_deg: float | None = Field(
-        None, gt=0, le=180, description="Report a fix whenever the course turned this much (degrees)."
+        default=None, gt=0, le=180, description="Report a fix whenever the course turned this much (degrees)."
     )
     heading_min_speed_kmh: float = Field(
-        5.0,
+        default=5.0,
         ge=0,
         le=1000,
         description="Below this speed the course is noise: heading_change_deg does not apply.",
     )
     max_fix_age_s: float = Field(
-        DEFAULT_MAX_FIX_AGE_S,
+        default=DEFAULT_MAX_FIX_AGE_S,
         gt=0,
         le=86400,
         description="How old this receiver's latest reported fix may be (against an event's time) to stamp "
         "the events of a device with position_from naming it.",
     )
     read_timeout_s: float = Field(
-        5.0, gt=0, le=300, description="A receiver silent this long (no byte) is reconnected."
+        default=5.0, gt=0, le=300, description="A receiver silent this long (no byte) is reconnected."
     )
 
 

@@ -144,7 +144,7 @@ class SimStats:
 
 @dataclass(frozen=True, slots=True)
 class SentFix:
-    """A fix the receiver sent intact (its GGA and RMC both)."""
+    """A fix the receiver sent, with its GGA or its RMC (or both) intact."""
 
     time: dt.datetime
     lat: float
@@ -344,7 +344,7 @@ class GpsSimulator(serving.LinkSimulator[SimStats]):
         stats.epochs += 1
         if has_fix:
             stats.fix_epochs += 1
-            if intact_fix == 2:
+            if intact_fix:  # its GGA or its RMC came through: a driver may make a fix of it
                 self.sent.append(SentFix(now, lat, lon, round(speed_kmh, 2), round(course, 2)))
         else:
             stats.no_fix_epochs += 1
