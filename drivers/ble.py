@@ -65,7 +65,6 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from protocols.ble_adverts import (
     FORMATS,
     Advert,
-    AdvertError,
     Decoded,
     advert_from_json,
     decode,
@@ -486,24 +485,25 @@ class BleDriver(Driver[BleOptions]):
         elif len(seen) >= self.options.max_addresses:
             del seen[next(iter(seen))]
         seen[address] = (payload, advert.ts)
-        try:
-            decoded = decode(advert, self._keys.get(_norm_address(address)) if self._keys else None)
-        except AdvertError as err:
+        found, errors = decode(advert, self._keys.get(_norm_address(address)) if self._keys else None)
+        for err in errors:
             ctx.count(DECODE_ERRORS, 1)
             ctx.count(err.reason, 1)
             ctx.log.debug("%s: %s", address, err)
-            return
-        if decoded is None:
+        if not found:
+            if errors:
+                return
             if not self.options.raw:
                 ctx.count(ADVERTS_UNKNOWN, 1)
                 return
-            decoded = Decoded("raw")
-        for problem in decoded.problems:
-            ctx.count(problem, 1)
-        if self._formats and decoded.format not in self._formats:
-            ctx.count(ADVERTS_FILTERED, 1)
-            return
-        ctx.emit(BLE_ADVERT, event_data(advert, decoded), advert.ts)
+            found = [Decoded("raw")]
+        for decoded in found:
+            for problem in decoded.problems:
+                ctx.count(problem, 1)
+            if self._formats and decoded.format not in self._formats:
+                ctx.count(ADVERTS_FILTERED, 1)
+                continue
+            ctx.emit(BLE_ADVERT, event_data(advert, decoded), advert.ts)
 
 
 def _now(advert: Advert) -> Advert:

@@ -20,7 +20,7 @@ Pure (no I/O, clocks or asyncio). Three parts:
   :func:`decode_bthome` (service data 0xFCD2, encrypted payloads with a bind key: AES-CCM, 4-byte MIC),
   :func:`decode_ruuvi` (manufacturer 0x0499, data format 5), :func:`decode_ibeacon` (manufacturer 0x004C,
   type 0x02 length 0x15), :func:`decode_eddystone` (service data 0xFEAA: UID 0x00, URL 0x10, TLM 0x20);
-  :func:`decode` picks by what the advert carries and returns None for an advert of no known format;
+  :func:`decode` tries each format the advert carries and gives what decoded and what did not;
 
 - the encoders of the same formats (:func:`encode_bthome`, :func:`encrypt_bthome`, and the construct
   definitions :data:`RUUVI_RAWV2`, :data:`IBEACON`, :data:`EDDYSTONE_UID`, :data:`EDDYSTONE_TLM`), for
@@ -757,25 +757,41 @@ def encode_eddystone_url(url: str, tx_power: int) -> bytes:
 # Picking the decoder
 
 
-def decode(advert: Advert, bindkey: bytes | None = None) -> Decoded | None:
-    """The advert decoded in the first format it carries (BTHome, Ruuvi, iBeacon, Eddystone), None when it
-    carries none of them; :class:`AdvertError` when it carries one that does not decode."""
+def decode(advert: Advert, bindkey: bytes | None = None) -> tuple[list[Decoded], list[AdvertError]]:
+    """Every known format the advert carries, decoded (BTHome, Eddystone, Ruuvi, iBeacon: a beacon may send
+    an iBeacon and an Eddystone-TLM in one advert), and the errors of those that claim a format and do not
+    decode. Both empty: the advert is of no format known here."""
+    found: list[Decoded] = []
+    errors: list[AdvertError] = []
     service = advert.service_data
     if service:
         data = service.get(BTHOME_UUID)
         if data is not None:
-            return decode_bthome(data, mac=mac_bytes(advert.address), bindkey=bindkey)
+            try:
+                found.append(decode_bthome(data, mac=mac_bytes(advert.address), bindkey=bindkey))
+            except AdvertError as err:
+                errors.append(err)
         data = service.get(EDDYSTONE_UUID)
         if data is not None:
-            found = decode_eddystone(data)
-            if found is not None:
-                return found
+            try:
+                eddystone = decode_eddystone(data)
+            except AdvertError as err:
+                errors.append(err)
+            else:
+                if eddystone is not None:
+                    found.append(eddystone)
     manufacturer = advert.manufacturer_data
     if manufacturer:
         data = manufacturer.get(RUUVI_COMPANY)
         if data is not None and data[:1] == b"\x05":
-            return decode_ruuvi(data)
+            try:
+                found.append(decode_ruuvi(data))
+            except AdvertError as err:
+                errors.append(err)
         data = manufacturer.get(IBEACON_COMPANY)
         if data is not None and is_ibeacon(data):
-            return decode_ibeacon(data)
-    return None
+            try:
+                found.append(decode_ibeacon(data))
+            except AdvertError as err:
+                errors.append(err)
+    return found, errors
