@@ -30,6 +30,7 @@ from typing import Any, Final, Protocol
 from drivers import registry
 from drivers.base import Driver
 from gateway.backoff import Backoff
+from gateway.commands.service import CommandService
 from gateway.config import Config, ConfigError, DeviceConfig, load_config
 from gateway.delivery.buffer import Buffer, BufferStats, SqliteBuffer
 from gateway.delivery.forwarder import Forwarder, ForwarderSettings
@@ -146,6 +147,9 @@ class Gateway:
         self._device_tasks: dict[str, asyncio.Task[None]] = {}
         self._backoff: Backoff | None = None
         self._reload_wanted = asyncio.Event()
+        self._reload_waiters: list[asyncio.Future[ReloadPlan | None]] = []
+        self.commands: CommandService | None = None
+        """The command service (:mod:`gateway.commands`) when upstream.mqtt.commands.enabled."""
         self._health_said: str | None = None
         self._undelivered_why: str | None = "the gateway stopped before it could deliver them"
         """At a stop, why the upstream did not deliver everything buffered (None: it did)."""
@@ -332,11 +336,22 @@ class Gateway:
                 if runner.processor is not None:
                     before.processor.update(runner.processor.counters())
 
+    async def reload_and_wait(self) -> ReloadPlan | None:
+        """Ask for a reload (as SIGHUP does) and wait for its outcome: what :meth:`reload` returned."""
+        waiter: asyncio.Future[ReloadPlan | None] = asyncio.get_running_loop().create_future()
+        self._reload_waiters.append(waiter)
+        self.request_reload()
+        return await waiter
+
     async def _reloader(self) -> None:
         while True:
             await self._reload_wanted.wait()
             self._reload_wanted.clear()
-            await self.reload()
+            waiters, self._reload_waiters = self._reload_waiters, []
+            plan = await self.reload()
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(plan)
 
     async def _report_status(self) -> None:
         """Every ``status_interval_s``: the rates, the STATUS line, and a log line when health changes."""
@@ -431,6 +446,9 @@ class Gateway:
                 asyncio.create_task(self._reloader(), name="reloader"),
                 asyncio.create_task(self._report_status(), name="status"),
             ]
+            if cfg.upstream.mqtt.commands.enabled:
+                self.commands = CommandService(self, cfg)
+                aux.append(asyncio.create_task(self.commands.run(), name="commands"))
             self.notifier.ready(self.status_line())
             self.started.set()
             log.info("ready: %s", self.status_line())

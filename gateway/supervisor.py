@@ -60,6 +60,11 @@ class DeviceRunner:
         self._attempt = 0
         self.events_emitted = 0
         self.events_dropped = 0
+        self.driver: Driver[Any] | None = None
+        """The driver instance whose ``run`` is running now (None between restarts): the one a command
+        (:mod:`gateway.commands`) is given to."""
+        self.command_tasks: set[asyncio.Task[Any]] = set()
+        """The commands running on ``driver``: cancelled when its ``run`` ends (a failure, a stop)."""
 
     # -- the DeviceContext protocol -------------------------------------------------------------------
     @property
@@ -155,11 +160,17 @@ class DeviceRunner:
         for event in events:
             self._put(event)
 
+    def _driver_ended(self) -> None:
+        """The driver's ``run`` is over: no more commands reach it, and those running are cancelled."""
+        self.driver = None
+        for task in list(self.command_tasks):
+            task.cancel()
+
     async def _supervise(self) -> None:
         try:
             while True:
                 try:
-                    driver = self._make_driver()
+                    driver = self.driver = self._make_driver()
                     await driver.run(self)
                     reason = "driver returned"
                 except ConfigurationError as err:
@@ -172,6 +183,8 @@ class DeviceRunner:
                 except Exception as err:  # a driver bug: restart this device, never the others
                     self._log.exception("driver crashed")
                     reason = f"internal error: {type(err).__name__}: {err}"
+                finally:
+                    self._driver_ended()
                 delay = self._backoff.delay(self._attempt)
                 self._attempt += 1
                 self.restarts += 1

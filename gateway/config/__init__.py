@@ -62,6 +62,7 @@ the validation error's type and message, never its input.
 from gateway.config.loader import load_config
 from gateway.config.models import (
     BufferConfig,
+    CommandsConfig,
     Config,
     ConfigError,
     DeviceConfig,
@@ -80,6 +81,7 @@ from gateway.config.models import (
 
 __all__ = [
     "BufferConfig",
+    "CommandsConfig",
     "Config",
     "ConfigError",
     "DeviceConfig",

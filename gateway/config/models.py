@@ -34,8 +34,10 @@ from gateway.processors.rfid import SmoothingOptions
 
 __all__ = [
     "BufferConfig",
+    "CommandsConfig",
     "Config",
     "ConfigError",
+    "DedupeWindow",
     "DeviceConfig",
     "DriverLookup",
     "GatewayConfig",
@@ -43,6 +45,7 @@ __all__ = [
     "MqttConfig",
     "Problem",
     "QueueConfig",
+    "RateLimit",
     "ReconnectConfig",
     "SupervisorConfig",
     "TlsConfig",
@@ -535,6 +538,77 @@ class TlsConfig(_Section):
         return tls
 
 
+CommandName = Annotated[str, Field(strict=True, min_length=1, max_length=64)]
+Seconds = Annotated[float, Field(strict=True, gt=0, le=3600)]
+
+
+class DedupeWindow(_Section):
+    """``upstream.mqtt.commands.dedupe_window:`` — how long a request id is remembered."""
+
+    count: Annotated[int, Field(strict=True, ge=1, le=1_000_000)] = Field(
+        default=1000, description="The last this many request ids (per gateway) are remembered."
+    )
+    seconds: Annotated[float, Field(strict=True, gt=0, le=7 * 86400)] = Field(
+        default=600.0, description="An id is remembered at most this long after its result, in seconds."
+    )
+
+
+class RateLimit(_Section):
+    """``upstream.mqtt.commands.rate_limit:`` — a token bucket per device."""
+
+    per_s: Annotated[float, Field(strict=True, gt=0, le=10_000)] = Field(
+        default=1.0, description="Commands per second a device accepts on average."
+    )
+    burst: Annotated[int, Field(strict=True, ge=1, le=10_000)] = Field(
+        default=5, description="Commands a device accepts at once after a quiet period."
+    )
+
+
+class CommandsConfig(_Section):
+    """``upstream.mqtt.commands:`` — commands from upstream (see the README's Commands section)."""
+
+    enabled: Annotated[bool, Field(strict=True)] = Field(
+        default=False,
+        description="Subscribe to <prefix>/<gateway>/+/cmd and <prefix>/<gateway>/cmd and answer requests "
+        "(default false: the gateway subscribes to nothing). A device still accepts only the commands its "
+        "own `commands:` lists.",
+    )
+    max_age_s: Annotated[float, Field(strict=True, gt=0, le=86400)] = Field(
+        default=30.0,
+        description="A request whose `ts` is older than this when it arrives is answered `expired` and not "
+        "run (e.g. one the broker queued through an uplink outage). Also the tolerated clock skew for a "
+        "`ts` in the future.",
+    )
+    dedupe_window: DedupeWindow = Field(
+        default_factory=DedupeWindow,
+        description="Request ids remembered (by count and time): a request whose id was seen gets the "
+        "first result again and is not run again.",
+    )
+    max_in_flight: Annotated[int, Field(strict=True, ge=1, le=100)] = Field(
+        default=1, description="Most commands running at once per device; more are refused."
+    )
+    rate_limit: RateLimit = Field(
+        default_factory=RateLimit, description="Commands accepted per device over time; more are refused."
+    )
+    timeout_s: Annotated[float, Field(strict=True, gt=0, le=3600)] = Field(
+        default=10.0, description="How long a command may run before its result is `timeout`, in seconds."
+    )
+    timeouts: dict[CommandName, Seconds] = Field(
+        default_factory=dict,
+        description="Per command name, a timeout in seconds over timeout_s, e.g. {read: 5, write: 3}.",
+    )
+    hmac_key_file: SecretFile | None = Field(
+        default=None,
+        description="File holding a shared key: when set, every request must carry `hmac`, the "
+        "HMAC-SHA256 of its canonical form under this key (hex), or it is refused. See the README.",
+    )
+    session_expiry_s: Annotated[int, Field(strict=True, ge=0, le=2**32 - 1)] = Field(
+        default=3600,
+        description="How long the broker keeps the command session (its subscription and the QoS 1 requests "
+        "queued for it) while the gateway is away, in seconds (MQTT 5; 3.1.1 brokers use their own).",
+    )
+
+
 class MqttConfig(_Section):
     """``upstream.mqtt:`` — the MQTT broker events are forwarded to."""
 
@@ -594,6 +668,11 @@ class MqttConfig(_Section):
         "'offline' and disconnects; what is left stays buffered for the next start. An unreachable broker "
         "is tried once, not waited for. Keep it below systemd's TimeoutStopSec (30 s in the shipped unit) "
         "less 15 s for the rest of the stop. 0: publish nothing more at a stop.",
+    )
+
+    commands: CommandsConfig = Field(
+        default_factory=CommandsConfig,
+        description="Commands from upstream to the gateway and its devices (off by default).",
     )
 
     @property
@@ -717,6 +796,11 @@ class DeviceConfig(BaseModel):
         default=None,
         description="RFID devices only: turn raw reads into arrivals, departures, moves and lane counts.",
     )
+    commands: tuple[str, ...] = Field(
+        default=(),
+        description="The commands upstream may send this device (names of its driver's commands); none by "
+        "default. Only with upstream.mqtt.commands.enabled.",
+    )
     file: Path = Field(description="The absolute path of the file the device is defined in.")
     line: int = Field(description="The line its mapping starts on.")
     _driver_class: type[Driver[Any]] | None = PrivateAttr(None)
@@ -741,7 +825,7 @@ class Config(_Sections):
     source: Path = Field(description="The gateway file, absolute.")
 
 
-_DEVICE_KEYS = ("name", "driver", "smoothing")
+_DEVICE_KEYS = ("name", "driver", "smoothing", "commands")
 """A device's keys that belong to the gateway; every other key is the driver's."""
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -40,6 +40,7 @@ from pydantic_core import core_schema
 
 from drivers import registry
 from drivers.base import Driver
+from drivers.commands import CommandSpec
 from drivers.kinds import RFID_READ
 from gateway.config import models as cfg
 from gateway.processors.rfid import SmoothingOptions
@@ -175,6 +176,8 @@ def build(drivers: Sequence[str] | None = None) -> tuple[dict[str, Any], dict[st
         (SmoothingOptions, "validation"),
     ]
     models += [(options, "validation") for options in by_options]
+    command_args = {spec.args for cls in loaded.values() for spec in cls.commands.values()}
+    models += [(args, "validation") for args in sorted(command_args, key=lambda m: m.__qualname__)]
     refs, top = models_json_schema(models, schema_generator=_Generator, ref_template="#/$defs/{model}")
     defs: dict[str, Any] = _clean(top["$defs"])
 
@@ -204,6 +207,8 @@ def build(drivers: Sequence[str] | None = None) -> tuple[dict[str, Any], dict[st
                 "description": "Tag smoothing and lane counts for this RFID device (see the README).",
                 "anyOf": [{"$ref": f"#/$defs/{def_name(SmoothingOptions)}"}, {"type": "null"}],
             }
+        offered = {c: spec for n in names for c, spec in loaded[n].commands.items()}
+        body["properties"]["commands"] = _commands_schema(offered, def_name)
         body["required"] = ["name", "driver", *body.get("required", [])]
         condition = {"properties": {"driver": which}, "required": ["driver"]}
         branches.append({"if": condition, "then": {"$ref": f"#/$defs/{key}"}})
@@ -244,6 +249,31 @@ def build(drivers: Sequence[str] | None = None) -> tuple[dict[str, Any], dict[st
         "$defs": {name: defs[name] for name in sorted(_reachable(defs, "Device"))},
     }
     return gateway_schema, device_schema, left_out
+
+
+def _commands_schema(
+    offered: Mapping[str, CommandSpec], def_name: Callable[[type[BaseModel]], str]
+) -> dict[str, Any]:
+    """A device's ``commands:``: the names its driver offers, each documented with its ``args`` model
+    (``x-edgegw-commands``: name -> description and the ``$ref`` of the args schema)."""
+    if not offered:
+        return {
+            "description": "The commands upstream may send this device: its driver offers none.",
+            "anyOf": [{"type": "array", "maxItems": 0}, {"type": "null"}],
+        }
+    lines = "; ".join(f"{name}: {spec.doc}" for name, spec in sorted(offered.items()))
+    return {
+        "description": "The commands upstream may send this device (none by default; needs "
+        f"upstream.mqtt.commands.enabled). Its driver offers: {lines}.",
+        "anyOf": [
+            {"type": "array", "items": {"enum": sorted(offered)}, "uniqueItems": True},
+            {"type": "null"},
+        ],
+        "x-edgegw-commands": {
+            name: {"description": spec.doc, "args": {"$ref": f"#/$defs/{def_name(spec.args)}"}}
+            for name, spec in sorted(offered.items())
+        },
+    }
 
 
 _UNMAPPED: Final = frozenset({"ge", "gt", "le", "lt", "multiple_of", "strict"})

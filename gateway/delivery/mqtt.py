@@ -13,6 +13,10 @@ does, without a Future per message:
   reported through ``on_ack(mid, reason_code)``; a lost connection through ``on_lost(reason)``, called
   once, the moment paho notices (EOF, socket error, keepalive timeout, DISCONNECT from the broker).
 
+For the commands (:mod:`gateway.commands`), a connection can also receive: :meth:`MqttConnection.subscribe`
+and ``on_message(Incoming)``, and keep a persistent session (``session_expiry_s``: clean start off, so the
+broker keeps the subscription and queues QoS 1 requests while the link is down).
+
 Errors::
 
     MqttError
@@ -33,6 +37,7 @@ from typing import Any, Literal
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -42,6 +47,23 @@ AckCallback = Callable[[int, int], None]
 """``on_ack(mid, reason_code)``: reason codes >= 0x80 are refusals (MQTT 5); MQTT 3.1.1 always gives 0."""
 LostCallback = Callable[[str], None]
 """``on_lost(reason)``: the connection is gone; every publish without an ack so far never gets one."""
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A message the broker delivered (``on_message``). paho acknowledges a QoS 1 message once the callback
+    has returned."""
+
+    topic: str
+    payload: bytes
+    retain: bool
+    response_topic: str | None = None
+    """MQTT 5 Response Topic, when the publisher set one."""
+    correlation_data: bytes | None = None
+    """MQTT 5 Correlation Data, when the publisher set it."""
+
+
+MessageCallback = Callable[[Incoming], None]
 
 _MISC_INTERVAL_S = 1.0
 DISCONNECT_GRACE_S = 5.0
@@ -128,7 +150,12 @@ class MqttConnection:
         tls: TlsOptions | None = None,
         will: Will | None = None,
         connect_timeout_s: float = 10.0,
+        on_message: MessageCallback | None = None,
+        session_expiry_s: int | None = None,
     ) -> None:
+        """``session_expiry_s``: None (the default) starts a clean session on every connect; a number keeps
+        a persistent session (MQTT 5: clean start off and this Session Expiry Interval; 3.1.1: clean session
+        off, the broker's own expiry)."""
         self.host = host
         self.port = port
         self.client_id = client_id
@@ -145,12 +172,17 @@ class MqttConnection:
         self.connected = False
         self.receive_maximum: int | None = None
         """The broker's Receive Maximum from CONNACK (MQTT 5), if it sent one."""
+        self.session_present = False
+        """CONNACK's session present flag: the broker kept the session (and its subscriptions)."""
+        self._on_message = on_message
+        self._session_expiry_s = session_expiry_s
+        self._subacks: dict[int, asyncio.Future[list[int]]] = {}
 
         v5 = protocol == "5"
         client = _Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
-            clean_session=None if v5 else True,
+            clean_session=None if v5 else session_expiry_s is None,
             protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
             reconnect_on_failure=False,
         )
@@ -175,6 +207,8 @@ class MqttConnection:
         client.on_disconnect = self._handle_disconnect
         client.on_publish = self._handle_publish  # PUBCOMP, or a PUBACK the fast path leaves to paho
         client.on_ack_fast = on_ack
+        client.on_message = self._handle_message
+        client.on_subscribe = self._handle_subscribe
         client.on_socket_open = self._handle_socket_open
         client.on_socket_close = self._handle_socket_close
         client.on_socket_register_write = self._handle_register_write
@@ -221,7 +255,16 @@ class MqttConnection:
         self._misc = self._loop.call_later(_MISC_INTERVAL_S, self._run_misc)
 
     def _blocking_connect(self) -> None:
-        rc = self._client.connect(self.host, self.port, keepalive=self._keepalive_s)
+        if self.protocol == "5" and self._session_expiry_s is not None:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho leaves it untyped
+            props.SessionExpiryInterval = self._session_expiry_s
+            rc = self._client.connect(
+                self.host, self.port, keepalive=self._keepalive_s, clean_start=False, properties=props
+            )
+        elif self.protocol == "5":
+            rc = self._client.connect(self.host, self.port, keepalive=self._keepalive_s, clean_start=True)
+        else:
+            rc = self._client.connect(self.host, self.port, keepalive=self._keepalive_s)
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise MqttConnectError(f"connecting to {self.host}:{self.port}: {paho.error_string(rc)}")
 
@@ -250,6 +293,7 @@ class MqttConnection:
             self._misc = None
         self.connected = False
         self._lost_reported = True  # a close we asked for is not a loss to report
+        self._fail_subacks("closed")
         sock = self._client.socket()
         if sock is not None:
             self._remove_fd(sock.fileno())
@@ -261,22 +305,76 @@ class MqttConnection:
 
     # -- publishing --------------------------------------------------------------------------------------
 
-    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> int:
-        """Queue a PUBLISH; return its mid. The PUBACK arrives through ``on_ack``."""
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        properties: Properties | None = None,
+    ) -> int:
+        """Queue a PUBLISH; return its mid. The PUBACK arrives through ``on_ack``. ``properties``: MQTT 5
+        PUBLISH properties (e.g. Correlation Data), ignored by 3.1.1."""
         if not self.connected:
             raise MqttNotConnected(f"not connected to {self.host}:{self.port}")
-        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise MqttNotConnected(f"publish to {self.host}:{self.port}: {paho.error_string(info.rc)}")
         return info.mid
 
+    async def subscribe(self, topics: list[str], *, qos: int = 1) -> list[int]:
+        """Subscribe to ``topics`` and wait for the SUBACK; return its reason codes, one per topic, in
+        order (>= 0x80: refused, e.g. 0x87 not authorised). Raises :class:`MqttNotConnected` if the
+        connection is not up or is lost before the SUBACK."""
+        if not self.connected:
+            raise MqttNotConnected(f"not connected to {self.host}:{self.port}")
+        rc, mid = self._client.subscribe([(topic, qos) for topic in topics])
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+            raise MqttNotConnected(f"subscribe on {self.host}:{self.port}: {paho.error_string(rc)}")
+        waiter: asyncio.Future[list[int]] = self._loop.create_future()
+        self._subacks[mid] = waiter
+        try:
+            return await waiter
+        finally:
+            self._subacks.pop(mid, None)
+
     # -- paho callbacks (loop thread, except socket open/register during connect: executor thread) ------
+
+    def _handle_message(self, _client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
+        callback = self._on_message
+        if callback is None:
+            return
+        props = message.properties
+        response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
+        correlation = getattr(props, "CorrelationData", None) if props is not None else None
+        callback(
+            Incoming(
+                topic=message.topic,
+                payload=bytes(message.payload),
+                retain=bool(message.retain),
+                response_topic=response_topic if isinstance(response_topic, str) else None,
+                correlation_data=bytes(correlation) if isinstance(correlation, bytes | bytearray) else None,
+            )
+        )
+
+    def _handle_subscribe(
+        self,
+        _client: paho.Client,
+        _userdata: Any,
+        mid: int,
+        reasons: list[ReasonCode],
+        _properties: Properties | None,
+    ) -> None:
+        waiter = self._subacks.get(mid)
+        if waiter is not None and not waiter.done():
+            waiter.set_result([int(reason.value) for reason in reasons])
 
     def _handle_connect(
         self,
         _client: paho.Client,
         _userdata: Any,
-        _flags: Any,
+        flags: Any,
         reason: ReasonCode,
         properties: Properties | None,
     ) -> None:
@@ -285,6 +383,7 @@ class MqttConnection:
             if waiter is not None and not waiter.done():
                 waiter.set_exception(MqttConnectError(f"broker refused the connection: {reason}"))
             return
+        self.session_present = bool(getattr(flags, "session_present", False))
         if properties is not None and hasattr(properties, "ReceiveMaximum"):
             self.receive_maximum = int(properties.ReceiveMaximum)
         if waiter is not None and not waiter.done():
@@ -352,8 +451,14 @@ class MqttConnection:
             waiter.set_exception(MqttConnectError(f"{self.host}:{self.port} closed the connection"))
         self._report_lost("socket closed")
 
+    def _fail_subacks(self, reason: str) -> None:
+        for waiter in self._subacks.values():
+            if not waiter.done():
+                waiter.set_exception(MqttNotConnected(f"connection lost before the SUBACK: {reason}"))
+
     def _report_lost(self, reason: str) -> None:
         self.connected = False
+        self._fail_subacks(reason)
         if self._misc is not None:
             self._misc.cancel()
             self._misc = None
@@ -387,7 +492,9 @@ class MqttConnection:
 
 __all__ = [
     "AckCallback",
+    "Incoming",
     "LostCallback",
+    "MessageCallback",
     "MqttConnectError",
     "MqttConnection",
     "MqttError",
