@@ -105,6 +105,7 @@ __all__ = [
     "read_response",
     "report_attributes",
     "type_name",
+    "zone_enroll_response",
     "zone_status_bits",
     "zone_status_change",
 ]
@@ -717,6 +718,15 @@ def zone_status_change(sequence: int, change: ZoneStatusChange) -> bytes:
     return _frame(Header(sequence, ZONE_STATUS_CHANGE_NOTIFICATION, cluster_specific=True), body)
 
 
+def zone_enroll_response(sequence: int, zone_id: int, code: int = 0) -> bytes:
+    """Zone Enroll Response (cluster 0x0500 command 0x00, client to server): the CIE accepts (code 0) the
+    zone's enrollment and gives it ``zone_id``."""
+    header = Header(
+        sequence, 0x00, cluster_specific=True, server_to_client=False, disable_default_response=True
+    )
+    return _frame(header, bytes((code, zone_id)))
+
+
 def zone_status_bits(status: int) -> dict[str, bool]:
     """Every named zone status bit, set or not."""
     return {name: bool(status >> bit & 1) for bit, name in enumerate(ZONE_STATUS_BITS)}
@@ -739,6 +749,8 @@ class AttributeSpec:
     scaled_by: tuple[int, int] | None = None
     boolean_bit: bool = False
     """A bitmap whose bit 0 is the value (occupancy)."""
+    data_type: int | None = None
+    """The type the specification gives it, where a reporting configuration needs it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -781,17 +793,17 @@ CLUSTERS: Final[Mapping[int, Cluster]] = {
         {
             0x0000: AttributeSpec("mains_voltage", "V", 0.1),
             0x0001: AttributeSpec("mains_frequency", "Hz", 0.5),
-            0x0020: AttributeSpec("battery_voltage", "V", 0.1),
-            0x0021: AttributeSpec("battery_percentage", "%", 0.5),
+            0x0020: AttributeSpec("battery_voltage", "V", 0.1, data_type=DataType.UINT8),
+            0x0021: AttributeSpec("battery_percentage", "%", 0.5, data_type=DataType.UINT8),
             0x0035: AttributeSpec("battery_alarm_mask"),
             0x003E: AttributeSpec("battery_alarm_state"),
         },
     ),
-    ClusterId.ON_OFF: Cluster("on_off", {0x0000: AttributeSpec("on_off")}),
+    ClusterId.ON_OFF: Cluster("on_off", {0x0000: AttributeSpec("on_off", data_type=DataType.BOOL)}),
     ClusterId.TEMPERATURE: Cluster(
         "temperature_measurement",
         {
-            0x0000: AttributeSpec("temperature", "°C", 0.01),
+            0x0000: AttributeSpec("temperature", "°C", 0.01, data_type=DataType.INT16),
             0x0001: AttributeSpec("min_temperature", "°C", 0.01),
             0x0002: AttributeSpec("max_temperature", "°C", 0.01),
             0x0003: AttributeSpec("tolerance", "°C", 0.01),
@@ -800,7 +812,7 @@ CLUSTERS: Final[Mapping[int, Cluster]] = {
     ClusterId.PRESSURE: Cluster(
         "pressure_measurement",
         {
-            0x0000: AttributeSpec("pressure", "hPa", 1.0),  # units of 0.1 kPa
+            0x0000: AttributeSpec("pressure", "hPa", 1.0, data_type=DataType.INT16),  # units of 0.1 kPa
             0x0001: AttributeSpec("min_pressure", "hPa", 1.0),
             0x0002: AttributeSpec("max_pressure", "hPa", 1.0),
             0x0003: AttributeSpec("tolerance", "hPa", 1.0),
@@ -811,7 +823,7 @@ CLUSTERS: Final[Mapping[int, Cluster]] = {
     ClusterId.HUMIDITY: Cluster(
         "relative_humidity_measurement",
         {
-            0x0000: AttributeSpec("humidity", "%", 0.01),
+            0x0000: AttributeSpec("humidity", "%", 0.01, data_type=DataType.UINT16),
             0x0001: AttributeSpec("min_humidity", "%", 0.01),
             0x0002: AttributeSpec("max_humidity", "%", 0.01),
             0x0003: AttributeSpec("tolerance", "%", 0.01),
@@ -820,7 +832,7 @@ CLUSTERS: Final[Mapping[int, Cluster]] = {
     ClusterId.OCCUPANCY: Cluster(
         "occupancy_sensing",
         {
-            0x0000: AttributeSpec("occupancy", boolean_bit=True),
+            0x0000: AttributeSpec("occupancy", boolean_bit=True, data_type=DataType.BITMAP8),
             0x0001: AttributeSpec(
                 "occupancy_sensor_type",
                 names={0: "pir", 1: "ultrasonic", 2: "pir_and_ultrasonic", 3: "physical_contact"},
@@ -832,7 +844,7 @@ CLUSTERS: Final[Mapping[int, Cluster]] = {
         {
             0x0000: AttributeSpec("zone_state", names={0: "not_enrolled", 1: "enrolled"}),
             0x0001: AttributeSpec("zone_type", names=_ZONE_TYPES),
-            0x0002: AttributeSpec("zone_status", bits=ZONE_STATUS_BITS),
+            0x0002: AttributeSpec("zone_status", bits=ZONE_STATUS_BITS, data_type=DataType.BITMAP16),
             0x0010: AttributeSpec("ias_cie_address"),
             0x0011: AttributeSpec("zone_id"),
         },
@@ -840,14 +852,18 @@ CLUSTERS: Final[Mapping[int, Cluster]] = {
     ClusterId.METERING: Cluster(
         "metering",
         {
-            0x0000: AttributeSpec("summation_delivered", "kWh", scaled_by=(0x0301, 0x0302)),
+            0x0000: AttributeSpec(
+                "summation_delivered", "kWh", scaled_by=(0x0301, 0x0302), data_type=DataType.UINT48
+            ),
             0x0001: AttributeSpec("summation_received", "kWh", scaled_by=(0x0301, 0x0302)),
             0x0200: AttributeSpec("status"),
             0x0300: AttributeSpec("unit_of_measure", names=_METER_UNITS),
             0x0301: AttributeSpec("multiplier"),
             0x0302: AttributeSpec("divisor"),
             0x0306: AttributeSpec("metering_device_type"),
-            0x0400: AttributeSpec("instantaneous_demand", "kW", scaled_by=(0x0301, 0x0302)),
+            0x0400: AttributeSpec(
+                "instantaneous_demand", "kW", scaled_by=(0x0301, 0x0302), data_type=DataType.INT24
+            ),
         },
     ),
     ClusterId.ELECTRICAL_MEASUREMENT: Cluster(
@@ -855,9 +871,9 @@ CLUSTERS: Final[Mapping[int, Cluster]] = {
         {
             0x0000: AttributeSpec("measurement_type"),
             0x0300: AttributeSpec("ac_frequency", "Hz", scaled_by=(0x0400, 0x0401)),
-            0x0505: AttributeSpec("rms_voltage", "V", scaled_by=(0x0600, 0x0601)),
-            0x0508: AttributeSpec("rms_current", "A", scaled_by=(0x0602, 0x0603)),
-            0x050B: AttributeSpec("active_power", "W", scaled_by=(0x0604, 0x0605)),
+            0x0505: AttributeSpec("rms_voltage", "V", scaled_by=(0x0600, 0x0601), data_type=DataType.UINT16),
+            0x0508: AttributeSpec("rms_current", "A", scaled_by=(0x0602, 0x0603), data_type=DataType.UINT16),
+            0x050B: AttributeSpec("active_power", "W", scaled_by=(0x0604, 0x0605), data_type=DataType.INT16),
             0x050E: AttributeSpec("reactive_power", "var", scaled_by=(0x0604, 0x0605)),
             0x050F: AttributeSpec("apparent_power", "VA", scaled_by=(0x0604, 0x0605)),
             0x0510: AttributeSpec("power_factor", None, 0.01),
