@@ -16,8 +16,10 @@ import textwrap
 from collections.abc import Awaitable, Callable
 from typing import TextIO
 
+from . import can as _can
 from . import dlt645 as _dlt645
 from . import gps as _gps
+from . import hj212 as _hj212
 from . import llrp as _llrp
 from . import modbus as _modbus
 from . import serving
@@ -139,6 +141,8 @@ FAMILIES: dict[str, tuple[Callable[..., argparse.ArgumentParser], Runner]] = {
     "llrp": (_llrp.add_parser, _llrp.run_from_args),
     "modbus": (_modbus.add_parser, _modbus.run_from_args),
     "gps": (_gps.add_parser, _gps.run_from_args),
+    "can": (_can.add_parser, _can.run_from_args),
+    "hj212-platform": (_hj212.add_parser, _hj212.run_from_args),
 }
 """Subcommand name -> (adds its parser to the subparsers, runs it until the stop event is set)."""
 
