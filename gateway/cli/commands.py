@@ -10,6 +10,7 @@
     edgegw buffer inspect|export|purge   field tools on a gateway's buffer file (running or stopped)
     edgegw schema [--device-file]   the config's JSON Schema, for YAML editors
     edgegw status [--once] [--url URL]   a running gateway's metrics, live (or one snapshot)
+    edgegw ble record --out FILE   what a Bluetooth adapter hears, as a capture a ble device replays
 """
 
 from __future__ import annotations
@@ -131,6 +132,22 @@ def _parser() -> argparse.ArgumentParser:
         "file), with the options of every driver installed here.",
     )
     schema.add_argument("--device-file", action="store_true", help="the schema of a devices.d/*.yaml file")
+
+    ble = sub.add_parser("ble", help="Bluetooth LE field tools: record what an adapter hears")
+    ble_actions = ble.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ble_record = ble_actions.add_parser(
+        "record",
+        help="write the advertisements an adapter hears as JSON lines (a capture a ble device can replay)",
+        description="Scan with a Bluetooth adapter and append every advertisement heard to --out, one JSON "
+        "line each (the replay format of the ble driver's `replay:`), until --duration, --count or Ctrl-C.",
+    )
+    ble_record.add_argument("--out", type=Path, required=True, help="the capture file (appended to)")
+    ble_record.add_argument("--adapter", default="hci0", help="the Bluetooth adapter (default hci0)")
+    ble_record.add_argument(
+        "--scanning-mode", choices=("auto", "passive", "active"), default="auto", help="default auto"
+    )
+    ble_record.add_argument("--duration", type=float, help="seconds to record (default: until Ctrl-C)")
+    ble_record.add_argument("--count", type=_positive, help="stop after this many advertisements")
 
     status = sub.add_parser(
         "status",
@@ -325,6 +342,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_buffer(args)
     if args.command == "schema":
         return cmd_schema(args.device_file)
+    if args.command == "ble":
+        from gateway.cli.ble import record  # noqa: PLC0415  # bleak loads only for `ble`
+
+        return record(
+            args.out,
+            adapter=args.adapter,
+            scanning_mode=args.scanning_mode,
+            duration=args.duration,
+            count=args.count,
+        )
     if args.command == "status":
         from gateway.cli.status import main as status_main  # noqa: PLC0415  # rich and the parser load only here
 

@@ -8,6 +8,7 @@ puts adverts on the air with :meth:`Air.advertise` (to every scanner started on 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Hashable
 from typing import Any, ClassVar, Literal
 
@@ -22,12 +23,15 @@ class Air:
     """The adverts on the air and the scanners listening (one per started backend)."""
 
     passive_supported: ClassVar[bool] = True
+    on_start: ClassVar[list[Advert]] = []
+    """Adverts every scanner hears as soon as it has started (for code that blocks, like a CLI)."""
     started: ClassVar[list[FakeScanner]] = []
     stopped: ClassVar[list[FakeScanner]] = []
 
     @classmethod
     def reset(cls, *, passive_supported: bool = True) -> None:
         cls.passive_supported = passive_supported
+        cls.on_start = []
         cls.started = []
         cls.stopped = []
 
@@ -71,6 +75,9 @@ class FakeScanner(BaseBleakScanner):
             raise BleakError("org.bluez.Error.NotSupported: advertisement monitors are not available")
         self.seen_devices = {}
         Air.started.append(self)
+        loop = asyncio.get_running_loop()
+        for advert in Air.on_start:
+            loop.call_soon(self.hear, advert)
 
     async def stop(self) -> None:
         Air.stopped.append(self)
