@@ -14,6 +14,17 @@ covers every configured antenna. Each tag frame becomes an ``rfid.read`` event::
 
 Corrupt frames are counted and skipped by the framer; a reader silent for ``read_timeout_s`` is a
 :class:`~drivers.errors.DeviceTimeout`, and the supervisor reconnects with backoff.
+
+Commands (:mod:`drivers.commands`), each carried out between two inventory exchanges (never cutting one):
+
+- ``set_power``: ``{"dbm": 30}`` for every antenna, or ``{"antennas": {"1": 30, "2": 25}}`` for some (the
+  others keep theirs: read with cmd_get_output_power first); the reader's powers read back in ``data``;
+- ``inventory``: ``{"action": "stop"}`` pauses the inventory after the round in progress (the reader is then
+  asked its firmware version every ``read_timeout_s / 2``, so a reader that vanishes is still noticed),
+  ``{"action": "start"}`` resumes it; a reconnected reader inventories again;
+- ``read``: one inventory round over the configured antennas, whether inventory runs or not; its tags are in
+  ``data`` (not emitted as events): ``{"tags": [{"epc", "antenna", "antenna_name", "rssi_dbm", "count"}],
+  "reads": N}``, one entry per tag and antenna with its strongest RSSI.
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ from protocols import r2000
 from protocols.errors import DecodeError
 
 from .base import DeviceContext
+from .commands import CommandArgs, CommandData, CommandFailed, CommandRefused, CommandSpec, NoArgs
 from .counters import DECODE_ERRORS
 from .errors import ProtocolFailure
 from .event import Record, encode
@@ -85,16 +97,80 @@ class R2000Options(SerialOrTcpOptions):
         return self
 
 
+PowerDbm = Annotated[int, Field(ge=0, le=r2000.MAX_POWER_DBM)]
+
+
+class SetPowerArgs(CommandArgs):
+    """``{"dbm": 30}`` (every antenna) or ``{"antennas": {"1": 30, "2": 25}}``."""
+
+    dbm: PowerDbm | None = Field(None, description="Output power of every antenna, in dBm (0-33).")
+    antennas: dict[AntennaNumber, PowerDbm] | None = Field(
+        None,
+        min_length=1,
+        description="Output power per antenna (1-8, configured ones only), in dBm; the others keep theirs.",
+    )
+
+    @model_validator(mode="after")
+    def _one_form(self) -> SetPowerArgs:
+        if (self.dbm is None) == (self.antennas is None):
+            raise ValueError("give dbm (every antenna) or antennas (some): one of them")
+        return self
+
+
+class InventoryArgs(CommandArgs):
+    """``{"action": "start"}`` or ``{"action": "stop"}``."""
+
+    action: Literal["start", "stop"] = Field(description="start or stop the continuous inventory.")
+
+
 class UhfR2000Driver(StreamDriver[R2000Options]):
     name: ClassVar[str] = "uhf-r2000"
     Options: ClassVar[type[R2000Options]] = R2000Options
     emits: ClassVar[frozenset[str]] = frozenset({RFID_READ})
+    commands: ClassVar[Mapping[str, CommandSpec]] = {
+        "set_power": CommandSpec(SetPowerArgs, "Set the output power of every antenna or of some (dBm)."),
+        "inventory": CommandSpec(InventoryArgs, "Start or stop the continuous inventory."),
+        "read": CommandSpec(NoArgs, "One inventory round over the configured antennas; its tags in data."),
+    }
+    inventory_on: bool = True
+    """Whether the session inventories (the inventory command stops and starts it)."""
 
     def link(self) -> LinkOptions:
         return self.options.link
 
     def session(self, link: ByteLink, ctx: DeviceContext) -> _Session:
-        return _Session(link, self.options, ctx)
+        return _Session(link, self.options, ctx, self)
+
+    def _session(self) -> _Session:
+        session = self.live_session()
+        assert isinstance(session, _Session)
+        return session
+
+    async def command(self, name: str, args: CommandArgs) -> CommandData:
+        if name == "set_power":
+            assert isinstance(args, SetPowerArgs)
+            if args.antennas is not None:
+                unknown = sorted(set(args.antennas) - set(self.options.antennas))
+                if unknown:
+                    configured = ", ".join(str(a) for a in sorted(self.options.antennas))
+                    raise CommandRefused(
+                        f"antenna {unknown[0]} is not configured on this reader ({configured})"
+                    )
+            session = self._session()
+            return await session.call(lambda: session.set_power(args))
+        if name == "inventory":
+            assert isinstance(args, InventoryArgs)
+            session = self._session()
+
+            async def switch() -> CommandData:
+                self.inventory_on = args.action == "start"
+                return {"inventory": "running" if self.inventory_on else "stopped"}
+
+            return await session.call(switch)
+        if name == "read":
+            session = self._session()
+            return await session.call(session.one_round)
+        return await super().command(name, args)
 
 
 _Item = r2000.Frame | r2000.RawTag
@@ -107,9 +183,14 @@ class _Session(StreamSession[_Item, R2000Options]):
 
     device_noun: ClassVar[str] = "reader"
 
-    def __init__(self, link: ByteLink, options: R2000Options, ctx: DeviceContext) -> None:
+    def __init__(
+        self, link: ByteLink, options: R2000Options, ctx: DeviceContext, driver: UhfR2000Driver
+    ) -> None:
         self._framer = r2000.R2000Framer()
         super().__init__(link, options, ctx, self._framer, silence_s=options.read_timeout_s)
+        self.driver = driver
+        self._sink: list[Mapping[str, Any]] | None = None
+        """Where the reads of a command's round go instead of the pipeline."""
         # Antennas a tag frame may plausibly come from: in realtime mode only the selected work antenna.
         self._expected_antennas = frozenset(options.antennas)
         self._shape = ReadShape(options.antennas, UriCache())
@@ -129,29 +210,110 @@ class _Session(StreamSession[_Item, R2000Options]):
         await self.inventory_forever()
 
     async def inventory_forever(self) -> None:
+        """Inventory exchanges without pause (one per antenna in realtime mode, one over every antenna in
+        fast_switch mode), the commands waiting served before each; while the inventory is stopped, only
+        the commands, and a question every ``read_timeout_s / 2`` to notice a reader that vanished."""
+        opts = self.options
+        steps = _steps(opts)
+        while True:
+            for antenna in steps:
+                await self.serve_calls()
+                while not self.driver.inventory_on:
+                    await self._idle()
+                await self.room()
+                await self._inventory(antenna)
+
+    async def _inventory(self, antenna: int | None) -> None:
+        """One inventory exchange: on ``antenna`` (realtime), or over every antenna (None: fast switch)."""
         opts = self.options
         address = opts.address
         antennas = sorted(opts.antennas)
-        if opts.inventory == "fast_switch":
+        if antenna is None:
             request = r2000.fast_switch_inventory(
-                [(antenna, 1) for antenna in antennas], repeat=opts.repeat, address=address
+                [(a, 1) for a in antennas], repeat=opts.repeat, address=address
             )
-            while True:
-                await self.room()
-                await self.exchange(request, _is_round_end)
-        while True:
-            for antenna in antennas:
-                if len(antennas) > 1:
-                    status = await self.exchange(
-                        r2000.set_work_antenna(antenna, address=address), _is_set_antenna_status
-                    )
-                    if isinstance(status, r2000.CommandStatus) and not status.ok:
-                        raise ProtocolFailure(
-                            f"reader refused to select antenna {antenna} (error 0x{status.code:02X})"
-                        )
-                await self.room()
-                self._expected_antennas = frozenset((antenna,))
-                await self.exchange(r2000.real_time_inventory(opts.repeat, address=address), _is_round_end)
+            self._expected_antennas = frozenset(antennas)
+            await self.exchange(request, _is_round_end)
+            return
+        if len(antennas) > 1:
+            status = await self.exchange(
+                r2000.set_work_antenna(antenna, address=address), _is_set_antenna_status
+            )
+            if isinstance(status, r2000.CommandStatus) and not status.ok:
+                raise ProtocolFailure(
+                    f"reader refused to select antenna {antenna} (error 0x{status.code:02X})"
+                )
+        self._expected_antennas = frozenset((antenna,))
+        await self.exchange(r2000.real_time_inventory(opts.repeat, address=address), _is_round_end)
+
+    async def _idle(self) -> None:
+        """Inventory stopped: wait for a command; ask the reader something now and then meanwhile."""
+        try:
+            async with asyncio.timeout(self.options.read_timeout_s / 2):
+                await self.called.wait()
+        except TimeoutError:
+            await self.exchange(
+                r2000.get_firmware_version(address=self.options.address),
+                lambda reply: isinstance(reply, r2000.FirmwareVersion),
+            )
+        await self.serve_calls()
+
+    # -- commands (run by serve_calls, in the session's task) -------------------------------------------
+    async def one_round(self) -> CommandData:
+        """One inventory exchange per step of the configured mode; the tags seen, not emitted."""
+        opts = self.options
+        steps = _steps(opts)
+        reads: list[Mapping[str, Any]] = []
+        self._sink = reads
+        try:
+            for antenna in steps:
+                await self._inventory(antenna)
+        finally:
+            self._sink = None
+        tags: dict[tuple[str, int], dict[str, Any]] = {}
+        for read in reads:
+            key = (read["epc"], read["antenna"])
+            seen = tags.get(key)
+            if seen is None:
+                tags[key] = {
+                    "epc": read["epc"],
+                    "antenna": read["antenna"],
+                    "antenna_name": read["antenna_name"],
+                    "rssi_dbm": read["rssi_dbm"],
+                    "count": 1,
+                }
+            else:
+                seen["count"] += 1
+                seen["rssi_dbm"] = max(seen["rssi_dbm"], read["rssi_dbm"])
+        return {"tags": sorted(tags.values(), key=lambda t: (t["antenna"], t["epc"])), "reads": len(reads)}
+
+    async def set_power(self, args: SetPowerArgs) -> CommandData:
+        """cmd_set_output_power (the other antennas' powers read first when only some are given), then the
+        powers read back."""
+        address = self.options.address
+        if args.dbm is not None:
+            powers: tuple[int, ...] = (args.dbm,)
+        else:
+            assert args.antennas is not None
+            now = await self._output_power()
+            ports = 8 if max(args.antennas) > 4 or len(now.powers) == 8 else 4
+            current = [now.for_antenna(a) for a in range(1, ports + 1)]
+            for antenna, dbm in args.antennas.items():
+                current[antenna - 1] = dbm
+            powers = tuple(current)
+        status = await self.exchange(r2000.SetOutputPower(powers).encode(address), _is_status_of(0x76))
+        assert isinstance(status, r2000.CommandStatus)
+        if not status.ok:
+            raise CommandFailed(f"the reader refused the output power: {_error_text(status.code)}")
+        after = await self._output_power()
+        return {"power_dbm": {str(a): after.for_antenna(a) for a in sorted(self.options.antennas)}}
+
+    async def _output_power(self) -> r2000.OutputPower:
+        reply = await self.exchange(
+            r2000.GetOutputPower().encode(self.options.address), lambda r: isinstance(r, r2000.OutputPower)
+        )
+        assert isinstance(reply, r2000.OutputPower)
+        return reply
 
     async def exchange(self, request: bytes, done: Callable[[r2000.Reply], bool]) -> r2000.Reply:
         """Send ``request``; handle frames until one satisfies ``done``, which is returned.
@@ -172,7 +334,8 @@ class _Session(StreamSession[_Item, R2000Options]):
     async def _handle_until(self, done: Callable[[r2000.Reply], bool], timeout: float) -> r2000.Reply:
         ctx = self.ctx
         count = ctx.count
-        emit_many = ctx.emit_many
+        sink = self._sink
+        emit_many = ctx.emit_many if sink is None else lambda _kind, items, _ts: sink.extend(items)
         reads: list[Mapping[str, object]] = []
         receive = self.receive
         shape = self._shape
@@ -308,3 +471,24 @@ def _is_round_end(reply: r2000.Reply) -> bool:
 
 def _is_set_antenna_status(reply: r2000.Reply) -> bool:
     return isinstance(reply, r2000.CommandStatus) and reply.command == r2000.Command.SET_WORK_ANTENNA
+
+
+def _steps(options: R2000Options) -> list[int | None]:
+    """The inventory exchanges of one round: each antenna in turn (realtime), or one over all (None)."""
+    steps: list[int | None] = []
+    if options.inventory == "fast_switch":
+        steps.append(None)
+    else:
+        steps.extend(sorted(options.antennas))
+    return steps
+
+
+def _is_status_of(command: int) -> Callable[[r2000.Reply], bool]:
+    return lambda reply: isinstance(reply, r2000.CommandStatus) and reply.command == command
+
+
+def _error_text(code: int) -> str:
+    try:
+        return f"error 0x{code:02X} ({r2000.ErrorCode(code).name.lower().replace('_', ' ')})"
+    except ValueError:
+        return f"error 0x{code:02X}"

@@ -36,6 +36,14 @@ A driver fills in the exchange, the few steps only its protocol knows::
 ``run`` then calls ``start``, reports the device connected with what ``start`` returned, calls ``stream``,
 and on a clean stop (the device cancelled) calls ``stop`` while the link is still open (a protocol's
 goodbye, such as LLRP's CLOSE_CONNECTION).
+
+Commands (:meth:`drivers.base.Driver.command`) run in the session's own task, never beside it: one reader
+of the link, one conversation with the device. The driver hands the session an action
+(:meth:`StreamSession.call`, on :attr:`StreamDriver.live`); ``stream`` serves the actions waiting
+(:meth:`StreamSession.serve_calls`) at each of its pauses (between two exchanges, or when
+:attr:`StreamSession.called` wakes it), so a command waits for the exchange in flight, not for a whole cycle.
+An action that finds the device gone fails the session too; actions still waiting when the session ends
+fail with :class:`~drivers.commands.CommandFailed`.
 """
 
 from __future__ import annotations
@@ -44,20 +52,22 @@ import abc
 import asyncio
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, ClassVar, Generic, TypeVar
 
 from protocols.framing import Framer
 
 from .base import DeviceContext, Driver, DriverOptions
+from .commands import CommandFailed
 from .counters import REJECTIONS, FramerTally
-from .errors import ConnectionLost, DeviceTimeout
+from .errors import ConnectionLost, DeviceTimeout, TransientError
 from .link import LinkOptions, open_link
 from .transport import ByteLink
 
 __all__ = ["StreamDriver", "StreamSession"]
 
 ItemT = TypeVar("ItemT")
+T = TypeVar("T")
 OptionsT = TypeVar("OptionsT", bound=DriverOptions)
 
 
@@ -95,6 +105,10 @@ class StreamSession(abc.ABC, Generic[ItemT, OptionsT]):
         self.last_received = self.loop.time()
         """Loop time the last chunk arrived (the session's start before any), moved on by :meth:`room`."""
         self.tally = FramerTally(framer.stats, link, self.rejections)
+        self._calls: deque[tuple[Callable[[], Awaitable[Any]], asyncio.Future[Any]]] = deque()
+        self.called = asyncio.Event()
+        """Set when an action waits (:meth:`call`): a ``stream`` idle on its own wakes on it."""
+        self._ended: CommandFailed | None = None
 
     # -- the lifecycle (StreamDriver runs it) ----------------------------------------------------------
     async def run(self) -> None:
@@ -106,6 +120,54 @@ class StreamSession(abc.ABC, Generic[ItemT, OptionsT]):
         except asyncio.CancelledError:
             await self.stop()
             raise
+        finally:
+            self._end()
+
+    # -- commands ----------------------------------------------------------------------------------------
+    async def call(self, action: Callable[[], Awaitable[T]]) -> T:
+        """Run ``action`` in the session's task at its next pause; its result (or its exception). If the
+        caller is cancelled before its turn, the action never runs; once running, it finishes (an exchange
+        is never cut in half) and its result is dropped."""
+        if self._ended is not None:
+            raise self._ended
+        future: asyncio.Future[T] = self.loop.create_future()
+        self._calls.append((action, future))
+        self.called.set()
+        return await future
+
+    async def serve_calls(self) -> None:
+        """Run the actions waiting, in order (``stream`` calls it at its pauses). An action that fails
+        because the device is gone (a transient error: the connection lost, the device silent) fails the
+        session as well, after its caller has been told."""
+        calls = self._calls
+        self.called.clear()
+        while calls:
+            action, future = calls.popleft()
+            if future.done():  # its caller gave up before its turn
+                continue
+            try:
+                result = await action()
+            except (TransientError, OSError) as err:
+                if not future.done():
+                    future.set_exception(err)
+                raise
+            except Exception as err:
+                if not future.done():
+                    future.set_exception(err)
+            except BaseException:  # the session cancelled under the action
+                if not future.done():
+                    future.set_exception(CommandFailed(f"the {self.device_noun} session ended"))
+                raise
+            else:
+                if not future.done():
+                    future.set_result(result)
+
+    def _end(self) -> None:
+        self._ended = CommandFailed(f"the {self.device_noun} is not connected")
+        while self._calls:
+            _, future = self._calls.popleft()
+            if not future.done():
+                future.set_exception(self._ended)
 
     @abc.abstractmethod
     async def start(self) -> str:
@@ -203,6 +265,22 @@ class StreamDriver(Driver[OptionsT]):
     def session(self, link: ByteLink, ctx: DeviceContext) -> StreamSession[Any, OptionsT]:
         """One connection's session, on ``link``."""
 
+    live: StreamSession[Any, OptionsT] | None = None
+    """The session running now (None between connections): where a command's action goes."""
+
+    def live_session(self) -> StreamSession[Any, OptionsT]:
+        """The running session, for a command; :class:`~drivers.commands.CommandFailed` when there is none
+        (between connections, its backoff running)."""
+        session = self.live
+        if session is None:
+            raise CommandFailed(f"device {self.device!r} is not connected")
+        return session
+
     async def run(self, ctx: DeviceContext) -> None:
         async with await open_link(self.link()) as link:
-            await self.session(link, ctx).run()
+            session = self.live = self.session(link, ctx)
+            try:
+                await session.run()
+            finally:
+                if self.live is session:
+                    self.live = None

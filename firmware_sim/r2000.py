@@ -8,6 +8,9 @@ driver uses) and answers:
 - cmd_set_work_antenna / cmd_get_work_antenna: status 0x10 / the antenna;
 - cmd_real_time_inventory: ``repeat`` rounds of tag frames on the work antenna, then the end-of-round frame
   (antenna, read rate, total read); if the work antenna is not connected, error 0x22;
+- cmd_set_output_power / cmd_get_output_power: the power of each of 8 ports (30 dBm at start), set from one
+  byte (every port) or one per port (4 or 8); read back as one byte when every port has the same power, else
+  one per port (4, or 8 when a port above 4 is connected); a power above 33 dBm: error 0x48;
 - cmd_fast_switch_ant_inventory: for each (antenna, stay) pair, ``stay`` rounds on that antenna (an antenna
   not connected gets the 2-byte "antenna missing" frame), ``repeat`` times over, then the end frame (total
   read, duration);
@@ -33,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +65,7 @@ RSSI_JITTER: Final = (-2, -1, 0, 1, 2)
 CHUNK_FRAMES: Final = 1024
 """Tag frames handed to the link per write."""
 CACHE_LIMIT: Final = 200_000
+DEFAULT_POWER_DBM: Final = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +146,8 @@ class SimStats:
     noise_bytes: int = 0
     rounds: int = 0
     """Inventory commands completed (end frame written)."""
+    by_command: Counter[int] = field(default_factory=Counter)
+    """Commands received, by command code (0x76 set output power, 0x89 real-time inventory, ...)."""
     connections: int = 0
     """Sessions started (TCP connections accepted; pty opened or reopened)."""
     disconnects: int = 0
@@ -163,6 +170,8 @@ class R2000Simulator(serving.LinkSimulator[SimStats]):
         self.options = options or SimOptions()
         self.population = self.options.epcs or population(self.options.tags, self.options.seed)
         self.work_antenna = 1
+        self.powers = [DEFAULT_POWER_DBM] * r2000.MAX_ANTENNAS
+        """Output power of each port (antenna 1 first), in dBm."""
         self._rng = random.Random(f"edgegw-r2000-sim-{self.options.seed}")
         self._fault_rng = random.Random(f"edgegw-r2000-faults-{self.options.seed}")
         self._rssi_level = rssi_levels(
@@ -227,6 +236,7 @@ class R2000Simulator(serving.LinkSimulator[SimStats]):
         if frame.address not in (address, r2000.BROADCAST):
             return
         self.stats.commands_received += 1
+        self.stats.by_command[frame.command] += 1
         self._notify()
         if self.silent:
             self.stats.commands_ignored += 1
@@ -253,6 +263,18 @@ class R2000Simulator(serving.LinkSimulator[SimStats]):
             await self._reply(link, r2000.WorkAntenna(self.work_antenna))
         elif isinstance(request, r2000.RealTimeInventory):
             await self._real_time_inventory(link, request)
+        elif isinstance(request, r2000.SetOutputPower):
+            if any(p > r2000.MAX_POWER_DBM for p in request.powers):
+                code = r2000.ErrorCode.OUTPUT_POWER_OUT_OF_RANGE
+            else:
+                given = request.powers * r2000.MAX_ANTENNAS if len(request.powers) == 1 else request.powers
+                self.powers[: len(given)] = given
+                code = r2000.ErrorCode.SUCCESS
+            await self._reply(link, r2000.CommandStatus(request.command, code))
+        elif isinstance(request, r2000.GetOutputPower):
+            ports = 8 if max(self.options.antennas) > 4 else 4
+            shown = self.powers[:ports]
+            await self._reply(link, r2000.OutputPower((shown[0],) if len(set(shown)) == 1 else tuple(shown)))
         else:
             await self._fast_switch_inventory(link, request)
 

@@ -51,6 +51,7 @@ __all__ = [
     "BROADCAST",
     "FREQUENCY_MHZ",
     "HEAD",
+    "MAX_POWER_DBM",
     "RSSI_DBM",
     "AntennaMissing",
     "Command",
@@ -60,14 +61,17 @@ __all__ = [
     "FirmwareVersion",
     "Frame",
     "GetFirmwareVersion",
+    "GetOutputPower",
     "GetWorkAntenna",
     "InventoryEnd",
+    "OutputPower",
     "R2000Framer",
     "RawTag",
     "RealTimeInventory",
     "Reply",
     "Request",
     "Reset",
+    "SetOutputPower",
     "SetWorkAntenna",
     "TagRead",
     "WorkAntenna",
@@ -589,8 +593,52 @@ class FastSwitchInventory:
         return _frame_bytes(address, self.command, data)
 
 
+MAX_POWER_DBM: Final = 33
+"""The highest output power an R2000 reader takes (dBm, in whole dB: 0..33)."""
+_POWER_FORMS: Final = (1, 4, 8)
+"""Output power data: one byte for every antenna, or one per antenna of a 4- or 8-port reader."""
+
+
+def _check_powers(powers: Sequence[int]) -> None:
+    if len(powers) not in _POWER_FORMS:
+        raise EncodeError(f"{len(powers)} powers: give 1 (every antenna), 4 or 8 (one per antenna port)")
+    for power in powers:
+        if not 0 <= power <= MAX_POWER_DBM:
+            raise EncodeError(f"output power {power} dBm out of range 0..{MAX_POWER_DBM}")
+
+
+@dataclass(frozen=True, slots=True)
+class SetOutputPower:
+    """cmd_set_output_power: ``powers`` in dBm, one for every antenna or one per port (4 or 8, antenna 1
+    first). Answered by :class:`CommandStatus` (0x10, or 0x48 for a power out of range)."""
+
+    powers: tuple[int, ...]
+    command: ClassVar[Command] = Command.SET_OUTPUT_POWER
+
+    def encode(self, address: int = 1) -> bytes:
+        _check_powers(self.powers)
+        return _frame_bytes(address, self.command, bytes(self.powers))
+
+
+@dataclass(frozen=True, slots=True)
+class GetOutputPower:
+    """cmd_get_output_power: answered by :class:`OutputPower`."""
+
+    command: ClassVar[Command] = Command.GET_OUTPUT_POWER
+
+    def encode(self, address: int = 1) -> bytes:
+        return _frame_bytes(address, self.command)
+
+
 Request = (
-    Reset | GetFirmwareVersion | SetWorkAntenna | GetWorkAntenna | RealTimeInventory | FastSwitchInventory
+    Reset
+    | GetFirmwareVersion
+    | SetWorkAntenna
+    | GetWorkAntenna
+    | RealTimeInventory
+    | FastSwitchInventory
+    | SetOutputPower
+    | GetOutputPower
 )
 
 
@@ -663,6 +711,13 @@ def parse_request(frame: Frame) -> Request:
         return RealTimeInventory(data[0])
     if command == Command.FAST_SWITCH_ANT_INVENTORY:
         return _parse_fast_switch(data)
+    if command == Command.SET_OUTPUT_POWER:
+        if len(data) not in _POWER_FORMS:
+            raise DecodeError(f"set output power takes 1, 4 or 8 data bytes, {len(data)} given")
+        return SetOutputPower(tuple(data))
+    if command == Command.GET_OUTPUT_POWER:
+        _no_data(frame)
+        return GetOutputPower()
     raise DecodeError(f"unknown or unsupported request command 0x{command:02X}")
 
 
@@ -773,6 +828,17 @@ class WorkAntenna:
 
 
 @dataclass(frozen=True, slots=True)
+class OutputPower:
+    """Answer to cmd_get_output_power: dBm, one for every antenna (1 byte) or one per port (4 or 8)."""
+
+    powers: tuple[int, ...]
+
+    def for_antenna(self, antenna: int) -> int:
+        """The power of ``antenna`` (1..8)."""
+        return self.powers[0] if len(self.powers) == 1 else self.powers[antenna - 1]
+
+
+@dataclass(frozen=True, slots=True)
 class CommandStatus:
     """A one-byte status reply: ``code`` is an :class:`ErrorCode` value (0x10 success)."""
 
@@ -784,7 +850,7 @@ class CommandStatus:
         return self.code == ErrorCode.SUCCESS
 
 
-Reply = TagRead | InventoryEnd | AntennaMissing | FirmwareVersion | WorkAntenna | CommandStatus
+Reply = TagRead | InventoryEnd | AntennaMissing | FirmwareVersion | WorkAntenna | OutputPower | CommandStatus
 
 
 def parse_reply(frame: Frame) -> Reply:
@@ -812,6 +878,10 @@ def parse_reply(frame: Frame) -> Reply:
     elif command == Command.GET_WORK_ANTENNA:
         if size == 1 and data[0] < ErrorCode.SUCCESS:
             return WorkAntenna(_wire_antenna(data[0]))
+    elif command == Command.GET_OUTPUT_POWER:
+        # Never a status: one byte is the power of every antenna (16..33 dBm overlap the error codes).
+        if size in _POWER_FORMS:
+            return OutputPower(tuple(data))
     elif command not in _KNOWN_COMMANDS:
         raise DecodeError(f"unknown command 0x{command:02X}")
     if size == 1:
@@ -916,6 +986,9 @@ def _reply_body_unchecked(reply: Reply) -> tuple[int, bytes]:
     if isinstance(reply, WorkAntenna):
         _check_antenna(reply.antenna)
         return Command.GET_WORK_ANTENNA, bytes([reply.antenna - 1])
+    if isinstance(reply, OutputPower):
+        _check_powers(reply.powers)
+        return Command.GET_OUTPUT_POWER, bytes(reply.powers)
     if isinstance(reply, CommandStatus):
         _check_byte("command", reply.command)
         _check_byte("code", reply.code)

@@ -218,6 +218,11 @@ def fast_switch_requests(draw: st.DrawFn) -> r2000.FastSwitchInventory:
     )
 
 
+powers = st.sampled_from([1, 4, 8]).flatmap(
+    lambda n: st.lists(st.integers(0, r2000.MAX_POWER_DBM), min_size=n, max_size=n).map(tuple)
+)
+"""Output powers in one of the three forms: every antenna, a 4-port or an 8-port reader."""
+
 requests = st.one_of(
     st.just(r2000.Reset()),
     st.just(r2000.GetFirmwareVersion()),
@@ -225,6 +230,8 @@ requests = st.one_of(
     st.just(r2000.GetWorkAntenna()),
     st.builds(r2000.RealTimeInventory, st.integers(0, 255)),
     fast_switch_requests(),
+    st.builds(r2000.SetOutputPower, powers),
+    st.just(r2000.GetOutputPower()),
 )
 
 
@@ -322,6 +329,7 @@ replies = st.one_of(
     st.builds(r2000.AntennaMissing, antenna, st.integers(0, 255)),
     st.builds(r2000.FirmwareVersion, st.integers(0, 255), st.integers(0, 255)),
     st.builds(r2000.WorkAntenna, antenna),
+    st.builds(r2000.OutputPower, powers),
     st.builds(
         r2000.CommandStatus,
         st.sampled_from([0x70, 0x74, 0x72, 0x89, 0x8A, 0x75, 0x76]),
@@ -514,3 +522,20 @@ def test_real_frames_inside_a_lucky_false_start_are_all_found(
     framer = r2000.R2000Framer()
     got = framer.feed(stream[:cut]) + framer.feed(stream[cut:])
     assert got[: len(inner)] == inner
+
+
+def test_output_power_forms_and_limits() -> None:
+    # Vendor protocol: cmd_set_output_power 0x76 with one byte (every antenna) or one per port, in dBm.
+    assert r2000.SetOutputPower((30,)).encode(1) == r2000.encode_frame(r2000.Frame(1, 0x76, bytes([30])))
+    frame = frame_of(r2000.SetOutputPower((30, 25, 20, 33)).encode(1))
+    assert frame.data == bytes([30, 25, 20, 33])
+    for bad in ((34,), (30, 30), ()):
+        with pytest.raises(EncodeError):
+            r2000.SetOutputPower(bad).encode(1)
+    # A one-byte answer to 0x77 is a power (0x10..0x21 are powers here, not status codes).
+    reply = r2000.parse_reply(r2000.Frame(1, 0x77, bytes([0x10])))
+    assert reply == r2000.OutputPower((16,))
+    assert r2000.OutputPower((20, 21, 22, 23)).for_antenna(3) == 22
+    assert r2000.OutputPower((20,)).for_antenna(3) == 20
+    with pytest.raises(DecodeError):
+        r2000.parse_request(r2000.Frame(1, 0x76, bytes([30, 30])))
