@@ -274,6 +274,7 @@ class _Session(StreamSession[xbee.Frame, XbeeOptions]):
         self._factors: OrderedDict[tuple[int, int, int], dict[int, int]] = OrderedDict()
         self._reporting: dict[int, list[Reporting]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._zones: OrderedDict[tuple[int, int], int] = OrderedDict()
         for reporting in options.reporting:
             ieee = options.sensor_ieee(reporting.sensor)
             assert ieee is not None  # checked by the options
@@ -750,9 +751,17 @@ class _Session(StreamSession[xbee.Frame, XbeeOptions]):
                 and record.attribute == 0x0002
                 and isinstance(record.value, int)
                 and not manufacturer
+                and self._zone_changed(ieee, endpoint, record.value)
             ):
                 self._alarm(message, record.value, None, None, None)
         self.ctx.emit_many(ZIGBEE_REPORT, items, self.received_at)
+
+    def _zone_changed(self, ieee: int, endpoint: int, status: int) -> bool:
+        """Whether a reported zone status differs from the last one known (a first one: if any bit is set)."""
+        key = (ieee, endpoint)
+        last = self._zones.get(key)
+        self._remember(self._zones, key, status)
+        return status != (0 if last is None else last)
 
     def _alarm(
         self,
@@ -778,6 +787,7 @@ class _Session(StreamSession[xbee.Frame, XbeeOptions]):
             },
             self.received_at,
         )
+        self._remember(self._zones, (message.source64, message.source_endpoint), status)
 
 
 _DEVICE_TYPES: Final = {0: "coordinator", 1: "router", 2: "end_device"}

@@ -23,6 +23,7 @@ from . import hj212 as _hj212
 from . import llrp as _llrp
 from . import modbus as _modbus
 from . import serving
+from . import xbee as _xbee
 from .r2000 import Faults, SimOptions, serve_pty, serve_tcp
 from .tags import antenna_list, parse_epc
 
@@ -143,6 +144,7 @@ FAMILIES: dict[str, tuple[Callable[..., argparse.ArgumentParser], Runner]] = {
     "gps": (_gps.add_parser, _gps.run_from_args),
     "can": (_can.add_parser, _can.run_from_args),
     "hj212-platform": (_hj212.add_parser, _hj212.run_from_args),
+    "xbee": (_xbee.add_parser, _xbee.run_from_args),
 }
 """Subcommand name -> (adds its parser to the subparsers, runs it until the stop event is set)."""
 
