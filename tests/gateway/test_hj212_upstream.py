@@ -1,0 +1,255 @@
+"""The ``hj212`` upstream against the HJ 212 platform simulator on a real TCP port, reading a real SQLite
+buffer through its cursor: minute, hourly and daily records computed from meter.reading events, in order,
+after an outage (backfill) with real-time uploads between them; a reply with a bad CRC, a refusal, a platform
+that is down: counted, nothing lost. And the options: what a config may say."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import socket
+import statistics
+import zoneinfo
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from drivers.event import Event
+from firmware_sim import hj212 as platform
+from gateway.delivery.buffer import SqliteBuffer
+from gateway.delivery.hj212 import Hj212Options, Hj212Upstream
+from gateway.delivery.upstream import Route, UpstreamContext
+from tests.waiting import until
+
+TZ = zoneinfo.ZoneInfo("Asia/Shanghai")
+MN = "010000A8900016F000169DC0"
+POLLUTANTS: dict[str, Any] = {
+    "cod": "w01018",
+    "ammonia_n": "w21003",
+    "flow": {"code": "w00000", "flow": True, "per": "s"},
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def password_file(tmp_path: Path) -> Path:
+    path = tmp_path / "hj212.password"
+    path.write_text("123456\n")
+    return path
+
+
+def options(port: int, password_file: Path, **extra: Any) -> Hj212Options:
+    return Hj212Options.model_validate(
+        {
+            "name": "epb",
+            "kind": "hj212",
+            "address": f"127.0.0.1:{port}",
+            "mn": MN,
+            "st": 32,
+            "password_file": str(password_file),
+            "pollutants": POLLUTANTS,
+            "reply_timeout_s": 0.5,
+            "retries": 1,
+            "reconnect": {"initial_s": 0.05, "max_s": 0.2},
+            **extra,
+        }
+    )
+
+
+@contextlib.asynccontextmanager
+async def running(upstream: Hj212Upstream) -> AsyncIterator[None]:
+    task = asyncio.create_task(upstream.run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@contextlib.asynccontextmanager
+async def buffer_with_cursor(tmp_path: Path) -> AsyncIterator[tuple[SqliteBuffer, Any]]:
+    buffer = await SqliteBuffer.open(tmp_path / "buffer.db")
+    try:
+        await buffer.set_upstreams([("epb", Route(devices=["effluent-*"]).matches)])
+        yield buffer, buffer.cursor("epb")
+    finally:
+        await buffer.close()
+
+
+def history() -> Iterator[Event]:
+    """Readings every minute from 22:50 two days ago to 00:20 the next day (station time), a status in
+    the middle."""
+    day = dt.datetime.now(TZ).date() - dt.timedelta(days=2)
+    start = dt.datetime.combine(day, dt.time(22, 50), TZ)
+    for i in range(91):
+        ts = (start + dt.timedelta(minutes=i)).timestamp()
+        values = {"cod": 20.0 + i % 7, "ammonia_n": 1.5 + (i % 3) / 10, "flow": 10.0, "other": 1}
+        yield Event("effluent-1", "meter.reading", ts, {"values": values})
+        if i == 45:
+            yield Event("effluent-1", "device.status", ts, {"state": "connected"})
+
+
+def expected(events: list[Event], start: dt.datetime, end: dt.datetime, point: str) -> list[float]:
+    return [
+        e.data["values"][point]
+        for e in events
+        if e.kind == "meter.reading" and start.timestamp() <= e.ts < end.timestamp()
+    ]
+
+
+async def test_backfill_after_an_outage_in_order_with_realtime_between(
+    tmp_path: Path, password_file: Path
+) -> None:
+    port = free_port()
+    events = list(history())
+    async with buffer_with_cursor(tmp_path) as (buffer, cursor):
+        await buffer.append(events)
+        await buffer.append([Event("pump-1", "meter.reading", events[0].ts, {"values": {"cod": 99}})])
+        upstream = Hj212Upstream(
+            options(port, password_file, realtime_s=0.05, state_file=str(tmp_path / "epb.json")),
+            cursor,
+            UpstreamContext("gw"),
+        )
+        async with running(upstream):
+            # The platform is down: the upstream retries; no reading is acknowledged (the status is used
+            # at once), nothing is lost.
+            readings = sum(e.kind == "meter.reading" for e in events)
+            await until("the status used", lambda: buffer.stats().depth == readings)
+            await until("connection attempts", lambda: upstream.stats().last_error is not None)
+            assert buffer.stats().depth == readings and upstream.stats().acked == 0
+            sim_options = platform.SimOptions(password="123456", mns=(MN,), reply_delay_s=0.02)
+            async with platform.serve_tcp("127.0.0.1", port, sim_options) as sim:
+                await until("the daily record acknowledged", lambda: upstream.records_acked[2031] == 1)
+                await until("every event acknowledged", lambda: buffer.stats().depth == 0)
+        uploads = list(sim.uploads)
+    assert sim.stats.bad_crc == sim.stats.decode_errors == sim.stats.refused == 0
+    records = [u for u in uploads if u.cn != "2011"]
+    # Every minute and hourly record, oldest first, each hour after its minutes, the day after its hours.
+    times = [(u.cn, u.data_time) for u in records]
+    day = dt.datetime.now(TZ).date() - dt.timedelta(days=2)
+    d0, d1 = day.strftime("%Y%m%d"), (day + dt.timedelta(days=1)).strftime("%Y%m%d")
+    minutes = [t for cn, t in times if cn == "2051"]
+    assert minutes == [f"{d0}225000"] + [f"{d0}23{m:02d}00" for m in range(0, 60, 10)] + [
+        f"{d1}00{m:02d}00" for m in range(0, 30, 10)
+    ]
+    assert [t for cn, t in times if cn == "2061"] == [f"{d0}220000", f"{d0}230000", f"{d1}000000"]
+    assert [t for cn, t in times if cn == "2031"] == [f"{d0}000000"]
+    assert times.index(("2061", f"{d0}230000")) > times.index(("2051", f"{d0}235000"))
+    assert times.index(("2031", f"{d0}000000")) > times.index(("2061", f"{d0}230000"))
+    # Values: the gateway's aggregates of exactly the readings of each interval.
+    start = dt.datetime.combine(day, dt.time(23, 0), TZ)
+    hour = next(u for u in records if (u.cn, u.data_time) == ("2061", f"{d0}230000"))
+    cod = expected(events, start, start + dt.timedelta(hours=1), "cod")
+    assert float(hour.values["w01018-Avg"]) == pytest.approx(statistics.fmean(cod), abs=1e-3)
+    assert float(hour.values["w01018-Min"]) == min(cod) and float(hour.values["w01018-Max"]) == max(cod)
+    assert hour.values["w01018-Flag"] == "N"
+    assert "w01018-Cou" not in hour.values  # not a flow
+    assert float(hour.values["w00000-Cou"]) == pytest.approx(10.0 * 3600)  # 10 L/s for an hour
+    daily = next(u for u in records if u.cn == "2031")
+    cod_day = expected(events, dt.datetime.combine(day, dt.time(0), TZ), start + dt.timedelta(hours=1), "cod")
+    assert float(daily.values["w01018-Avg"]) == pytest.approx(statistics.fmean(cod_day), abs=1e-3)
+    assert float(daily.values["w00000-Cou"]) == pytest.approx(10.0 * 3600 * 2)  # hours 22 and 23
+    # Real-time uploads went on while the backlog was sent: some arrived between the first and last record.
+    positions = [i for i, u in enumerate(uploads) if u.cn == "2011"]
+    first = uploads.index(records[0])
+    last = uploads.index(records[-1])
+    assert any(first < i < last for i in positions)
+    realtime = uploads[positions[-1]]
+    assert set(realtime.values) == {
+        "w01018-Rtd", "w01018-Flag", "w21003-Rtd", "w21003-Flag", "w00000-Rtd", "w00000-Flag"
+    }  # fmt: skip
+    assert upstream.counters["unmapped"] == 0  # the status and the readings were all used
+    assert sim.stats.by_cn["2031"] == 1
+    # The unfinished day's sums wait in the state file for the rest of the day.
+    assert d1 in (tmp_path / "epb.json").read_text()
+
+
+async def test_a_reply_with_a_bad_crc_or_a_refusal_is_counted_and_nothing_is_lost(
+    tmp_path: Path, password_file: Path
+) -> None:
+    events = list(history())[:30]
+    async with (
+        buffer_with_cursor(tmp_path) as (buffer, cursor),
+        platform.serve_tcp("127.0.0.1", 0, platform.SimOptions()) as sim,
+    ):
+        assert sim.port is not None
+        sim.damage_replies = True
+        upstream = Hj212Upstream(
+            options(sim.port, password_file, realtime_s=0), cursor, UpstreamContext("gw")
+        )
+        await buffer.append(events)
+        async with running(upstream):
+            await until("a reconnect after replies with bad CRCs", lambda: upstream.stats().disconnects >= 1)
+            assert upstream.counters["reply_bad_crc"] >= 2 and upstream.stats().resent >= 1
+            assert buffer.stats().depth == len(events)
+            sim.damage_replies = False
+            sim.refuse_code = 3
+            await until("a refusal", lambda: upstream.counters["reply_refused"] >= 1)
+            assert upstream.stats().refused >= 1 and "wrong password" in (upstream.stats().last_error or "")
+            assert buffer.stats().depth == len(events)
+            sim.refuse_code = None
+            await until("every event acknowledged", lambda: buffer.stats().depth == 0)
+    accepted = [u for u in sim.uploads if u.cn == "2061"]
+    assert [u.data_time or "" for u in accepted][-1].endswith("230000")
+    assert len({u.data_time for u in sim.uploads if u.cn == "2051"}) == 3  # 22:50, 23:00, 23:10
+    assert sim.stats.refused >= 1 and sim.stats.replies_damaged >= 2
+
+
+async def test_a_dropped_reply_is_sent_again_with_the_same_qn(tmp_path: Path, password_file: Path) -> None:
+    events = list(history())[:5]
+    async with (
+        buffer_with_cursor(tmp_path) as (buffer, cursor),
+        platform.serve_tcp("127.0.0.1", 0, platform.SimOptions()) as sim,
+    ):
+        assert sim.port is not None
+        sim.drop_replies = True
+        upstream = Hj212Upstream(
+            options(sim.port, password_file, realtime_s=0), cursor, UpstreamContext("gw")
+        )
+        await buffer.append(events)
+        async with running(upstream):
+            await sim.wait_for(lambda s: s.replies_dropped >= 2)
+            sim.drop_replies = False
+            await until("every event acknowledged", lambda: buffer.stats().depth == 0)
+    assert upstream.counters["reply_timeout"] >= 1
+    minutes = [u for u in sim.uploads if u.cn == "2051"]
+    assert minutes[0].qn == minutes[1].qn  # the same exchange, again
+
+
+def test_options(tmp_path: Path, password_file: Path) -> None:
+    o = options(9001, password_file)
+    assert o.password is not None and o.password.get_secret_value() == "123456"
+    assert "123456" not in repr(o)
+    assert o.pollutants["cod"].code == "w01018" and o.pollutants["flow"].flow
+    assert (o.host, o.port, o.minute_interval_min, o.timezone) == ("127.0.0.1", 9001, 10, "Asia/Shanghai")
+    base: dict[str, Any] = {
+        "name": "epb",
+        "address": "h:1",
+        "mn": MN,
+        "st": 32,
+        "pollutants": {"cod": "w01018"},
+    }
+    bads: list[tuple[dict[str, Any], str]] = [
+        ({}, "password_file"),
+        ({"password_file": str(password_file), "address": "nohost"}, "address"),
+        ({"password_file": str(password_file), "mn": "bad mn"}, "mn"),
+        ({"password_file": str(password_file), "pollutants": {"cod": "w01;18"}}, "pollutants"),
+        ({"password_file": str(password_file), "pollutants": {}}, "pollutants"),
+        ({"password_file": str(password_file), "timezone": "Mars/Olympus"}, "timezone"),
+        ({"password_file": str(password_file), "minute_interval_min": 7}, "minute_interval_min"),
+        ({"password_file": str(tmp_path / "missing")}, "password_file"),
+    ]
+    for bad, where in bads:
+        with pytest.raises(ValidationError, match=where):
+            Hj212Options.model_validate({**base, **bad})
