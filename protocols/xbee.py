@@ -684,7 +684,7 @@ def parse_message(frame: Frame) -> Message:
             if len(payload) < 11:
                 raise DecodeError(f"RX indicator of {len(payload) + 1} bytes: at least 12")
             return RxPacket(p.source64, p.source16, p.options, p.payload)
-    except ConstructError as err:
+    except (ConstructError, struct.error) as err:
         raise DecodeError(f"frame type 0x{kind:02X}: {err}") from None
     return Unknown(kind, payload)
 
@@ -724,7 +724,7 @@ def encode_message(message: Message) -> Frame:
                 raise EncodeError("a node identifier holds no NUL")
             return Frame(FrameType.NODE_IDENTIFICATION, _NODE_IDENTIFICATION.build(fields))
         return Frame(message.frame_type, message.payload)
-    except (ConstructError, UnicodeEncodeError) as err:
+    except (ConstructError, struct.error, UnicodeEncodeError) as err:
         raise EncodeError(f"{type(message).__name__}: {err}") from None
 
 

@@ -455,7 +455,7 @@ def encode_header(header: Header) -> bytes:
                 "command": header.command,
             }
         )
-    except ConstructError as err:
+    except (ConstructError, struct.error) as err:
         raise EncodeError(f"ZCL header: {err}") from None
     return built
 
@@ -700,7 +700,7 @@ def parse_zone_status_change(payload: bytes, offset: int = 0) -> ZoneStatusChang
             short: Any = _ZONE_STATUS_CHANGE_SHORT.parse(body)
             return ZoneStatusChange(short.zone_status, short.extended_status)
         p: Any = _ZONE_STATUS_CHANGE.parse(body)
-    except ConstructError:
+    except (ConstructError, struct.error):
         raise DecodeError(f"zone status change notification of {len(body)} bytes (3 or 6)") from None
     return ZoneStatusChange(p.zone_status, p.extended_status, p.zone_id, p.delay)
 

@@ -9,6 +9,7 @@ definitions used both ways.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Final
@@ -132,7 +133,7 @@ def parse(cluster: int, payload: bytes) -> Message | None:
     construct, kind = codec
     try:
         parsed = construct.parse(payload)
-    except ConstructError as err:
+    except (ConstructError, struct.error) as err:
         raise DecodeError(f"ZDO 0x{cluster:04x} of {len(payload)} bytes: {err}") from None
     message: Message = kind(**{name: parsed[name] for name in kind.__slots__})
     return message
@@ -144,6 +145,6 @@ def encode(message: Message) -> tuple[int, bytes]:
     construct, kind = _CODECS[cluster]
     try:
         built: bytes = construct.build({name: getattr(message, name) for name in kind.__slots__})
-    except ConstructError as err:
+    except (ConstructError, struct.error) as err:
         raise EncodeError(f"{kind.__name__}: {err}") from None
     return cluster, built
