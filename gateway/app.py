@@ -29,6 +29,7 @@ from typing import Any, Final, Protocol
 
 from drivers import registry
 from drivers.base import Driver
+from drivers.kinds import GPS_FIX
 from gateway.backoff import Backoff
 from gateway.commands.service import CommandService
 from gateway.config import Config, ConfigError, DeviceConfig, load_config
@@ -38,6 +39,7 @@ from gateway.ops.loopmon import LoopMonitor
 from gateway.ops.metrics import CountingBuffer, MetricsServer, PipelineHealth, build_registry
 from gateway.ops.sdnotify import Notifier, Watchdog
 from gateway.pipeline import EventQueue, Ingest
+from gateway.positions import DEFAULT_MAX_AGE_S, Positions
 from gateway.processors import RfidSmoothing
 from gateway.reload import ReloadPlan, RetiredCounts, plan_reload
 from gateway.supervisor import DeviceRunner
@@ -122,6 +124,8 @@ class Gateway:
         self.ingest: Ingest | None = None
         self.upstream: Upstream | None = None
         self.runners: dict[str, DeviceRunner] = {}
+        self.positions = Positions()
+        """The latest fix of each gps receiver, for the devices with ``position_from``."""
         self.loop_monitor = LoopMonitor()
         self._environ: Mapping[str, str] = os.environ if environ is None else environ
         self.notifier = notifier if notifier is not None else Notifier.from_env(self._environ)
@@ -161,7 +165,17 @@ class Gateway:
         processor = None
         if device.smoothing is not None:
             processor = RfidSmoothing(name, device.smoothing)
-        return DeviceRunner(name, lambda: cls(name, options), self.queue, backoff, processor=processor)
+        runner = DeviceRunner(name, lambda: cls(name, options), self.queue, backoff, processor=processor)
+        receiver = GPS_FIX in cls.emits
+        if receiver:
+            max_age = getattr(options, "max_fix_age_s", DEFAULT_MAX_AGE_S)
+            runner.on_fix = self.positions.receiver(name, max_age)
+        source = device.position_from
+        if source is None and not receiver:
+            source = self.config.gateway.position_from
+        if source is not None:
+            runner.stamp = self.positions.stamper(source, runner.count)
+        return runner
 
     def snapshot(self) -> Snapshot:
         return Snapshot(

@@ -24,9 +24,10 @@ from typing import Any
 from drivers.base import Driver
 from drivers.errors import ConfigurationError, TransientError
 from drivers.event import Event
-from drivers.kinds import DEVICE_STATUS
+from drivers.kinds import DEVICE_STATUS, GPS_FIX
 from gateway.backoff import Backoff
 from gateway.pipeline import EventQueue
+from gateway.positions import Stamper
 from gateway.processors import Processor
 
 STATUS = DEVICE_STATUS
@@ -60,6 +61,10 @@ class DeviceRunner:
         self._attempt = 0
         self.events_emitted = 0
         self.events_dropped = 0
+        self.stamp: Stamper | None = None
+        """Gives this device's events their position (``position_from``, :mod:`gateway.positions`)."""
+        self.on_fix: Callable[[Event], None] | None = None
+        """Told of this device's ``gps.fix`` events (a receiver that other devices take positions from)."""
         self.driver: Driver[Any] | None = None
         """The driver instance whose ``run`` is running now (None between restarts): the one a command
         (:mod:`gateway.commands`) is given to."""
@@ -77,6 +82,8 @@ class DeviceRunner:
 
     def emit(self, kind: str, data: Mapping[str, Any], ts: float | None = None) -> None:
         event = Event(self._name, kind, self._clock() if ts is None else ts, data)
+        if self.on_fix is not None and kind == GPS_FIX:
+            self.on_fix(event)
         if self.processor is None:
             self._put(event)
             return
@@ -96,11 +103,16 @@ class DeviceRunner:
             return
         name = self._name
         when = self._clock() if ts is None else ts
-        accepted = self._queue.put_many([Event(name, kind, when, data) for data in items])
+        events = [Event(name, kind, when, data) for data in items]
+        if self.stamp is not None:
+            self.stamp.many(events)
+        accepted = self._queue.put_many(events)
         self.events_emitted += accepted
         self.events_dropped += len(items) - accepted
 
     def _put(self, event: Event) -> None:
+        if self.stamp is not None:
+            self.stamp(event)
         if self._queue.put(event):
             self.events_emitted += 1
         else:

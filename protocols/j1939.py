@@ -425,7 +425,7 @@ class Spn:
 class Pgn:
     """A PGN of the table: its name, its length, its SPNs. :meth:`decode` is on the hot path."""
 
-    __slots__ = ("_fields", "acronym", "length", "name", "pgn", "rate_s", "spns", "units")
+    __slots__ = ("_fields", "acronym", "length", "name", "names", "pgn", "rate_s", "spns", "text", "units")
 
     def __init__(
         self,
@@ -436,8 +436,11 @@ class Pgn:
         *,
         length: int = 8,
         rate_s: float | None = None,
+        text: str | None = None,
     ) -> None:
         self.pgn = pgn
+        self.text = text
+        """The name of its one ASCII field (up to a ``*`` delimiter), for a PGN that is text (VI)."""
         self.acronym = acronym
         self.name = name
         self.length = length
@@ -445,6 +448,8 @@ class Pgn:
         """How often its sender broadcasts it, by the standard (a simulator plays it at this rate)."""
         self.spns = tuple(spns)
         self.units = {s.name: s.unit for s in self.spns if s.unit}
+        self.names = frozenset(s.name for s in self.spns) | ({text} if text is not None else frozenset())
+        """The names of its values."""
         self._fields = tuple(
             (
                 s.name,
@@ -461,7 +466,10 @@ class Pgn:
 
     def decode(self, data: bytes) -> dict[str, float | int]:
         """The SPNs' physical values (name -> value) of ``data``; those not available, in error, reserved
-        or beyond the data's end are left out."""
+        or beyond the data's end are left out. A text PGN gives its field as a string (non-ASCII bytes
+        replaced)."""
+        if self.text is not None:
+            return {self.text: data.split(b"*", 1)[0].decode("ascii", "replace")}  # type: ignore[dict-item]
         raw_all = int.from_bytes(data, "little")
         size = len(data)
         values: dict[str, float | int] = {}
@@ -477,8 +485,10 @@ class Pgn:
                 values[name] = int(raw * resolution + offset)
         return values
 
-    def encode(self, values: Mapping[str, float]) -> bytes:
+    def encode(self, values: Mapping[str, float | str]) -> bytes:
         """``values`` (name -> physical value) as data; what is not given is "not available" (all ones)."""
+        if self.text is not None:
+            return str(values.get(self.text, "")).encode("ascii") + b"*"
         by_name = {s.name: s for s in self.spns}
         unknown = set(values) - set(by_name)
         if unknown:
@@ -488,7 +498,7 @@ class Pgn:
             spn = by_name[name]
             mask = (1 << spn.length) - 1
             raw_all &= ~(mask << spn.start_bit)
-            raw_all |= spn.raw(value) << spn.start_bit
+            raw_all |= spn.raw(float(value)) << spn.start_bit
         return raw_all.to_bytes(self.length, "little")
 
 
@@ -604,6 +614,7 @@ PGNS: Final[Mapping[int, Pgn]] = {
             ],
             rate_s=1.0,
         ),
+        Pgn(65260, "VI", "Vehicle Identification", [], length=0, text="vehicle_identification_number"),
         Pgn(
             65102,
             "DC1",

@@ -28,7 +28,7 @@ from pydantic_core import ErrorDetails
 from drivers import registry
 from drivers.base import CONFIG_DIR, Driver
 from drivers.bus import SharedLine
-from drivers.kinds import RFID_READ
+from drivers.kinds import GPS_FIX, RFID_READ
 from gateway.config.models import (
     _CONTEXT_KEY,
     _DEVICE_KEYS,
@@ -102,6 +102,8 @@ class _Loader:
             if isinstance(raw_dir, str) and raw_dir:
                 devices_dir = self._devices_dir(doc, raw_dir)
         self._check_shared_lines()
+        if doc is not None and sections is not None:
+            self._check_positions(doc, sections.gateway.position_from)
         self.problems = self._merge_anchored()
         if self.problems or sections is None:
             order = self.file_order
@@ -300,6 +302,7 @@ class _Loader:
         raw_options = {key: value for key, value in raw.items() if key not in _DEVICE_KEYS}
         smoothing = self._smoothing(raw, driver_class, doc, display, prefix)
         commands = self._commands(raw, driver_class, doc, display, prefix)
+        position_ok, position_from = self._position_from(raw, doc, display, prefix)
         not_integers = self._integers(driver_class.Options, raw_options, doc, display, prefix)
         try:
             options = driver_class.Options.model_validate(
@@ -324,7 +327,13 @@ class _Loader:
                     problem = f"lane {lane!r} is no zone of this device's antennas (see smoothing.zones)"
                     self._problem(display, doc.line_of(lanes_at), lanes_at, problem, doc)
                     smoothing = None
-        if name is None or ("smoothing" in raw and smoothing is None) or not_integers or commands is None:
+        if (
+            name is None
+            or ("smoothing" in raw and smoothing is None)
+            or not_integers
+            or commands is None
+            or not position_ok
+        ):
             return
         device = DeviceConfig(
             name=name,
@@ -332,6 +341,7 @@ class _Loader:
             options=options,
             smoothing=smoothing,
             commands=commands,
+            position_from=position_from,
             file=file,
             line=line,
         )
@@ -433,6 +443,47 @@ class _Loader:
             self._problem(display, doc.line_of(at), at, message, doc)
             ok = False
         return tuple(names) if ok else None
+
+    def _position_from(
+        self, raw: dict[str, Any], doc: Document, display: str, prefix: FieldPath
+    ) -> tuple[bool, str | None]:
+        """The device's ``position_from`` as written: a device name or null (checked against the other
+        devices once all are read, :meth:`_check_positions`); False when it is not even a name."""
+        value = raw.get("position_from")
+        if value is None or (isinstance(value, str) and value):
+            return True, value
+        where = (*prefix, "position_from")
+        message = f"expected the name of a gps device (position_from: gps), got {_kind(value)}"
+        self._problem(display, doc.line_of(where), where, message, doc)
+        return False, None
+
+    def _check_positions(self, doc: Document, gateway_default: str | None) -> None:
+        """Each ``position_from`` (a device's, and the gateway's) names a device whose driver emits
+        ``gps.fix``, other than the device itself. A device that exists but is invalid has its own problem
+        reported already."""
+        fixes = {p.device.name: p for p in self.placed if GPS_FIX in p.device.driver_class.emits}
+        receivers = ", ".join(sorted(fixes)) or "none configured"
+
+        def problem(source: str, display: str, where: FieldPath, at: Document, own: str | None) -> None:
+            if source in fixes and source != own:
+                return
+            if source == own:
+                message = f"{source!r} is this device: a receiver cannot take positions from itself"
+            elif source in self.names and source not in {p.device.name for p in self.placed}:
+                return  # an invalid device: reported as such
+            elif source in self.names:
+                message = f"device {source!r} is no gps receiver: its driver emits no gps.fix ({receivers})"
+            else:
+                message = f"no device named {source!r} (gps receivers: {receivers})"
+            self._problem(display, at.line_of(where), where, message, at)
+
+        if gateway_default is not None:
+            problem(gateway_default, self.display, ("gateway", "position_from"), doc, None)
+        for placed in self.placed:
+            source = placed.device.position_from
+            if source is not None:
+                where = (*placed.prefix, "position_from")
+                problem(source, placed.display, where, placed.doc, placed.device.name)
 
     def _smoothing(
         self,

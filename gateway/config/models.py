@@ -392,6 +392,11 @@ class GatewayConfig(_Section):
         "gateway's loggers: edgegw (the runtime), edgegw.forwarder, edgegw.mqtt, edgegw.device.<name>, "
         "edgegw.reload, edgegw.metrics, edgegw.sdnotify. Applied again on reload (SIGHUP).",
     )
+    position_from: Name | None = Field(
+        default=None,
+        description="A gps device whose latest fix every other device's events carry as `position` "
+        "(lat, lon, time), unless the device names its own position_from; see the README.",
+    )
 
 
 def split_listen(value: str) -> tuple[str, int]:
@@ -801,6 +806,10 @@ class DeviceConfig(BaseModel):
         description="The commands upstream may send this device (names of its driver's commands); none by "
         "default. Only with upstream.mqtt.commands.enabled.",
     )
+    position_from: str | None = Field(
+        default=None,
+        description="A gps device (its name) whose latest fix this device's events carry as `position`.",
+    )
     file: Path = Field(description="The absolute path of the file the device is defined in.")
     line: int = Field(description="The line its mapping starts on.")
     _driver_class: type[Driver[Any]] | None = PrivateAttr(None)
@@ -825,7 +834,7 @@ class Config(_Sections):
     source: Path = Field(description="The gateway file, absolute.")
 
 
-_DEVICE_KEYS = ("name", "driver", "smoothing", "commands")
+_DEVICE_KEYS = ("name", "driver", "smoothing", "commands", "position_from")
 """A device's keys that belong to the gateway; every other key is the driver's."""
 
 

@@ -209,6 +209,11 @@ def build(drivers: Sequence[str] | None = None) -> tuple[dict[str, Any], dict[st
             }
         offered = {c: spec for n in names for c, spec in loaded[n].commands.items()}
         body["properties"]["commands"] = _commands_schema(offered, def_name)
+        body["properties"]["position_from"] = {
+            "description": "A gps device (its name) whose latest fix this device's events carry as "
+            "`position` (lat, lon, time); see the README.",
+            "anyOf": [{"type": "string", "minLength": 1}, {"type": "null"}],
+        }
         body["required"] = ["name", "driver", *body.get("required", [])]
         condition = {"properties": {"driver": which}, "required": ["driver"]}
         branches.append({"if": condition, "then": {"$ref": f"#/$defs/{key}"}})

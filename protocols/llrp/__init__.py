@@ -149,8 +149,10 @@ from .values import (
     RoSpec,
     TagObservation,
     TagReportContent,
+    antenna_power,
     capabilities_parameters,
     device_capabilities,
+    transmit_power_table,
 )
 
 __all__ = [
@@ -232,6 +234,7 @@ __all__ = [
     "TagReport",
     "TagReportContent",
     "UnknownMessage",
+    "antenna_power",
     "capabilities_parameters",
     "decode_frame",
     "decode_parameters",
@@ -247,4 +250,5 @@ __all__ = [
     "parse_tag_report",
     "parse_tag_report_spec",
     "response_type",
+    "transmit_power_table",
 ]

@@ -3,7 +3,7 @@ converted to and from the generic :class:`~protocols.llrp.params.Parameter` tree
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -422,10 +422,38 @@ def device_capabilities(params: Iterable[Parameter]) -> DeviceCapabilities | Non
     return None
 
 
-def capabilities_parameters(caps: DeviceCapabilities) -> tuple[Parameter, ...]:
+def transmit_power_table(params: Iterable[Parameter]) -> dict[int, int]:
+    """The reader's transmit power levels, index -> centi-dBm: the TransmitPowerLevelTableEntry parameters
+    of a GET_READER_CAPABILITIES_RESPONSE (in RegulatoryCapabilities / UHFBandCapabilities). An
+    RFTransmitter names its power by such an index."""
+    table: dict[int, int] = {}
+    stack = list(params)
+    while stack:
+        param = stack.pop()
+        if param.type == ParamType.TRANSMIT_POWER_LEVEL_TABLE_ENTRY:
+            table[param.fields["index"]] = param.fields["transmit_power_cdbm"]
+        else:
+            stack.extend(param.params)
+    return dict(sorted(table.items()))
+
+
+def antenna_power(antenna: int, power_index: int, hop_table_id: int = 1, channel_index: int = 1) -> Parameter:
+    """An AntennaConfiguration for SET_READER_CONFIG that sets ``antenna``'s transmit power (an index of
+    :func:`transmit_power_table`) through its RFTransmitter; antenna 0 means every antenna. A hopping reader
+    ignores the channel index; the hop table is the one the reader offers (1 on most)."""
+    transmitter = Parameter(
+        ParamType.RF_TRANSMITTER,
+        {"hop_table_id": hop_table_id, "channel_index": channel_index, "transmit_power_index": power_index},
+    )
+    return Parameter(ParamType.ANTENNA_CONFIGURATION, {"antenna": antenna}, (transmitter,))
+
+
+def capabilities_parameters(
+    caps: DeviceCapabilities, power_table_cdbm: Sequence[int] = (3000,)
+) -> tuple[Parameter, ...]:
     """A GET_READER_CAPABILITIES_RESPONSE's parameters after LLRPStatus, for a reader with ``caps``: what the
     standard requires of each (one receive sensitivity, GPIO counts, Gen2 on every antenna, one RF mode, a
-    hop table), for a simulator to send."""
+    hop table), and its transmit power levels (indices from 1, in centi-dBm), for a simulator to send."""
     antennas = range(1, caps.max_antennas + 1)
     general = Parameter(
         ParamType.GENERAL_DEVICE_CAPABILITIES,
@@ -489,7 +517,12 @@ def capabilities_parameters(caps: DeviceCapabilities) -> tuple[Parameter, ...]:
         ParamType.UHF_BAND_CAPABILITIES,
         {},
         (
-            Parameter(ParamType.TRANSMIT_POWER_LEVEL_TABLE_ENTRY, {"index": 1, "transmit_power_cdbm": 3000}),
+            *(
+                Parameter(
+                    ParamType.TRANSMIT_POWER_LEVEL_TABLE_ENTRY, {"index": i, "transmit_power_cdbm": cdbm}
+                )
+                for i, cdbm in enumerate(power_table_cdbm, start=1)
+            ),
             Parameter(
                 ParamType.FREQUENCY_INFORMATION,
                 {"flags": {"hopping": True}},
