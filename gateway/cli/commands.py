@@ -23,6 +23,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from gateway.cli import cmd as cmd_tool
 from gateway.config import Config, ConfigError, load_config
 from gateway.ops.logs import LogSetup
 
@@ -148,6 +149,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     ble_record.add_argument("--duration", type=float, help="seconds to record (default: until Ctrl-C)")
     ble_record.add_argument("--count", type=_positive, help="stop after this many advertisements")
+
+    cmd_tool.add_parser(sub)
 
     status = sub.add_parser(
         "status",
@@ -352,6 +355,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             duration=args.duration,
             count=args.count,
         )
+    if args.command == "cmd":
+        return cmd_tool.main(args)
     if args.command == "status":
         from gateway.cli.status import main as status_main  # noqa: PLC0415  # rich and the parser load only here
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.commands.protocol import request_topic, result_topic, sign
-from gateway.commands.service import connection_kwargs, read_hmac_key
+from gateway.commands.service import commands_broker, connection_kwargs, read_hmac_key
 from gateway.config import Config
 from gateway.delivery.mqtt import Incoming, MqttConnection, MqttNotConnected
 
@@ -46,7 +46,9 @@ class CommandClient:
     """``async with CommandClient(config) as client: result = await client.send("meter1", "read", {})``."""
 
     def __init__(self, config: Config, *, client_id: str | None = None) -> None:
-        mqtt = config.upstream.mqtt
+        mqtt = commands_broker(config)
+        if mqtt is None:
+            raise NoResult("commands are not enabled on any MQTT upstream of this configuration")
         self._mqtt = mqtt
         self._prefix = mqtt.prefix
         self._gateway = config.gateway.id

@@ -72,7 +72,14 @@ from gateway.delivery.mqtt import Incoming, MqttConnectError, MqttConnection, Mq
 if TYPE_CHECKING:
     from gateway.app import Gateway
 
-__all__ = ["GATEWAY_SPECS", "CommandService", "CommandStats", "connection_kwargs", "read_hmac_key"]
+__all__ = [
+    "GATEWAY_SPECS",
+    "CommandService",
+    "CommandStats",
+    "commands_broker",
+    "connection_kwargs",
+    "read_hmac_key",
+]
 
 log = logging.getLogger("edgegw.commands")
 
@@ -92,6 +99,16 @@ GATEWAY_SPECS: Final[Mapping[str, CommandSpec]] = {
     "reload": CommandSpec(NoArgs, "Re-read and apply the configuration, as SIGHUP does."),
 }
 assert tuple(sorted(GATEWAY_SPECS)) == GATEWAY_COMMANDS
+
+
+def commands_broker(config: Config) -> MqttConfig | None:
+    """The MQTT upstream whose ``commands.enabled`` is set (``upstream.mqtt``, or the first MQTT entry of
+    ``upstreams:`` that enables them); None: commands are off."""
+    candidates: list[MqttConfig] = []
+    if config.upstream is not None:
+        candidates.append(config.upstream.mqtt)
+    candidates += [u for u in getattr(config, "upstreams", None) or [] if isinstance(u, MqttConfig)]
+    return next((m for m in candidates if m.commands.enabled), None)
 
 
 def read_hmac_key(path: Path) -> bytes:
@@ -188,7 +205,9 @@ class CommandService:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        mqtt = config.upstream.mqtt
+        mqtt = commands_broker(config)
+        if mqtt is None:
+            raise ValueError("no MQTT upstream of this configuration enables commands")
         self._gateway = gateway
         self._mqtt = mqtt
         self.settings: CommandsConfig = mqtt.commands
