@@ -358,6 +358,8 @@ def decode_value(data_type: int, buffer: bytes, pos: int) -> tuple[Any, int]:
 def encode_value(data_type: int, value: Any) -> bytes:
     """``value`` as ``data_type`` (None: the type's invalid value where it has one)."""
     try:
+        if data_type == DataType.NO_DATA:
+            return b""
         if value is None:
             spec = _INTEGERS.get(data_type)
             if spec is not None and data_type not in _NO_INVALID:
