@@ -31,6 +31,17 @@ Failures: every KEEPALIVE is answered with KEEPALIVE_ACK; ``keepalive_misses`` p
 not decode is counted (``decode_errors``) and skipped; unknown vendor parameters are skipped and counted
 (``params_skipped``), never an error. On shutdown the driver sends CLOSE_CONNECTION and waits briefly for its
 response.
+
+Commands (:mod:`drivers.commands`), carried out in the session between two messages, the reports read and
+emitted meanwhile as always:
+
+- ``stop`` / ``start``: STOP_ROSPEC / START_ROSPEC of the gateway's ROSpec (the inventory pauses and
+  resumes; asking for the state it is in already changes nothing and asks the reader nothing); a reconnected
+  reader is started again, as at every connect;
+- ``set_power``: ``{"dbm": 30.0}`` for every configured antenna, or ``{"dbm": 27.5, "antennas": [2]}``:
+  SET_READER_CONFIG with an AntennaConfiguration per antenna whose RFTransmitter names the reader's power
+  level of exactly that many dBm (from its TransmitPowerLevelTableEntry list, read at connect); a power the
+  reader does not offer is refused with the nearest levels it does.
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ import asyncio
 import contextlib
 import os
 import ssl
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any, ClassVar, Final, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -48,6 +60,7 @@ from protocols.errors import DecodeError
 
 from . import bus
 from .base import DeviceContext, DriverOptions
+from .commands import CommandArgs, CommandData, CommandFailed, CommandRefused, CommandSpec, NoArgs
 from .counters import DECODE_ERRORS
 from .errors import ConfigurationError, ConnectionLost, DeviceTimeout, DeviceUnavailable, ProtocolFailure
 from .event import Record
@@ -237,16 +250,64 @@ class LlrpOptions(DriverOptions):
         return llrp.RoSpec(self.rospec_id, (inventory,), report=self.report_spec())
 
 
+class SetPowerArgs(CommandArgs):
+    """``{"dbm": 30.0}``, or ``{"dbm": 27.5, "antennas": [2]}``."""
+
+    dbm: float = Field(
+        ge=-100, le=100, description="Transmit power in dBm: one of the reader's power levels (e.g. 30.25)."
+    )
+    antennas: list[AntennaId] | None = Field(
+        None,
+        min_length=1,
+        description="The antennas to set (configured ones); default: every configured one.",
+    )
+
+
 class LlrpDriver(StreamDriver[LlrpOptions]):
     name: ClassVar[str] = "llrp"
     Options: ClassVar[type[LlrpOptions]] = LlrpOptions
     emits: ClassVar[frozenset[str]] = frozenset({RFID_READ, DEVICE_STATUS})
+    commands: ClassVar[Mapping[str, CommandSpec]] = {
+        "start": CommandSpec(NoArgs, "START_ROSPEC: resume the inventory."),
+        "stop": CommandSpec(NoArgs, "STOP_ROSPEC: pause the inventory (until start, or a reconnect)."),
+        "set_power": CommandSpec(
+            SetPowerArgs,
+            "Set the transmit power of the configured antennas (or some) to a level the reader has.",
+        ),
+    }
 
     def link(self) -> LinkOptions:
         return self.options.link
 
     def session(self, link: ByteLink, ctx: DeviceContext) -> _Session:
         return _Session(link, self.options, ctx)
+
+    async def command(self, name: str, args: CommandArgs) -> CommandData:
+        session = self.live
+        if name not in self.commands:
+            return await super().command(name, args)
+        if name == "set_power":
+            assert isinstance(args, SetPowerArgs)
+            unknown = sorted(set(args.antennas or ()) - set(self.options.antennas))
+            if unknown:
+                configured = ", ".join(str(a) for a in sorted(self.options.antennas))
+                raise CommandRefused(f"antenna {unknown[0]} is not configured on this reader ({configured})")
+        if not isinstance(session, _Session):
+            raise CommandFailed(f"device {self.device!r} is not connected")
+        action: Callable[[], Awaitable[CommandData]]
+        if name == "set_power":
+            assert isinstance(args, SetPowerArgs)
+            index, cdbm = session.power_level(args.dbm)  # refused here: nothing reached the reader
+            antennas = sorted(args.antennas or self.options.antennas)
+
+            def action() -> Awaitable[CommandData]:
+                return session.set_power(antennas, index, cdbm)
+        else:
+
+            def action() -> Awaitable[CommandData]:
+                return session.run_rospec(name == "start")
+
+        return await session.call(action)
 
 
 class _Session(StreamSession[llrp.Frame, LlrpOptions]):
@@ -262,6 +323,10 @@ class _Session(StreamSession[llrp.Frame, LlrpOptions]):
         self.last_keepalive = self.loop.time()
         self.uris = UriCache()
         self._shape = ReadShape(options.antennas, self.uris)
+        self.power_table: dict[int, int] = {}
+        """The reader's transmit power levels (index -> centi-dBm), from its capabilities."""
+        self.rospec_active = False
+        self._idle_wait: asyncio.Timeout | None = None
 
     # ---------------------------------------------------------------- the sequence
 
@@ -295,6 +360,7 @@ class _Session(StreamSession[llrp.Frame, LlrpOptions]):
         opts = self.options
         answer = await self.request(llrp.GetReaderCapabilities(), "GET_READER_CAPABILITIES")
         caps = llrp.device_capabilities(answer.params)
+        self.power_table = llrp.transmit_power_table(answer.params)
         if caps is not None and caps.max_antennas:
             missing = sorted(a for a in opts.antennas if a > caps.max_antennas)
             if missing:
@@ -316,6 +382,7 @@ class _Session(StreamSession[llrp.Frame, LlrpOptions]):
         await self.request(llrp.AddRoSpec(opts.rospec()), "ADD_ROSPEC")
         await self.request(llrp.EnableRoSpec(opts.rospec_id), "ENABLE_ROSPEC")
         await self.request(llrp.StartRoSpec(opts.rospec_id), "START_ROSPEC")
+        self.rospec_active = True
         antennas = ",".join(str(a) for a in sorted(opts.antennas))
         if caps is None:
             return f"LLRP reader, antennas {antennas}"
@@ -330,9 +397,10 @@ class _Session(StreamSession[llrp.Frame, LlrpOptions]):
         watchdog = opts.keepalive_s * opts.keepalive_misses if opts.keepalive_s > 0 else None
         next_report = loop.time() + period if period is not None else None
         while True:
+            await self.serve_calls()
             keepalive_due = None if watchdog is None else self.last_keepalive + watchdog
             deadlines = [d for d in (next_report, keepalive_due) if d is not None]
-            got = await self._next(min(deadlines) if deadlines else None)
+            got = await self._next_or_woken(min(deadlines) if deadlines else None)
             if got is not None:
                 frame, message = got
                 await self._handle(frame, message)
@@ -351,6 +419,72 @@ class _Session(StreamSession[llrp.Frame, LlrpOptions]):
                 next_report += period
                 if next_report <= now:  # fell behind (a long pause for room): start over from now
                     next_report = now + period
+
+    async def _next_or_woken(self, deadline: float | None) -> tuple[llrp.Frame, llrp.Message] | None:
+        """:meth:`_next`, cut short (None) when a command's action waits (:meth:`wake`)."""
+        if self.called.is_set():
+            return None
+        try:
+            async with asyncio.timeout(None) as wait:
+                self._idle_wait = wait
+                return await self._next(deadline)
+        except TimeoutError:
+            if wait.expired():
+                return None
+            raise
+        finally:
+            self._idle_wait = None
+
+    def wake(self) -> None:
+        wait = self._idle_wait
+        if wait is not None and not wait.expired():
+            wait.reschedule(self.loop.time())
+
+    # ---------------------------------------------------------------- commands (in the session's task)
+
+    def power_level(self, dbm: float) -> tuple[int, int]:
+        """The reader's power level of exactly ``dbm`` (to the centi-dBm): (index, centi-dBm);
+        CommandRefused, naming the nearest levels, when it has none."""
+        table = self.power_table
+        if not table:
+            raise CommandRefused("the reader lists no transmit power levels in its capabilities")
+        wanted = round(dbm * 100)
+        for index, cdbm in table.items():
+            if cdbm == wanted:
+                return index, cdbm
+        below = max((c for c in table.values() if c < wanted), default=None)
+        above = min((c for c in table.values() if c > wanted), default=None)
+        near = " or ".join(f"{c / 100:.2f}" for c in (below, above) if c is not None)
+        low, high = min(table.values()) / 100, max(table.values()) / 100
+        raise CommandRefused(
+            f"{dbm:g} dBm is not a power level of this reader ({low:.2f}-{high:.2f} dBm; nearest: {near})"
+        )
+
+    async def set_power(self, antennas: list[int], index: int, cdbm: int) -> CommandData:
+        """SET_READER_CONFIG with one AntennaConfiguration per antenna, its RFTransmitter at ``index``."""
+        config = llrp.SetReaderConfig(extra=tuple(llrp.antenna_power(a, index) for a in antennas))
+        await self._command_request(config, "SET_READER_CONFIG")
+        dbm = cdbm / 100
+        return {"power_dbm": {str(a): dbm for a in antennas}, "power_index": index}
+
+    async def run_rospec(self, start: bool) -> CommandData:
+        """START_ROSPEC or STOP_ROSPEC of our ROSpec, unless it is in that state already."""
+        rospec_id = self.options.rospec_id
+        if start and not self.rospec_active:
+            await self._command_request(llrp.StartRoSpec(rospec_id), "START_ROSPEC")
+        elif not start and self.rospec_active:
+            await self._command_request(llrp.StopRoSpec(rospec_id), "STOP_ROSPEC")
+        else:
+            return {"rospec": "active" if start else "inactive", "changed": False}
+        self.rospec_active = start
+        return {"rospec": "active" if start else "inactive", "changed": True}
+
+    async def _command_request(self, message: llrp.Message, name: str) -> llrp.Response:
+        """:meth:`request` for a command: the reader refusing it fails the command, not the session."""
+        try:
+            return await self.request(message, name)
+        except ProtocolFailure as err:
+            raise CommandFailed(str(err)) from err
 
     async def stop(self) -> None:
         """CLOSE_CONNECTION, then its response (or the connection's end) within a second; never raises."""

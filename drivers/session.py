@@ -133,7 +133,13 @@ class StreamSession(abc.ABC, Generic[ItemT, OptionsT]):
         future: asyncio.Future[T] = self.loop.create_future()
         self._calls.append((action, future))
         self.called.set()
+        self.wake()
         return await future
+
+    def wake(self) -> None:
+        """An action waits: a session whose ``stream`` may be blocked on the device (a read without end)
+        cuts that wait short here so that it serves the action soon (by default nothing: ``stream`` pauses
+        often enough, or waits on :attr:`called`)."""
 
     async def serve_calls(self) -> None:
         """Run the actions waiting, in order (``stream`` calls it at its pauses). An action that fails

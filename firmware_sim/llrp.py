@@ -9,7 +9,9 @@ answers:
   (:func:`~protocols.llrp.capabilities_parameters`); GET_READER_CONFIG: identification, antenna properties,
   keepalive and report specs;
 - SET_READER_CONFIG: keeps the event notifications, default report spec and keepalive period (a KEEPALIVE
-  every period, numbered; the client's KEEPALIVE_ACKs are counted);
+  every period, numbered; the client's KEEPALIVE_ACKs are counted), and each AntennaConfiguration's
+  RFTransmitter power (antenna 0: every antenna; an index outside the power table or an antenna the reader
+  lacks: an LLRPStatus error, and nothing of the message is applied);
 - ADD_ROSPEC / DELETE_ROSPEC (0: all) / ENABLE_ROSPEC / START_ROSPEC / STOP_ROSPEC / DISABLE_ROSPEC /
   GET_ROSPECS, with the standard's state machine (an ROSpec is added disabled, enabled to inactive, started to
   active; IMMEDIATE start triggers start on enable). Start triggers NULL and IMMEDIATE, stop triggers NULL and
@@ -164,6 +166,8 @@ class SimOptions:
     manufacturer: int = 0
     model: int = 1
     firmware: str = "edgegw-sim 1.0"
+    power_table_cdbm: tuple[int, ...] = tuple(range(1000, 3251, 25))
+    """Transmit power levels offered (index 1 first), centi-dBm: 10.00 to 32.50 dBm in 0.25 dB steps."""
     faults: Faults = field(default_factory=Faults)
 
     def __post_init__(self) -> None:
@@ -243,6 +247,11 @@ class LlrpSimulator(serving.Simulator[SimStats]):
             has_utc_clock=self.options.utc_clock,
         )
         self.connected_antennas = set(self.options.antennas)
+        table = self.options.power_table_cdbm
+        self.transmit_power_cdbm = dict.fromkeys(
+            range(1, self.options.max_antennas + 1), 3000 if 3000 in table else max(table)
+        )
+        """The transmit power of each antenna (centi-dBm), as SET_READER_CONFIG last set it."""
         self.refuse_status = self.options.faults.refuse
         self.keepalives_on = not self.options.faults.no_keepalive
         self._cut_next = 0
@@ -574,12 +583,15 @@ class _Session:
                 await self._respond(message, message_id, status)
             return
         if isinstance(message, llrp.GetReaderCapabilities):
-            await self._respond(message, message_id, params=llrp.capabilities_parameters(sim.capabilities))
+            await self._respond(
+                message,
+                message_id,
+                params=llrp.capabilities_parameters(sim.capabilities, sim.options.power_table_cdbm),
+            )
         elif isinstance(message, llrp.GetReaderConfig):
             await self._respond(message, message_id, params=self._config())
         elif isinstance(message, llrp.SetReaderConfig):
-            self._set_config(message)
-            await self._respond(message, message_id)
+            await self._respond(message, message_id, self._set_config(message))
         elif isinstance(message, llrp.AddRoSpec):
             await self._respond(message, message_id, self._add(message.rospec))
         elif isinstance(message, llrp.DeleteRoSpec):
@@ -655,8 +667,12 @@ class _Session:
         keepalive = llrp.KeepaliveSpec(self.keepalive_ms > 0, self.keepalive_ms).parameter()
         return (identification, *antennas, self.report.parameter(), keepalive)
 
-    def _set_config(self, message: llrp.SetReaderConfig) -> None:
+    def _set_config(self, message: llrp.SetReaderConfig) -> llrp.LlrpStatus | None:
         self.sim.configs.append(message)
+        powers = self._antenna_powers(message.extra)
+        if isinstance(powers, llrp.LlrpStatus):
+            return powers
+        self.sim.transmit_power_cdbm.update(powers)
         if message.reset_to_factory_default:
             self.events_enabled.clear()
             self.report = llrp.RoReportSpec(llrp.ReportTrigger.N_TAGS_OR_END_OF_ROSPEC, 1)
@@ -672,6 +688,30 @@ class _Session:
                 self._keepalive_task = None
             if self.keepalive_ms > 0:
                 self._keepalive_task = asyncio.create_task(self._keepalives(self.keepalive_ms / 1000))
+        return None
+
+    def _antenna_powers(self, extra: tuple[llrp.Parameter, ...]) -> dict[int, int] | llrp.LlrpStatus:
+        """The transmit powers the AntennaConfigurations among ``extra`` set, by antenna; or the status
+        that refuses them."""
+        sim = self.sim
+        table = sim.options.power_table_cdbm
+        antennas = range(1, sim.options.max_antennas + 1)
+        powers: dict[int, int] = {}
+        for param in extra:
+            if param.type != llrp.ParamType.ANTENNA_CONFIGURATION:
+                continue
+            antenna = param.fields["antenna"]
+            if antenna != 0 and antenna not in antennas:
+                return _failure(llrp.StatusCode.P_FIELD_ERROR, f"no antenna {antenna}")
+            for child in param.params:
+                if child.type != llrp.ParamType.RF_TRANSMITTER:
+                    continue
+                index = child.fields["transmit_power_index"]
+                if not 1 <= index <= len(table):
+                    return _failure(llrp.StatusCode.P_FIELD_ERROR, f"no transmit power index {index}")
+                for a in antennas if antenna == 0 else (antenna,):
+                    powers[a] = table[index - 1]
+        return powers
 
     async def _keepalives(self, period: float) -> None:
         sim = self.sim
