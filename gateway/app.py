@@ -31,10 +31,11 @@ from drivers import registry
 from drivers.base import Driver
 from drivers.kinds import GPS_FIX
 from gateway.backoff import Backoff
-from gateway.commands.service import CommandService
+from gateway.commands.service import CommandService, commands_broker
 from gateway.config import Config, ConfigError, DeviceConfig, load_config
-from gateway.delivery.buffer import Buffer, BufferStats, SqliteBuffer
-from gateway.delivery.forwarder import Forwarder, ForwarderSettings
+from gateway.delivery.buffer import Buffer, BufferStats, SqliteBuffer, everything
+from gateway.delivery.forwarder import Forwarder, ForwarderSettings, settings_from
+from gateway.delivery.upstream import UpstreamContext, load_kind
 from gateway.ops.loopmon import LoopMonitor
 from gateway.ops.metrics import CountingBuffer, MetricsServer, PipelineHealth, build_registry
 from gateway.ops.sdnotify import Notifier, Watchdog
@@ -67,29 +68,8 @@ class Upstream(Protocol):
 
 
 def forwarder_settings(config: Config) -> ForwarderSettings:
-    mqtt = config.upstream.mqtt
-    tls = mqtt.tls
-    return ForwarderSettings(
-        gateway_id=config.gateway.id,
-        host=mqtt.host,
-        port=mqtt.port,
-        prefix=mqtt.prefix,
-        client_id=mqtt.client_id,
-        protocol=mqtt.protocol,
-        keepalive_s=mqtt.keepalive_s,
-        max_inflight=mqtt.max_inflight,
-        batch_max_events=mqtt.batch_max_events,
-        username=mqtt.username,
-        password=mqtt.password.get_secret_value() if mqtt.password is not None else None,
-        tls=mqtt.tls_enabled,
-        ca_file=str(tls.ca_file) if tls.ca_file else None,
-        cert_file=str(tls.cert_file) if tls.cert_file else None,
-        key_file=str(tls.key_file) if tls.key_file else None,
-        key_password=tls.key_password.get_secret_value() if tls.key_password is not None else None,
-        tls_insecure=tls.insecure,
-        reconnect_initial_s=mqtt.reconnect.initial_s,
-        reconnect_max_s=mqtt.reconnect.max_s,
-    )
+    """The settings of the first upstream (``upstream.mqtt``, or the first of ``upstreams:``)."""
+    return settings_from(config.upstream_list[0], config.gateway.id)
 
 
 @dataclass
@@ -118,7 +98,10 @@ class Gateway:
         """``environ``: where ``NOTIFY_SOCKET`` and ``WATCHDOG_USEC`` come from (``os.environ``);
         ``on_logging``: applies a reloaded config's log levels (the CLI's; None leaves logging alone)."""
         self.config = config
-        self._make_upstream = upstream or (lambda buffer: Forwarder(buffer, forwarder_settings(config)))
+        self._make_upstream = upstream
+        """Tests and the demo: one upstream made from the buffer (no ``upstreams``, no routes)."""
+        self.upstreams: dict[str, Upstream] = {}
+        """Every upstream by name (with ``upstream=``: empty)."""
         self.queue = EventQueue(config.queue.max_events)
         self.buffer: Buffer | None = None
         self.ingest: Ingest | None = None
@@ -440,7 +423,15 @@ class Gateway:
                 commit_interval=cfg.buffer.commit_interval_ms / 1000,
                 commit_max_events=cfg.buffer.commit_max_events,
             )
-            self.upstream = upstream = self._make_upstream(counts)
+            others: list[Upstream] = []
+            if self._make_upstream is not None:
+                self.upstream = upstream = self._make_upstream(counts)
+            else:
+                built = await _build_upstreams(cfg, counts, lambda: [d.name for d in self.config.devices])
+                self.upstreams = dict(built)
+                upstream = built[0][1]
+                others = [u for _, u in built[1:]]
+                self.upstream = upstream
             self._backoff = Backoff(cfg.supervisor.backoff_initial_s, cfg.supervisor.backoff_max_s)
             self.health = PipelineHealth(self, stall_s=self.stall_s, clock=self._clock)
             self.watchdog = Watchdog(self.notifier, self._healthy, environ=self._environ)
@@ -451,6 +442,10 @@ class Gateway:
                 asyncio.create_task(ingest.run(), name="ingest"),
                 asyncio.create_task(upstream.run(), name="upstream"),
                 asyncio.create_task(self.loop_monitor.run(), name="loop-monitor"),
+                *(
+                    asyncio.create_task(u.run(), name=f"upstream:{n}")
+                    for n, u in list(self.upstreams.items())[1:]
+                ),
             ]
             for device, runner in runners:
                 self._start_device(device, runner)
@@ -460,7 +455,7 @@ class Gateway:
                 asyncio.create_task(self._reloader(), name="reloader"),
                 asyncio.create_task(self._report_status(), name="status"),
             ]
-            if cfg.upstream.mqtt.commands.enabled:
+            if commands_broker(cfg) is not None:
                 self.commands = CommandService(self, cfg)
                 aux.append(asyncio.create_task(self.commands.run(), name="commands"))
             self.notifier.ready(self.status_line())
@@ -475,7 +470,7 @@ class Gateway:
                         raise RuntimeError(f"{task.get_name()} ended unexpectedly")
             finally:
                 self.state = "stopping"
-                flush_s = cfg.upstream.mqtt.stop_flush_s
+                flush_s = cfg.upstream.mqtt.stop_flush_s if cfg.upstream is not None else _STOP_FLUSH_S
                 flush_deadline = asyncio.get_running_loop().time() + flush_s
                 self.notifier.stopping(
                     f"stopping: stopping {len(self._device_tasks)} device(s), committing {len(self.queue)} "
@@ -497,7 +492,15 @@ class Gateway:
                 elif flush_s <= 0:
                     self._undelivered_why = "upstream.mqtt.stop_flush_s is 0"
                 else:
-                    self._undelivered_why = await _deliver_buffered(upstream, flush_deadline, flush_s)
+                    whys = await asyncio.gather(
+                        _deliver_buffered(upstream, flush_deadline, flush_s),
+                        *(_deliver_buffered(u, flush_deadline, flush_s) for u in others),
+                    )
+                    names = list(self.upstreams) or ["upstream"]
+                    said = [
+                        f"{n}: {w}" if len(whys) > 1 else w for n, w in zip(names, whys, strict=False) if w
+                    ]
+                    self._undelivered_why = "; ".join(said) if said else None
                 await _cancel_all(core[1:])
                 self._log_summary()
                 await _cancel_all([watchdog])
@@ -509,6 +512,26 @@ class Gateway:
             log.info("buffer closed")
             _log_left_buffered(buffer.stats().depth, self._undelivered_why)
             _log_buffer_summary(buffer.stats())
+
+
+_STOP_FLUSH_S: Final = 15.0
+"""How long a stop may publish the backlog when no ``upstream.mqtt`` says (``stop_flush_s``'s default)."""
+
+
+async def _build_upstreams(
+    cfg: Config, buffer: CountingBuffer, device_names: Callable[[], list[str]]
+) -> list[tuple[str, Upstream]]:
+    """Register every upstream's route with the buffer, then make each one on its own cursor."""
+    options = cfg.upstream_list
+    await buffer.set_upstreams(
+        [(o.name, everything if o.route.everything else o.route.matches) for o in options]
+    )
+    context = UpstreamContext(gateway_id=cfg.gateway.id, device_names=device_names)
+    built: list[tuple[str, Upstream]] = []
+    for o in options:
+        cls = load_kind(o.kind)
+        built.append((o.name, cls(o, buffer.cursor(o.name), context)))
+    return built
 
 
 def _log_buffer_summary(stats: BufferStats) -> None:

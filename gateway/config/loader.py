@@ -37,13 +37,16 @@ from gateway.config.models import (
     ConfigError,
     DeviceConfig,
     DriverLookup,
+    MqttConfig,
     Problem,
+    UpstreamConfig,
     _DeviceHead,
     _GatewayFile,
     _LoadContext,
     _reason,
 )
 from gateway.config.yamlsrc import Document, FieldPath, YamlError, load_file
+from gateway.delivery.upstream import UpstreamKindError, UpstreamOptions, load_kind
 from gateway.processors.rfid import SmoothingOptions
 
 __all__ = ["load_config"]
@@ -86,6 +89,7 @@ class _Loader:
         self.placed: list[_Placed] = []  # the valid devices, with where they are written
         self.device_names: dict[tuple[int, FieldPath], str] = {}  # (id(doc), device path) -> name
         self.names: dict[str, str] = {}  # device name -> "FILE:LINE" of its first definition
+        self.upstreams: list[UpstreamOptions] = []
 
     def load(self) -> Config:
         doc = self._read(self.display, self.source)
@@ -101,6 +105,7 @@ class _Loader:
             raw_dir = data.get("devices_dir")
             if isinstance(raw_dir, str) and raw_dir:
                 devices_dir = self._devices_dir(doc, raw_dir)
+            self._upstreams(doc, data)
         self._check_shared_lines()
         if doc is not None and sections is not None:
             self._check_positions(doc, sections.gateway.position_from)
@@ -109,10 +114,21 @@ class _Loader:
             order = self.file_order
             self.problems.sort(key=lambda p: (order.get(p.file, len(order)), p.line))
             raise ConfigError(self.problems)
+        upstream = sections.upstream
+        if upstream is None:  # the first MQTT upstream is the primary one (status, commands)
+            first = next((u for u in self.upstreams if isinstance(u, MqttConfig)), None)
+            if first is not None:
+                upstream = UpstreamConfig(
+                    mqtt=MqttConfig.model_construct(
+                        _fields_set=set(first.model_fields_set),
+                        **{name: getattr(first, name) for name in MqttConfig.model_fields},
+                    )
+                )
         return Config(
             gateway=sections.gateway,
             buffer=sections.buffer,
-            upstream=sections.upstream,
+            upstream=upstream,
+            upstreams=self.upstreams,
             supervisor=sections.supervisor,
             queue=sections.queue,
             metrics=sections.metrics,
@@ -265,6 +281,74 @@ class _Loader:
                 message = f"expected a device (a mapping) or a list of devices, got {got}"
                 self._problem(display, device_doc.line_of(()), (), message, device_doc)
         return directory
+
+    # -- upstreams --
+
+    def _upstreams(self, doc: Document, data: dict[Hashable, Any]) -> None:
+        """``upstreams:`` entry by entry, each with its kind's ``Options`` (as devices with their driver's);
+        and exactly one of ``upstream`` and ``upstreams``."""
+        raw_list = data.get("upstreams")
+        has_legacy = data.get("upstream") is not None
+        path: FieldPath
+        if raw_list is None:
+            if not has_legacy:  # said as pydantic says a missing section, naming the other way too
+                path = ("upstream",)
+                message = "missing (required)"  # or `upstreams:`; the README says both
+                self._problem(self.display, doc.line_of(()), path, message, doc)
+            return
+        if has_legacy:
+            path = ("upstream",)
+            message = "give either `upstream` (one MQTT broker) or `upstreams` (a list), not both"
+            self._problem(self.display, doc.line_of(path), path, message, doc)
+            return
+        if not isinstance(raw_list, list) or not raw_list:
+            path = ("upstreams",)
+            self._problem(
+                self.display, doc.line_of(path), path, "expected a non-empty list of upstreams", doc
+            )
+            return
+        seen: dict[str, int] = {}
+        gateway = data.get("gateway")
+        gateway_id = gateway.get("id") if isinstance(gateway, dict) else None
+        for index, raw in enumerate(raw_list):
+            prefix: FieldPath = ("upstreams", index)
+            if not isinstance(raw, dict):
+                message = f"expected an upstream (a mapping with name, kind, ...), got {_kind(raw)}"
+                self._problem(self.display, doc.line_of(prefix), prefix, message, doc)
+                continue
+            kind = raw.get("kind")
+            if not isinstance(kind, str) or not kind:
+                at = (*prefix, "kind") if "kind" in raw else prefix
+                self._problem(
+                    self.display, doc.line_of(at), at, "needs a kind: mqtt, sparkplug or hj212", doc
+                )
+                continue
+            try:
+                cls = load_kind(kind)
+            except UpstreamKindError as err:
+                at = (*prefix, "kind")
+                self._problem(self.display, doc.line_of(at), at, str(err), doc)
+                continue
+            values = dict(raw)
+            if kind == "mqtt" and "client_id" not in values and isinstance(raw.get("name"), str):
+                values["client_id"] = f"edgegw-{gateway_id}-{raw['name']}"
+            not_integers = self._integers(cls.Options, values, doc, self.display, prefix)
+            try:
+                options = cls.Options.model_validate(values, context={_CONTEXT_KEY: self.context})
+            except ValidationError as err:
+                self._add_validation_problems(
+                    err, doc=doc, display=self.display, prefix=prefix, model=cls.Options, skip=not_integers
+                )
+                continue
+            if not_integers:
+                continue
+            if options.name in seen:
+                at = (*prefix, "name")
+                message = f"duplicate upstream name {options.name!r} (also upstreams[{seen[options.name]}])"
+                self._problem(self.display, doc.line_of(at), at, message, doc)
+                continue
+            seen[options.name] = index
+            self.upstreams.append(options)
 
     # -- devices --
 

@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -30,6 +30,7 @@ from pydantic_core import PydanticCustomError
 
 from drivers.base import Driver, DriverOptions
 from gateway.delivery.buffer import WhenFull
+from gateway.delivery.upstream import UpstreamOptions
 from gateway.processors.rfid import SmoothingOptions
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "GatewayConfig",
     "MetricsConfig",
     "MqttConfig",
+    "MqttUpstreamOptions",
     "Problem",
     "QueueConfig",
     "RateLimit",
@@ -50,6 +52,7 @@ __all__ = [
     "SupervisorConfig",
     "TlsConfig",
     "UpstreamConfig",
+    "resolve_secret",
     "split_listen",
 ]
 
@@ -666,6 +669,27 @@ class MqttConfig(_Section):
     reconnect: ReconnectConfig = Field(
         default_factory=ReconnectConfig, description="Backoff between connection attempts."
     )
+    topic_alias: Annotated[bool, Field(strict=True)] = Field(
+        default=False,
+        description="MQTT 5 topic aliases: after the first message on a topic, send a 2-byte alias instead "
+        "of the topic name (up to the broker's Topic Alias Maximum). Needs protocol '5'.",
+    )
+    batch_linger_ms: Annotated[int, Field(strict=True, ge=0, le=60_000)] = Field(
+        default=0,
+        description="With batch_max_events > 1: how long a batch that is not full may wait for more events "
+        "of its device and kind, in milliseconds (0: send what is pending at once).",
+    )
+    encoding: Literal["json", "cbor", "msgpack"] = Field(
+        default="json",
+        description="Payload encoding: 'json' (default, the documented JSON), 'cbor' (RFC 8949) or "
+        "'msgpack', the same fields; the MQTT 5 Content Type says which (application/json, "
+        "application/cbor, application/msgpack). cbor and msgpack need protocol '5'.",
+    )
+    compression: Literal["zstd", "gzip"] | None = Field(
+        default=None,
+        description="Compress each message (best with batch_max_events > 1): 'zstd' or 'gzip'. The codec is "
+        "named in the MQTT 5 user property 'content-encoding'. Needs protocol '5'. Default none.",
+    )
     stop_flush_s: Annotated[float, Field(strict=True, ge=0, le=3600)] = Field(
         default=15.0,
         description="On a clean stop, how long (in seconds, from the start of the stop) the gateway may "
@@ -707,13 +731,33 @@ class MqttConfig(_Section):
             raise _field_error("username", "required when a password is given")
         if secret is not mqtt.password:
             mqtt = mqtt.model_copy(update={"password": secret})
+        if mqtt.protocol != "5":
+            for name in ("topic_alias", "encoding", "compression"):
+                if name in mqtt.model_fields_set and getattr(mqtt, name) not in (False, "json", None):
+                    raise _field_error(name, "needs protocol '5' (MQTT 5 properties say how to decode)")
         return mqtt
 
 
 class UpstreamConfig(_Section):
-    """``upstream:`` — where accepted events go."""
+    """``upstream:`` — where accepted events go (one MQTT broker; ``upstreams:`` for several)."""
 
     mqtt: MqttConfig = Field(description="The MQTT broker.")
+
+
+class MqttUpstreamOptions(UpstreamOptions, MqttConfig):
+    """One entry of ``upstreams:`` with ``kind: mqtt``: an MQTT broker getting our JSON (or CBOR, MessagePack)
+    payloads. Every option of ``upstream.mqtt``, plus ``name`` and ``route``; ``client_id`` defaults to
+    ``edgegw-<gateway.id>-<name>``."""
+
+    kind: Literal["mqtt"] = Field(default="mqtt", description="mqtt")
+
+
+LEGACY_UPSTREAM_NAME: Final = "mqtt"
+"""The name of the one upstream that ``upstream.mqtt`` configures (its acknowledgements in the buffer are
+kept under this name: an ``upstreams:`` entry named ``mqtt`` takes over its backlog)."""
+
+resolve_secret = _resolve_secret
+"""One secret from at most one of its sources, for an upstream kind's ``Options`` (see ``MqttConfig``)."""
 
 
 class SupervisorConfig(_Section):
@@ -747,7 +791,9 @@ class QueueConfig(_Section):
 class _Sections(_Section):
     gateway: GatewayConfig = Field(description="Who this gateway is.")
     buffer: BufferConfig = Field(description="The durable buffer.")
-    upstream: UpstreamConfig = Field(description="Where events go.")
+    upstream: UpstreamConfig | None = Field(
+        default=None, description="Where events go: one MQTT broker (or use `upstreams` for several)."
+    )
     supervisor: SupervisorConfig = Field(
         default_factory=SupervisorConfig, description="Restarting failed devices."
     )
@@ -784,6 +830,11 @@ class _GatewayFile(_Sections):
         default=None,
         description="Directory of device files (*.yaml, *.yml; each one device mapping or a list of them), "
         "relative to this file's directory. Read in sorted name order, after `devices`.",
+    )
+    upstreams: list[Any] | None = Field(
+        default=None,
+        description="Several upstreams fed from the one buffer, each with a name, a kind (mqtt, sparkplug, "
+        "hj212), its kind's options and a route; instead of `upstream`. Validated one by one by the loader.",
     )
 
 
@@ -832,6 +883,22 @@ class Config(_Sections):
         default=None, description="The devices directory, resolved; None if not used."
     )
     source: Path = Field(description="The gateway file, absolute.")
+    upstreams: list[SerializeAsAny[UpstreamOptions]] = Field(
+        default_factory=list, description="The upstreams of `upstreams:`, validated by their kinds' Options."
+    )
+
+    @property
+    def upstream_list(self) -> list[UpstreamOptions]:
+        """Every upstream: ``upstreams:``, or the one that ``upstream.mqtt`` configures (named ``mqtt``)."""
+        if self.upstreams:
+            return list(self.upstreams)
+        if self.upstream is None:
+            return []
+        fields = {name: getattr(self.upstream.mqtt, name) for name in type(self.upstream.mqtt).model_fields}
+        legacy = MqttUpstreamOptions.model_construct(
+            _fields_set=set(self.upstream.mqtt.model_fields_set), name=LEGACY_UPSTREAM_NAME, **fields
+        )
+        return [legacy]
 
 
 _DEVICE_KEYS = ("name", "driver", "smoothing", "commands", "position_from")

@@ -43,6 +43,7 @@ from drivers.base import Driver
 from drivers.commands import CommandSpec
 from drivers.kinds import RFID_READ
 from gateway.config import models as cfg
+from gateway.delivery.upstream import KINDS, Upstream, UpstreamKindError, load_kind
 from gateway.processors.rfid import SmoothingOptions
 
 __all__ = ["DEVICE_FILE", "GATEWAY_FILE", "REGENERATE", "SCHEMA_DIR", "build", "dumps", "main", "render"]
@@ -155,6 +156,17 @@ def _loadable_drivers(names: Sequence[str], errors: list[str]) -> dict[str, type
     return drivers
 
 
+def _loadable_kinds(errors: list[str]) -> dict[str, type[Upstream]]:
+    """The upstream kinds that import here (one that does not is left out and named, as a driver is)."""
+    kinds: dict[str, type[Upstream]] = {}
+    for kind in KINDS:
+        try:
+            kinds[kind] = load_kind(kind)
+        except UpstreamKindError as err:
+            errors.append(f"upstream kind {kind!r} left out of the schema: {err}")
+    return kinds
+
+
 def _summary(cls: type[Driver[Any]]) -> str:
     """The first paragraph of the driver class's own docstring, else of its module's."""
     doc = cls.__doc__ or sys.modules[cls.__module__].__doc__ or ""
@@ -176,6 +188,8 @@ def build(drivers: Sequence[str] | None = None) -> tuple[dict[str, Any], dict[st
         (SmoothingOptions, "validation"),
     ]
     models += [(options, "validation") for options in by_options]
+    kinds = _loadable_kinds(left_out)
+    models += [(cls.Options, "validation") for cls in kinds.values()]
     command_args = {spec.args for cls in loaded.values() for spec in cls.commands.values()}
     models += [(args, "validation") for args in sorted(command_args, key=lambda m: m.__qualname__)]
     refs, top = models_json_schema(models, schema_generator=_Generator, ref_template="#/$defs/{model}")
@@ -231,6 +245,32 @@ def build(drivers: Sequence[str] | None = None) -> tuple[dict[str, Any], dict[st
         },
         "allOf": branches,
     }
+    kind_branches = []
+    for kind, kind_cls in kinds.items():
+        key = def_name(kind_cls.Options)
+        body = defs[key]
+        if "client_id" in body.get("required", []):  # the loader fills it in
+            body["required"] = [r for r in body["required"] if r != "client_id"]
+        condition = {"properties": {"kind": {"const": kind}}, "required": ["kind"]}
+        kind_branches.append({"if": condition, "then": {"$ref": f"#/$defs/{key}"}})
+    defs["Upstream"] = {
+        "type": "object",
+        "title": "Upstream",
+        "description": "One upstream: its name, its kind (`kind:`), that kind's options and its route.",
+        "required": ["name", "kind"],
+        "properties": {"kind": {"description": "The upstream kind.", "enum": sorted(kinds)}},
+        "allOf": kind_branches,
+    }
+    gateway["properties"]["upstreams"] = {
+        "description": gateway["properties"]["upstreams"].get("description", ""),
+        "type": "array",
+        "minItems": 1,
+        "items": {"$ref": "#/$defs/Upstream"},
+    }
+    gateway["properties"]["upstream"] = {
+        k: v for k, v in gateway["properties"]["upstream"].items() if k not in ("default",)
+    }
+    gateway["oneOf"] = [{"required": ["upstream"]}, {"required": ["upstreams"]}]
     devices = gateway["properties"]["devices"]
     gateway["properties"]["devices"] = {
         "description": devices.get("description", ""),

@@ -23,8 +23,10 @@ import abc
 import asyncio
 import contextlib
 import fcntl
+import functools
 import itertools
 import logging
+import operator
 import os
 import pwd
 import queue
@@ -45,9 +47,11 @@ from gateway.delivery.schema import (
     APPLICATION_ID,
     CORRUPT_FILES_KEY,
     DROPPED_PREFIX,
+    MIGRATE_1_2,
     ROW_OVERHEAD,
     SCHEMA,
     SCHEMA_VERSION,
+    UPSTREAM_DROPPED_PREFIX,
 )
 
 T = TypeVar("T")
@@ -114,6 +118,25 @@ class BufferStats:
     """True while the filesystem is full and the buffer keeps within the space it has."""
     corrupt_files: int = 0
     """Corrupt buffer files moved aside (``<file>.corrupt-<UTC time>``), counted across restarts."""
+    upstreams: dict[str, UpstreamShare] = field(default_factory=dict)
+    """Per registered upstream (:meth:`Buffer.set_upstreams`): its backlog and the drops it suffered."""
+    unrouted: int = 0
+    """Events since open that no upstream's route matched: not stored (nobody would ever take them)."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamShare:
+    """One upstream's share of the buffer."""
+
+    events: int
+    """Stored events routed to it that it has not acknowledged."""
+    bytes: int
+    dropped: dict[str, int] = field(default_factory=dict)
+    """Events dropped (by :class:`DropReason`) while routed to it and not acknowledged by it (persisted)."""
+
+
+RouteFn = Callable[[str, str], bool]
+"""``route(device, kind)``: whether an event goes to an upstream."""
 
 
 class BufferStoreError(Exception):
@@ -149,6 +172,10 @@ class BufferClosedError(RuntimeError):
 
 
 class Buffer(abc.ABC):
+    """With several upstreams (:meth:`set_upstreams`), :meth:`read` and :meth:`ack` act on the whole
+    buffer (every stored event; an ack there is an acknowledgement by every upstream); each upstream uses
+    its :meth:`cursor`."""
+
     @abc.abstractmethod
     async def append(self, events: Sequence[Event]) -> list[int]:
         """Commit ``events``; return once committed, with their seqs in order. Also sets ``event.seq`` on
@@ -182,6 +209,45 @@ class Buffer(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Commit anything pending and close. Idempotent."""
+
+    @abc.abstractmethod
+    async def set_upstreams(self, routes: Sequence[tuple[str, RouteFn]]) -> None:
+        """Register the upstreams (name, route) that read this buffer, each through its own
+        :meth:`cursor`. From then on each appended event is stored once, pending for every upstream whose
+        route takes it (an event no route takes is not stored: :attr:`BufferStats.unrouted`), and deleted
+        once each of them acknowledged it. Upstreams the buffer knew (by name, across restarts) keep their
+        acknowledgements; a new one gets the events appended from now on; one no longer listed is
+        forgotten: its bit is cleared, and what only it still needed is deleted. Without this call the
+        buffer has one implicit upstream and :meth:`read`/:meth:`ack` are its cursor."""
+
+    @abc.abstractmethod
+    def cursor(self, name: str) -> BufferCursor:
+        """The view of one registered upstream: reads what is routed to it and not acknowledged by it;
+        its acks clear only its own share. ``KeyError`` for an unknown name."""
+
+
+class BufferCursor:
+    """One upstream's view of a :class:`Buffer` (see :class:`gateway.delivery.upstream.Cursor`)."""
+
+    def __init__(self, buffer: SqliteBuffer, name: str) -> None:
+        self.name = name
+        self._buffer = buffer
+
+    async def read(self, after_seq: int, limit: int) -> list[Stored]:
+        return await self._buffer._cursor_read(self.name, after_seq, limit)
+
+    async def ack(self, seqs: Iterable[int]) -> None:
+        await self._buffer._cursor_ack(self.name, seqs)
+
+    async def wait_for_new(self, after_seq: int) -> None:
+        await self._buffer.wait_for_new(after_seq)
+
+    def backlog(self) -> UpstreamShare:
+        share = self._buffer.stats().upstreams.get(self.name)
+        return share if share is not None else UpstreamShare(0, 0)
+
+    def stats(self) -> BufferStats:
+        return self._buffer.stats()
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -218,21 +284,26 @@ _DROPPING: Final = {
     WhenFull.REJECT_NEW: "dropping new (reject_new)",
 }
 
-_INSERT_HEAD: Final = "INSERT INTO events (device, kind, ts, data, size) VALUES "
+_INSERT_HEAD: Final = "INSERT INTO events (device, kind, ts, data, size, pending) VALUES "
 _INSERT_CHUNKS: Final = (128, 32, 8, 2, 1)
 """Rows per INSERT statement, largest first. The sqlite3 module releases the GIL around each statement
 step and takes it back after: one step per row makes the writer thread queue for the GIL behind the
-event loop a thousand times per commit. One statement of 128 rows is one step (and 640 parameters,
+event loop a thousand times per commit. One statement of 128 rows is one step (and 768 parameters,
 within even old SQLite's limit of 999)."""
-_INSERTS: Final = {n: _INSERT_HEAD + ",".join(["(?, ?, ?, ?, ?)"] * n) for n in _INSERT_CHUNKS}
+_INSERTS: Final = {n: _INSERT_HEAD + ",".join(["(?, ?, ?, ?, ?, ?)"] * n) for n in _INSERT_CHUNKS}
 _READ: Final = "SELECT seq, device, kind, ts, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
+_READ_MASK: Final = (
+    "SELECT seq, device, kind, ts, data FROM events WHERE seq > ? AND pending & ? ORDER BY seq LIMIT ?"
+)
+_MAX_UPSTREAMS: Final = 62
+"""Bits of ``pending`` (a signed 64-bit integer) an upstream can have."""
 _MAX_RUNS: Final = 16
 _SUM_RANGE: Final = "SELECT count(*), coalesce(sum(size), 0) FROM events WHERE seq BETWEEN ? AND ?"
 _SUM_ACKED: Final = (
     "SELECT count(*), coalesce(sum(size), 0) FROM events WHERE seq IN (SELECT seq FROM temp.acked)"
 )
-# A row as prepared on the caller's side: device, kind, ts, data (compact JSON, UTF-8), size.
-_Row = tuple[str, str, float, bytes, int]
+# A row as prepared on the caller's side: device, kind, ts, data (compact JSON, UTF-8), size, pending.
+_Row = tuple[str, str, float, bytes, int, int]
 
 
 @dataclass(slots=True, eq=False)
@@ -247,6 +318,8 @@ class _AppendJob:
 @dataclass(slots=True, eq=False)
 class _AckJob:
     seqs: list[int]
+    mask: int = -1
+    """The upstreams (bits) acknowledging; -1: all of them (the row goes)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -275,6 +348,12 @@ class _State:
     fault: str | None = None
     disk_full: bool = False
     corrupt_files: int = 0
+    names: dict[str, int] = field(default_factory=dict)
+    """Registered upstreams: name -> bit (a power of two)."""
+    backlog: dict[int, list[int]] = field(default_factory=dict)
+    """With two or more upstreams: bit -> [events, bytes] pending for it (with one: depth and bytes)."""
+    updropped: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Upstream name -> reason -> events dropped while pending for it."""
 
 
 @dataclass(slots=True)
@@ -282,7 +361,8 @@ class _Committed:
     """One transaction's outcome, handed to the loop in one callback."""
 
     appends: list[_AppendJob]
-    deleted: list[int]
+    deleted: dict[int, list[int]]
+    """Acks committed, by mask (-1: whole rows)."""
     state: _State
 
 
@@ -385,6 +465,16 @@ class SqliteBuffer(Buffer):
         # (the writer posts it after COMMIT), and a fast broker can acknowledge such an event in between:
         # its ack must count, though the loop's last_seq does not know it yet.
         self._read_max = 0
+        # Upstreams (loop side): name -> bit; the route of each; the mask of (device, kind) pairs seen.
+        self._bit_of: dict[str, int] = {}
+        self._routes: list[tuple[int, RouteFn]] = []
+        self._route_all = True  # every event goes to every upstream: no lookup per event
+        self._all_mask = 1  # the pending bits of an event every upstream takes (1: the implicit one)
+        self._masks: dict[tuple[str, str], int] = {}
+        self._multi = False
+        self._floor: dict[int, int] = {}  # bit -> no event pending for it has a seq <= this
+        self._unflushed_bit: dict[int, set[int]] = {}  # one upstream's acks not committed yet
+        self.unrouted = 0
         self._commit_signal = asyncio.Event()
         self._closing = False
         self._close_task: asyncio.Task[None] | None = None
@@ -395,7 +485,7 @@ class SqliteBuffer(Buffer):
         # Writer-side state (writer thread only).
         self._conn: sqlite3.Connection | None = None
         self._wstate = _State(0, 0, 0, None, {})
-        self._carry_acks: list[int] = []  # deletions of a failed transaction, retried with the next one
+        self._carry_acks: dict[int, list[int]] = {}  # acks of a failed transaction, retried with the next
         self._lock_fd: int | None = None  # see _take_lock
         self._watermark = 0  # the highest seq a file here ever handed out, as the lock file remembers it
         # Storage faults (writer thread only): see _on_full, _watch_space, _replace.
@@ -406,8 +496,10 @@ class SqliteBuffer(Buffer):
         self._space_checked = 0.0
         self._storage_tried = 0.0
         self._unsaved_drops: dict[str, int] = {}  # counted, not yet written to the file
+        self._unsaved_updrops: Counter[tuple[str, str]] = Counter()  # (reason, upstream), likewise
         self._moved_unsaved = 0  # files moved aside, not yet counted in a file
         self._generation = 0  # +1 each time a fresh file replaces the one in use
+        self._lost_from_backlog: dict[int, list[int]] = {}  # set by _make_room: bit -> [events, bytes]
 
     # ---- opening -----------------------------------------------------------------------------------
 
@@ -469,6 +561,7 @@ class SqliteBuffer(Buffer):
             await buf._shutdown_threads()
             raise
         buf._state = state
+        buf._adopt(state.names)
         return buf
 
     def _open_error(self, err: BaseException) -> BufferOpenError:
@@ -604,6 +697,9 @@ class SqliteBuffer(Buffer):
         conn.execute(f"PRAGMA wal_autocheckpoint = {self._autocheckpoint_pages(conn)}")
         if not {"events", "meta"} <= tables or app_id != APPLICATION_ID or version != SCHEMA_VERSION:
             conn.execute("BEGIN IMMEDIATE")  # fails here on a read-only file
+            if "events" in tables and app_id == APPLICATION_ID and version == 1:
+                for statement in MIGRATE_1_2:
+                    conn.execute(statement)
             for statement in SCHEMA:
                 conn.execute(statement)
             conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
@@ -618,11 +714,20 @@ class SqliteBuffer(Buffer):
                 rows = [(f"{DROPPED_PREFIX}{k}", v) for k, v in counters.items() if v]
                 if moved:
                     rows.append((CORRUPT_FILES_KEY, moved))
+                if carry is not None:  # the upstreams and their drop counts go on in the fresh file
+                    conn.executemany("INSERT INTO upstreams (name, bit) VALUES (?, ?)", carry.names.items())
+                    rows += [
+                        (f"{UPSTREAM_DROPPED_PREFIX}{reason}:{name}", n)
+                        for name, counts in carry.updropped.items()
+                        for reason, n in counts.items()
+                        if n
+                    ]
                 conn.executemany(ADD_TO_META, rows)
             conn.execute("COMMIT")
             self._moved_unsaved = 0
             if carry is not None:
                 self._unsaved_drops.clear()  # the carried totals include them
+                self._unsaved_updrops.clear()
         conn.execute("CREATE TEMP TABLE IF NOT EXISTS acked (seq INTEGER PRIMARY KEY)")
 
     def _autocheckpoint_pages(self, conn: sqlite3.Connection) -> int:
@@ -706,16 +811,21 @@ class SqliteBuffer(Buffer):
     @staticmethod
     def _load_state(conn: sqlite3.Connection) -> _State:
         row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
-        depth, nbytes, max_seq = conn.execute(
-            "SELECT count(*), coalesce(sum(size), 0), coalesce(max(seq), 0) FROM events"
-        ).fetchone()
+        max_seq = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+        names = {str(n): int(b) for n, b in conn.execute("SELECT name, bit FROM upstreams")}
+        depth, nbytes, backlog = _count_pending(conn, multi=len(names) > 1)
         dropped = {r.value: 0 for r in DropReason}
+        updropped: dict[str, dict[str, int]] = {name: {} for name in names}
         corrupt = 0
         for key, value in conn.execute("SELECT key, value FROM meta"):
             if key.startswith(DROPPED_PREFIX):
                 dropped[key.removeprefix(DROPPED_PREFIX)] = value
             elif key == CORRUPT_FILES_KEY:
                 corrupt = value
+            elif key.startswith(UPSTREAM_DROPPED_PREFIX):
+                reason, _, name = key.removeprefix(UPSTREAM_DROPPED_PREFIX).partition(":")
+                if name in updropped:
+                    updropped[name][reason] = value
         return _State(
             last_seq=max(row[0] if row else 0, max_seq),
             depth=depth,
@@ -723,6 +833,9 @@ class SqliteBuffer(Buffer):
             oldest_ts=_oldest_ts(conn),
             dropped=dropped,
             corrupt_files=corrupt,
+            names=names,
+            backlog=backlog,
+            updropped=updropped,
         )
 
     def _reader_open(self) -> None:
@@ -748,7 +861,18 @@ class SqliteBuffer(Buffer):
         records = RECORD_TYPES
         rows: list[_Row] = []
         total = 0
-        for ev in events:
+        mask = self._all_mask
+        route_all = self._route_all
+        routed: list[int] | None = None
+        for i, ev in enumerate(events):
+            if not route_all:
+                mask = self._mask_of(ev.device, ev.kind)
+                if not mask:
+                    if routed is None:
+                        routed = list(range(i))
+                    continue
+                if routed is not None:
+                    routed.append(i)
             payload = ev.data
             try:
                 # A driver's Record encodes itself (faster than encoding a dict); the test is by exact type.
@@ -762,11 +886,134 @@ class SqliteBuffer(Buffer):
                 self.sanitised += 1
             device, kind = ev.device, ev.kind
             size = len(data) + ROW_OVERHEAD + len(device.encode()) + len(kind.encode())
-            rows.append((device, kind, float(ev.ts), data, size))
+            rows.append((device, kind, float(ev.ts), data, size, mask))
             total += size
+        if routed is not None:  # some events no upstream takes: not stored
+            self.unrouted += len(events) - len(routed)
+            if not rows:
+                return [0] * len(events)
+            taken = [events[i] for i in routed]
+            some: asyncio.Future[list[int]] = self._loop.create_future()
+            self._jobs.put(_AppendJob(taken, rows, some, total))
+            seqs = [0] * len(events)
+            for i, seq in zip(routed, await some, strict=True):
+                seqs[i] = seq
+            return seqs
         future: asyncio.Future[list[int]] = self._loop.create_future()
         self._jobs.put(_AppendJob(events, rows, future, total))
         return await future
+
+    def _mask_of(self, device: str, kind: str) -> int:
+        key = (device, kind)
+        mask = self._masks.get(key)
+        if mask is None:
+            mask = 0
+            for bit, route in self._routes:
+                if route(device, kind):
+                    mask |= bit
+            if len(self._masks) >= 100_000:  # bounded: device and kind names are few, but be sure
+                self._masks.clear()
+            self._masks[key] = mask
+        return mask
+
+    # ---- upstreams ---------------------------------------------------------------------------------------
+
+    def _adopt(self, names: dict[str, int]) -> None:
+        """Loop side: the registered upstreams as the file has them (at open)."""
+        self._bit_of = dict(names)
+        self._routes = [(bit, everything) for bit in names.values()]
+        self._set_masks()
+        for bit in names.values():
+            self._floor.setdefault(bit, 0)
+
+    def _set_masks(self) -> None:
+        bits = [bit for bit, _ in self._routes]
+        self._all_mask = functools.reduce(operator.or_, bits, 0) or 1
+        self._route_all = all(route is everything for _, route in self._routes)
+        self._multi = len(bits) > 1
+        self._masks.clear()
+
+    async def set_upstreams(self, routes: Sequence[tuple[str, RouteFn]]) -> None:
+        self._check_open()
+        names = [name for name, _ in routes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"upstream names must be unique: {names}")
+        if len(names) > _MAX_UPSTREAMS:
+            raise ValueError(f"at most {_MAX_UPSTREAMS} upstreams")
+        old = self._bit_of
+        kept = {name: old[name] for name in names if name in old}
+        used = set(old.values())  # a bit freed now is reused only by a later call (see _writer_upstreams)
+        if not old and self._state.depth:
+            used.discard(1)  # a schema 1 file's events (pending for bit 0) go to the first upstream
+        new: dict[str, int] = dict(kept)
+        free = (1 << i for i in itertools.count() if (1 << i) not in used)
+        for name in names:
+            if name not in new:
+                new[name] = next(free)
+        removed = {name: bit for name, bit in old.items() if name not in new}
+        # Loop side first, in the same turn as the writer's job is queued: every append queued after the
+        # job carries the new masks, every one before it the old ones (applied before the job runs).
+        last = self._state.last_seq
+        for name, bit in new.items():
+            if name not in old:
+                self._floor[bit] = 0 if not old and bit == 1 else last
+        for bit in removed.values():
+            if bit not in new.values():
+                self._floor.pop(bit, None)
+                self._unflushed_bit.pop(bit, None)
+        self._bit_of = new
+        self._routes = [(new[name], route) for name, route in routes]
+        self._set_masks()
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._jobs.put(_CallJob(lambda conn: self._writer_upstreams(conn, new, removed), future))
+        await future
+
+    def cursor(self, name: str) -> BufferCursor:
+        if name not in self._bit_of:
+            raise KeyError(f"no upstream {name!r} registered with buffer {self.path}")
+        return BufferCursor(self, name)
+
+    async def _cursor_read(self, name: str, after_seq: int, limit: int) -> list[Stored]:
+        if not self._multi:
+            return await self.read(after_seq, limit)
+        self._check_open()
+        bit = self._bit_of.get(name)
+        if bit is None or limit <= 0:
+            return []
+        floor = self._floor.get(bit, 0)
+        start = max(after_seq, floor)
+        hidden_all = self._unflushed_acks
+        hidden_own = self._unflushed_bit.get(bit)
+        extra = sum(1 for s in hidden_all if s > start) + (
+            sum(1 for s in hidden_own if s > start) if hidden_own else 0
+        )
+        known = self._state.last_seq
+        rows = self._read_rows(start, limit + extra, bit)
+        if after_seq <= floor:
+            # Nothing at or below the first row returned is pending for this upstream, and nothing can
+            # become pending again: later reads start from there (a dead upstream's backlog is never
+            # scanned again by a live one rewinding to 0).
+            self._floor[bit] = rows[0].seq - 1 if rows else max(floor, known)
+        if extra:
+            rows = [
+                r for r in rows if r.seq not in hidden_all and (not hidden_own or r.seq not in hidden_own)
+            ]
+        return rows[:limit] if len(rows) > limit else rows
+
+    async def _cursor_ack(self, name: str, seqs: Iterable[int]) -> None:
+        if not self._multi:
+            await self.ack(seqs)
+            return
+        self._check_open()
+        bit = self._bit_of.get(name)
+        if bit is None:
+            return
+        last = max(self._state.last_seq, self._read_max)
+        unflushed = self._unflushed_bit.setdefault(bit, set())
+        fresh = [s for s in seqs if 0 < s <= last and s not in unflushed]
+        if fresh:
+            unflushed.update(fresh)
+            self._jobs.put(_AckJob(fresh, bit))
 
     async def read(self, after_seq: int, limit: int) -> list[Stored]:
         self._check_open()
@@ -782,14 +1029,17 @@ class SqliteBuffer(Buffer):
         rows = [r for r in self._read_rows(after_seq, limit + hidden) if r.seq not in unflushed]
         return rows[:limit] if len(rows) > limit else rows
 
-    def _read_rows(self, after_seq: int, limit: int) -> list[Stored]:
+    def _read_rows(self, after_seq: int, limit: int, bit: int = 0) -> list[Stored]:
         conn = self._rconn
         if conn is None:
             if self._closing:
                 raise BufferClosedError(f"buffer {self.path} is closed")
             return []  # no usable file at the moment (being replaced, or no room for one): nothing to read
         try:
-            rows = list(map(Stored._make, conn.execute(_READ, (after_seq, limit))))
+            if bit:
+                rows = list(map(Stored._make, conn.execute(_READ_MASK, (after_seq, bit, limit))))
+            else:
+                rows = list(map(Stored._make, conn.execute(_READ, (after_seq, limit))))
             if rows and rows[-1].seq > self._read_max:
                 self._read_max = rows[-1].seq
             return rows
@@ -831,7 +1081,22 @@ class SqliteBuffer(Buffer):
             fault=s.fault,
             disk_full=s.disk_full,
             corrupt_files=s.corrupt_files,
+            upstreams=self._shares(s),
+            unrouted=self.unrouted,
         )
+
+    def _shares(self, s: _State) -> dict[str, UpstreamShare]:
+        shares: dict[str, UpstreamShare] = {}
+        multi = len(s.names) > 1
+        for name, bit in self._bit_of.items():
+            if multi:
+                events, nbytes = s.backlog.get(bit, (0, 0))
+            else:
+                events, nbytes = s.depth, s.bytes
+            dropped = {r.value: 0 for r in DropReason}
+            dropped.update(s.updropped.get(name, {}))
+            shares[name] = UpstreamShare(events, nbytes, dropped)
+        return shares
 
     async def wait_for_new(self, after_seq: int) -> None:
         while self._state.last_seq <= after_seq:
@@ -896,10 +1161,16 @@ class SqliteBuffer(Buffer):
                 if seq:
                     ev.seq = seq
             _resolve(job.future, job.seqs)
-        if done.deleted:
-            self._unflushed_acks.difference_update(done.deleted)
-            if not self._unflushed_acks:
-                self._unflushed_max = 0
+        for mask, seqs in done.deleted.items():
+            if mask == -1:
+                self._unflushed_acks.difference_update(seqs)
+                if not self._unflushed_acks:
+                    self._unflushed_max = 0
+            else:
+                for bit in _bits(mask):
+                    own = self._unflushed_bit.get(bit)
+                    if own:
+                        own.difference_update(seqs)
         self._state = done.state
         self.commits += 1
         self._signal()  # wakes wait_for_new (which re-checks last_seq) and anyone watching commits
@@ -916,6 +1187,8 @@ class SqliteBuffer(Buffer):
         read from it from now on. Acks not yet committed were for the old file."""
         self._state = state
         self._unflushed_acks.clear()
+        self._unflushed_bit.clear()
+        self._floor = dict.fromkeys(self._floor, 0)
         self._unflushed_max = 0
         self._reader_close()
         if not self._closing:
@@ -935,14 +1208,14 @@ class SqliteBuffer(Buffer):
             if self.ack_delay > 0 and all(isinstance(j, _AckJob) for j in jobs):
                 self._linger(jobs)
             appends: list[_AppendJob] = []
-            acks: list[int] = []
+            acks: dict[int, list[int]] = {}
             calls: list[_CallJob] = []
             closing: list[_CloseJob] = []
             for job in jobs:
                 if isinstance(job, _AppendJob):
                     appends.append(job)
                 elif isinstance(job, _AckJob):
-                    acks.extend(job.seqs)
+                    acks.setdefault(job.mask, []).extend(job.seqs)
                 elif isinstance(job, _CallJob):
                     calls.append(job)
                 else:
@@ -1001,13 +1274,17 @@ class SqliteBuffer(Buffer):
         for job in closing:
             self._post(_resolve, job.future, None)
 
-    def _transaction(self, appends: list[_AppendJob], acks: list[int]) -> None:
+    def _transaction(self, appends: list[_AppendJob], acks: dict[int, list[int]]) -> None:
         """Commit appends and deletions in one transaction. A storage fault never fails the caller: a full
         disk applies the policy within the room there is (retried at a lower cap, then deletions alone), a
         damaged file is replaced by a fresh one and the transaction retried there, and what still cannot
         be stored is refused (seq 0) and counted by reason."""
-        acks = self._carry_acks + acks if self._carry_acks else acks
-        self._carry_acks = []
+        if self._carry_acks:
+            carried = self._carry_acks
+            for mask, seqs in acks.items():
+                carried.setdefault(mask, []).extend(seqs)
+            acks = carried
+        self._carry_acks = {}
         self._watch_space()
         if self._conn is None:
             self._retry_storage()
@@ -1027,7 +1304,7 @@ class SqliteBuffer(Buffer):
                     job.seqs = []
                 if _code(err) in _DAMAGED:
                     self._replace(str(err), self._generation, reader_closed=False)
-                    acks = []  # they were for the old file
+                    acks = {}  # they were for the old file
                     continue
                 if self._is_full(err):
                     self._on_full(conn, err)
@@ -1036,6 +1313,7 @@ class SqliteBuffer(Buffer):
                 refuse_as = DropReason.STORAGE_ERROR
                 break
             self._unsaved_drops.clear()
+            self._unsaved_updrops.clear()
             self._wstate = state
             if acks_only:
                 self._refuse(appends, DropReason.DISK_FULL, post=False)
@@ -1060,6 +1338,12 @@ class SqliteBuffer(Buffer):
             self._unsaved_drops[reason.value] = self._unsaved_drops.get(reason.value, 0) + n
             dropped = self._wstate.dropped
             dropped[reason.value] = dropped.get(reason.value, 0) + n
+            up: Counter[tuple[str, str]] = Counter()
+            self._count_up(up, (row[5] for job in appends for row in job.rows), reason.value)
+            self._unsaved_updrops.update(up)
+            for (why, name), count in up.items():
+                per = self._wstate.updropped.setdefault(name, {})
+                per[why] = per.get(why, 0) + count
         if post and appends:
             self._post(self._on_refused, appends, _copy_state(self._wstate))
 
@@ -1131,6 +1415,48 @@ class SqliteBuffer(Buffer):
         self._generation += 1
         self._post(self._on_replaced, _copy_state(state))
 
+    def _writer_upstreams(
+        self, conn: sqlite3.Connection | None, new: dict[str, int], removed: dict[str, int]
+    ) -> None:
+        """Writer side of :meth:`set_upstreams`: persist the names, clear the bits of removed upstreams
+        (deleting what only they still needed), and count every upstream's backlog afresh."""
+        state = _copy_state(self._wstate)
+        state.names = dict(new)
+        state.updropped = {name: state.updropped.get(name, {}) for name in new}
+        gone = functools.reduce(operator.or_, (b for b in removed.values() if b not in new.values()), 0)
+        if conn is not None:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("DELETE FROM upstreams")
+                conn.executemany("INSERT INTO upstreams (name, bit) VALUES (?, ?)", new.items())
+                if gone:
+                    conn.execute("UPDATE events SET pending = pending & ~? WHERE pending & ?", (gone, gone))
+                    n, size = conn.execute(
+                        "SELECT count(*), coalesce(sum(size), 0) FROM events WHERE pending = 0"
+                    ).fetchone()
+                    if n:
+                        conn.execute("DELETE FROM events WHERE pending = 0")
+                        log.warning(
+                            "upstream(s) %s removed: %d event(s) (%d bytes) only they needed are deleted",
+                            ", ".join(sorted(removed)),
+                            n,
+                            size,
+                        )
+                conn.execute("COMMIT")
+                state.depth, state.bytes, state.backlog = _count_pending(conn, multi=len(new) > 1)
+                state.oldest_ts = _oldest_ts(conn)
+            except sqlite3.Error as err:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                log.error("buffer %s: cannot record the upstreams (%s); kept in memory", self.path, err)
+        self._wstate = state
+        self._post(self._on_upstreams, _copy_state(state))
+
+    def _on_upstreams(self, state: _State) -> None:
+        self._state = state
+        self._signal()
+
     def _replace(self, damage: str, generation: int, *, reader_closed: bool) -> None:
         """The file is damaged (found by a commit or a read): move it aside and go on in a fresh one.
         ``generation``: the file the damage was found in (already replaced: nothing to do)."""
@@ -1165,17 +1491,41 @@ class SqliteBuffer(Buffer):
         self._post(close)
         closed.wait(_READER_CLOSE_WAIT_S)
 
-    def _apply(self, conn: sqlite3.Connection, appends: list[_AppendJob], acks: list[int]) -> _State:
+    def _apply(
+        self, conn: sqlite3.Connection, appends: list[_AppendJob], acks: dict[int, list[int]]
+    ) -> _State:
         """One transaction: deletions first, then the appends under the cap. Returns the new state; the
         writer's own state changes only once the commit succeeded."""
         old = self._wstate
         depth, nbytes, last_seq = old.depth, old.bytes, old.last_seq
         dropped: dict[str, int] = {}
+        updropped: Counter[tuple[str, str]] = Counter()
+        multi = len(old.names) > 1
+        backlog = {bit: list(v) for bit, v in old.backlog.items()} if multi else old.backlog
         deleted_any = False
         conn.execute("BEGIN IMMEDIATE")
 
-        if acks:
-            n, freed = _delete(conn, acks)
+        for mask, seqs in acks.items():
+            if not seqs:
+                continue
+            if not multi or mask == -1:
+                if multi:
+                    for pending, count, size in _group_pending(conn, seqs):
+                        for bit in _bits(pending):
+                            share = backlog.setdefault(bit, [0, 0])
+                            share[0] -= count
+                            share[1] -= size
+                n, freed = _delete(conn, seqs)
+            else:
+                n = freed = 0
+                for pending, count, size in _clear(conn, seqs, mask):
+                    for bit in _bits(pending & mask):
+                        share = backlog.setdefault(bit, [0, 0])
+                        share[0] -= count
+                        share[1] -= size
+                    if not pending & ~mask:
+                        n += count
+                        freed += size
             if n:
                 depth -= n
                 nbytes -= freed
@@ -1194,15 +1544,24 @@ class SqliteBuffer(Buffer):
                     job.seqs = list(range(last_seq + added + 1, last_seq + added + 1 + n))
                     added += n
                 nbytes += incoming
+                if multi:
+                    rows = list(rows)
+                    _add_backlog(backlog, rows)
             else:
                 rows, n, freed, added = self._make_room(
-                    conn, appends, nbytes, last_seq, cap=cap, dropped=dropped
+                    conn, appends, nbytes, last_seq, cap=cap, dropped=dropped, updropped=updropped
                 )
                 if n:
                     depth -= n
                     nbytes -= freed
                     deleted_any = True
                 nbytes += sum(row[4] for row in rows)
+                if multi:
+                    for bit, lost in self._lost_from_backlog.items():
+                        share = backlog.setdefault(bit, [0, 0])
+                        share[0] -= lost[0]
+                        share[1] -= lost[1]
+                    _add_backlog(backlog, rows)
             if added:
                 _insert(conn, rows)
                 last_seq += added
@@ -1216,6 +1575,12 @@ class SqliteBuffer(Buffer):
             counts = Counter(dropped)
             counts.update(self._unsaved_drops)  # counted while nothing could be written
             conn.executemany(ADD_TO_META, [(f"{DROPPED_PREFIX}{reason}", n) for reason, n in counts.items()])
+        if updropped or self._unsaved_updrops:
+            upcounts = updropped + self._unsaved_updrops
+            conn.executemany(
+                ADD_TO_META,
+                [(f"{UPSTREAM_DROPPED_PREFIX}{reason}:{name}", n) for (reason, name), n in upcounts.items()],
+            )
         if deleted_any or (old.depth == 0 and depth > 0):
             oldest_ts = _oldest_ts(conn)
         else:
@@ -1225,6 +1590,12 @@ class SqliteBuffer(Buffer):
         totals = dict(old.dropped)
         for reason, n in dropped.items():
             totals[reason] = totals.get(reason, 0) + n
+        uptotals = old.updropped
+        if updropped:
+            uptotals = {name: dict(d) for name, d in old.updropped.items()}
+            for (reason, name), n in updropped.items():
+                per = uptotals.setdefault(name, {})
+                per[reason] = per.get(reason, 0) + n
         return _State(
             last_seq=last_seq,
             depth=depth,
@@ -1234,7 +1605,22 @@ class SqliteBuffer(Buffer):
             fault=old.fault,
             disk_full=old.disk_full,
             corrupt_files=old.corrupt_files,
+            names=old.names,
+            backlog=backlog,
+            updropped=uptotals,
         )
+
+    def _count_up(self, updropped: Counter[tuple[str, str]], masks: Iterable[int], reason: str) -> None:
+        """Count events dropped for ``reason`` against each registered upstream they were pending for."""
+        names = self._wstate.names
+        if not names:
+            return
+        by_bit = {bit: name for name, bit in names.items()}
+        for mask, n in Counter(masks).items():
+            for bit in _bits(mask):
+                name = by_bit.get(bit)
+                if name is not None:
+                    updropped[(reason, name)] += n
 
     def _make_room(
         self,
@@ -1245,6 +1631,7 @@ class SqliteBuffer(Buffer):
         *,
         cap: int,
         dropped: dict[str, int],
+        updropped: Counter[tuple[str, str]],
     ) -> tuple[list[_Row], int, int, int]:
         """Apply the cap to appends that do not all fit. Sets each job's seqs (0 for what is kept out),
         deletes stored events under ``drop_oldest``, counts drops into ``dropped``. Returns the rows to
@@ -1254,14 +1641,17 @@ class SqliteBuffer(Buffer):
         order = [(job, i, job.rows[i]) for job in appends for i in range(len(job.rows))]
         for job in appends:
             job.seqs = [0] * len(job.rows)
+        self._lost_from_backlog = {}
         fits = [item for item in order if item[2][4] <= self.max_bytes]
         if len(fits) < len(order):
             dropped[DropReason.OVERSIZE.value] = len(order) - len(fits)
+            self._count_up(updropped, (it[2][5] for it in order if it[2][4] > self.max_bytes), "oversize")
         full = cap < self.max_bytes
         if full:
             room_for = [item for item in fits if item[2][4] <= cap]
             if len(room_for) < len(fits):
                 dropped[DropReason.DISK_FULL.value] = len(fits) - len(room_for)
+                self._count_up(updropped, (it[2][5] for it in fits if it[2][4] > cap), "disk_full")
             fits = room_for
         kept: list[tuple[_AppendJob, int, _Row]] = []
         n = freed = 0
@@ -1274,6 +1664,8 @@ class SqliteBuffer(Buffer):
             if len(kept) < len(fits):
                 reason = DropReason.DISK_FULL if full else DropReason.REJECTED_NEW
                 dropped[reason.value] = dropped.get(reason.value, 0) + len(fits) - len(kept)
+                kept_ids = {id(item) for item in kept}
+                self._count_up(updropped, (it[2][5] for it in fits if id(it) not in kept_ids), reason.value)
         else:
             # The newest run of new events that fits on its own; the oldest stored events make room for it.
             total = 0
@@ -1293,10 +1685,25 @@ class SqliteBuffer(Buffer):
                     if freed >= need:
                         break
                 cursor.close()
+                lost = conn.execute(
+                    "SELECT pending, count(*), sum(size) FROM events WHERE seq <= ? GROUP BY pending",
+                    (cutoff,),
+                ).fetchall()
                 conn.execute("DELETE FROM events WHERE seq <= ?", (cutoff,))
+            else:
+                lost = []
             if start + n:
                 reason = DropReason.DISK_FULL if full else DropReason.DROPPED_OLDEST
                 dropped[reason.value] = dropped.get(reason.value, 0) + start + n
+                self._count_up(updropped, (it[2][5] for it in fits[:start]), reason.value)
+                masks: list[int] = []
+                for pending, count, size in lost:
+                    masks += [pending] * count
+                    for bit in _bits(pending):
+                        share = self._lost_from_backlog.setdefault(bit, [0, 0])
+                        share[0] += count
+                        share[1] += size
+                self._count_up(updropped, masks, reason.value)
         for job, i, _ in kept:
             last_seq += 1
             job.seqs[i] = last_seq
@@ -1448,9 +1855,9 @@ def _insert(conn: sqlite3.Connection, rows: Iterable[_Row]) -> None:
     done = 0
     for n in _INSERT_CHUNKS:
         statement = _INSERTS[n]
-        width = n * 5
+        width = n * 6
         while total - done >= n:
-            conn.execute(statement, flat[done * 5 : done * 5 + width])
+            conn.execute(statement, flat[done * 6 : done * 6 + width])
             done += n
 
 
@@ -1486,6 +1893,104 @@ def _delete(conn: sqlite3.Connection, seqs: list[int]) -> tuple[int, int]:
     return n, freed
 
 
+def everything(_device: str, _kind: str) -> bool:
+    """The route of an upstream that takes every event."""
+    return True
+
+
+def _count_pending(conn: sqlite3.Connection, *, multi: bool) -> tuple[int, int, dict[int, list[int]]]:
+    """Events and bytes stored, and (with several upstreams) per bit: [events, bytes] pending for it."""
+    if not multi:
+        depth, nbytes = conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM events").fetchone()
+        return int(depth), int(nbytes), {}
+    depth = nbytes = 0
+    backlog: dict[int, list[int]] = {}
+    for pending, count, size in conn.execute(
+        "SELECT pending, count(*), coalesce(sum(size), 0) FROM events GROUP BY pending"
+    ):
+        depth += count
+        nbytes += size
+        for bit in _bits(pending):
+            share = backlog.setdefault(bit, [0, 0])
+            share[0] += count
+            share[1] += size
+    return depth, nbytes, backlog
+
+
+def _add_backlog(backlog: dict[int, list[int]], rows: Iterable[_Row]) -> None:
+    for row in rows:
+        for bit in _bits(row[5]):
+            share = backlog.get(bit)
+            if share is None:
+                share = backlog[bit] = [0, 0]
+            share[0] += 1
+            share[1] += row[4]
+
+
+def _runs(seqs: list[int]) -> list[tuple[int, int]] | None:
+    """Consecutive runs of ``seqs`` (lo, hi), or None when there are more than :data:`_MAX_RUNS`."""
+    ordered = sorted(set(seqs))
+    runs: list[tuple[int, int]] = []
+    start = prev = ordered[0]
+    for s in ordered[1:]:
+        if s != prev + 1:
+            runs.append((start, prev))
+            if len(runs) > _MAX_RUNS:
+                return None
+            start = s
+        prev = s
+    runs.append((start, prev))
+    return runs
+
+
+def _group_pending(conn: sqlite3.Connection, seqs: list[int]) -> list[tuple[int, int, int]]:
+    """(pending, events, bytes) of the stored rows among ``seqs``, grouped by their pending bits."""
+    runs = _runs(seqs)
+    groups: Counter[int] = Counter()
+    sizes: Counter[int] = Counter()
+    if runs is None:
+        conn.executemany("INSERT OR IGNORE INTO temp.acked (seq) VALUES (?)", [(s,) for s in set(seqs)])
+        found = conn.execute(
+            "SELECT pending, count(*), sum(size) FROM events WHERE seq IN (SELECT seq FROM temp.acked) "
+            "GROUP BY pending"
+        ).fetchall()
+        conn.execute("DELETE FROM temp.acked")
+    else:
+        found = []
+        for lo, hi in runs:
+            found += conn.execute(
+                "SELECT pending, count(*), sum(size) FROM events WHERE seq BETWEEN ? AND ? GROUP BY pending",
+                (lo, hi),
+            ).fetchall()
+    for pending, count, size in found:
+        groups[pending] += count
+        sizes[pending] += size
+    return [(p, groups[p], sizes[p]) for p in groups]
+
+
+def _clear(conn: sqlite3.Connection, seqs: list[int], mask: int) -> list[tuple[int, int, int]]:
+    """Clear ``mask`` from the pending bits of these rows (acknowledged by those upstreams), deleting the
+    rows left with none. Returns (pending before, events, bytes) of the rows that had a bit of ``mask``."""
+    touched = [g for g in _group_pending(conn, seqs) if g[0] & mask]
+    if not touched:
+        return []
+    runs = _runs(seqs)
+    if runs is None:
+        conn.executemany("INSERT OR IGNORE INTO temp.acked (seq) VALUES (?)", [(s,) for s in set(seqs)])
+        where = "seq IN (SELECT seq FROM temp.acked)"
+        conn.execute(f"UPDATE events SET pending = pending & ~? WHERE {where} AND pending & ?", (mask, mask))
+        conn.execute(f"DELETE FROM events WHERE {where} AND pending = 0")
+        conn.execute("DELETE FROM temp.acked")
+    else:
+        for lo, hi in runs:
+            conn.execute(
+                "UPDATE events SET pending = pending & ~? WHERE seq BETWEEN ? AND ? AND pending & ?",
+                (mask, lo, hi, mask),
+            )
+            conn.execute("DELETE FROM events WHERE seq BETWEEN ? AND ? AND pending = 0", (lo, hi))
+    return touched
+
+
 def _oldest_ts(conn: sqlite3.Connection) -> float | None:
     row = conn.execute("SELECT ts FROM events ORDER BY seq LIMIT 1").fetchone()
     return None if row is None else float(row[0])
@@ -1493,5 +1998,23 @@ def _oldest_ts(conn: sqlite3.Connection) -> float | None:
 
 def _copy_state(s: _State) -> _State:
     return _State(
-        s.last_seq, s.depth, s.bytes, s.oldest_ts, dict(s.dropped), s.fault, s.disk_full, s.corrupt_files
+        s.last_seq,
+        s.depth,
+        s.bytes,
+        s.oldest_ts,
+        dict(s.dropped),
+        s.fault,
+        s.disk_full,
+        s.corrupt_files,
+        dict(s.names),
+        {bit: list(v) for bit, v in s.backlog.items()},
+        {name: dict(d) for name, d in s.updropped.items()},
     )
+
+
+def _bits(mask: int) -> Iterable[int]:
+    """The single bits of ``mask``."""
+    while mask:
+        low = mask & -mask
+        yield low
+        mask ^= low

@@ -44,11 +44,12 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal, Protocol
 
 from gateway.backoff import Backoff
+from gateway.config.models import MqttConfig, MqttUpstreamOptions
 from gateway.delivery.buffer import Buffer, Stored
 from gateway.delivery.mqtt import (
     MqttConnectError,
@@ -59,6 +60,7 @@ from gateway.delivery.mqtt import (
     Will,
 )
 from gateway.delivery.payload import PAYLOAD_FORMAT, id_head, topic_head
+from gateway.delivery.upstream import Cursor, Upstream, UpstreamContext, UpstreamOptions, UpstreamStats
 
 log = logging.getLogger("edgegw.forwarder")
 
@@ -124,20 +126,22 @@ class ForwarderSettings:
         return f"{self.prefix}/{self.gateway_id}/status"
 
 
-@dataclass(frozen=True, slots=True)
-class ForwarderStats:
-    published: int
-    """Events published (resends included)."""
-    acked: int
-    """Events the broker acknowledged."""
-    refused: int
-    """Events in publishes the broker refused (PUBACK reason >= 0x80); they stay buffered."""
-    resent: int
-    """Events published again (after a reconnect, or a refused one retried)."""
-    connects: int
-    disconnects: int
-    """Connections lost (a clean stop is not counted)."""
-    connected: bool
+class EventSource(Protocol):
+    """What the forwarder reads: a buffer, or one upstream's cursor of it."""
+
+    async def read(self, after_seq: int, limit: int) -> list[Stored]: ...
+
+    async def ack(self, seqs: Iterable[int]) -> None: ...
+
+    async def wait_for_new(self, after_seq: int) -> None: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ForwarderStats(UpstreamStats):
+    """:class:`UpstreamStats` (published: resends included; refused: PUBACK reason >= 0x80, they stay
+    buffered; resent: after a reconnect, or a refused one retried; disconnects: a clean stop is not
+    counted), and the window."""
+
     inflight: int
     """Publishes (messages) awaiting a PUBACK now."""
     max_inflight_seen: int
@@ -147,8 +151,8 @@ class ForwarderStats:
 class Forwarder:
     """Reads ``buffer`` in seq order and forwards to one MQTT broker until cancelled or :meth:`stop`."""
 
-    def __init__(self, buffer: Buffer, settings: ForwarderSettings) -> None:
-        self._buffer = buffer
+    def __init__(self, buffer: Buffer | EventSource, settings: ForwarderSettings) -> None:
+        self._buffer: Buffer | EventSource = buffer
         self.settings = settings
         self.connected_event = asyncio.Event()
         """Set while connected (after CONNACK and the ``online`` publish), cleared when the link is lost."""
@@ -582,4 +586,44 @@ class Forwarder:
             self.disconnected_event.set()
 
 
-__all__ = ["Forwarder", "ForwarderSettings", "ForwarderStats"]
+class MqttUpstream(Forwarder, Upstream):
+    """The ``mqtt`` upstream kind: a :class:`Forwarder` reading its own cursor."""
+
+    kind: ClassVar[str] = "mqtt"
+    Options: ClassVar[type[UpstreamOptions]] = MqttUpstreamOptions
+
+    def __init__(self, options: UpstreamOptions, cursor: Cursor, context: UpstreamContext) -> None:
+        Upstream.__init__(self, options, cursor, context)
+        Forwarder.__init__(self, cursor, settings_from(options, context.gateway_id))
+
+
+def settings_from(options: UpstreamOptions, gateway_id: str) -> ForwarderSettings:
+    """The forwarder's settings from an ``mqtt`` upstream's options (or ``upstream.mqtt``)."""
+    if not isinstance(options, MqttConfig):
+        raise TypeError(f"not an mqtt upstream: {options!r}")
+    mqtt = options
+    tls = mqtt.tls
+    return ForwarderSettings(
+        gateway_id=gateway_id,
+        host=mqtt.host,
+        port=mqtt.port,
+        prefix=mqtt.prefix,
+        client_id=mqtt.client_id,
+        protocol=mqtt.protocol,
+        keepalive_s=mqtt.keepalive_s,
+        max_inflight=mqtt.max_inflight,
+        batch_max_events=mqtt.batch_max_events,
+        username=mqtt.username,
+        password=mqtt.password.get_secret_value() if mqtt.password is not None else None,
+        tls=mqtt.tls_enabled,
+        ca_file=str(tls.ca_file) if tls.ca_file else None,
+        cert_file=str(tls.cert_file) if tls.cert_file else None,
+        key_file=str(tls.key_file) if tls.key_file else None,
+        key_password=tls.key_password.get_secret_value() if tls.key_password is not None else None,
+        tls_insecure=tls.insecure,
+        reconnect_initial_s=mqtt.reconnect.initial_s,
+        reconnect_max_s=mqtt.reconnect.max_s,
+    )
+
+
+__all__ = ["EventSource", "Forwarder", "ForwarderSettings", "ForwarderStats", "MqttUpstream", "settings_from"]

@@ -20,11 +20,11 @@ still holds. :func:`salvage` reads the file twice, in two independent ways, and 
    newest version of each page as of the last committed transaction counts; a torn last frame and frames of a
    transaction that never committed are left out. Every table b-tree leaf page (type 0x0D) is then read cell
    by cell: payload length, rowid, record (with its overflow pages followed). A record shaped like an events
-   row (six columns: NULL for the rowid alias ``seq``, text, text, real, blob, integer) is kept, its rowid
-   being the seq; anything else is ignored. Pages on the freelist hold rows that were deleted (acknowledged
-   upstream, or dropped): when the header is intact the freelist's trunk chain is walked and those pages are
-   skipped. When it is not, the report says that already-delivered events may be among the recovered ones;
-   harmless, the consumer deduplicates on ``id``.
+   row (NULL for the rowid alias ``seq``, text, text, real, blob, integer, and since schema 2 an integer of
+   pending upstreams) is kept, its rowid being the seq; anything else is ignored. Pages on the freelist
+   hold rows that were deleted (acknowledged upstream, or dropped): when the header is intact the
+   freelist's trunk chain is walked and those pages are skipped. When it is not, the report says that
+   already-delivered events may be among the recovered ones; harmless, the consumer deduplicates on ``id``.
 
 **Only well-formed events come back.** Each row, from either pass, is checked (:func:`check_event`): device
 and kind non-empty UTF-8 text, a finite time, the data a JSON object in strict UTF-8, and the stored ``size``
@@ -858,11 +858,12 @@ def _events_record(payload: bytes) -> tuple[object, ...]:
     while pos < header_size:
         serial, pos = _varint(payload, pos, header_size)
         serials.append(serial)
-        if len(serials) > 6:
+        if len(serials) > 7:
             raise _NotAnEvent
-    if pos != header_size or len(serials) != 6:
+    # Six columns (schema 1, and schema 2 rows stored before the migration added ``pending``) or seven.
+    if pos != header_size or len(serials) not in (6, 7):
         raise _NotAnEvent
-    seq, device, kind, ts, data, size = serials
+    seq, device, kind, ts, data, size = serials[:6]
     shaped = (
         seq == 0  # the rowid alias is stored as NULL: the rowid is the seq
         and _is_text_type(device)
@@ -870,6 +871,7 @@ def _events_record(payload: bytes) -> tuple[object, ...]:
         and (ts == 7 or _is_int_type(ts))  # SQLite stores an integral REAL as an integer
         and (_is_blob_type(data) or _is_text_type(data))
         and _is_int_type(size)
+        and (len(serials) == 6 or _is_int_type(serials[6]))
     )
     if not shaped:
         raise _NotAnEvent
@@ -877,7 +879,7 @@ def _events_record(payload: bytes) -> tuple[object, ...]:
         raise _Damaged
     values: list[object] = []
     pos = header_size
-    for serial in serials[1:]:
+    for serial in serials[1:6]:
         width = _serial_width(serial)
         values.append(_serial_value(serial, payload[pos : pos + width]))
         pos += width

@@ -55,7 +55,15 @@ from prometheus_client.process_collector import ProcessCollector
 
 from drivers.counters import BYTES_SKIPPED, DECODE_ERRORS, FRAMES_REJECTED
 from drivers.event import Event
-from gateway.delivery.buffer import Buffer, BufferStats, DropReason, Stored
+from gateway.delivery.buffer import (
+    Buffer,
+    BufferCursor,
+    BufferStats,
+    DropReason,
+    RouteFn,
+    Stored,
+    UpstreamShare,
+)
 from gateway.delivery.forwarder import Forwarder
 from gateway.ops.sdnotify import Progress
 
@@ -140,6 +148,7 @@ class CountingBuffer(Buffer):
         self.events_out: Counter[tuple[str, str]] = Counter()
         self.acked = 0
         self._out_seq = 0  # the highest seq counted in events_out
+        self._primary: str | None = None
 
     async def append(self, events: Sequence[Event]) -> list[int]:
         seqs = await self.inner.append(events)
@@ -173,6 +182,48 @@ class CountingBuffer(Buffer):
 
     async def close(self) -> None:
         await self.inner.close()
+
+    async def set_upstreams(self, routes: Sequence[tuple[str, RouteFn]]) -> None:
+        await self.inner.set_upstreams(routes)
+        self._primary = routes[0][0] if routes else None
+
+    def cursor(self, name: str) -> BufferCursor:
+        return _CountingCursor(self, self.inner.cursor(name), primary=name == self._primary)
+
+
+class _CountingCursor(BufferCursor):
+    """An upstream's cursor, counting on the way: every upstream's acks count in ``acked``; the first
+    upstream's first reads in ``events_out`` (per device and kind, as with one upstream)."""
+
+    def __init__(self, counts: CountingBuffer, inner: BufferCursor, *, primary: bool) -> None:
+        self.name = inner.name
+        self._counts = counts
+        self._inner = inner
+        self._primary = primary
+
+    async def read(self, after_seq: int, limit: int) -> list[Stored]:
+        rows = await self._inner.read(after_seq, limit)
+        counts = self._counts
+        if self._primary and counts.by_kind and rows and rows[-1].seq > counts._out_seq:
+            seen = counts._out_seq
+            first = bisect.bisect_right(rows, seen, key=_SEQ) if rows[0].seq <= seen else 0
+            counts.events_out.update(map(_DEVICE_KIND, rows[first:] if first else rows))
+            counts._out_seq = rows[-1].seq
+        return rows
+
+    async def ack(self, seqs: Iterable[int]) -> None:
+        batch = seqs if isinstance(seqs, list) else list(seqs)
+        await self._inner.ack(batch)
+        self._counts.acked += len(batch)
+
+    async def wait_for_new(self, after_seq: int) -> None:
+        await self._inner.wait_for_new(after_seq)
+
+    def backlog(self) -> UpstreamShare:
+        return self._inner.backlog()
+
+    def stats(self) -> BufferStats:
+        return self._inner.stats()
 
 
 # --------------------------------------------------------------------------------------------------------

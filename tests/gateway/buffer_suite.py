@@ -115,6 +115,14 @@ async def read_seqs(buf: Buffer, after_seq: int = 0) -> list[int]:
     return [r.seq for r in await read_all(buf, after_seq)]
 
 
+def EVERYTHING(device: str, kind: str) -> bool:  # a route, named like a constant
+    return True
+
+
+async def cursor_seqs(cursor: Any, after_seq: int = 0) -> list[int]:
+    return [r.seq for r in await cursor.read(after_seq, 1_000_000)]
+
+
 def assert_increasing(seqs: list[int], above: int = 0) -> None:
     assert all(s > 0 for s in seqs), seqs
     assert seqs == sorted(set(seqs)), seqs
@@ -448,6 +456,132 @@ class BufferSuite(abc.ABC):
         for row in rows:
             assert row.data_json == data_json(by_seq[row.seq].data)
         assert buf.stats().depth == tasks * per_task
+
+    # ---- several upstreams: one copy of each event, a cursor and acknowledgements per upstream -----------
+
+    async def test_cursors_each_ack_their_own_share(self, tmp_path: Path) -> None:
+        buf = await self.open(tmp_path / "buffer")
+        await buf.set_upstreams([("a", EVERYTHING), ("b", EVERYTHING)])
+        a, b = buf.cursor("a"), buf.cursor("b")
+        seqs = await buf.append(evs(0, 4))
+        size = buf.stats().bytes // 4
+        assert await cursor_seqs(a) == seqs == await cursor_seqs(b)
+        assert buf.stats().depth == 4  # one copy of each event
+        await a.ack(seqs[:3])
+        assert await cursor_seqs(a) == seqs[3:]
+        assert await cursor_seqs(b) == seqs  # a's acks are a's alone
+        await buf.append(evs(4, 1))  # commits the acks
+        shares = buf.stats().upstreams
+        assert (shares["a"].events, shares["a"].bytes) == (2, 2 * size)
+        assert (shares["b"].events, shares["b"].bytes) == (5, 5 * size)
+        assert buf.stats().depth == 5  # nothing deleted: b still needs every one
+        await b.ack(seqs[1:])
+        later = await buf.append(evs(5, 1))
+        fifth = seqs[-1] + 1
+        # Deleted once both acked: seqs[1], seqs[2]; seqs[0] (acked by a only), seqs[3] (b only) stay.
+        assert await read_seqs(buf) == [seqs[0], seqs[3], fifth, *later]
+        assert await cursor_seqs(a) == [seqs[3], fifth, *later]
+        assert await cursor_seqs(b) == [seqs[0], fifth, *later]
+        assert buf.stats().depth == 4
+
+    async def test_routes_store_one_copy_for_the_upstreams_that_take_it(self, tmp_path: Path) -> None:
+        buf = await self.open(tmp_path / "buffer")
+        meters = lambda device, kind: kind.startswith("meter.")  # noqa: E731
+        gate = lambda device, kind: device.startswith("gate-")  # noqa: E731
+        await buf.set_upstreams([("scada", meters), ("city", gate)])
+        scada, city = buf.cursor("scada"), buf.cursor("city")
+        both, only_meter, only_gate, nobody = await buf.append(
+            [
+                Event("gate-1", "meter.reading", TS0, {"v": 1}),
+                Event("m-1", "meter.reading", TS0, {"v": 2}),
+                Event("gate-1", "rfid.read", TS0, {"v": 3}),
+                Event("m-1", "rfid.read", TS0, {"v": 4}),
+            ]
+        )
+        assert nobody == 0 and buf.stats().unrouted == 1  # routed nowhere: not stored
+        assert await cursor_seqs(scada) == [both, only_meter]
+        assert await cursor_seqs(city) == [both, only_gate]
+        await scada.ack([both, only_meter])
+        await city.ack([both, only_gate])
+        last = await buf.append([Event("m-2", "meter.reading", TS0, {"v": 5})])  # commits the acks
+        assert await read_seqs(buf) == last
+        assert buf.stats().depth == 1
+
+    async def test_crash_between_two_upstreams_acks_loses_nothing(self, tmp_path: Path) -> None:
+        path = tmp_path / "buffer"
+        routes = [("a", EVERYTHING), ("b", EVERYTHING)]
+        buf = await self.open(path)
+        await buf.set_upstreams(routes)
+        seqs = await buf.append(evs(0, 3))
+        await buf.cursor("a").ack(seqs)
+        await buf.append(evs(3, 1))  # a's acks are durable now; b's never came
+        await buf.close()
+
+        buf = await self.open(path)
+        await buf.set_upstreams(routes)
+        a, b = buf.cursor("a"), buf.cursor("b")
+        assert await cursor_seqs(a) == [seqs[-1] + 1]  # nothing a acked comes back to a
+        assert await cursor_seqs(b) == [*seqs, seqs[-1] + 1]  # nothing deleted early for b
+        await b.ack(seqs)
+        await buf.append(evs(4, 1))
+        assert await read_seqs(buf) == [seqs[-1] + 1, seqs[-1] + 2]
+
+    async def test_adding_and_removing_an_upstream_keeps_the_others_acks(self, tmp_path: Path) -> None:
+        path = tmp_path / "buffer"
+        buf = await self.open(path)
+        await buf.set_upstreams([("a", EVERYTHING), ("b", EVERYTHING)])
+        old = await buf.append(evs(0, 4))
+        await buf.cursor("a").ack(old[:2])
+        await buf.cursor("b").ack(old[1:3])
+        await buf.append(evs(4, 1))
+        # Reload: c is added, b removed.
+        await buf.set_upstreams([("a", EVERYTHING), ("c", EVERYTHING)])
+        new = await buf.append(evs(5, 2))
+        a, c = buf.cursor("a"), buf.cursor("c")
+        assert await cursor_seqs(a) == [*old[2:], old[-1] + 1, *new]  # a's acks kept, none duplicated
+        assert await cursor_seqs(c) == new  # a new upstream gets what comes after it
+        with pytest.raises(KeyError):
+            buf.cursor("b")
+        # What only b still needed is gone; what a still needs stays.
+        assert old[1] not in await read_seqs(buf) and old[0] not in await read_seqs(buf)
+        await buf.close()
+        buf = await self.open(path)
+        await buf.set_upstreams([("a", EVERYTHING), ("c", EVERYTHING)])
+        assert await cursor_seqs(buf.cursor("a")) == [*old[2:], old[-1] + 1, *new]
+        assert await cursor_seqs(buf.cursor("c")) == new
+        shares = buf.stats().upstreams
+        assert set(shares) == {"a", "c"} and shares["c"].events == 2
+
+    async def test_a_dead_upstream_never_delays_another(self, tmp_path: Path) -> None:
+        buf = await self.open(tmp_path / "buffer")
+        await buf.set_upstreams([("dead", EVERYTHING), ("live", EVERYTHING)])
+        live = buf.cursor("live")
+        for start in range(0, 200, 50):
+            seqs = await buf.append(evs(start, 50))
+            assert await cursor_seqs(live) == seqs  # from 0 (a rewind): only what live has not acked
+            await live.ack(seqs)
+        await buf.append(evs(200, 1))
+        assert buf.stats().upstreams["dead"].events == 201
+        assert buf.stats().upstreams["live"].events == 1
+        assert await cursor_seqs(buf.cursor("dead")) == await read_seqs(buf)
+
+    @pytest.mark.parametrize("when_full", list(WhenFull))
+    async def test_cap_is_whole_buffer_and_drops_count_per_upstream(
+        self, tmp_path: Path, when_full: WhenFull
+    ) -> None:
+        buf, _ = await self.capped(tmp_path, 4, when_full)
+        await buf.set_upstreams([("fast", EVERYTHING), ("down", EVERYTHING), ("meters", lambda d, k: False)])
+        seqs = await buf.append(evs(0, 4))
+        await buf.cursor("fast").ack(seqs)
+        await buf.append(evs(4, 2))  # over the cap by 2: the whole buffer's policy decides
+        s = buf.stats()
+        reason = OLDEST if when_full is WhenFull.DROP_OLDEST else REJECTED
+        assert s.dropped[reason] == 2
+        assert s.upstreams["down"].dropped[reason] == 2  # it had not acknowledged them
+        assert s.upstreams["meters"].dropped[reason] == 0  # never routed there
+        # fast had acked the dropped old ones (drop_oldest) but not the refused new ones (reject_new)
+        assert s.upstreams["fast"].dropped[reason] == (0 if when_full is WhenFull.DROP_OLDEST else 2)
+        assert s.depth == 4
 
     # ---- persistence --------------------------------------------------------------------------------
 

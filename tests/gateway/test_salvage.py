@@ -81,11 +81,12 @@ def varint(n: int) -> bytes:
 
 def cell_bytes(s: Stored) -> bytes:
     """The b-tree cell SQLite writes for an events row whose ts has a fraction (stored as a REAL) and whose
-    size fits in one or two bytes: payload length, rowid, record header (serial types), values."""
+    size fits in one or two bytes: payload length, rowid, record header (serial types), values. The last
+    column (schema 2) is ``pending``, 1 for a buffer with one upstream: serial type 9, the constant 1."""
     device, kind, data = s.device.encode(), s.kind.encode(), s.data_json
     size = len(data) + ROW_OVERHEAD + len(device) + len(kind)
     size_type, size_bytes = (1, struct.pack(">b", size)) if size < 128 else (2, struct.pack(">h", size))
-    serials = [0, 13 + 2 * len(device), 13 + 2 * len(kind), 7, 12 + 2 * len(data), size_type]
+    serials = [0, 13 + 2 * len(device), 13 + 2 * len(kind), 7, 12 + 2 * len(data), size_type, 9]
     header = b"".join(varint(t) for t in serials)
     header = varint(len(header) + 1) + header
     record = header + device + kind + struct.pack(">d", s.ts) + data + size_bytes
