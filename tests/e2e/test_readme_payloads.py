@@ -1,18 +1,18 @@
 """The README's example messages are what goes on the wire.
 
 Every fenced ``json`` block of README.md is an upstream message as a subscriber receives it. One gateway
-(``edgegw run`` as a child process) runs the devices those examples name, each against its simulator on a
-real pty or TCP port, into a private mosquitto: ``reader-1`` (R2000 on a pty, with tag smoothing and the raw
-reads forwarded), ``gantry-north`` (LLRP on TCP), ``meter-3`` (Modbus TCP) and ``meter-7`` (DL/T 645 on a
-pty). What arrives, plus what the buffer still holds after the stop (the stop's own events), is compared
-with the examples. An example stands for the messages of its device and kind (of its ``state`` from any
-device, for ``device.status``); some must have arrived, and each of them has the example's keys, at every
-level, with the example's JSON types: an integer in an example means the field is always an integer, a
-number with a fraction means a number that may happen to be whole (a mean of integers may be -60), and a
-reading's ``values`` and ``units`` hold a subset of the example's points (those due in that poll). At
-least one of them matches the example exactly (every key; a fraction where it shows one). Every kind (and
-status state) that arrived must have an example, and so must every kind of the README's table of kinds.
-"""
+(``edgegw run`` as a child process) runs the devices those examples name, each against its simulator on a real
+pty or TCP port, into a private mosquitto: ``reader-1`` (R2000 on a pty, with tag smoothing and the raw reads
+forwarded), ``gantry-north`` (LLRP on TCP), ``meter-3`` (Modbus TCP) and ``meter-7`` (DL/T 645 on a pty),
+``cabinet-1`` and ``gate-1`` (ble, replaying config/examples/ble-adverts.jsonl). What arrives, plus what the
+buffer still holds after the stop (the stop's own events), is compared with the examples. An example stands
+for the messages of its device and kind (of its ``state`` from any device, for ``device.status``); some must
+have arrived, and each of them has the example's keys, at every level, with the example's JSON types: an
+integer in an example means the field is always an integer, a number with a fraction means a number that may
+happen to be whole (a mean of integers may be -60), and a reading's ``values`` and ``units`` hold a subset of
+the example's points (those due in that poll). At least one of them matches the example exactly (every key; a
+fraction where it shows one). Every kind (and status state) that arrived must have an example, and so must
+every kind of the README's table of kinds."""
 
 from __future__ import annotations
 
@@ -41,6 +41,8 @@ from tests.broker import Mosquitto
 from tests.e2e.harness import Collector, GatewayProcess, Received, write_config
 
 README = Path(__file__).parents[2] / "README.md"
+BLE_CAPTURE = Path(__file__).parents[2] / "config" / "examples" / "ble-adverts.jsonl"
+"""The ble devices (a thermometer, a beacon) replay the shipped capture of published test vectors."""
 MESSAGE_KEYS = {"id", "seq", "device", "kind", "ts", "data"}
 WAIT_S = 60.0
 
@@ -280,6 +282,16 @@ def site(tmp_path: Path, broker: Mosquitto, gateway_id: str, sims: Sims) -> Path
     address: "{METER_7}"
     points: {json.dumps(list(METER_7_POINTS))}
     poll_s: 0.5
+  - name: cabinet-1
+    driver: ble
+    replay: {BLE_CAPTURE}
+    replay_speed: 0
+    addresses: ["A4:C1:38:0B:7E:01"]
+  - name: gate-1
+    driver: ble
+    replay: {BLE_CAPTURE}
+    replay_speed: 0
+    formats: [ibeacon]
 """,
     )
 
@@ -320,7 +332,7 @@ async def test_the_examples_are_what_the_simulators_produce(tmp_path: Path, brok
     wanted: dict[Key, list[tuple[int, dict[str, Any]]]] = {}
     for line, example in examples:
         wanted.setdefault(key_of(example), []).append((line, example))
-    devices = {"reader-1", "gantry-north", "meter-3", "meter-7"}
+    devices = {"reader-1", "gantry-north", "meter-3", "meter-7", "cabinet-1", "gate-1"}
     assert {device for device, _, _ in wanted} <= {"", *devices}, "an example of a device not run here"
     epcs = tuple(bytes.fromhex(e["data"]["epc"]) for _, e in examples if "epc" in e["data"])
     epcs = tuple(dict.fromkeys(epcs + EXTRA_TAGS))
