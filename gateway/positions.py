@@ -45,6 +45,12 @@ class Fix:
     ts: float
     position: Mapping[str, Any]
     json: bytes
+    suffix: bytes = b""
+    """What follows a JSON object's members to add the position: ``,"position":{...}}``."""
+
+    def __post_init__(self) -> None:
+        if not self.suffix:
+            object.__setattr__(self, "suffix", b',"position":' + self.json + b"}")
 
 
 class Positions:
@@ -106,19 +112,15 @@ class Stamper:
             return
         event.data = Positioned(event.data, fix)
 
-    def many(self, events: list[Event]) -> None:
-        """:meth:`__call__` for each of ``events`` (of one kind and time: one decision for all)."""
-        if not events:
-            return
-        first = events[0]
-        if first.kind == DEVICE_STATUS:
-            return
-        fix = self._fix(first.ts)
+    def batch(self, kind: str, ts: float, n: int) -> Fix | None:
+        """The fix for ``n`` events of ``kind`` at ``ts`` (one decision for a batch: wrap each one's data in
+        a :class:`Positioned` with it), or None (not stamped; counted unless a status)."""
+        if kind == DEVICE_STATUS:
+            return None
+        fix = self._fix(ts)
         if fix is None:
-            self._count(POSITION_STALE, len(events))
-            return
-        for event in events:
-            event.data = Positioned(event.data, fix)
+            self._count(POSITION_STALE, n)
+        return fix
 
 
 class Positioned(Record):
@@ -147,4 +149,4 @@ class Positioned(Record):
             body = encode(inner).encode()  # ValueError for a NaN: the buffer then sanitises the mapping
         if body == b"{}":
             return b'{"position":' + self._fix.json + b"}"
-        return body[:-1] + b',"position":' + self._fix.json + b"}"
+        return body[:-1] + self._fix.suffix

@@ -27,7 +27,7 @@ from drivers.event import Event
 from drivers.kinds import DEVICE_STATUS, GPS_FIX
 from gateway.backoff import Backoff
 from gateway.pipeline import EventQueue
-from gateway.positions import Stamper
+from gateway.positions import Positioned, Stamper
 from gateway.processors import Processor
 
 STATUS = DEVICE_STATUS
@@ -103,9 +103,12 @@ class DeviceRunner:
             return
         name = self._name
         when = self._clock() if ts is None else ts
-        events = [Event(name, kind, when, data) for data in items]
-        if self.stamp is not None:
-            self.stamp.many(events)
+        stamp = self.stamp
+        fix = None if stamp is None else stamp.batch(kind, when, len(items))
+        if fix is None:
+            events = [Event(name, kind, when, data) for data in items]
+        else:
+            events = [Event(name, kind, when, Positioned(data, fix)) for data in items]
         accepted = self._queue.put_many(events)
         self.events_emitted += accepted
         self.events_dropped += len(items) - accepted
