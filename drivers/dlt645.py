@@ -39,6 +39,22 @@ A meter that never answers is a :class:`~drivers.errors.DeviceTimeout`: the supe
 with backoff, and the bus makes the meter wait its own backoff before it may claim the line again. The
 counters of the shared line (bytes skipped, frames rejected) go to the meter whose exchange saw them.
 
+Commands (:mod:`drivers.commands`), each an urgent request on the line (it takes the next turn, before the
+polls queued):
+
+- ``read``: ``{"point": "02010100"}`` (or a table name, ``voltage_a``): that identifier read now, whether it
+  is polled or not; ``data`` is ``{"values": {name: value}, "units": {name: unit}}``;
+- ``time_sync``: a broadcast time (control 0x08 to 999999999999) that sets the clock of every meter on the
+  line (all of them hear it: one command per line is enough); ``{"ts": <epoch s>}`` sets that time, by
+  default the gateway's clock now, in the meters' local time (``utc_offset_min``, by default the gateway's
+  own zone). No meter answers a broadcast, so ``ok`` means it was sent; each meter applies its own rules to
+  it (commonly once a day and a few minutes at most).
+
+No point is writable: what this driver reads are measurements (energies, voltages, powers), which the
+protocol has no write for. Its write data (0x14) sets parameters with the meter's password and operator
+code, which this gateway neither holds nor sends; ``writable: true`` on a point is a configuration error
+that says so.
+
 The driver stands on :mod:`drivers.polled` (the schedule, its stagger and ``polls_missed``, the event) and
 :mod:`drivers.link` (the link's keys and opening).
 """
@@ -50,18 +66,20 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Mapping
+from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, ClassVar, Final, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
 from protocols import dlt645
-from protocols.errors import DecodeError
+from protocols.errors import DecodeError, EncodeError
 
 from . import bus
 from .base import DeviceContext
+from .commands import CommandArgs, CommandData, CommandFailed, CommandRefused, CommandSpec
 from .counters import DECODE_ERRORS, FramerTally
-from .errors import ConnectionLost
+from .errors import ConnectionLost, DeviceTimeout
 from .kinds import METER_READING
 from .link import Parity, SerialOrTcpOptions, open_link
 from .polled import PolledDevice, PolledDriver, Schedule
@@ -118,6 +136,22 @@ class Dlt645Point(BaseModel):
     deadband: Deadband | None = None
     report_on_change: ReportOnChange = False
     max_interval_s: MaxInterval = None
+    writable: Literal[False] = Field(
+        default=False,
+        description="Always false: DL/T 645 has no write for the measurements read here (its write data, "
+        "0x14, sets parameters with the meter's password, which this driver does not send).",
+    )
+
+    @field_validator("writable", mode="before")
+    @classmethod
+    def _not_writable(cls, value: Any) -> Any:
+        if value is True:
+            raise ValueError(
+                "a DL/T 645 point cannot be writable: the identifiers read here are measurements, which the "
+                "protocol has no write for (its write data, 0x14, sets parameters with the meter's password "
+                "and operator code, which this driver does not send)"
+            )
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -338,10 +372,71 @@ class Line:
             await self._arrived.wait()
 
 
+class ReadArgs(CommandArgs):
+    """``{"point": "02010100"}`` or ``{"point": "voltage_a"}``."""
+
+    point: str = Field(
+        description="The data identifier to read now: 8 hex digits ('02010100') or its table name "
+        "('voltage_a')."
+    )
+
+
+class TimeSyncArgs(CommandArgs):
+    """``{}`` (the gateway's clock now), or ``{"ts": 1764772529, "utc_offset_min": 480}``."""
+
+    ts: float | None = Field(
+        None, gt=946_684_800, lt=4_102_444_800, description="The time to set, epoch seconds (default: now)."
+    )
+    utc_offset_min: int | None = Field(
+        None,
+        ge=-720,
+        le=840,
+        description="The meters' local time, in minutes east of UTC (480: China Standard Time); default: the "
+        "gateway's own time zone.",
+    )
+
+
 class Dlt645Driver(PolledDriver[Dlt645Options, Line]):
     name: ClassVar[str] = "dlt645"
     Options: ClassVar[type[Dlt645Options]] = Dlt645Options
     emits: ClassVar[frozenset[str]] = frozenset({METER_READING})
+    commands: ClassVar[Mapping[str, CommandSpec]] = {
+        "read": CommandSpec(ReadArgs, "Read one data identifier now; its value in data."),
+        "time_sync": CommandSpec(
+            TimeSyncArgs, "Broadcast time (0x08): every meter on the line sets its clock (none answers)."
+        ),
+    }
+
+    async def command(self, name: str, args: CommandArgs) -> CommandData:
+        if name == "read":
+            assert isinstance(args, ReadArgs)
+            item = dlt645.find_item(args.point)
+            if item is None:
+                raise CommandRefused(_UNKNOWN_POINT.format(point=args.point))
+            session = self.live_session()
+            assert isinstance(session, _Meter)
+            value = await session.read_now(item)
+            return {"values": {item.name: value}, "units": {item.name: item.unit} if item.unit else {}}
+        if name == "time_sync":
+            assert isinstance(args, TimeSyncArgs)
+            ts = time.time() if args.ts is None else args.ts
+            if args.utc_offset_min is None:
+                when = datetime.fromtimestamp(ts).astimezone()
+            else:
+                when = datetime.fromtimestamp(ts, timezone(timedelta(minutes=args.utc_offset_min)))
+            try:
+                frame = dlt645.broadcast_time(when, self.options.preamble)
+            except EncodeError as err:
+                raise CommandRefused(str(err)) from err
+            session = self.live_session()
+
+            async def send(line: Line) -> None:
+                assert line.link is not None
+                await line.link.write(frame)
+
+            await session.port.request(send, timeout=self.options.timeout_s, urgent=True)
+            return {"time": when.replace(microsecond=0).isoformat(), "address": dlt645.BROADCAST}
+        return await super().command(name, args)
 
     def __init__(
         self, device: str, options: Dlt645Options, *, clock: Callable[[], float] = time.monotonic
@@ -380,6 +475,42 @@ class _Meter(PolledDevice[Line, Schedule]):
 
     def describe(self) -> str:
         return f"meter {self.driver.options.address}"
+
+    async def read_now(self, item: dlt645.DataItem) -> float:
+        """``item`` read now, in an urgent turn of the line (the next); CommandFailed if the meter refuses
+        it, its replies stay damaged or it does not answer."""
+        options = self.driver.options
+        ctx = self.ctx
+        request = dlt645.read_data(options.address, item.di, options.preamble)
+
+        async def exchange(line: Line) -> float | dlt645.ErrorReply:
+            reply = await line.read(request, options.address, item.di, ctx)
+            if isinstance(reply, dlt645.ErrorReply):
+                return reply
+            assert isinstance(reply, dlt645.DataReply)
+            try:
+                return dlt645.decode_value(item, reply.payload)
+            except DecodeError as err:
+                ctx.count(BAD_VALUES, 1)
+                ctx.count(DECODE_ERRORS, 1)
+                raise BadReply(str(err)) from err
+
+        what = f"{item.name} ({dlt645.di_text(item.di)})"
+        try:
+            result = await self.port.request(
+                exchange,
+                timeout=options.timeout_s,
+                attempts=1 + options.retries,
+                retry_on=(BadReply,),
+                urgent=True,
+            )
+        except BadReply as err:
+            raise CommandFailed(f"{what}: no good reply ({err})") from err
+        except DeviceTimeout as err:
+            raise CommandFailed(f"{what}: the meter did not answer ({err})") from err
+        if isinstance(result, dlt645.ErrorReply):
+            raise CommandFailed(f"{what}: the meter refused: {result.describe()}")
+        return result
 
     async def poll(self, schedule: Schedule) -> Mapping[str, object]:
         """Read every point once, one request per bus turn; the values of those the meter gave.

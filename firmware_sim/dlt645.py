@@ -11,7 +11,8 @@ driver uses) and answers:
 - read address (0x13) to the wildcard address: the address, when one meter is alone on the line; with several
   live meters their replies collide and the line carries garbage, as on a real bus;
 - read follow-up (0x12): error 0xD2 (no value here spans frames); any other function: its error reply
-  ("other error"). Frames to the broadcast address, to an unknown or dead address are not answered. With
+  ("other error"). Frames to the broadcast address, to an unknown or dead address are not answered; a
+  broadcast time (0x08) sets the clock of every live meter (:attr:`Dlt645Simulator.clocks`). With
   ``SimOptions.echo`` the line also echoes the master's bytes back, as an RS-485 adapter without echo
   suppression does.
 
@@ -35,6 +36,7 @@ import random
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Final, TextIO
 
@@ -145,6 +147,8 @@ class SimStats:
     noise_bytes: int = 0
     collisions: int = 0
     """Read-address requests that several live meters answered at once."""
+    time_syncs: int = 0
+    """Broadcast-time frames (0x08 to 999999999999) the live meters set their clocks by."""
     connections: int = 0
     disconnects: int = 0
 
@@ -261,6 +265,8 @@ class Dlt645Simulator(serving.LinkSimulator[SimStats]):
         """Meter -> table name -> the value it reports instead of its model's (see :meth:`pin`)."""
         self.sent: dict[tuple[str, int], deque[float]] = {}
         """(meter, data identifier) -> the values it sent intact, oldest first (the last SENT_KEPT)."""
+        self.clocks: dict[str, datetime] = {}
+        """Meter -> the date and time the last broadcast time set its clock to (none answers it)."""
         self._clock = clock
         self._start: float | None = None
         self._fault_rng = random.Random(f"edgegw-dlt645-faults-{self.options.seed}")
@@ -348,6 +354,9 @@ class Dlt645Simulator(serving.LinkSimulator[SimStats]):
     ) -> None:
         stats = self.stats
         stats.frames_received += 1
+        if frame.address == dlt645.BROADCAST and frame.control == dlt645.Control.BROADCAST_TIME:
+            self._set_clocks(frame)
+            return
         addressed = [
             meter
             for meter in self.options.meters
@@ -387,6 +396,23 @@ class Dlt645Simulator(serving.LinkSimulator[SimStats]):
         task = asyncio.create_task(answer_late())
         late.add(task)
         task.add_done_callback(late.discard)
+
+    def _set_clocks(self, frame: dlt645.Frame) -> None:
+        """Broadcast time: every live meter sets its clock; none answers (a malformed one: ignored)."""
+        try:
+            request = dlt645.parse_request(frame)
+        except DecodeError:
+            self.stats.ignored += 1
+        else:
+            assert isinstance(request, dlt645.BroadcastTime)
+            when = datetime(
+                request.year, request.month, request.day, request.hour, request.minute, request.second
+            )
+            for meter in self.options.meters:
+                if meter not in self.dead:
+                    self.clocks[meter] = when
+            self.stats.time_syncs += 1
+        self._notify()
 
     def _answer(self, meter: str, request: dlt645.Request | None, control: int) -> dlt645.Reply:
         if isinstance(request, dlt645.ReadAddress):

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import datetime
 from enum import IntEnum, IntFlag
 from typing import Any, ClassVar, Final
 
@@ -68,6 +69,7 @@ __all__ = [
     "START",
     "WILDCARD",
     "AddressReply",
+    "BroadcastTime",
     "Control",
     "DataItem",
     "DataReply",
@@ -82,6 +84,7 @@ __all__ = [
     "Reply",
     "Request",
     "address_matches",
+    "broadcast_time",
     "check_address",
     "checksum",
     "decode_frame",
@@ -472,7 +475,55 @@ class ReadAddress:
         return encode_frame(Frame(address, self.control, b""), preamble)
 
 
-Request = ReadData | ReadFollowUp | ReadAddress
+def _bcd_byte(value: int) -> int:
+    return (value // 10) << 4 | value % 10
+
+
+def _from_bcd_byte(raw: int) -> int:
+    high, low = raw >> 4, raw & 0x0F
+    if high > 9 or low > 9:
+        raise DecodeError(f"0x{raw:02X} is not a BCD byte")
+    return high * 10 + low
+
+
+@dataclass(frozen=True, slots=True)
+class BroadcastTime:
+    """Broadcast time (control 0x08, the standard's broadcast time setting): the date and time every meter
+    on the line sets its clock to, as YYMMDDhhmmss BCD sent seconds first, to the broadcast address. No
+    meter answers.
+    (Meters apply their own rules to it: commonly once a day, a few minutes of correction at most, never
+    across midnight; a meter outside them ignores it without a word.)"""
+
+    year: int
+    month: int
+    day: int
+    hour: int
+    minute: int
+    second: int
+    control: ClassVar[int] = Control.BROADCAST_TIME
+
+    def __post_init__(self) -> None:
+        if not 2000 <= self.year <= 2099:
+            raise EncodeError(f"year {self.year}: a meter's clock holds 2000..2099")
+        try:
+            datetime(self.year, self.month, self.day, self.hour, self.minute, self.second)
+        except ValueError as err:
+            raise EncodeError(f"not a date and time: {err}") from err
+
+    def encode(self, address: str = BROADCAST, preamble: int = 0) -> bytes:
+        fields = (self.second, self.minute, self.hour, self.day, self.month, self.year % 100)
+        return encode_frame(Frame(address, self.control, bytes(_bcd_byte(v) for v in fields)), preamble)
+
+
+Request = ReadData | ReadFollowUp | ReadAddress | BroadcastTime
+
+
+def broadcast_time(when: datetime, preamble: int = 0) -> bytes:
+    """Broadcast-time frame setting every meter's clock to ``when`` (its local time: meters keep local
+    time; seconds kept, microseconds dropped)."""
+    return BroadcastTime(when.year, when.month, when.day, when.hour, when.minute, when.second).encode(
+        BROADCAST, preamble
+    )
 
 
 def read_data(address: str, di: int, preamble: int = 0) -> bytes:
@@ -510,6 +561,14 @@ def parse_request(frame: Frame) -> Request:
         if data:
             raise DecodeError(f"read address takes no data, {len(data)} bytes given")
         return ReadAddress()
+    if control == Control.BROADCAST_TIME:
+        if len(data) != 6:
+            raise DecodeError(f"broadcast time takes 6 data bytes, {len(data)} given")
+        second, minute, hour, day, month, year = (_from_bcd_byte(b) for b in data)
+        try:
+            return BroadcastTime(2000 + year, month, day, hour, minute, second)
+        except EncodeError as err:
+            raise DecodeError(str(err)) from err
     raise DecodeError(f"unknown or unsupported request control 0x{control:02X}")
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from datetime import datetime
 
 import pytest
 from hypothesis import given
@@ -201,6 +202,9 @@ requests = st.one_of(
     st.builds(dlt645.ReadData, dis),
     st.builds(dlt645.ReadFollowUp, dis, st.integers(0, 255)),
     st.just(dlt645.ReadAddress()),
+    st.datetimes(datetime(2000, 1, 1), datetime(2099, 12, 31, 23, 59, 59)).map(
+        lambda t: dlt645.BroadcastTime(t.year, t.month, t.day, t.hour, t.minute, t.second)
+    ),
 )
 
 
@@ -503,3 +507,20 @@ class TestDlt645Framer(FramerSuite[dlt645.Frame]):
         position = data.draw(st.sampled_from([p for p in range(1, len(raw)) if p != 7]), label="position")
         bad[position] ^= data.draw(st.integers(1, 255), label="flip")
         return bytes(bad), ("bad_checksum", "bad_length")
+
+
+def test_broadcast_time_frame() -> None:
+    # 2026-12-03 14:35:29: data ss mm hh DD MM YY = 29 35 14 03 12 26 in BCD, each +0x33 on the wire.
+    raw = dlt645.broadcast_time(datetime(2026, 12, 3, 14, 35, 29, 999_000))
+    body = bytes.fromhex("68 999999999999 68 08 06 5C 68 47 36 45 59".replace(" ", ""))
+    assert raw == body + bytes((sum(body) & 0xFF, 0x16))
+    frame = dlt645.decode_frame(raw)
+    assert frame.address == dlt645.BROADCAST
+    assert dlt645.parse_request(frame) == dlt645.BroadcastTime(2026, 12, 3, 14, 35, 29)
+    for bad in ((1999, 1, 1, 0, 0, 0), (2026, 2, 30, 0, 0, 0), (2026, 1, 1, 24, 0, 0)):
+        with pytest.raises(EncodeError):
+            dlt645.BroadcastTime(*bad)
+    with pytest.raises(DecodeError, match="BCD"):
+        dlt645.parse_request(dlt645.Frame(dlt645.BROADCAST, 0x08, bytes.fromhex("2935140312AA")))
+    with pytest.raises(DecodeError, match="not a date"):
+        dlt645.parse_request(dlt645.Frame(dlt645.BROADCAST, 0x08, bytes.fromhex("293514311326")))
