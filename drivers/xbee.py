@@ -111,18 +111,19 @@ class Reporting(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     sensor: str = Field(description="The sensor: its IEEE address (16 hex digits) or its name in sensors:.")
-    endpoint: int = Field(1, ge=1, le=240, description="The sensor's endpoint.")
+    endpoint: int = Field(default=1, ge=1, le=240, description="The sensor's endpoint.")
     cluster: int = Field(
         ge=0, le=0xFFFF, description="Cluster id (0x0402) or name (temperature_measurement)."
     )
-    attribute: int = Field(0, ge=0, le=0xFFFF, description="Attribute id.")
+    attribute: int = Field(default=0, ge=0, le=0xFFFF, description="Attribute id.")
     type: str | None = Field(
-        None, description="ZCL data type (int16, uint16, bitmap8...); known attributes have a default."
+        default=None,
+        description="ZCL data type (int16, uint16, bitmap8...); known attributes have a default.",
     )
-    min_interval_s: int = Field(10, ge=0, le=0xFFFF, description="Shortest time between reports.")
-    max_interval_s: int = Field(300, ge=0, le=0xFFFF, description="Longest time without a report.")
-    change: float = Field(0, ge=0, description="Reportable change, in the attribute's raw units.")
-    bind: bool = Field(True, description="Bind the cluster to the coordinator first (ZDO Bind_req).")
+    min_interval_s: int = Field(default=10, ge=0, le=0xFFFF, description="Shortest time between reports.")
+    max_interval_s: int = Field(default=300, ge=0, le=0xFFFF, description="Longest time without a report.")
+    change: float = Field(default=0, ge=0, description="Reportable change, in the attribute's raw units.")
+    bind: bool = Field(default=True, description="Bind the cluster to the coordinator first (ZDO Bind_req).")
 
     _cluster = field_validator("cluster", mode="before")(_cluster_id)
 
@@ -151,23 +152,35 @@ class Reporting(BaseModel):
 
 class XbeeOptions(SerialOrTcpOptions):
     baudrate: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400] = Field(
-        9600, description="Serial line speed (the module's BD)."
+        default=9600, description="Serial line speed (the module's BD)."
     )
-    api_mode: Literal[1, 2] = Field(2, description="The module's AP: 2 escaped (recommended), 1 not.")
+    api_mode: Literal[1, 2] = Field(default=2, description="The module's AP: 2 escaped (recommended), 1 not.")
     sensors: dict[str, SensorName] = Field(
         default_factory=dict, description='Names of sensors by IEEE address: {"0013a20041a7b2c3": cabinet-3}.'
     )
-    permit_join_s: int = Field(0, ge=0, le=254, description="Open joining for this long at start-up (0: no).")
-    endpoint: int = Field(1, ge=1, le=240, description="The coordinator's endpoint sensors report to.")
+    permit_join_s: int = Field(
+        default=0, ge=0, le=254, description="Open joining for this long at start-up (0: no)."
+    )
+    endpoint: int = Field(
+        default=1, ge=1, le=240, description="The coordinator's endpoint sensors report to."
+    )
     reporting: list[Reporting] = Field(
         default_factory=list, description="Attributes to bind and configure reporting for, per sensor."
     )
-    reply_timeout_s: float = Field(2.0, gt=0, le=60, description="Wait for the coordinator's AT answers.")
+    reply_timeout_s: float = Field(
+        default=2.0, gt=0, le=60, description="Wait for the coordinator's AT answers."
+    )
     read_timeout_s: float = Field(
-        10.0, gt=0, le=300, description="Wait for a sensor's Read Attributes Response (read_attribute)."
+        default=10.0,
+        gt=0,
+        le=300,
+        description="Wait for a sensor's Read Attributes Response (read_attribute).",
     )
     keepalive_s: float = Field(
-        30.0, gt=0, le=3600, description="Ask the coordinator (AT AI) after this long without a frame."
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Ask the coordinator (AT AI) after this long without a frame.",
     )
 
     @field_validator("sensors", mode="before")
@@ -200,12 +213,12 @@ class XbeeOptions(SerialOrTcpOptions):
 
 
 class PermitJoinArgs(CommandArgs):
-    seconds: int = Field(60, ge=0, le=254, description="How long joining stays open (0 closes it).")
+    seconds: int = Field(default=60, ge=0, le=254, description="How long joining stays open (0 closes it).")
 
 
 class ReadAttributeArgs(CommandArgs):
     sensor: str = Field(description="IEEE address (16 hex digits) or configured name.")
-    endpoint: int = Field(1, ge=1, le=240)
+    endpoint: int = Field(default=1, ge=1, le=240)
     cluster: int = Field(ge=0, le=0xFFFF)
     attributes: list[Annotated[int, Field(ge=0, le=0xFFFF)]] = Field(min_length=1, max_length=16)
 

@@ -434,6 +434,13 @@ class XBeeSimulator(serving.LinkSimulator[SimStats]):
         )
         self._notify()
 
+    async def send_zcl(self, ieee: int, cluster: int, payload: bytes) -> None:
+        """``payload`` (any bytes: a test's damaged ZCL) from sensor ``ieee`` on ``cluster``, to every
+        connected host."""
+        message = self._rx(self.sensors[ieee], cluster, payload)
+        for link in list(self._links):
+            await self._send(link, [message])
+
     def open_joining(self, seconds: int) -> None:
         self.join_open_until = self._now() + seconds if seconds else 0.0
         self.stats.permit_joins += 1
