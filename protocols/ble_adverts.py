@@ -35,7 +35,7 @@ Why hand-written, when bthome-ble and ruuvitag-ble exist (both MIT, both install
 module against them): importing either package adds about 8 MB of memory and 0.15-0.25 s to a gateway
 process that already runs the ble driver and bleak (27 MB from a bare interpreter: each pulls in habluetooth,
 the Home Assistant scanner stack), their parsers are stateful per device, shaped for Home Assistant
-entities, cost 50-80 us per advertisement against 3-13 us here (bench/ble_decode.py), and report damaged or
+entities, cost 35-75 us per advertisement against 1.5-13 us here (bench/ble_decode.py), and report damaged or
 unknown objects only in their logs, where a gateway must count them. The fixed layouts are construct
 definitions (parsed on the hot path by an equivalent precompiled ``struct``, which the tests check against
 them, as in :mod:`protocols.r2000`); BTHome's variable object list is walked by hand from the spec's object
@@ -44,6 +44,7 @@ table.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import struct
@@ -400,7 +401,10 @@ def _nonce(mac: bytes, adv_info: int, counter: bytes) -> bytes:
     return mac + b"\xd2\xfc" + bytes([adv_info]) + counter
 
 
+@functools.lru_cache(maxsize=256)
 def _aesccm(key: bytes) -> Any:
+    """The cipher of one bind key (kept for the next advert of the same sensor: building it costs more than
+    decrypting)."""
     from cryptography.hazmat.primitives.ciphers.aead import AESCCM  # noqa: PLC0415  # only with a bind key
 
     return AESCCM(key, tag_length=4)
