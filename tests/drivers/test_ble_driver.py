@@ -4,6 +4,8 @@ from real files, and scanning through bleak's real BleakScanner with only its pl
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -11,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from drivers import ble, interfaces
@@ -23,11 +27,13 @@ from drivers.ble import (
     BleOptions,
 )
 from drivers.counters import DECODE_ERRORS
+from drivers.errors import ConnectionLost
 from drivers.kinds import BLE_ADVERT
 from drivers.testing import Harness, running
 from firmware_sim import ble as sim
 from gateway.config import ConfigError, load_config
-from protocols.ble_adverts import BTHOME_NO_KEY, BTHOME_UUID, Advert, advert_to_json
+from protocols.ble_adverts import BTHOME_NO_KEY, BTHOME_UUID, Advert, advert_from_json, advert_to_json
+from protocols.errors import DecodeError
 from tests.drivers.blefake import Air, FakeScanner
 
 pytestmark = pytest.mark.timeout(60)
@@ -273,3 +279,69 @@ async def test_bind_keys_decrypt_scanned_bthome(air: type[Air]) -> None:
         await run.until("keyless counts it", lambda: run.counters("keyless").get(BTHOME_NO_KEY, 0) == 1)
     assert adverts(run, "keyed")[0]["values"]["temperature"] == 25.06
     assert adverts(run, "keyless") == []
+
+
+# -- bad input, generated --------------------------------------------------------------------------------
+
+GARBAGE = st.one_of(
+    st.text(max_size=80).filter(lambda t: "\n" not in t and "\r" not in t),
+    st.builds(
+        json.dumps,
+        st.dictionaries(
+            st.sampled_from(
+                ["address", "rssi", "name", "manufacturer_data", "service_data", "ts", "tx_power"]
+            ),
+            st.none()
+            | st.integers(-200, 70000)
+            | st.text(max_size=12)
+            | st.dictionaries(st.text(max_size=4), st.text(max_size=8)),
+            max_size=7,
+        ),
+    ),
+)
+SOME_ADVERTS = st.lists(st.sampled_from(sim.lines()) | GARBAGE, max_size=25)
+
+
+@given(SOME_ADVERTS)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_replay_file_plays_to_its_end_skipping_and_counting_what_is_no_advert(
+    tmp_path: Path, lines: list[str]
+) -> None:
+    capture = tmp_path / "generated.jsonl"
+    capture.write_text("".join(line + "\n" for line in lines))
+    good = 0
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            advert_from_json(line)
+        except DecodeError:
+            continue
+        good += 1
+
+    async def play() -> tuple[dict[str, Any], dict[str, int]]:
+        async with devices(fuzz={"replay": str(capture), "replay_speed": 0, "raw": True}) as run:
+            await run.until_state(REPLAY_ENDED)
+            (ended,) = [s for s in run.statuses() if s["state"] == REPLAY_ENDED]
+            return ended, run.counters()
+
+    ended, counters = asyncio.run(play())
+    assert ended["adverts"] == good
+    assert ended["lines_skipped"] == counters.get(REPLAY_LINES_SKIPPED, 0)
+    assert good + ended["lines_skipped"] == sum(1 for line in lines if line.strip())
+
+
+def test_the_scanner_buffer_is_bounded_and_counts_what_it_drops() -> None:
+    source = ble.ScannerSource(capacity=3)
+    for advert in sim.adverts()[:5]:
+        source.put(advert)
+    assert source.dropped == 2
+
+    async def drain() -> list[str]:
+        got = [(await source.receive()).address for _ in range(3)]
+        source.close()
+        with pytest.raises(ConnectionLost):
+            await source.receive()
+        return got
+
+    assert asyncio.run(drain()) == [a.address for a in sim.adverts()[:3]]
