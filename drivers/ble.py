@@ -13,7 +13,9 @@ platform allows (BlueZ with advertisement monitors: the scanner sends no scan re
 and saves the sensors' batteries) and actively otherwise; ``passive`` or ``active`` force one. Devices on
 one adapter must agree on the mode. The scanner's callback feeds a bounded buffer (:data:`SOURCE_CAPACITY`
 adverts): when the loop falls that far behind, what does not fit is dropped and counted
-(``scanner_dropped``) in every device on the adapter.
+(``scanner_dropped``) in every device on the adapter. An adapter that hears nothing at all for
+``silence_restart_s`` (default 300 s; BlueZ does not tell a scanner that its adapter went away) has its
+scanner stopped and every device on it restarted with backoff, the first one back starting it again.
 
 **Replay.** ``replay: FILE`` instead of ``adapter:`` plays a capture (JSON lines, the format of
 :func:`protocols.ble_adverts.advert_from_json`, written by ``edgegw ble record``) through the same filter,
@@ -75,7 +77,13 @@ from protocols.errors import DecodeError
 from . import interfaces
 from .base import DeviceContext, Driver, DriverOptions
 from .counters import DECODE_ERRORS
-from .errors import ConfigurationError, ConnectionLost, DeviceUnavailable, MissingDependencyError
+from .errors import (
+    ConfigurationError,
+    ConnectionLost,
+    DeviceTimeout,
+    DeviceUnavailable,
+    MissingDependencyError,
+)
 from .kinds import BLE_ADVERT, DEVICE_STATUS
 from .paths import ConfigFile
 
@@ -160,6 +168,12 @@ class BleOptions(DriverOptions):
     )
     queue_size: int = Field(
         default=1024, ge=1, le=1_000_000, description="Adverts waiting for this device before drops."
+    )
+    silence_restart_s: float | None = Field(
+        default=300.0,
+        gt=0,
+        le=86_400,
+        description="Restart the adapter's scanner after this long without any advert (null: never).",
     )
 
     @field_validator("addresses")
@@ -410,8 +424,19 @@ class BleDriver(Driver[BleOptions]):
             source = _sources.get(key)
             ctx.connected(f"bluetooth {adapter}, {source.mode if source else mode} scanning")
             dropped = source.dropped if source is not None else 0
+            silence = self.options.silence_restart_s
+            heard = sub.interface.stats.frames_read
             while True:
-                adverts = await sub.receive_many(256)
+                try:
+                    async with asyncio.timeout(silence):
+                        adverts = await sub.receive_many(256)
+                except TimeoutError:
+                    if sub.interface.stats.frames_read == heard:  # the adapter heard nothing, for anyone
+                        sub.interface.fail(
+                            DeviceTimeout(f"bluetooth {adapter}: nothing heard for {silence:g} s")
+                        )
+                    heard = sub.interface.stats.frames_read
+                    continue
                 if source is not None and source.dropped != dropped:
                     ctx.count(SCANNER_DROPPED, source.dropped - dropped)
                     dropped = source.dropped

@@ -345,3 +345,26 @@ def test_the_scanner_buffer_is_bounded_and_counts_what_it_drops() -> None:
         return got
 
     assert asyncio.run(drain()) == [a.address for a in sim.adverts()[:3]]
+
+
+async def test_a_silent_adapter_has_its_scanner_restarted_for_every_device(air: type[Air]) -> None:
+    quick = {"adapter": "hci0", "silence_restart_s": 0.05}
+    async with devices(a=quick, b=quick) as run:
+        await run.until("the scanner started again", lambda: len(air.started) >= 2)
+        await run.until_state("disconnected", 2)
+    reasons = {s["reason"] for s in run.statuses() if s["state"] == "disconnected"}
+    assert any("bluetooth hci0: nothing heard for 0.05 s" in r for r in reasons)
+    assert air.stopped[0] is air.started[0]  # the silent scanner was stopped before the next one started
+
+
+async def test_a_quiet_device_on_a_busy_adapter_is_not_restarted(air: type[Air]) -> None:
+    async with devices(
+        picky={"adapter": "hci0", "addresses": ["00:00:00:00:00:01"], "silence_restart_s": 0.2},
+        busy={"adapter": "hci0", "min_interval_s": 0},
+    ) as run:
+        await run.until_state("connected", 2)
+        for _ in range(6):
+            air.advertise(sim.adverts()[0])
+            await run.until_events(BLE_ADVERT, len(adverts(run, "busy")) + 1, device="busy")
+            await asyncio.sleep(0.05)  # the adapter keeps hearing while the picky device hears nothing
+        assert len(air.started) == 1 and "disconnected" not in run.states()
