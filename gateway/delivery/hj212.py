@@ -54,7 +54,6 @@ from typing import Annotated, Any, ClassVar, Final, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -64,9 +63,8 @@ from pydantic import (
 )
 
 from gateway.backoff import Backoff
-from gateway.config.models import ReconnectConfig, SecretEnv, SecretFile
+from gateway.config.models import ReconnectConfig, SecretEnv, SecretFile, resolve_secret
 from gateway.config.models import _field_error as field_error
-from gateway.config.models import _resolve_secret as resolve_secret
 from gateway.delivery.buffer import Stored
 from gateway.delivery.upstream import Cursor, Upstream, UpstreamContext, UpstreamOptions, UpstreamStats
 from protocols import hj212
@@ -96,10 +94,6 @@ def _check_code(value: str) -> str:
     return value
 
 
-def _code_only(value: Any) -> Any:
-    return {"code": value} if isinstance(value, str) else value
-
-
 class PollutantOptions(BaseModel):
     """One pollutant: the code the platform knows it by, and how its values are read."""
 
@@ -127,11 +121,27 @@ class PollutantOptions(BaseModel):
     )
 
 
-Pollutant = Annotated[PollutantOptions, BeforeValidator(_code_only)]
+PollutantCode = Annotated[str, Field(strict=True), AfterValidator(_check_code)]
 Flag = Literal["N", "F", "M", "S", "D", "C", "T", "B"]
-Status = Literal["disconnected", "failed", "stopped"]
-_STATUS_FLAGS: Final[dict[Status, Flag]] = {"disconnected": "B", "failed": "D", "stopped": "F"}
 _FLAG_CODES: Final[dict[int, Flag]] = {0: "N", 1: "M", 2: "D", 3: "C"}
+
+
+class StatusFlags(BaseModel):
+    """``status_flags:`` the data flag of a device's values while its last ``device.status`` says so."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    disconnected: Flag = Field(default="B", description="The device does not answer (B: communication).")
+    failed: Flag = Field(default="D", description="The device failed for good (D: fault).")
+    stopped: Flag = Field(default="F", description="The gateway stopped the device (F: stopped).")
+
+
+def _not_empty(
+    value: dict[str, PollutantCode | PollutantOptions],
+) -> dict[str, PollutantCode | PollutantOptions]:
+    if not value or "" in value:
+        raise ValueError("name at least one pollutant: point name -> code (names not empty)")
+    return value
 
 
 def _check_address(value: str) -> str:
@@ -181,8 +191,7 @@ class Hj212Options(UpstreamOptions):
     minute_interval_min: Literal[1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30] = Field(
         default=10, description="Minutes of one minute-data record (CN 2051); divides the hour."
     )
-    pollutants: dict[Annotated[str, Field(strict=True, min_length=1)], Pollutant] = Field(
-        min_length=1,
+    pollutants: Annotated[dict[str, PollutantCode | PollutantOptions], AfterValidator(_not_empty)] = Field(
         description="Point name -> pollutant code (or {code, flow, per, flag_point, device}): which values "
         "of the routed meter.reading events are reported, and as what.",
     )
@@ -192,8 +201,8 @@ class Hj212Options(UpstreamOptions):
     decimals: Annotated[int, Field(strict=True, ge=0, le=9)] = Field(
         default=3, description="Most decimals of a value (trailing zeros dropped)."
     )
-    status_flags: dict[Status, Flag] = Field(
-        default_factory=lambda: dict(_STATUS_FLAGS),
+    status_flags: StatusFlags = Field(
+        default_factory=StatusFlags,
         description="The data flag of a device's values while its last device.status is this state.",
     )
     flag_codes: dict[int, Flag] = Field(
@@ -217,6 +226,14 @@ class Hj212Options(UpstreamOptions):
     reconnect: ReconnectConfig = Field(
         default_factory=ReconnectConfig, description="Backoff between connection attempts."
     )
+
+    @property
+    def points(self) -> dict[str, PollutantOptions]:
+        """``pollutants`` with every entry as :class:`PollutantOptions` (a bare code is ``{code: ...}``)."""
+        return {
+            point: PollutantOptions(code=p) if isinstance(p, str) else p
+            for point, p in self.pollutants.items()
+        }
 
     @property
     def host(self) -> str:
@@ -349,12 +366,12 @@ class Hj212Upstream(Upstream):
         self._tz = zoneinfo.ZoneInfo(options.timezone)
         self._pw = options.password.get_secret_value() if options.password else ""
         self._by_point: dict[str, list[PollutantOptions]] = {}
-        for point, p in options.pollutants.items():
+        for point, p in options.points.items():
             self._by_point.setdefault(point, []).append(p)
-        self._flag_points = {p.flag_point for p in options.pollutants.values() if p.flag_point}
-        self._order = {p.code: i for i, p in enumerate(options.pollutants.values())}
+        self._flag_points = {p.flag_point for p in options.points.values() if p.flag_point}
+        self._order = {p.code: i for i, p in enumerate(options.points.values())}
         self._minute_s = options.minute_interval_min * 60
-        self._status_flags: dict[str, str] = {str(k): str(v) for k, v in options.status_flags.items()}
+        self._status_flags: dict[str, str] = dict(options.status_flags.model_dump())
         # live view (real-time uploads)
         self._latest: dict[str, tuple[float, str, float]] = {}  # code -> (value, flag, ts)
         self._live_status: dict[str, str] = {}
@@ -588,7 +605,7 @@ class Hj212Upstream(Upstream):
         self._work.set()
 
     def _cou(self, code: str, stat: _Stat, seconds: float) -> float:
-        for p in self.o.pollutants.values():
+        for p in self.o.points.values():
             if p.code == code and p.flow:
                 return stat.avg * seconds / {"s": 1.0, "min": 60.0, "h": 3600.0}[p.per]
         return 0.0
@@ -602,7 +619,7 @@ class Hj212Upstream(Upstream):
             stat = stats[code]
             fields: list[tuple[str, str]] = []
             cou = stat.cou if cn is hj212.Command.DAY else self._cou(code, stat, end - start)
-            if any(p.code == code and p.flow for p in self.o.pollutants.values()):
+            if any(p.code == code and p.flow for p in self.o.points.values()):
                 fields.append((f"{code}-Cou", self._num(cou)))
             fields += [
                 (f"{code}-Min", self._num(stat.low)),

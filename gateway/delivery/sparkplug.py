@@ -60,9 +60,16 @@ from pydantic import (
 )
 
 from gateway.backoff import Backoff
-from gateway.config.models import ClientId, MqttUrl, ReconnectConfig, SecretEnv, SecretFile, TlsConfig
+from gateway.config.models import (
+    ClientId,
+    MqttUrl,
+    ReconnectConfig,
+    SecretEnv,
+    SecretFile,
+    TlsConfig,
+    resolve_secret,
+)
 from gateway.config.models import _field_error as field_error
-from gateway.config.models import _resolve_secret as resolve_secret
 from gateway.delivery.buffer import Stored
 from gateway.delivery.mqtt import MqttConnectError, MqttConnection, MqttNotConnected, TlsOptions, Will
 from gateway.delivery.upstream import Cursor, Upstream, UpstreamContext, UpstreamOptions, UpstreamStats

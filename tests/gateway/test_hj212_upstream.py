@@ -231,7 +231,7 @@ def test_options(tmp_path: Path, password_file: Path) -> None:
     o = options(9001, password_file)
     assert o.password is not None and o.password.get_secret_value() == "123456"
     assert "123456" not in repr(o)
-    assert o.pollutants["cod"].code == "w01018" and o.pollutants["flow"].flow
+    assert o.points["cod"].code == "w01018" and o.points["flow"].flow
     assert (o.host, o.port, o.minute_interval_min, o.timezone) == ("127.0.0.1", 9001, 10, "Asia/Shanghai")
     base: dict[str, Any] = {
         "name": "epb",
