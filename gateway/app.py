@@ -35,6 +35,7 @@ from gateway.commands.service import CommandService, commands_broker
 from gateway.config import Config, ConfigError, DeviceConfig, load_config
 from gateway.delivery.buffer import Buffer, BufferStats, SqliteBuffer, everything
 from gateway.delivery.forwarder import Forwarder, ForwarderSettings, settings_from
+from gateway.delivery.upstream import Upstream as UpstreamKind
 from gateway.delivery.upstream import UpstreamContext, load_kind
 from gateway.ops.loopmon import LoopMonitor
 from gateway.ops.metrics import CountingBuffer, MetricsServer, PipelineHealth, build_registry
@@ -100,7 +101,7 @@ class Gateway:
         self.config = config
         self._make_upstream = upstream
         """Tests and the demo: one upstream made from the buffer (no ``upstreams``, no routes)."""
-        self.upstreams: dict[str, Upstream] = {}
+        self.upstreams: dict[str, UpstreamKind] = {}
         """Every upstream by name (with ``upstream=``: empty)."""
         self.queue = EventQueue(config.queue.max_events)
         self.buffer: Buffer | None = None
@@ -423,7 +424,7 @@ class Gateway:
                 commit_interval=cfg.buffer.commit_interval_ms / 1000,
                 commit_max_events=cfg.buffer.commit_max_events,
             )
-            others: list[Upstream] = []
+            others: list[UpstreamKind] = []
             if self._make_upstream is not None:
                 self.upstream = upstream = self._make_upstream(counts)
             else:
@@ -520,14 +521,14 @@ _STOP_FLUSH_S: Final = 15.0
 
 async def _build_upstreams(
     cfg: Config, buffer: CountingBuffer, device_names: Callable[[], list[str]]
-) -> list[tuple[str, Upstream]]:
+) -> list[tuple[str, UpstreamKind]]:
     """Register every upstream's route with the buffer, then make each one on its own cursor."""
     options = cfg.upstream_list
     await buffer.set_upstreams(
         [(o.name, everything if o.route.everything else o.route.matches) for o in options]
     )
     context = UpstreamContext(gateway_id=cfg.gateway.id, device_names=device_names)
-    built: list[tuple[str, Upstream]] = []
+    built: list[tuple[str, UpstreamKind]] = []
     for o in options:
         cls = load_kind(o.kind)
         built.append((o.name, cls(o, buffer.cursor(o.name), context)))

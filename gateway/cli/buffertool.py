@@ -50,7 +50,14 @@ from gateway.config.yamlsrc import YamlError, load_file
 from gateway.delivery import salvage
 from gateway.delivery.buffer import DropReason, Stored
 from gateway.delivery.payload import encode_payload
-from gateway.delivery.schema import ADD_TO_META, APPLICATION_ID, DROPPED_PREFIX, PURGED_KEY, SCHEMA_VERSION
+from gateway.delivery.schema import (
+    ADD_TO_META,
+    APPLICATION_ID,
+    DROPPED_PREFIX,
+    PURGED_KEY,
+    SCHEMA_VERSION,
+    UPSTREAM_DROPPED_PREFIX,
+)
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -221,6 +228,18 @@ class KindCount:
 
 
 @dataclass(frozen=True)
+class UpstreamCount:
+    """One upstream's backlog in the file: events routed to it that it has not acknowledged."""
+
+    name: str
+    events: int
+    bytes: int
+    oldest_seq: int | None
+    dropped: dict[str, int]
+    """Events dropped (by reason) while this upstream had not acknowledged them."""
+
+
+@dataclass(frozen=True)
 class Inspection:
     """What a buffer holds, as of one snapshot."""
 
@@ -247,6 +266,8 @@ class Inspection:
     """For a damaged file: what is wrong with it, and how the events above were recovered from it (they are
     then what could be recovered, not what the file held)."""
     taken_at: float = field(default_factory=time.time)
+    upstreams: list[UpstreamCount] = field(default_factory=list)
+    """Per upstream the gateway registered (a schema 2 file): its backlog and drops."""
 
     def age(self, ts: float | None) -> float | None:
         return None if ts is None else self.taken_at - ts
@@ -268,6 +289,7 @@ class Inspection:
             "dropped": self.dropped,
             "purged": self.purged,
             "damaged": None if self.salvage is None else _salvage_json(self.salvage),
+            "upstreams": [vars(u) for u in self.upstreams],
         }
 
     def render(self) -> str:
@@ -300,6 +322,15 @@ class Inspection:
                 f"seq {k.first_seq}..{k.last_seq}"
                 for k in self.by_kind
             )
+        if self.upstreams:
+            lines.append("by upstream (routed to it, not acknowledged by it):")
+            nw = max(len(u.name) for u in self.upstreams)
+            for u in self.upstreams:
+                drops = " ".join(f"{reason}={n}" for reason, n in sorted(u.dropped.items()) if n) or "none"
+                oldest = "" if u.oldest_seq is None else f"  oldest seq {u.oldest_seq}"
+                lines.append(
+                    f"  {u.name:<{nw}}  {u.events:>9} events  {u.bytes:>12} bytes{oldest}  dropped {drops}"
+                )
         if self.dropped is None:
             lines.append("dropped   unknown (the counters cannot be read)")
         else:
@@ -477,6 +508,7 @@ def _inspect(path: Path) -> Inspection:
                 dropped[key.removeprefix(DROPPED_PREFIX)] = value
             elif key == PURGED_KEY:
                 purged = value
+        upstreams = _upstream_counts(conn)
         conn.execute("COMMIT")
     except sqlite3.Error as err:
         raise _read_error(f"reading {path} failed", err) from None
@@ -495,7 +527,28 @@ def _inspect(path: Path) -> Inspection:
         by_kind=by_kind,
         dropped=dropped,
         purged=purged,
+        upstreams=upstreams,
     )
+
+
+def _upstream_counts(conn: sqlite3.Connection) -> list[UpstreamCount]:
+    """Each registered upstream's backlog (schema 2: the ``upstreams`` table and the ``pending`` bits)."""
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "upstreams" not in tables:
+        return []
+    dropped: dict[str, dict[str, int]] = {}
+    for key, value in conn.execute(
+        "SELECT key, value FROM meta WHERE key LIKE ?", (UPSTREAM_DROPPED_PREFIX + "%",)
+    ):
+        reason, _, name = str(key).removeprefix(UPSTREAM_DROPPED_PREFIX).partition(":")
+        dropped.setdefault(name, {})[reason] = int(value)
+    counts = []
+    for name, bit in conn.execute("SELECT name, bit FROM upstreams ORDER BY name").fetchall():
+        events, nbytes, oldest = conn.execute(
+            "SELECT count(*), coalesce(sum(size), 0), min(seq) FROM events WHERE pending & ?", (bit,)
+        ).fetchone()
+        counts.append(UpstreamCount(str(name), int(events), int(nbytes), oldest, dropped.get(str(name), {})))
+    return counts
 
 
 def _ts_at(conn: sqlite3.Connection, seq: int | None) -> float | None:

@@ -196,7 +196,26 @@ def cmd_check(path: Path) -> int:
     if config is None:
         return EXIT_CONFIG
     print(f"{path}: OK ({len(config.devices)} device{'s' if len(config.devices) != 1 else ''})")
+    for warning in _route_warnings(config):
+        print(f"{path}: warning: {warning}", file=sys.stderr)
     return EXIT_OK
+
+
+def _route_warnings(config: Config) -> list[str]:
+    """Routes that match nothing this config can produce (every device emits device.status; an RFID
+    device with smoothing also emits the smoothing's kinds)."""
+    from drivers.kinds import DEVICE_STATUS, RFID_ARRIVED, RFID_DEPARTED, RFID_FLOW, RFID_MOVED  # noqa: PLC0415
+    from gateway.delivery.upstream import route_warnings  # noqa: PLC0415
+
+    devices = []
+    for d in config.devices:
+        emits = frozenset(d.driver_class.emits)
+        if emits:
+            emits |= {DEVICE_STATUS}
+            if d.smoothing is not None:
+                emits |= {RFID_ARRIVED, RFID_DEPARTED, RFID_FLOW, RFID_MOVED}
+        devices.append((d.name, emits))
+    return route_warnings(config.upstream_list, devices)
 
 
 async def _run_until_signalled(config: Config, logs: LogSetup) -> None:

@@ -134,6 +134,20 @@ class DeviceView:
 
 
 @dataclass
+class UpstreamView:
+    """One upstream of ``upstreams:`` (or the one of ``upstream.mqtt``, named ``mqtt``)."""
+
+    name: str
+    kind: str = "?"
+    up: bool | None = None
+    backlog_events: float = 0.0
+    backlog_bytes: float = 0.0
+    dropped: float = 0.0
+    delivered: float = 0.0
+    errors: float = 0.0
+
+
+@dataclass
 class View:
     """One scrape, reduced to what the status view shows."""
 
@@ -155,6 +169,7 @@ class View:
     latency_count: float = 0.0
     latency_sum: float = 0.0
     devices: dict[str, DeviceView] = field(default_factory=dict)
+    upstreams: dict[str, UpstreamView] = field(default_factory=dict)
 
     @property
     def events_in(self) -> float:
@@ -174,6 +189,15 @@ def parse(text: str) -> View:
         found = view.devices.get(name)
         if found is None:
             found = view.devices[name] = DeviceView(name)
+        return found
+
+    def upstream(labels: dict[str, str]) -> UpstreamView:
+        name = labels.get("upstream", "?")
+        found = view.upstreams.get(name)
+        if found is None:
+            found = view.upstreams[name] = UpstreamView(name)
+        if "kind" in labels:
+            found.kind = labels["kind"]
         return found
 
     gauges: dict[str, Callable[[float], None]] = {
@@ -221,6 +245,18 @@ def parse(text: str) -> View:
                     device(labels)
             elif name in per_device:
                 setattr(device(labels), per_device[name], value)
+            elif name == "edgegw_upstream_backlog_events":
+                upstream(labels).backlog_events = value
+            elif name == "edgegw_upstream_backlog_bytes":
+                upstream(labels).backlog_bytes = value
+            elif name == "edgegw_upstream_dropped_events_total":
+                upstream(labels).dropped += value
+            elif name == "edgegw_upstream_up":
+                upstream(labels).up = value == 1
+            elif name == "edgegw_upstream_delivered_events_total":
+                upstream(labels).delivered = value
+            elif name == "edgegw_upstream_errors_total":
+                upstream(labels).errors += value
     return view
 
 
@@ -304,6 +340,15 @@ def _summary(view: View, r: Rates | None) -> list[tuple[str, str]]:
         if view.latency_count:
             upstream += f", PUBACK after {1000 * view.latency_sum / view.latency_count:.1f} ms on average"
     rows.append(("upstream", upstream))
+    for u in sorted(view.upstreams.values(), key=lambda u: u.name):
+        link = {True: "connected", False: "NOT connected", None: "?"}[u.up]
+        rows.append(
+            (
+                f"  {u.name}",
+                f"{u.kind}, {link}; backlog {_count(u.backlog_events)} events, {_bytes(u.backlog_bytes)}; "
+                f"delivered {_count(u.delivered)}, dropped {_count(u.dropped)}, errors {_count(u.errors)}",
+            )
+        )
     if view.buffer_depth is None:
         rows.append(("backlog", "?"))
     else:

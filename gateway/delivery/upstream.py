@@ -234,3 +234,30 @@ def load_kind(kind: str) -> type[Upstream]:
 def unrouted_devices(route: Route, devices: Sequence[str]) -> bool:
     """Whether no configured device can reach this route (``edgegw check`` warns)."""
     return not any(route.matches_device(d) for d in devices)
+
+
+def route_warnings(
+    upstreams: Sequence[UpstreamOptions], devices: Sequence[tuple[str, frozenset[str]]]
+) -> list[str]:
+    """What ``edgegw check`` warns about: a route that no configured device (by name) or no kind those
+    devices can emit matches. ``devices``: each device's name and the kinds it may emit (empty: not known,
+    any kind assumed)."""
+    warnings = []
+    for u in upstreams:
+        route = u.route
+        reached = [(name, kinds) for name, kinds in devices if route.matches_device(name)]
+        if not reached:
+            warnings.append(
+                f"upstreams: {u.name!r}: its route matches no configured device "
+                f"(devices {route.devices}, exclude_devices {route.exclude_devices}): it will get nothing"
+            )
+            continue
+        if any(not kinds for _, kinds in reached):
+            continue
+        possible = {kind for _, kinds in reached for kind in kinds}
+        if not any(route.matches(name, kind) for name, kinds in reached for kind in kinds):
+            warnings.append(
+                f"upstreams: {u.name!r}: its route matches none of the kinds its devices emit "
+                f"({', '.join(sorted(possible))}): it will get nothing"
+            )
+    return warnings

@@ -65,6 +65,7 @@ from gateway.delivery.buffer import (
     UpstreamShare,
 )
 from gateway.delivery.forwarder import Forwarder
+from gateway.delivery.upstream import Upstream
 from gateway.ops.sdnotify import Progress
 
 if TYPE_CHECKING:
@@ -89,6 +90,8 @@ class Gateway(Protocol):
     def ingest(self) -> Ingest | None: ...
     @property
     def upstream(self) -> object: ...
+    @property
+    def upstreams(self) -> Mapping[str, Upstream]: ...
     @property
     def runners(self) -> Mapping[str, DeviceRunner]: ...
     @property
@@ -336,6 +339,7 @@ class GatewayCollector:
         yield from self._devices()
         yield from self._pipeline()
         yield from self._upstream()
+        yield from self._upstreams()
         yield from self._runtime()
 
     def _devices(self) -> Iterator[Metric]:
@@ -493,6 +497,61 @@ class GatewayCollector:
             s.refused,
         )
         yield _value(_counter("edgegw_upstream_events_resent", "Events published again."), s.resent)
+
+    def _upstreams(self) -> Iterator[Metric]:
+        """Every upstream by name (and kind): its share of the buffer, its link and its bad input."""
+        gw = self.gateway
+        buffer = gw.buffer
+        if buffer is None:
+            return
+        shares = buffer.stats().upstreams
+        kinds = {name: u.kind for name, u in gw.upstreams.items()}
+        events = _gauge(
+            "edgegw_upstream_backlog_events",
+            "Events in the buffer routed to this upstream and not acknowledged by it.",
+            ["upstream", "kind"],
+        )
+        nbytes = _gauge("edgegw_upstream_backlog_bytes", "Bytes of that backlog.", ["upstream", "kind"])
+        dropped = _counter(
+            "edgegw_upstream_dropped_events",
+            "Events dropped from the buffer (by reason) while this upstream had not acknowledged them.",
+            ["upstream", "reason"],
+        )
+        for name, share in sorted(shares.items()):
+            kind = kinds.get(name, "")
+            events.add_metric([name, kind], share.events)
+            nbytes.add_metric([name, kind], share.bytes)
+            for reason, n in sorted(share.dropped.items()):
+                dropped.add_metric([name, reason], n)
+        yield events
+        yield nbytes
+        yield dropped
+        up = _gauge("edgegw_upstream_up", "1 while this upstream is connected.", ["upstream", "kind"])
+        sent = _counter("edgegw_upstream_sent_events", "Events sent, resends included.", ["upstream"])
+        delivered = _counter(
+            "edgegw_upstream_delivered_events", "Events the far end acknowledged.", ["upstream"]
+        )
+        refused = _counter(
+            "edgegw_upstream_refused_events", "Events the far end refused (kept).", ["upstream"]
+        )
+        errors = _counter(
+            "edgegw_upstream_errors",
+            "Bad input and faults of an upstream, by reason.",
+            ["upstream", "reason"],
+        )
+        for name, upstream in sorted(gw.upstreams.items()):
+            st = upstream.stats()
+            up.add_metric([name, upstream.kind], int(st.connected))
+            sent.add_metric([name], st.published)
+            delivered.add_metric([name], st.acked)
+            refused.add_metric([name], st.refused)
+            for reason, n in sorted(upstream.counters.items()):
+                errors.add_metric([name, reason], n)
+        yield up
+        yield sent
+        yield delivered
+        yield refused
+        yield errors
 
     def _runtime(self) -> Iterator[Metric]:
         gw = self.gateway

@@ -1,0 +1,311 @@
+"""Several upstreams over one buffer (issue 14 §1): the `upstreams:` config, routes, one MQTT upstream that is
+down for a long time while another flows, per-upstream backlog in metrics and `edgegw buffer inspect`,
+`edgegw check`'s warning for a route that matches nothing, a crash between two upstreams' acks, and a
+schema 1 buffer file taken over by the first upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drivers.event import Event
+from gateway.cli import buffertool
+from gateway.cli.commands import main as cli_main
+from gateway.config import ConfigError, load_config
+from gateway.config.models import MqttUpstreamOptions
+from gateway.delivery.buffer import SqliteBuffer, everything
+from gateway.delivery.forwarder import MqttUpstream
+from gateway.delivery.upstream import Route, UpstreamContext
+from tests.broker import Mosquitto, Subscriber, free_port
+from tests.waiting import until
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+BASE = """\
+gateway: {id: gw-1}
+buffer: {path: buffer.db}
+"""
+
+
+# ---- config ----------------------------------------------------------------------------------------------
+
+
+def test_upstreams_config_as_the_issue_writes_it(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        BASE
+        + """\
+upstreams:
+  - {name: city, kind: mqtt, url: "mqtt://10.0.0.5:1883", prefix: edgegw}
+  - name: meters
+    kind: mqtt
+    url: mqtts://broker.example:8883
+    route: {kinds: [meter.reading, device.status], exclude_devices: ["lab-*"]}
+    batch_max_events: 50
+    batch_linger_ms: 200
+    encoding: cbor
+    compression: zstd
+    topic_alias: true
+""",
+    )
+    config = load_config(path)
+    city, meters = config.upstream_list
+    assert isinstance(city, MqttUpstreamOptions) and isinstance(meters, MqttUpstreamOptions)
+    assert (city.name, city.kind, city.route.everything) == ("city", "mqtt", True)
+    assert city.client_id == "edgegw-gw-1-city"  # two MQTT upstreams never share a client id
+    assert meters.route.matches("m-1", "meter.reading")
+    assert not meters.route.matches("lab-1", "meter.reading")
+    assert not meters.route.matches("m-1", "rfid.read")
+    assert (meters.encoding, meters.compression, meters.topic_alias) == ("cbor", "zstd", True)
+    # The first MQTT upstream is the primary one: what `upstream.mqtt` readers (status, commands) see.
+    assert config.upstream is not None and config.upstream.mqtt.url == "mqtt://10.0.0.5:1883"
+
+
+def test_upstream_mqtt_is_still_one_upstream_named_mqtt(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, BASE + 'upstream:\n  mqtt: {url: "mqtt://127.0.0.1:1883"}\n'))
+    (only,) = config.upstream_list
+    assert (only.name, only.kind, only.route.everything) == ("mqtt", "mqtt", True)
+    assert isinstance(only, MqttUpstreamOptions) and only.client_id == "edgegw-gw-1"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "upstreams:\n  - {name: a, kind: mqtt, url: 'mqtt://h'}\n  - {name: b, kind: carrier-pigeon}\n",
+            "gateway.yaml:5: upstreams[1].kind: unknown upstream kind 'carrier-pigeon'",
+        ),
+        (
+            "upstreams:\n  - {name: a, kind: mqtt, url: 'mqtt://h'}\n  - {name: a, kind: mqtt, url: 'mqtt://g'}\n",
+            "gateway.yaml:5: upstreams[1].name: duplicate upstream name 'a'",
+        ),
+        (
+            "upstreams:\n  - name: a\n    kind: mqtt\n    url: 'mqtt://h'\n    route: {device: [x]}\n",
+            "gateway.yaml:7: upstreams[0].route.device: unknown key",
+        ),
+        (
+            "upstreams:\n  - {name: a, kind: mqtt, url: 'mqtt://h', encoding: xml}\n",
+            "gateway.yaml:4: upstreams[0].encoding:",
+        ),
+        (
+            "upstreams:\n  - {name: a, kind: mqtt, url: 'mqtt://h', protocol: '3.1.1', compression: zstd}\n",
+            "gateway.yaml:4: upstreams[0].compression: needs protocol '5'",
+        ),
+        (
+            "upstream:\n  mqtt: {url: 'mqtt://h'}\nupstreams:\n  - {name: a, kind: mqtt, url: 'mqtt://h'}\n",
+            "gateway.yaml:3: upstream: give either `upstream`",
+        ),
+    ],
+)
+def test_bad_upstreams_are_rejected_with_file_line_and_field(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, BASE + text))
+    said = [str(p).rpartition("/")[2] for p in caught.value.problems]  # from the file's name on
+    assert any(line.startswith(expected) for line in said), said
+
+
+def test_check_warns_about_a_route_that_matches_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(
+        tmp_path,
+        BASE
+        + """\
+upstreams:
+  - {name: all, kind: mqtt, url: "mqtt://127.0.0.1:1883"}
+  - {name: epb, kind: mqtt, url: "mqtt://127.0.0.1:1883", route: {devices: ["effluent-*"]}}
+  - {name: scada, kind: mqtt, url: "mqtt://127.0.0.1:1883", route: {kinds: [meter.reading]}}
+devices:
+  - {name: gate-1, driver: uhf-r2000, port: /dev/ttyUSB0}
+""",
+    )
+    assert cli_main(["check", "-c", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "'epb': its route matches no configured device" in err
+    assert "'scada': its route matches none of the kinds its devices emit" in err
+    assert "'all'" not in err
+
+
+# ---- one slow upstream never delays another ---------------------------------------------------------------
+
+
+def mqtt_options(name: str, url: str, **extra: Any) -> MqttUpstreamOptions:
+    return MqttUpstreamOptions.model_validate(
+        {
+            "name": name,
+            "url": url,
+            "client_id": f"t-{uuid.uuid4().hex[:8]}",
+            "reconnect": {"initial_s": 0.1, "max_s": 0.2},
+        }
+        | extra
+    )
+
+
+def reading(i: int, device: str = "m-1", kind: str = "meter.reading") -> Event:
+    return Event(device, kind, 1_700_000_000.0 + i, {"i": i})
+
+
+async def test_a_dead_upstream_holds_its_backlog_while_the_other_flows(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    gw = f"gw-{uuid.uuid4().hex[:6]}"
+    dead_port = free_port()
+    buf = await SqliteBuffer.open(tmp_path / "buffer.db")
+    meters = Route(kinds=["meter.*"])
+    await buf.set_upstreams([("city", everything), ("late", meters.matches)])
+    context = UpstreamContext(gateway_id=gw)
+    city = MqttUpstream(mqtt_options("city", broker.url), buf.cursor("city"), context)
+    late = MqttUpstream(mqtt_options("late", f"mqtt://127.0.0.1:{dead_port}"), buf.cursor("late"), context)
+    tasks = [asyncio.create_task(city.run()), asyncio.create_task(late.run())]
+    try:
+        async with Subscriber(broker, f"edgegw/{gw}/+/+") as sub:
+            await buf.append([reading(i) for i in range(20)] + [reading(99, "gate-1", "rfid.read")])
+            messages = await sub.wait_count(21)
+            assert sorted(json.loads(m.payload)["seq"] for m in messages) == list(range(1, 22))
+            await until("city's acks committed", lambda: buf.stats().upstreams["city"].events == 0)
+            shares = buf.stats().upstreams
+            assert shares["late"].events == 20  # only what its route takes, held for it
+            assert buf.stats().depth == 20  # one copy each; the rfid.read is gone (city acked it)
+            assert not late.connected and city.connected
+        # The late broker comes up (its subscriber first: then the upstream, so nothing goes by unseen): its
+        # backlog goes there, every event once, in order.
+        tasks[1].cancel()
+        await asyncio.gather(tasks[1], return_exceptions=True)
+        second = Mosquitto(port=dead_port)
+        second.start()
+        try:
+            async with Subscriber(second, f"edgegw/{gw}/+/+") as sub2:
+                late = MqttUpstream(late.options, buf.cursor("late"), context)
+                tasks[1] = asyncio.create_task(late.run())
+                got = await sub2.wait_count(20, timeout=20)
+                assert [json.loads(m.payload)["seq"] for m in got][:20] == list(range(1, 21))
+                await until("late's acks committed", lambda: buf.stats().depth == 0)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            second.close()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await buf.close()
+
+
+# ---- inspect, crash, migration ----------------------------------------------------------------------------
+
+
+async def test_buffer_inspect_shows_each_upstreams_backlog(tmp_path: Path) -> None:
+    path = tmp_path / "buffer.db"
+    buf = await SqliteBuffer.open(path)
+    await buf.set_upstreams([("city", everything), ("scada", Route(kinds=["meter.*"]).matches)])
+    seqs = await buf.append([reading(0), reading(1), reading(2, "gate-1", "rfid.read")])
+    await buf.cursor("city").ack(seqs)
+    await buf.append([reading(3)])
+    await buf.close()
+    found = buffertool.inspect(path)
+    by_name = {u.name: u for u in found.upstreams}
+    assert (by_name["city"].events, by_name["scada"].events) == (1, 3)
+    assert by_name["scada"].oldest_seq == seqs[0]
+    text = found.render()
+    assert "by upstream" in text and "scada" in text
+    assert found.to_json()["upstreams"][0]["name"] == "city"
+
+
+CHILD = """
+import asyncio, os, sys
+from drivers.event import Event
+from gateway.delivery.buffer import SqliteBuffer, everything
+
+async def main(path):
+    buf = await SqliteBuffer.open(path)
+    await buf.set_upstreams([("a", everything), ("b", everything)])
+    seqs = await buf.append([Event("d", "k", 1.0, {"i": i}) for i in range(50)])
+    await buf.cursor("a").ack(seqs)
+    await buf.append([Event("d", "k", 2.0, {"i": 50})])  # a's acks are committed with this
+    os.write(1, b"acked-a\\n")
+    await asyncio.sleep(3600)  # killed here, before b acknowledges anything
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def test_kill_9_between_two_upstreams_acks_loses_nothing_and_deletes_nothing_early(tmp_path: Path) -> None:
+    path = tmp_path / "buffer.db"
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE)
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == b"acked-a\n"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+
+    async def reopen() -> tuple[list[int], list[int]]:
+        buf = await SqliteBuffer.open(path)
+        try:
+            await buf.set_upstreams([("a", everything), ("b", everything)])
+            a = [r.seq for r in await buf.cursor("a").read(0, 1000)]
+            b = [r.seq for r in await buf.cursor("b").read(0, 1000)]
+            return a, b
+        finally:
+            await buf.close()
+
+    a, b = asyncio.run(reopen())
+    assert a == [51]  # nothing a acknowledged comes back to a
+    assert b == list(range(1, 52))  # nothing deleted before b acknowledged it
+
+
+def make_schema_1_file(path: Path) -> None:
+    """A buffer as edgegw wrote it before several upstreams (schema 1: no pending column)."""
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        """
+        PRAGMA journal_mode = WAL;
+        CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, device TEXT NOT NULL, kind TEXT NOT NULL,
+            ts REAL NOT NULL, data BLOB NOT NULL, size INTEGER NOT NULL);
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+        INSERT INTO meta VALUES ('dropped.dropped_oldest', 7);
+        PRAGMA application_id = 1162303298;
+        PRAGMA user_version = 1;
+        """
+    )
+    for i in range(3):
+        data = json.dumps({"i": i}, separators=(",", ":")).encode()
+        conn.execute(
+            "INSERT INTO events (device, kind, ts, data, size) VALUES (?, ?, ?, ?, ?)",
+            ("m-1", "meter.reading", 1.5 + i, data, len(data) + 24 + 3 + 13),
+        )
+    conn.commit()
+    conn.close()
+
+
+async def test_a_schema_1_buffer_is_taken_over_by_the_first_upstream(tmp_path: Path) -> None:
+    path = tmp_path / "buffer.db"
+    make_schema_1_file(path)
+    buf = await SqliteBuffer.open(path)
+    try:
+        assert buf.stats().depth == 3 and buf.stats().dropped["dropped_oldest"] == 7
+        await buf.set_upstreams([("mqtt", everything), ("scada", everything)])
+        assert [r.seq for r in await buf.cursor("mqtt").read(0, 10)] == [1, 2, 3]  # its backlog kept
+        assert await buf.cursor("scada").read(0, 10) == []  # new: from now on
+        new = await buf.append([reading(9)])
+        assert [r.seq for r in await buf.cursor("scada").read(0, 10)] == new
+    finally:
+        await buf.close()
