@@ -399,6 +399,8 @@ def _r2000_reply(reply: r2000.Reply) -> tuple[str, Record, list[str]]:
         return "firmware version", {"version": f"{reply.major}.{reply.minor}"}, []
     if isinstance(reply, r2000.WorkAntenna):
         return "work antenna", {"antenna": reply.antenna}, []
+    if isinstance(reply, r2000.OutputPower):
+        return "output power (dBm)", {"power_dbm": list(reply.powers)}, []
     status = _r2000_status(reply.code)
     doubts = [] if status.name else [f"status code 0x{reply.code:02X} is not one the protocol defines"]
     return "command status", {"command": _r2000_command(reply.command), "status": status}, doubts
@@ -425,6 +427,10 @@ def _r2000_request(request: r2000.Request) -> tuple[str, Record]:
         return "get the firmware version", {}
     if isinstance(request, r2000.GetWorkAntenna):
         return "get the work antenna", {}
+    if isinstance(request, r2000.SetOutputPower):
+        return "set the output power (dBm)", {"power_dbm": list(request.powers)}
+    if isinstance(request, r2000.GetOutputPower):
+        return "get the output power", {}
     return "reset the reader", {}
 
 
@@ -579,6 +585,11 @@ def _dlt645_request(out: Decoded, request: dlt645.Request) -> None:
         out.read(*_MASTER_TO_METER, "read data", {"di": _dlt645_di(request.di)})
     elif isinstance(request, dlt645.ReadFollowUp):
         out.read(*_MASTER_TO_METER, "read follow-up data", {"di": _dlt645_di(request.di), "seq": request.seq})
+    elif isinstance(request, dlt645.BroadcastTime):
+        when = dt.datetime(
+            request.year, request.month, request.day, request.hour, request.minute, request.second
+        )
+        out.read(*_MASTER_TO_METER, "broadcast time (every meter sets its clock)", {"time": when.isoformat()})
     else:
         out.read(*_MASTER_TO_METER, "read address", {})
 
