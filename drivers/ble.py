@@ -37,7 +37,8 @@ sensors), Ruuvi RAWv2, iBeacon, Eddystone UID/URL/TLM. An advert of none of thes
 ``format: raw`` only with ``raw: true`` (else counted in ``adverts_unknown``). One that claims a format but
 does not decode is counted in ``decode_errors`` and in the reason's own counter (``bthome_decrypt_failed``,
 ``ruuvi_bad_length``, ...), never emitted; a BTHome payload with unknown or out-of-order objects keeps what
-decoded and counts the rest.
+decoded and counts the rest. An encrypted BTHome advert whose counter did not increase is an old one sent
+again: counted (``bthome_replayed``), not reported.
 
 Event ``ble.advert``, data: ``address``, ``rssi``, ``name``, ``format``, ``values`` (name -> number),
 ``units`` (name -> unit), for beacons ``uuid``, ``major``, ``minor``, ``tx_power`` (Eddystone-URL adds
@@ -107,6 +108,11 @@ REPLAY_LINES_SKIPPED: Final = "replay_lines_skipped"
 """Lines of a replay file that are not an advert (each logged as FILE:LINE)."""
 SCANNER_DROPPED: Final = "scanner_dropped"
 """Adverts the scanner heard while the loop was :data:`SOURCE_CAPACITY` adverts behind: dropped."""
+
+BTHOME_REPLAYED: Final = "bthome_replayed"
+"""Encrypted BTHome adverts whose counter did not increase (an old advert sent again): not reported."""
+COUNTER_RESTART: Final = 16
+"""An encrypted BTHome counter below this is taken as the sensor counting again from 0 (a new battery)."""
 
 REPLAY_ENDED: Final = "replay_ended"
 """The ``device.status`` state of a replay that played its file to the end (without ``replay_loop``)."""
@@ -388,6 +394,8 @@ class BleDriver(Driver[BleOptions]):
         super().__init__(device, options)
         self._filter = _Filter(options)
         self._seen: dict[str, tuple[tuple[object, ...], float]] = {}
+        self._counters: dict[str, int] = {}
+        """The last encryption counter of each encrypted BTHome sensor (those with a bind key: bounded)."""
         self._keys = {
             address: bytes.fromhex(key.get_secret_value()) for address, key in options.bindkeys.items()
         }
@@ -456,6 +464,7 @@ class BleDriver(Driver[BleOptions]):
         played = skipped = rounds = 0
         while True:
             rounds += 1
+            self._counters.clear()  # the capture's encrypted adverts are not replay attacks, each round
             start = loop.time()
             first: float | None = None
             with path.open("rb") as lines:
@@ -525,6 +534,13 @@ class BleDriver(Driver[BleOptions]):
         for decoded in found:
             for problem in decoded.problems:
                 ctx.count(problem, 1)
+            counter = decoded.values.get("encryption_counter") if decoded.format == "bthome" else None
+            if counter is not None:
+                previous = self._counters.get(address)
+                if previous is not None and previous >= counter >= COUNTER_RESTART:
+                    ctx.count(BTHOME_REPLAYED, 1)  # an old advert sent again: bthome.io/encryption
+                    continue
+                self._counters[address] = int(counter)
             if self._formats and decoded.format not in self._formats:
                 ctx.count(ADVERTS_FILTERED, 1)
                 continue

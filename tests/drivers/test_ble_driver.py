@@ -21,6 +21,7 @@ from drivers import ble, interfaces
 from drivers.ble import (
     ADVERTS_SUPPRESSED,
     ADVERTS_UNKNOWN,
+    BTHOME_REPLAYED,
     REPLAY_ENDED,
     REPLAY_LINES_SKIPPED,
     BleDriver,
@@ -32,7 +33,15 @@ from drivers.kinds import BLE_ADVERT
 from drivers.testing import Harness, running
 from firmware_sim import ble as sim
 from gateway.config import ConfigError, load_config
-from protocols.ble_adverts import BTHOME_NO_KEY, BTHOME_UUID, Advert, advert_from_json, advert_to_json
+from protocols.ble_adverts import (
+    BTHOME_NO_KEY,
+    BTHOME_UUID,
+    Advert,
+    advert_from_json,
+    advert_to_json,
+    encode_bthome,
+    encrypt_bthome,
+)
 from protocols.errors import DecodeError
 from tests.drivers.blefake import Air, FakeScanner
 
@@ -368,3 +377,22 @@ async def test_a_quiet_device_on_a_busy_adapter_is_not_restarted(air: type[Air])
             await run.until_events(BLE_ADVERT, len(adverts(run, "busy")) + 1, device="busy")
             await asyncio.sleep(0.05)  # the adapter keeps hearing while the picky device hears nothing
         assert len(air.started) == 1 and "disconnected" not in run.states()
+
+
+async def test_an_encrypted_bthome_advert_sent_again_is_not_reported(air: type[Air]) -> None:
+    sealed = sim.adverts()[2]
+    mac = bytes.fromhex(sealed.address.replace(":", ""))
+    key = bytes.fromhex(sim.BTHOME_BINDKEY)
+    body = encode_bthome([(0x02, 2506), (0x03, 5055)])
+
+    def with_counter(n: int) -> Advert:
+        data = encrypt_bthome(body, mac=mac, bindkey=key, counter=n)
+        return Advert(sealed.address, -60, None, service_data={BTHOME_UUID: data})
+
+    async with devices(keyed={"adapter": "hci0", "bindkeys": {sealed.address: sim.BTHOME_BINDKEY}}) as run:
+        await run.until_state("connected")
+        for counter in (100, 101, 100, 99, 3, 4):  # two replays, then the sensor counting again from 0
+            air.advertise(with_counter(counter))
+        await run.until_events(BLE_ADVERT, 4)
+        await run.until("the replays counted", lambda: run.counters().get(BTHOME_REPLAYED, 0) == 2)
+    assert [a["values"]["encryption_counter"] for a in adverts(run)] == [100, 101, 3, 4]
