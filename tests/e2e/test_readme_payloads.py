@@ -4,7 +4,8 @@ Every fenced ``json`` block of README.md is an upstream message as a subscriber 
 (``edgegw run`` as a child process) runs the devices those examples name, each against its simulator on a real
 pty or TCP port, into a private mosquitto: ``reader-1`` (R2000 on a pty, with tag smoothing and the raw reads
 forwarded), ``gantry-north`` (LLRP on TCP), ``meter-3`` (Modbus TCP) and ``meter-7`` (DL/T 645 on a pty),
-``cabinet-1`` and ``gate-1`` (ble, replaying config/examples/ble-adverts.jsonl). What arrives, plus what the
+``cabinet-1`` and ``gate-1`` (ble, replaying config/examples/ble-adverts.jsonl), ``gps-1`` (an NMEA receiver
+on a pty). What arrives, plus what the
 buffer still holds after the stop (the stop's own events), is compared with the examples. An example stands
 for the messages of its device and kind (of its ``state`` from any device, for ``device.status``); some must
 have arrived, and each of them has the example's keys, at every level, with the example's JSON types: an
@@ -30,6 +31,7 @@ from typing import Any
 import pytest
 
 from firmware_sim import dlt645 as dlt645_sim
+from firmware_sim import gps as gps_sim
 from firmware_sim import llrp as llrp_sim
 from firmware_sim import modbus as modbus_sim
 from firmware_sim import r2000 as r2000_sim
@@ -217,6 +219,7 @@ class Sims:
     gantry: llrp_sim.LlrpSimulator
     meters: modbus_sim.ModbusSimulator
     revenue: dlt645_sim.Dlt645Simulator
+    receiver: gps_sim.GpsSimulator
 
 
 @asynccontextmanager
@@ -237,7 +240,10 @@ async def simulators(tmp_path: Path, epcs: tuple[bytes, ...]) -> AsyncIterator[S
         revenue = await stack.enter_async_context(
             dlt645_sim.serve_pty(tmp_path / "ttyRevenue", dlt645_sim.SimOptions(meters=(METER_7,)))
         )
-        yield Sims(reader, gantry, meters, revenue)
+        receiver = await stack.enter_async_context(
+            gps_sim.serve_pty(tmp_path / "ttyGPS", gps_sim.SimOptions(epoch_s=0.2, speedup=10.0))
+        )
+        yield Sims(reader, gantry, meters, revenue, receiver)
 
 
 def site(tmp_path: Path, broker: Mosquitto, gateway_id: str, sims: Sims) -> Path:
@@ -292,6 +298,10 @@ def site(tmp_path: Path, broker: Mosquitto, gateway_id: str, sims: Sims) -> Path
     replay: {BLE_CAPTURE}
     replay_speed: 0
     formats: [ibeacon]
+  - name: gps-1
+    driver: gps
+    port: {tmp_path / "ttyGPS"}
+    every_m: 50
 """,
     )
 
@@ -332,7 +342,7 @@ async def test_the_examples_are_what_the_simulators_produce(tmp_path: Path, brok
     wanted: dict[Key, list[tuple[int, dict[str, Any]]]] = {}
     for line, example in examples:
         wanted.setdefault(key_of(example), []).append((line, example))
-    devices = {"reader-1", "gantry-north", "meter-3", "meter-7", "cabinet-1", "gate-1"}
+    devices = {"reader-1", "gantry-north", "meter-3", "meter-7", "cabinet-1", "gate-1", "gps-1"}
     assert {device for device, _, _ in wanted} <= {"", *devices}, "an example of a device not run here"
     epcs = tuple(bytes.fromhex(e["data"]["epc"]) for _, e in examples if "epc" in e["data"])
     epcs = tuple(dict.fromkeys(epcs + EXTRA_TAGS))
