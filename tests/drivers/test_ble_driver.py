@@ -9,6 +9,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from drivers.ble import (
 )
 from drivers.counters import DECODE_ERRORS
 from drivers.errors import ConnectionLost
-from drivers.kinds import BLE_ADVERT
+from drivers.kinds import BLE_ADVERT, DEVICE_STATUS
 from drivers.testing import Harness, running
 from firmware_sim import ble as sim
 from gateway.config import ConfigError, load_config
@@ -396,3 +397,18 @@ async def test_an_encrypted_bthome_advert_sent_again_is_not_reported(air: type[A
         await run.until_events(BLE_ADVERT, 4)
         await run.until("the replays counted", lambda: run.counters().get(BTHOME_REPLAYED, 0) == 2)
     assert [a["values"]["encryption_counter"] for a in adverts(run)] == [100, 101, 3, 4]
+
+
+async def test_a_replay_keeps_the_recorded_spacing_divided_by_its_speed(tmp_path: Path) -> None:
+    plain = [sim.adverts()[i] for i in (0, 1, 3)]  # BTHome, BTHome, Ruuvi: none needs a key
+    recorded = [replace(a, ts=1000.0 + 2.0 * i) for i, a in enumerate(plain)]  # 2 s apart
+    capture = tmp_path / "spaced.jsonl"
+    capture.write_text("".join(advert_to_json(a) + "\n" for a in recorded))
+    async with devices(paced={"replay": str(capture), "replay_speed": 20}) as run:
+        await run.until_state(REPLAY_ENDED)
+    stamps = [e.ts for e in run.of(BLE_ADVERT)]
+    (connected,) = [e.ts for e in run.of(DEVICE_STATUS) if e.data["state"] == "connected"]
+    assert len(stamps) == 3
+    # the i-th advert is played no sooner than i x 2 s / 20 after the replay began (it began after the
+    # device reported connected): a lower bound, so never a race
+    assert all(stamp - connected >= i * 0.1 - 0.005 for i, stamp in enumerate(stamps))
