@@ -28,7 +28,7 @@ EXAMPLE = "substation-sparkplug.yaml"
 FLOAT, UINT16, DOUBLE, BOOLEAN = 9, 6, 10, 11
 
 
-def site(tmp_path: Path, broker: Mosquitto, group: str, host_id: str, tty: Path, pd_port: int) -> Path:
+def site(tmp_path: Path, broker: Mosquitto, group: str, host_id: str, *, tty: Path, pd_port: int) -> Path:
     config: dict[str, Any] = load_example(EXAMPLE)
     config["gateway"]["id"] = "e2e-substation-sp"
     config["buffer"]["path"] = str(tmp_path / "buffer.db")
@@ -59,7 +59,7 @@ async def test_substation_reports_to_a_sparkplug_host_and_the_city(tmp_path: Pat
         await stack.enter_async_context(modbus_sim.serve_pty(tty, {1: "energy-meter", 2: "energy-meter"}))
         pd = await stack.enter_async_context(modbus_sim.serve_tcp("127.0.0.1", 0, {1: "pd-monitor"}))
         assert pd.port is not None
-        gateway = GatewayProcess(site(tmp_path, broker, group, host_id, tty, pd.port))
+        gateway = GatewayProcess(site(tmp_path, broker, group, host_id, tty=tty, pd_port=pd.port))
         await gateway.start()
         try:
             # The city gets readings at once; the SCADA's births wait for its host to be online.
