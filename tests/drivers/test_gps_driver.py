@@ -10,11 +10,13 @@ import datetime as dt
 import itertools
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from drivers.counters import BYTES_SKIPPED, DECODE_ERRORS, FRAMES_REJECTED
@@ -32,6 +34,7 @@ from drivers.testing import Harness, running
 from firmware_sim.gps import Faults, GpsSimulator, SimOptions, serve_pty, serve_tcp
 from gateway.config import ConfigError, load_config
 from protocols import nmea
+from protocols.errors import DecodeError
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -338,3 +341,67 @@ def test_a_position_without_time_is_no_fix_and_no_time_yet_is_a_status() -> None
         checksum ^= byte
     feed(fixes, b"$" + body + f"*{checksum:02X}\r\n".encode())
     assert record.fixes() == [] and record.counts[DECODE_ERRORS] == 1
+
+
+# -- hypothesis on the parsing path: a damaged stream through framer, decoder and fix maker ----------------
+
+_EPOCH = b"".join(
+    [
+        nmea.rmc(dt.time(8, 0, 1), dt.date(2026, 12, 3), 30.25, 120.16, speed_knots=19.4, course_deg=17.3),
+        nmea.vtg(17.3, 36.0),
+        nmea.gga(dt.time(8, 0, 1), 30.25, 120.16),
+        nmea.gsa([1, 2, 3, 4, 5]),
+        nmea.gga(dt.time(8, 0, 2), None, None),
+        nmea.rmc(dt.time(8, 0, 2), dt.date(2026, 12, 3), None, None),
+        nmea.gga(dt.time(8, 0, 3), -33.9, -70.6),
+    ]
+)
+
+
+@given(
+    damage=st.lists(
+        st.tuples(st.integers(0, len(_EPOCH) - 1), st.sampled_from(["flip", "cut", "blank", "insert"])),
+        max_size=6,
+    ),
+    seed=st.binary(min_size=1, max_size=8),
+    cuts=st.lists(st.integers(0, len(_EPOCH)), max_size=5),
+)
+@settings(max_examples=300)
+def test_a_damaged_stream_makes_only_real_fixes(
+    damage: list[tuple[int, str]], seed: bytes, cuts: list[int]
+) -> None:
+    """Bad checksums, truncated sentences, emptied fields, inserted junk, in any chunks: never a raise, never
+    a fix at 0,0 or without a position, and every fix one of the positions sent."""
+    stream = bytearray(_EPOCH)
+    for where, how in sorted(damage, reverse=True):
+        at = min(where, len(stream) - 1)
+        if how == "flip":
+            stream[at] ^= seed[at % len(seed)] | 1
+        elif how == "cut":
+            del stream[at : at + 1 + seed[0] % 40]
+        elif how == "blank":  # an emptied field: the text up to the next comma goes, checksum fixed up
+            line_start = stream.rfind(b"$", 0, at + 1)
+            star = stream.find(b"*", at)
+            comma = stream.find(b",", at)
+            if 0 <= line_start < at and 0 <= comma < star:
+                del stream[at:comma]
+                star = stream.find(b"*", line_start)
+                body = bytes(stream[line_start + 1 : star])
+                checksum = 0
+                for byte in body:
+                    checksum ^= byte
+                stream[star + 1 : star + 3] = f"{checksum:02X}".encode()
+        else:
+            stream[at:at] = seed
+    fixes, record = maker(clock=dt.datetime(2026, 12, 3, 8, 0, tzinfo=dt.UTC).timestamp(), every_s=0.5)
+    framer = nmea.NmeaFramer()
+    points = sorted({c for c in cuts if 0 < c < len(stream)})
+    for a, b in itertools.pairwise([0, *points, len(stream)]):
+        for sentence in framer.feed(bytes(stream[a:b])):
+            with suppress(DecodeError):
+                fixes.sentence(nmea.decode(sentence))
+    sent = {(30.25, 120.16), (-33.9, -70.6)}
+    for fix in record.fixes():
+        assert fix["lat"] is not None and fix["lon"] is not None
+        assert (fix["lat"], fix["lon"]) != (0, 0)
+        assert any(abs(fix["lat"] - lat) < 1e-6 and abs(fix["lon"] - lon) < 1e-6 for lat, lon in sent), fix
