@@ -51,6 +51,14 @@ its own transport) costs more CPU per request than its framer, and its retries, 
 belong to the bus (which would otherwise lose a shared TCP connection to a few timeouts of one dead unit,
 taking every healthy unit behind the same converter with it).
 
+Commands (:mod:`drivers.commands`): ``write`` (``{"point": NAME, "value": V}`` or ``{"values": {NAME: V}}``)
+sets points marked ``writable: true`` (holding registers and coils), each value checked against the point's
+type, ``min``, ``max`` and ``enum`` and whether its register can hold it before anything is sent
+(:func:`encode_write`: a refusal reaches nothing), then written with function 05, 06, 15 or 16
+(:func:`plan_writes` merges neighbours; a bit of a register is read and written back); ``read``
+(``{"points": [...]}`` or ``{}``) reads points now. Both go on the bus as urgent requests
+(:meth:`drivers.bus.Port.request`): the next turn of the line, never behind a whole poll cycle.
+
 The driver stands on :mod:`drivers.polled` (the schedules, their stagger and ``polls_missed``, the events)
 and :mod:`drivers.link` (the link's keys and opening).
 """

@@ -36,6 +36,11 @@ Example (pytest with pytest-asyncio; any asyncio test runner will do)::
         assert run.counters("reader-1")[FRAMES_REJECTED] > 0
         assert all(read["antenna"] == 1 for read in run.data(RFID_READ))
 
+A driver's commands are sent as the gateway sends them once the device is connected, ``args`` validated
+against the command's model in strict JSON mode: ``await run.command("meter-1", "write", {"point":
+"ct_primary_a", "value": 250})`` returns the result's ``data`` or raises what the driver raised
+(:class:`~drivers.commands.CommandRefused`, :class:`~drivers.commands.CommandFailed`, ...).
+
 What the harness does not do, the gateway does: it keeps no bounded queue (every event is recorded; a
 driver's :meth:`~drivers.base.DeviceContext.room` returns at once unless the test holds the pipeline
 congested with :meth:`Harness.congestion`), runs no processors, stores nothing. Recording stops when
