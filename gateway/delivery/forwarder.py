@@ -48,9 +48,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal, Protocol
 
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
 from gateway.backoff import Backoff
 from gateway.config.models import MqttConfig, MqttUpstreamOptions
 from gateway.delivery.buffer import Buffer, Stored
+from gateway.delivery.encoding import Compression, Encoding, MessageCodec
 from gateway.delivery.mqtt import (
     MqttConnectError,
     MqttConnection,
@@ -90,6 +94,14 @@ class ForwarderSettings:
     """Bound on unacknowledged publishes (messages, including the status message)."""
     batch_max_events: int = 1
     """1: one event per message. >1: up to this many pending events of one device and kind per message."""
+    batch_linger_ms: int = 0
+    """With batching: how long fewer than ``batch_max_events`` pending events wait for more (0: not)."""
+    encoding: Encoding = "json"
+    """json (the documented JSON), cbor or msgpack: :mod:`gateway.delivery.encoding`."""
+    compression: Compression | None = None
+    """zstd or gzip of each message (None: none)."""
+    topic_alias: bool = False
+    """MQTT 5 topic aliases, up to the broker's Topic Alias Maximum."""
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     tls: bool = False
@@ -111,6 +123,10 @@ class ForwarderSettings:
             raise ValueError("max_inflight must be >= 1")
         if self.batch_max_events < 1:
             raise ValueError("batch_max_events must be >= 1")
+        if self.batch_linger_ms < 0:
+            raise ValueError("batch_linger_ms must be >= 0")
+        if self.protocol != "5" and (self.encoding != "json" or self.compression or self.topic_alias):
+            raise ValueError("encoding, compression and topic_alias need MQTT 5 (its properties say how)")
         if self.reconnect_initial_s <= 0 or self.reconnect_max_s < self.reconnect_initial_s:
             raise ValueError("need 0 < reconnect_initial_s <= reconnect_max_s")
         for name, value in (("gateway_id", self.gateway_id), ("prefix", self.prefix)):
@@ -176,6 +192,15 @@ class Forwarder:
         self._reconnect = Backoff(settings.reconnect_initial_s, settings.reconnect_max_s)
         self._topics: dict[tuple[str, str], tuple[str, bytes]] = {}
         self._id_head = id_head(settings.gateway_id)
+        self._codec = MessageCodec(settings.gateway_id, settings.encoding, settings.compression)
+        self._general = not self._codec.default or settings.topic_alias
+        """Not the one path for the default JSON: encode through the codec, with properties."""
+        self._properties = self._codec.properties()
+        self._aliases: dict[tuple[str, str], Properties] = {}  # this connection's topic aliases
+        self._alias_max = 0
+        self._linger_s = settings.batch_linger_ms / 1000 if settings.batch_max_events > 1 else 0.0
+        self._linger_until: float | None = None
+        self._linger_timer: asyncio.TimerHandle | None = None
         self._max_sent_seq = 0
         self._refused_unlogged = 0
         self._refusal_logged_at = -REFUSAL_LOG_INTERVAL_S
@@ -356,6 +381,8 @@ class Forwarder:
         self._lost = False
         self._pending.clear()
         self._probe_mid = None
+        self._aliases.clear()
+        self._alias_max = conn.topic_alias_maximum if s.topic_alias else 0
         window = s.max_inflight
         if conn.receive_maximum is not None:
             window = max(1, min(window, conn.receive_maximum))
@@ -407,6 +434,12 @@ class Forwarder:
                             cursor = rows[-1].seq
                         else:
                             caught_up = request
+                    if ahead and self._linger_s and self._lingering(len(ahead)):
+                        if waiter is None or waiter.done():
+                            waiter = asyncio.ensure_future(buffer.wait_for_new(cursor))
+                            waiter.add_done_callback(self._waiter_done)
+                        await wake.wait()
+                        continue
                     if ahead:
                         chunk = [ahead.popleft() for _ in range(min(len(ahead), want))]
                         try:
@@ -426,6 +459,33 @@ class Forwarder:
         finally:
             if waiter is not None and not waiter.done():
                 waiter.cancel()
+            if self._linger_timer is not None:
+                self._linger_timer.cancel()
+                self._linger_timer = None
+            self._linger_until = None
+
+    def _lingering(self, have: int) -> bool:
+        """With ``batch_linger_ms``: whether ``have`` pending events (fewer than a full batch) should wait
+        for more, at most the linger from when the first of them was in hand. A drain or stop never waits."""
+        if have >= self.settings.batch_max_events or self._draining or self._stop.is_set():
+            self._linger_until = None
+            return False
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._linger_until is None:
+            self._linger_until = now + self._linger_s
+        if now >= self._linger_until:
+            self._linger_until = None
+            return False
+        if self._linger_timer is None or self._linger_timer.when() > self._linger_until:
+            if self._linger_timer is not None:
+                self._linger_timer.cancel()
+            self._linger_timer = loop.call_at(self._linger_until, self._linger_done)
+        return True
+
+    def _linger_done(self) -> None:
+        self._linger_timer = None
+        self._wake.set()
 
     def _waiter_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -434,6 +494,9 @@ class Forwarder:
 
     def _publish(self, conn: MqttConnection, rows: Sequence[Stored], space: int) -> tuple[int, int]:
         """Publish ``rows`` (at most ``space`` messages); return (last seq published, rows consumed)."""
+        self._linger_until = None
+        if self._general:
+            return self._publish_general(conn, rows, space)
         publish = conn.publish
         pending = self._pending
         topics = self._topics
@@ -497,6 +560,56 @@ class Forwarder:
         self.resent += resent
         self.max_inflight_seen = max(self.max_inflight_seen, len(pending))
         return last, consumed
+
+    def _publish_general(self, conn: MqttConnection, rows: Sequence[Stored], space: int) -> tuple[int, int]:
+        """:meth:`_publish` through the codec (another encoding, compression) and with properties (the
+        content type, the codec, a topic alias)."""
+        pending = self._pending
+        codec = self._codec
+        batch = self.settings.batch_max_events
+        max_sent = self._max_sent_seq
+        consumed = messages = resent = 0
+        n = len(rows)
+        while consumed < n and messages < space:
+            first = rows[consumed]
+            key = (first.device, first.kind)
+            end = consumed + 1
+            while (
+                end < n and end - consumed < batch and rows[end].device == key[0] and rows[end].kind == key[1]
+            ):
+                end += 1
+            group = rows[consumed:end]
+            topic, props = self._topic_and_properties(key)
+            seqs = tuple(r.seq for r in group)
+            pending[conn.publish(topic, codec.encode(group, batch=batch > 1), properties=props)] = seqs
+            resent += sum(1 for seq in seqs if seq <= max_sent)
+            messages += 1
+            consumed = end
+        last = rows[consumed - 1].seq
+        self._max_sent_seq = max(max_sent, last)
+        if self._probe_mid is None and self.latency_observer is not None and pending:
+            self._probe_mid = next(reversed(pending))
+            self._probe_sent = time.monotonic()
+        self.published += consumed
+        self.resent += resent
+        self.max_inflight_seen = max(self.max_inflight_seen, len(pending))
+        return last, consumed
+
+    def _topic_and_properties(self, key: tuple[str, str]) -> tuple[str, Properties | None]:
+        """The topic to publish on and the properties: with topic aliases, the first message on a topic
+        (per connection) names it and sets its alias, later ones send the empty topic and the alias."""
+        entry = self._topics.get(key)
+        if entry is None:
+            entry = self._topic_entry(key)
+        props = self._aliases.get(key)
+        if props is not None:
+            return "", props
+        if len(self._aliases) < self._alias_max:
+            props = self._codec.properties() or Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.TopicAlias = len(self._aliases) + 1
+            self._aliases[key] = props
+            return entry[0], props
+        return entry[0], self._properties
 
     def _topic_entry(self, key: tuple[str, str]) -> tuple[str, bytes]:
         device, kind = key
@@ -613,6 +726,10 @@ def settings_from(options: UpstreamOptions, gateway_id: str) -> ForwarderSetting
         keepalive_s=mqtt.keepalive_s,
         max_inflight=mqtt.max_inflight,
         batch_max_events=mqtt.batch_max_events,
+        batch_linger_ms=mqtt.batch_linger_ms,
+        encoding=mqtt.encoding,
+        compression=mqtt.compression,
+        topic_alias=mqtt.topic_alias,
         username=mqtt.username,
         password=mqtt.password.get_secret_value() if mqtt.password is not None else None,
         tls=mqtt.tls_enabled,

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 import threading
 from collections.abc import Callable
@@ -66,6 +67,7 @@ class Incoming:
 MessageCallback = Callable[[Incoming], None]
 
 _MISC_INTERVAL_S = 1.0
+_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 DISCONNECT_GRACE_S = 5.0
 """How long :meth:`MqttConnection.disconnect` waits for DISCONNECT to go out before closing the socket."""
 
@@ -152,10 +154,15 @@ class MqttConnection:
         connect_timeout_s: float = 10.0,
         on_message: MessageCallback | None = None,
         session_expiry_s: int | None = None,
+        no_delay: bool = False,
     ) -> None:
         """``session_expiry_s``: None (the default) starts a clean session on every connect; a number keeps
         a persistent session (MQTT 5: clean start off and this Session Expiry Interval; 3.1.1: clean session
-        off, the broker's own expiry)."""
+        off, the broker's own expiry). ``no_delay``: for a connection whose messages are few and waited
+        for (commands): TCP_NODELAY on the socket, and (Linux) TCP_QUICKACK re-armed after every read, so
+        that neither side's Nagle waits on the other's delayed ACK (up to some 40 ms each time: Mosquitto
+        keeps Nagle on by default, and holds a request for the gateway until its previous segment to it
+        is acknowledged). The forwarder leaves it off: there Nagle's coalescing of a burst is welcome."""
         self.host = host
         self.port = port
         self.client_id = client_id
@@ -172,10 +179,13 @@ class MqttConnection:
         self.connected = False
         self.receive_maximum: int | None = None
         """The broker's Receive Maximum from CONNACK (MQTT 5), if it sent one."""
+        self.topic_alias_maximum = 0
+        """The broker's Topic Alias Maximum from CONNACK (MQTT 5): aliases it accepts (0: none)."""
         self.session_present = False
         """CONNACK's session present flag: the broker kept the session (and its subscriptions)."""
         self._on_message = on_message
         self._session_expiry_s = session_expiry_s
+        self._no_delay = no_delay
         self._subacks: dict[int, asyncio.Future[list[int]]] = {}
 
         v5 = protocol == "5"
@@ -386,6 +396,8 @@ class MqttConnection:
         self.session_present = bool(getattr(flags, "session_present", False))
         if properties is not None and hasattr(properties, "ReceiveMaximum"):
             self.receive_maximum = int(properties.ReceiveMaximum)
+        if properties is not None and hasattr(properties, "TopicAliasMaximum"):
+            self.topic_alias_maximum = int(properties.TopicAliasMaximum)
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
@@ -411,6 +423,9 @@ class MqttConnection:
 
     def _handle_socket_open(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
         self._sock = sock
+        if self._no_delay:
+            with contextlib.suppress(OSError, AttributeError):  # not a TCP socket (a test's socketpair)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._in_loop(self._add_reader, sock)
 
     def _handle_socket_close(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
@@ -473,6 +488,9 @@ class MqttConnection:
     def _readable(self) -> None:
         client = self._client
         client.loop_read()
+        if self._no_delay and _QUICKACK is not None and self._sock is not None:
+            with contextlib.suppress(OSError, AttributeError):
+                self._sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
         # TLS may hold decrypted bytes the selector cannot see: drain them now.
         sock = self._sock
         while isinstance(sock, ssl.SSLSocket) and sock.pending() and self._sock is sock:
