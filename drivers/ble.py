@@ -29,8 +29,10 @@ pipeline takes them), once (then a ``device.status`` ``replay_ended`` and the de
 or 128-bit), ``manufacturer_ids`` (company ids: ``1177`` is Ruuvi), and after decoding ``formats``.
 
 **Duplicates.** An address repeating the same payload is reported once per ``min_interval_s`` (a beacon
-advertises several times a second); a changed payload is reported at once. The last payload of at most
-``max_addresses`` addresses is remembered (the oldest forgotten first).
+advertises several times a second); a changed payload is reported at once. A beacon that rotates frames
+(Eddystone UID, URL and TLM, an iBeacon between them) is compared frame kind by frame kind
+(:meth:`~protocols.ble_adverts.Advert.slot`). The last payload of at most ``max_addresses`` address and
+frame kinds is remembered (the least recently reported forgotten first).
 
 **Decoding** (:mod:`protocols.ble_adverts`): BTHome v2 (with ``bindkeys`` per address for encrypted
 sensors), Ruuvi RAWv2, iBeacon, Eddystone UID/URL/TLM. An advert of none of these is passed through as
@@ -170,7 +172,10 @@ class BleOptions(DriverOptions):
         default=10.0, ge=0, le=86_400, description="Report an unchanged payload at most this often."
     )
     max_addresses: int = Field(
-        default=4096, ge=1, le=1_000_000, description="Addresses whose last payload is remembered."
+        default=4096,
+        ge=1,
+        le=1_000_000,
+        description="Addresses (and frame kinds) whose last payload is remembered.",
     )
     queue_size: int = Field(
         default=1024, ge=1, le=1_000_000, description="Adverts waiting for this device before drops."
@@ -393,7 +398,8 @@ class BleDriver(Driver[BleOptions]):
     def __init__(self, device: str, options: BleOptions) -> None:
         super().__init__(device, options)
         self._filter = _Filter(options)
-        self._seen: dict[str, tuple[tuple[object, ...], float]] = {}
+        self._seen: dict[tuple[object, ...], tuple[tuple[object, ...], float]] = {}
+        """The last payload reported of each kind of advert of each address, and when (least recent first)."""
         self._counters: dict[str, int] = {}
         """The last encryption counter of each encrypted BTHome sensor (those with a bind key: bounded)."""
         self._keys = {
@@ -508,17 +514,18 @@ class BleDriver(Driver[BleOptions]):
     # -- one advert -------------------------------------------------------------------------------------
     def _handle(self, advert: Advert, ctx: DeviceContext) -> None:
         address = advert.address
+        slot = advert.slot()
         payload = advert.payload_key()
         seen = self._seen
-        last = seen.get(address)
+        last = seen.get(slot)
         if last is not None:
             if last[0] == payload and advert.ts - last[1] < self.options.min_interval_s:
                 ctx.count(ADVERTS_SUPPRESSED, 1)
                 return
-            del seen[address]  # re-inserted below: the dict's order is the order of last use
+            del seen[slot]  # re-inserted below: the dict's order is the order of last use
         elif len(seen) >= self.options.max_addresses:
             del seen[next(iter(seen))]
-        seen[address] = (payload, advert.ts)
+        seen[slot] = (payload, advert.ts)
         found, errors = decode(advert, self._keys.get(_norm_address(address)) if self._keys else None)
         for err in errors:
             ctx.count(DECODE_ERRORS, 1)

@@ -124,6 +124,16 @@ class Advert:
     tx_power: int | None = None
     ts: float = 0.0
 
+    def slot(self) -> tuple[object, ...]:
+        """What kind of advert this is for its address (which company's data, which services, which
+        Eddystone frame): a beacon that rotates frames (Eddystone UID, URL, TLM; an iBeacon between them)
+        sends several kinds, each to be compared only with its own kind."""
+        return (
+            self.address,
+            tuple(sorted(self.manufacturer_data)),
+            tuple(sorted((k, v[:1] if k == EDDYSTONE_UUID else b"") for k, v in self.service_data.items())),
+        )
+
     def payload_key(self) -> tuple[object, ...]:
         """What identifies its content (for duplicate suppression): the data, not the RSSI or the time."""
         return (

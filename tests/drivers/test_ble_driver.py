@@ -412,3 +412,15 @@ async def test_a_replay_keeps_the_recorded_spacing_divided_by_its_speed(tmp_path
     # the i-th advert is played no sooner than i x 2 s / 20 after the replay began (it began after the
     # device reported connected): a lower bound, so never a race
     assert all(stamp - connected >= i * 0.1 - 0.005 for i, stamp in enumerate(stamps))
+
+
+async def test_a_beacon_rotating_frames_is_deduplicated_frame_by_frame(tmp_path: Path) -> None:
+    url, uid = (sim.adverts()[i] for i in (8, 10))  # Eddystone URL and UID frames
+    beacon = "C3:0A:55:10:00:09"
+    rotation = [replace(url, address=beacon), replace(uid, address=beacon)] * 4
+    capture = tmp_path / "rotating.jsonl"
+    capture.write_text("".join(advert_to_json(a) + "\n" for a in rotation))
+    async with devices(gate={"replay": str(capture), "replay_speed": 0}) as run:
+        await run.until_state(REPLAY_ENDED)
+    assert [a["format"] for a in adverts(run)] == ["eddystone-url", "eddystone-uid"]
+    assert run.counters()[ADVERTS_SUPPRESSED] == 6
