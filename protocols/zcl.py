@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Final
@@ -544,7 +544,7 @@ def _request(sequence: int, command: int) -> Header:
     return Header(sequence, command, server_to_client=False, disable_default_response=False)
 
 
-def report_attributes(sequence: int, records: list[tuple[int, int, Any]], **header: Any) -> bytes:
+def report_attributes(sequence: int, records: Sequence[tuple[int, int, Any]], **header: Any) -> bytes:
     """A Report Attributes frame of (attribute, data type, value) records (a sensor's)."""
     body = b"".join(
         struct.pack("<HB", attribute, data_type) + encode_value(data_type, value)
@@ -572,7 +572,7 @@ def parse_read_attributes(payload: bytes, offset: int = 0) -> list[int]:
     return [body[i] | body[i + 1] << 8 for i in range(0, len(body), 2)]
 
 
-def read_response(sequence: int, records: list[tuple[int, int, int | None, Any]]) -> bytes:
+def read_response(sequence: int, records: Sequence[tuple[int, int, int | None, Any]]) -> bytes:
     """A Read Attributes Response of (attribute, status, data type, value) records (a sensor's)."""
     body = bytearray()
     for attribute, status, data_type, value in records:
@@ -634,7 +634,7 @@ def parse_configure_reporting(payload: bytes, offset: int = 0) -> list[Reporting
     return records
 
 
-def configure_reporting_response(sequence: int, statuses: list[tuple[int, int]]) -> bytes:
+def configure_reporting_response(sequence: int, statuses: Sequence[tuple[int, int]]) -> bytes:
     """A Configure Reporting Response: (status, attribute) per record, or one SUCCESS for all."""
     body = bytearray()
     if all(status == Status.SUCCESS for status, _ in statuses):
