@@ -63,9 +63,9 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Final, Literal, Self
+from typing import Annotated, Any, ClassVar, Final, Literal, Self
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import AfterValidator, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from protocols.ble_adverts import (
     FORMATS,
@@ -78,7 +78,8 @@ from protocols.ble_adverts import (
 from protocols.errors import DecodeError
 
 from . import interfaces
-from .base import DeviceContext, Driver, DriverOptions
+from .base import DeviceContext, Driver, DriverOptions, config_path
+from .bus import SharedLine
 from .counters import DECODE_ERRORS
 from .errors import (
     ConfigurationError,
@@ -88,7 +89,6 @@ from .errors import (
     MissingDependencyError,
 )
 from .kinds import BLE_ADVERT, DEVICE_STATUS
-from .paths import ConfigFile
 
 __all__ = [
     "SCANNER_BACKEND",
@@ -133,6 +133,22 @@ _UUID128: Final = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-
 _BEACONS: Final = frozenset({"ibeacon", "eddystone-uid", "eddystone-url", "eddystone-tlm"})
 FormatName = Literal["bthome", "ruuvi", "ibeacon", "eddystone-uid", "eddystone-url", "eddystone-tlm", "raw"]
 assert set(FormatName.__args__) == set(FORMATS)  # type: ignore[attr-defined]  # one list of formats
+
+
+def _readable(value: Path, info: ValidationInfo) -> Path:
+    if not str(value).strip():
+        raise ValueError("must not be empty")
+    path = config_path(value, info)
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as err:
+        raise ValueError(f"cannot read {str(value)!r}: {err.strerror or err}") from None
+    return path
+
+
+ConfigFile = Annotated[Path, AfterValidator(_readable)]
+"""A file readable when the config is loaded, relative to the directory of the file that names the device."""
 
 
 def _norm_address(address: str) -> str:
@@ -228,6 +244,14 @@ class BleOptions(DriverOptions):
                 raise ValueError(f"the bind key of {address} is not 32 hex digits")
             out[_norm_address(address)] = key
         return out
+
+    def shared_line(self) -> SharedLine | None:
+        """The adapter, shared by every ``ble`` device on it: they must agree on the scanning mode (a
+        replay shares nothing)."""
+        if self.adapter is None:
+            return None
+        settings = (("driver", "ble"), ("scanning_mode", self.scanning_mode))
+        return SharedLine(interfaces.bluetooth_key(self.adapter), settings)
 
     @model_validator(mode="after")
     def _source(self) -> Self:
@@ -416,7 +440,9 @@ class BleDriver(Driver[BleOptions]):
 
     # -- scanning ---------------------------------------------------------------------------------------
     async def _scan(self, ctx: DeviceContext, adapter: str) -> None:
-        key = interfaces.bluetooth_key(adapter)
+        line = self.options.shared_line()
+        assert line is not None  # an adapter is given
+        key = line.key
         mode = self.options.scanning_mode
 
         async def open_source() -> ScannerSource:
@@ -429,7 +455,7 @@ class BleDriver(Driver[BleOptions]):
         async with interfaces.attach(
             key,
             open_source,
-            settings=(("scanning_mode", mode),),
+            settings=line.settings,
             device=self.device,
             accept=accept,
             queue_size=self.options.queue_size,

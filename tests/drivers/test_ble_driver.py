@@ -426,3 +426,34 @@ async def test_a_beacon_rotating_frames_is_deduplicated_frame_by_frame(tmp_path:
         await run.until_state(REPLAY_ENDED)
     assert [a["format"] for a in adverts(run)] == ["eddystone-url", "eddystone-uid"]
     assert run.counters()[ADVERTS_SUPPRESSED] == 6
+
+
+def test_devices_on_one_adapter_with_different_modes_are_refused_at_check_time(tmp_path: Path) -> None:
+    gateway = tmp_path / "gateway.yaml"
+    gateway.write_text(
+        HEAD
+        + "  - {name: cab-a, driver: ble, adapter: hci0, scanning_mode: passive}\n"
+        + "  - {name: cab-b, driver: ble, adapter: hci0, scanning_mode: active}\n"
+        + "  - {name: cab-c, driver: ble, adapter: hci1, scanning_mode: active}\n"
+        + "  - {name: cab-d, driver: ble, replay: adverts.jsonl}\n"
+    )
+    (tmp_path / "adverts.jsonl").write_text(SHIPPED.read_text())
+    with pytest.raises(ConfigError) as caught:
+        load_config(gateway)
+    (problem,) = caught.value.problems
+    assert f"{problem}".startswith(f"{gateway}:6")
+    assert "scanning_mode" in str(problem) and "cab-a" in str(problem) and "hci0" in str(problem)
+
+
+def test_a_replay_named_in_a_devices_file_is_relative_to_that_file(tmp_path: Path) -> None:
+    (tmp_path / "devices.d").mkdir()
+    (tmp_path / "devices.d" / "gate.yaml").write_text(
+        "{name: gate-ble, driver: ble, replay: captures/gate.jsonl}\n"
+    )
+    (tmp_path / "devices.d" / "captures").mkdir()
+    (tmp_path / "devices.d" / "captures" / "gate.jsonl").write_text(SHIPPED.read_text())
+    gateway = tmp_path / "gateway.yaml"
+    gateway.write_text(HEAD.replace("devices:\n", "devices_dir: devices.d\n"))
+    (device,) = load_config(gateway).devices
+    assert isinstance(device.options, BleOptions)
+    assert device.options.replay == tmp_path / "devices.d" / "captures" / "gate.jsonl"
