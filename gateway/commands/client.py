@@ -1,8 +1,11 @@
 """A one-shot command client: publish one request, wait for its result (``edgegw cmd``, tests, the bench).
 
-It connects to the broker of a gateway's config with a clean session of its own (client id
+It connects to the broker of a gateway's config with clean sessions of its own (client id
 ``edgegw-cmd-<random>``), subscribes to the target's result topic, publishes the request (QoS 1, signed
 when the config has ``commands.hmac_key_file``) and returns the first result with the request's id.
+Requests go out on a second connection (``...-req``): on the one connection, Mosquitto (Nagle on by
+default, ``set_tcp_nodelay false``) would hold each result until this client's delayed ACK of the request's
+PUBACK, some 40 ms.
 :class:`CommandClient` keeps the connection for many requests (the bench); :func:`send` is one request.
 """
 
@@ -56,6 +59,9 @@ class CommandClient:
         self._key = read_hmac_key(key_file) if key_file is not None else None
         self._client_id = client_id or f"edgegw-cmd-{secrets.token_hex(4)}"
         self._conn: MqttConnection | None = None
+        """Receives the results (subscribed to the result topics)."""
+        self._out: MqttConnection | None = None
+        """Publishes the requests."""
         self._subscribed: set[str] = set()
         self._waiters: dict[str, asyncio.Future[Result]] = {}
         self._lost: str | None = None
@@ -73,15 +79,30 @@ class CommandClient:
             on_ack=lambda _mid, _reason: None,
             on_lost=on_lost,
             on_message=self._on_message,
+            no_delay=True,
+        )
+        out = MqttConnection(
+            **connection_kwargs(self._mqtt),
+            client_id=self._client_id + "-req",
+            on_ack=lambda _mid, _reason: None,
+            on_lost=on_lost,
+            no_delay=True,
         )
         await conn.connect()
         self._conn = conn
+        try:
+            await out.connect()
+        except BaseException:
+            await self.__aexit__()
+            raise
+        self._out = out
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await conn.disconnect(grace_s=1.0)
+        for conn in (self._out, self._conn):
+            if conn is not None:
+                await conn.disconnect(grace_s=1.0)
+        self._conn = self._out = None
 
     def _on_message(self, message: Incoming) -> None:
         try:
@@ -129,7 +150,7 @@ class CommandClient:
         """Send one request to ``device`` (None: the gateway) and return its result; :class:`NoResult`
         when none arrives within ``timeout_s``."""
         await self.subscribe(device)
-        conn = self._conn
+        conn = self._out
         assert conn is not None
         request_id = request_id or new_id()
         topic = request_topic(self._prefix, self._gateway, device)

@@ -324,6 +324,7 @@ class CommandService:
             on_lost=on_lost,
             on_message=on_message,
             session_expiry_s=expiry if expiry > 0 else None,
+            no_delay=True,
         )
         self._conn = conn
         self._lost.clear()
