@@ -37,7 +37,7 @@ from collections import OrderedDict
 from collections.abc import Coroutine, Mapping
 from typing import Annotated, Any, ClassVar, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from protocols import xbee, zcl, zdo
 from protocols.errors import DecodeError
@@ -112,9 +112,18 @@ class Reporting(BaseModel):
 
     sensor: str = Field(description="The sensor: its IEEE address (16 hex digits) or its name in sensors:.")
     endpoint: int = Field(default=1, ge=1, le=240, description="The sensor's endpoint.")
-    cluster: int = Field(
-        ge=0, le=0xFFFF, description="Cluster id (0x0402) or name (temperature_measurement)."
-    )
+    cluster: Annotated[
+        int,
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "integer", "minimum": 0, "maximum": 0xFFFF},
+                    {"enum": list(_CLUSTER_NAMES)},
+                ],
+                "description": "Cluster id (0x0402) or name (temperature_measurement).",
+            }
+        ),
+    ] = Field(ge=0, le=0xFFFF, description="Cluster id (0x0402) or name (temperature_measurement).")
     attribute: int = Field(default=0, ge=0, le=0xFFFF, description="Attribute id.")
     type: str | None = Field(
         default=None,
