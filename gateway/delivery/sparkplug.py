@@ -301,6 +301,11 @@ class SparkplugUpstream(Upstream):
         self._pending: dict[int, tuple[int, ...]] = {}
         self._acked: list[int] = []
         self._wake = asyncio.Event()
+        self._progress = asyncio.Event()
+        """Set when the session moves (an ack, a read that found nothing, its end): drain() waits on it."""
+        self._drain_requests = 0
+        self._caught_up = -1
+        """The drain request after which a read found nothing left."""
         self._lost = False
         self._rebirth = False
         self._host_online: bool | None = None
@@ -332,6 +337,23 @@ class SparkplugUpstream(Upstream):
     @property
     def bdseq(self) -> int:
         return self._bdseq
+
+    async def drain(self) -> str | None:
+        """At a stop: publish what is buffered for this upstream and wait for the broker's acknowledgements.
+        None once nothing is left, else why not (not connected, or the primary host is not online)."""
+        self._drain_requests += 1
+        request = self._drain_requests
+        self._wake.set()
+        while True:
+            if not self._connected:
+                return f"the broker is unreachable ({self.last_error})"
+            if self.o.primary_host_id is not None and not self._host_online:
+                return f"the primary host {self.o.primary_host_id} is not online"
+            if self._caught_up >= request and not self._pending:
+                await self._flush_acks()
+                return None
+            self._progress.clear()
+            await self._progress.wait()
 
     async def run(self) -> None:
         attempt = 0
@@ -396,8 +418,10 @@ class SparkplugUpstream(Upstream):
         def on_lost(reason: str) -> None:
             if self._conn is conn:
                 self._lost = True
+                self._connected = False
                 self.last_error = reason
                 self._wake.set()
+                self._progress.set()
 
         conn = MqttConnection(
             host=o.host,
@@ -605,7 +629,11 @@ class SparkplugUpstream(Upstream):
                 space = self.o.max_inflight - len(self._pending)
                 rows: list[Stored] = []
                 if space > 0:
+                    request = self._drain_requests
                     rows = await self.cursor.read(after, min(space, _READ_LIMIT))
+                    if not rows:
+                        self._caught_up = request
+                        self._progress.set()
                     if self._lost:
                         continue
                     for row in rows:
@@ -710,6 +738,7 @@ class SparkplugUpstream(Upstream):
         if reason < 0x80:
             self._acked.extend(seqs)
             self.acked += len(seqs)
+            self._progress.set()
         else:
             self.refused += len(seqs)
             self.counters["refused"] += len(seqs)
@@ -733,6 +762,7 @@ class SparkplugUpstream(Upstream):
 
     def _end_session(self) -> None:
         self._connected = False
+        self._progress.set()
         self._pending.clear()
         self._conn = None
         for device in self._devices.values():

@@ -15,7 +15,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from drivers.event import Event
 from gateway.delivery.buffer import SqliteBuffer
@@ -232,3 +234,34 @@ def test_the_mapping_rule_and_a_device_mapping() -> None:
     assert event_metrics("meter.reading", {"values": {"cod": 12.5}, "units": {"cod": "mg/L"}}) == [
         ("cod", DataType.DOUBLE, 12.5)
     ]
+
+
+async def test_the_will_is_the_ndeath_and_a_drain_delivers_the_backlog(
+    tmp_path: Path, broker: Mosquitto, group: str
+) -> None:
+    host = Host(broker, group).start()
+    try:
+        async with edge_node(tmp_path, broker, group) as (upstream, buffer):
+            await until("NBIRTH", lambda: any(r.kind == "NBIRTH" for r in host.snapshot()))
+            # Another client takes the edge node's MQTT session: the broker publishes the node's will.
+            intruder = paho.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id="edgegw-gw-ss-110kv-east",
+                protocol=MQTTProtocolVersion.MQTTv5,
+            )
+            intruder.connect(broker.host, broker.port)
+            intruder.loop_start()
+            try:
+                await until("the will: NDEATH", lambda: host.deaths == [0])
+            finally:
+                intruder.disconnect()
+                intruder.loop_stop()
+            await until("reborn", lambda: host.bdseq == 1)
+            await buffer.append([reading("meter-1", time.time() + i, voltage_a=230.0 + i) for i in range(20)])
+            assert await upstream.drain() is None
+            assert upstream.stats().acked == 20  # every event acknowledged by the broker, acks handed on
+            await until("the acks committed", lambda: buffer.stats().depth == 0)
+    finally:
+        host.stop()
+    assert host.violations == []
+    assert len(host.values("meter-1", "voltage_a")) == 20
