@@ -253,3 +253,41 @@ def test_options(tmp_path: Path, password_file: Path) -> None:
     for bad, where in bads:
         with pytest.raises(ValidationError, match=where):
             Hj212Options.model_validate({**base, **bad})
+
+
+async def test_data_flags_from_device_status_and_a_flag_point(tmp_path: Path, password_file: Path) -> None:
+    """An analyser that stops answering makes its values B (communication), one whose status register says
+    maintenance makes them M; an interval with any such reading carries that flag, one without is N."""
+    day = dt.datetime.now(TZ).date() - dt.timedelta(days=1)
+    start = dt.datetime.combine(day, dt.time(10, 0), TZ).timestamp()
+    events = [
+        Event("effluent-1", "meter.reading", start + 60, {"values": {"cod": 20.0, "cod_state": 0}}),
+        Event("effluent-1", "meter.reading", start + 660, {"values": {"cod": 21.0, "cod_state": 1}}),
+        Event("effluent-1", "device.status", start + 1260, {"state": "disconnected", "reason": "timeout"}),
+        Event("effluent-1", "meter.reading", start + 1270, {"values": {"cod": 22.0, "cod_state": 0}}),
+        Event("effluent-1", "device.status", start + 1800, {"state": "connected"}),
+        Event("effluent-1", "meter.reading", start + 1900, {"values": {"cod": 23.0, "cod_state": 0}}),
+    ]
+    pollutants = {"cod": {"code": "w01018", "flag_point": "cod_state"}}
+    async with (
+        buffer_with_cursor(tmp_path) as (buffer, cursor),
+        platform.serve_tcp("127.0.0.1", 0, platform.SimOptions()) as sim,
+    ):
+        assert sim.port is not None
+        upstream = Hj212Upstream(
+            options(sim.port, password_file, realtime_s=0, pollutants=pollutants),
+            cursor,
+            UpstreamContext("gw"),
+        )
+        await buffer.append(events)
+        async with running(upstream):
+            await until("the hour acknowledged", lambda: upstream.records_acked[2061] == 1)
+    minutes = {u.data_time[-6:]: u.values for u in sim.uploads if u.cn == "2051" and u.data_time}
+    assert {t: v["w01018-Flag"] for t, v in minutes.items()} == {
+        "100000": "N",
+        "101000": "M",  # the status register said 1: maintenance
+        "102000": "B",  # read while the analyser was disconnected
+        "103000": "N",  # connected again
+    }
+    hour = next(u for u in sim.uploads if u.cn == "2061")
+    assert hour.values["w01018-Flag"] == "B" and hour.values["w01018-Avg"] == "21.5"
