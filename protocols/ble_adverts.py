@@ -512,7 +512,8 @@ def _walk(payload: bytes, decoded: Decoded) -> None:
             found.append((obj.name, ".".join(str(b) for b in reversed(chunk)), None, False))
         else:  # raw, command
             found.append((obj.name, chunk.hex(), None, False))
-        seen[obj.name] = seen.get(obj.name, 0) + 1
+    for name, _, _, _ in found:
+        seen[name] = seen.get(name, 0) + 1
     suffix: dict[str, int] = {}
     for name, value, unit, numeric in found:
         key = name

@@ -10,7 +10,7 @@ import string
 import time
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from protocols import ble_adverts as ba
@@ -170,6 +170,7 @@ def test_bthome_round_trip_and_bthome_ble_reads_the_same_numbers(objects: list[t
 
 
 @given(st.binary(max_size=40), st.none() | st.just(KEY))
+@example(bytes.fromhex("403c0000"), None)  # a dimmer event: two values from one object (found by hypothesis)
 @settings(max_examples=500, deadline=None)
 def test_bthome_arbitrary_bytes_decode_or_raise_with_a_reason(data: bytes, key: bytes | None) -> None:
     try:
@@ -211,6 +212,8 @@ def test_bthome_repeated_objects_are_numbered_text_and_firmware() -> None:
     assert decoded.values == {"temperature_1": 25.0, "temperature_2": -1.5}
     assert decoded.units == {"temperature_1": "°C", "temperature_2": "°C"}
     assert decoded.text == {"text": "cab 3", "firmware_version": "4.2.1.0"}
+    dimmer = decode_bthome(encode_bthome([(0x3A, 1), (0x3C, bytes([1, 3]))]))  # a press, then 3 steps left
+    assert dimmer.values == {"button": 1, "dimmer": 1, "dimmer_steps": 3}
 
 
 def test_bthome_encoder_refuses_what_cannot_be_sent() -> None:
