@@ -296,7 +296,6 @@ class _Session(StreamSession[xbee.Frame, XbeeOptions]):
         self._factors: OrderedDict[tuple[int, int, int], dict[int, int]] = OrderedDict()
         self._reporting: dict[int, list[Reporting]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._zones: OrderedDict[tuple[int, int], int] = OrderedDict()
         for reporting in options.reporting:
             ieee = options.sensor_ieee(reporting.sensor)
             assert ieee is not None  # checked by the options
@@ -574,9 +573,10 @@ class _Session(StreamSession[xbee.Frame, XbeeOptions]):
             return
         if isinstance(message, xbee.NodeIdentification):
             self._joined_event(message.remote64, message.remote16, "node_identification", {
+                "device_type": _DEVICE_TYPES.get(message.device_type, "unknown"),
                 "identifier": message.identifier,
-                "device_type": _DEVICE_TYPES.get(message.device_type, message.device_type),
                 "parent": message.parent16,
+                "capability": None,
             })  # fmt: skip
             return
         if isinstance(message, xbee.ModemStatus):
@@ -623,8 +623,10 @@ class _Session(StreamSession[xbee.Frame, XbeeOptions]):
             return
         if isinstance(parsed, zdo.DeviceAnnounce):
             self._joined_event(parsed.ieee, parsed.nwk, "device_announce", {
-                "capability": parsed.capability,
                 "device_type": "router" if parsed.capability & 0x02 else "end_device",
+                "identifier": None,
+                "parent": None,
+                "capability": parsed.capability,
             })  # fmt: skip
         elif isinstance(parsed, zdo.BindResponse) and parsed.status:
             self.ctx.count(REPORTING_REFUSED, 1)
@@ -652,13 +654,7 @@ class _Session(StreamSession[xbee.Frame, XbeeOptions]):
                         ctx.count(DECODE_ERRORS, 1)
                         ctx.log.debug("undecodable zone status from %016x: %s", ieee, err)
                         return
-                    self._alarm(
-                        message,
-                        change.zone_status,
-                        change.zone_id,
-                        change.extended_status,
-                        change.delay_qs / 4,
-                    )
+                    self._alarm(message, change)
                     return
                 if header.command == zcl.ZONE_ENROLL_REQUEST:
                     response = zcl.zone_enroll_response(header.sequence, zone_id=message.source16 & 0xFF)
@@ -768,31 +764,12 @@ class _Session(StreamSession[xbee.Frame, XbeeOptions]):
                     "sensor": sensor,
                 }
             )
-            if (
-                cluster == zcl.ClusterId.IAS_ZONE
-                and record.attribute == 0x0002
-                and isinstance(record.value, int)
-                and not manufacturer
-                and self._zone_changed(ieee, endpoint, record.value)
-            ):
-                self._alarm(message, record.value, None, None, None)
         self.ctx.emit_many(ZIGBEE_REPORT, items, self.received_at)
 
-    def _zone_changed(self, ieee: int, endpoint: int, status: int) -> bool:
-        """Whether a reported zone status differs from the last one known (a first one: if any bit is set)."""
-        key = (ieee, endpoint)
-        last = self._zones.get(key)
-        self._remember(self._zones, key, status)
-        return status != (0 if last is None else last)
-
-    def _alarm(
-        self,
-        message: xbee.ExplicitRx,
-        status: int,
-        zone_id: int | None,
-        extended: int | None,
-        delay_s: float | None,
-    ) -> None:
+    def _alarm(self, message: xbee.ExplicitRx, change: zcl.ZoneStatusChange) -> None:
+        """A zone status change notification (an IAS zone sends one on every change of its status; a
+        report of its zone_status attribute, if configured, is a zigbee.report like any other)."""
+        status = change.zone_status
         bits = zcl.zone_status_bits(status)
         self.ctx.emit(
             ZIGBEE_ALARM,
@@ -803,13 +780,12 @@ class _Session(StreamSession[xbee.Frame, XbeeOptions]):
                 "sensor": self._names.get(message.source64),
                 "zone_status": bits,
                 "alarm": bits["alarm1"] or bits["alarm2"],
-                "zone_id": zone_id,
-                "extended_status": extended,
-                "delay_s": delay_s,
+                "zone_id": change.zone_id,
+                "extended_status": change.extended_status,
+                "delay_s": change.delay_qs / 4,
             },
             self.received_at,
         )
-        self._remember(self._zones, (message.source64, message.source_endpoint), status)
 
 
 _DEVICE_TYPES: Final = {0: "coordinator", 1: "router", 2: "end_device"}

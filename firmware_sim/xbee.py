@@ -15,8 +15,9 @@ a coordinator:
   its response;
 - the sensors play a scenario: each on-network sensor reports its attributes every ``interval_s``
   (staggered), as explicit RX indicators (0x91, the host's AO must be 1 or 3: with AO=0 they come as 0x90);
-  the IAS zones (door contacts, smoke detectors) raise and clear alarm1 every ``alarm_every_s`` with a
-  zone status change notification; sensors not yet on the network (``joined=False``) join when joining
+  the IAS zones (door contacts, smoke detectors) report their battery, and raise and clear alarm1 every
+  ``alarm_every_s`` with a zone status change notification (their zone attributes answer a read);
+  sensors not yet on the network (``joined=False``) join when joining
   is open: a node identification (0x95) and a ZDO device announce.
 
 Sensor kinds: ``climate`` (temperature 0x0402 and humidity 0x0405, battery 0x0001), ``door`` (IAS zone,
@@ -281,9 +282,9 @@ class XBeeSimulator(serving.LinkSimulator[SimStats]):
         if kind in ("door", "smoke"):
             zone_type = 0x0015 if kind == "door" else 0x0028
             status = 0x0001 if self.alarm_state.get(sensor.ieee) else 0x0000
-            return {
-                IAS: [(0x0000, T.ENUM8, 1), (0x0001, T.ENUM16, zone_type), (0x0002, T.BITMAP16, status)],
+            return {  # what it reports (its zone changes it notifies), then what it answers to a read
                 POWER: battery,
+                IAS: [(0x0000, T.ENUM8, 1), (0x0001, T.ENUM16, zone_type), (0x0002, T.BITMAP16, status)],
             }
         if kind == "meter":
             energy = 1_250_000 + round(t * 10)
@@ -374,6 +375,8 @@ class XBeeSimulator(serving.LinkSimulator[SimStats]):
     ) -> list[tuple[xbee.Message, list[tuple[int, int, Any]], int]]:
         out = []
         values = self.values(sensor)
+        if sensor.kind in ("door", "smoke"):  # an IAS zone reports its battery; zone changes are notified
+            values = {POWER: values[POWER]}
         for cluster, records in list(values.items())[: 1 if first_only else None]:
             header: dict[str, Any] = {"manufacturer": 0x1234} if cluster >= 0xFC00 else {}
             payload = zcl.report_attributes(self._next_sequence(), records, **header)

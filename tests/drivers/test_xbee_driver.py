@@ -211,7 +211,7 @@ async def test_permit_join_command_and_the_join_reported_once(tmp_path: Path) ->
     assert len(joined) == 1
     assert joined[0] | {"nwk": 0} == {
         "ieee": f"{LATE:016x}", "nwk": 0, "sensor": None, "via": "node_identification",
-        "identifier": "climate-b2ff", "device_type": "end_device", "parent": 0,
+        "identifier": "climate-b2ff", "device_type": "end_device", "parent": 0, "capability": None,
     }  # fmt: skip
     assert joined[0]["nwk"] == simulator.nwk[LATE]
     assert simulator.stats.at_commands["NJ"] == 1 and simulator.stats.permit_joins >= 1

@@ -120,12 +120,7 @@ async def test_community_site_end_to_end(tmp_path: Path, broker: Mosquitto) -> N
                     and (ieee, report["cluster"], 0, round(report["value"] * 100)) in sent
                 )
         names = {(kind_of(r["sensor"]), r["name"]) for r in reports}
-        assert {("climate", "temperature"), ("climate", "humidity"), ("door", "zone_type")} <= names
-        zone_types = {r["sensor"]: r["value"] for r in reports if r["name"] == "zone_type"}
-        assert {kind_of(s): t for s, t in zone_types.items()} == {
-            "door": "contact_switch",
-            "smoke": "fire_sensor",
-        }
+        assert {("climate", "temperature"), ("climate", "humidity"), ("door", "battery_percentage")} <= names
         alarms = [m["data"] for m in of(received, "zigbee", "zigbee.alarm")]
         assert all(set(a["zone_status"]) >= {"alarm1", "alarm2", "tamper", "battery_low"} for a in alarms)
         joined = [m["data"] for m in of(received, "zigbee", "zigbee.joined")]
