@@ -72,6 +72,7 @@ from protocols.ble_adverts import (
     Advert,
     Decoded,
     advert_from_json,
+    advert_to_json,
     decode,
     full_uuid,
 )
@@ -108,6 +109,8 @@ ADVERTS_FILTERED: Final = "adverts_filtered"
 """Decoded adverts of a format the device's ``formats`` does not list."""
 REPLAY_LINES_SKIPPED: Final = "replay_lines_skipped"
 """Lines of a replay file that are not an advert (each logged as FILE:LINE)."""
+DECODER_FAILURES: Final = "decoder_failures"
+"""Adverts a decoder failed on with an unexpected error (a bug: logged with the advert, counted, skipped)."""
 SCANNER_DROPPED: Final = "scanner_dropped"
 """Adverts the scanner heard while the loop was :data:`SOURCE_CAPACITY` adverts behind: dropped."""
 
@@ -552,7 +555,15 @@ class BleDriver(Driver[BleOptions]):
         elif len(seen) >= self.options.max_addresses:
             del seen[next(iter(seen))]
         seen[slot] = (payload, advert.ts)
-        found, errors = decode(advert, self._keys.get(_norm_address(address)) if self._keys else None)
+        try:
+            found, errors = decode(advert, self._keys.get(_norm_address(address)) if self._keys else None)
+        except (
+            Exception
+        ):  # a decoder's bug: this advert is lost and counted, the device and the adapter go on
+            ctx.count(DECODE_ERRORS, 1)
+            ctx.count(DECODER_FAILURES, 1)
+            ctx.log.exception("%s: a decoder failed on %s", address, advert_to_json(advert))
+            return
         for err in errors:
             ctx.count(DECODE_ERRORS, 1)
             ctx.count(err.reason, 1)

@@ -34,6 +34,7 @@ from drivers.kinds import BLE_ADVERT, DEVICE_STATUS
 from drivers.testing import Harness, running
 from firmware_sim import ble as sim
 from gateway.config import ConfigError, load_config
+from protocols import ble_adverts
 from protocols.ble_adverts import (
     BTHOME_NO_KEY,
     BTHOME_UUID,
@@ -457,3 +458,23 @@ def test_a_replay_named_in_a_devices_file_is_relative_to_that_file(tmp_path: Pat
     (device,) = load_config(gateway).devices
     assert isinstance(device.options, BleOptions)
     assert device.options.replay == tmp_path / "devices.d" / "captures" / "gate.jsonl"
+
+
+async def test_a_decoder_bug_costs_one_advert_not_the_device(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    real = ble_adverts.decode
+
+    def flaky(advert: Advert, bindkey: bytes | None = None) -> Any:
+        if advert.address == sim.ADDRESSES["bthome-objects"]:
+            raise IndexError("a bug")
+        return real(advert, bindkey)
+
+    monkeypatch.setattr(ble, "decode", flaky)
+    with caplog.at_level(logging.ERROR):
+        async with devices(site={"replay": str(SHIPPED), "replay_speed": 0}) as run:
+            await run.until_state(REPLAY_ENDED)
+    assert run.counters()[ble.DECODER_FAILURES] == 1 and "a decoder failed" in caplog.text
+    assert sim.ADDRESSES["bthome"] in {a["address"] for a in adverts(run)}
+    assert sim.ADDRESSES["ruuvi"] in {a["address"] for a in adverts(run)}  # after it: the device went on
+    assert "disconnected" not in run.states()

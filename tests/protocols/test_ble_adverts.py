@@ -186,6 +186,25 @@ def test_bthome_arbitrary_bytes_decode_or_raise_with_a_reason(data: bytes, key: 
         }
 
 
+BTHOME_SHAPED = st.lists(
+    st.tuples(st.sampled_from(sorted(BTHOME_OBJECTS)) | st.integers(0, 255), st.binary(max_size=5)),
+    max_size=8,
+).map(lambda objects: b"\x40" + b"".join(bytes([object_id]) + tail for object_id, tail in objects))
+
+
+@given(BTHOME_SHAPED)
+@settings(max_examples=1000, deadline=None)
+def test_bthome_shaped_damage_decodes_or_raises_with_a_reason(data: bytes) -> None:
+    """Known object ids (and some unknown) followed by too few, enough or too many bytes, in any order."""
+    try:
+        decoded = decode_bthome(data)
+    except AdvertError as err:
+        assert err.reason.startswith("bthome_")
+    else:
+        assert all(isinstance(v, int | float) for v in decoded.values.values())
+        assert set(decoded.units) <= set(decoded.values)
+
+
 def test_bthome_out_of_order_unknown_and_truncated_objects_are_skipped_and_named() -> None:
     # humidity (0x03) then temperature (0x02): the spec orders by id, the second is skipped
     decoded = decode_bthome(encode_bthome([(0x03, 5055), (0x02, 2500), (0x2E, 35)]))
