@@ -5,7 +5,8 @@ Every fenced ``json`` block of README.md is an upstream message as a subscriber 
 pty or TCP port, into a private mosquitto: ``reader-1`` (R2000 on a pty, with tag smoothing and the raw reads
 forwarded), ``gantry-north`` (LLRP on TCP), ``meter-3`` (Modbus TCP) and ``meter-7`` (DL/T 645 on a pty),
 ``cabinet-1`` and ``gate-1`` (ble, replaying config/examples/ble-adverts.jsonl), ``gps-1`` (an NMEA receiver
-on a pty). What arrives, plus what the
+on a pty), ``zb-1`` (an XBee ZigBee coordinator on a pty with a thermometer, a door contact and a
+sensor that joins once joining is open). What arrives, plus what the
 buffer still holds after the stop (the stop's own events), is compared with the examples. An example stands
 for the messages of its device and kind (of its ``state`` from any device, for ``device.status``); some must
 have arrived, and each of them has the example's keys, at every level, with the example's JSON types: an
@@ -35,6 +36,7 @@ from firmware_sim import gps as gps_sim
 from firmware_sim import llrp as llrp_sim
 from firmware_sim import modbus as modbus_sim
 from firmware_sim import r2000 as r2000_sim
+from firmware_sim import xbee as xbee_sim
 from firmware_sim.modbus import SimPoint
 from protocols import modbus as mb
 from protocols.epc import encode_epc, epc_uri
@@ -193,6 +195,12 @@ METER_3_POINTS = (
     ({"name": "breaker_closed", "table": "discrete", "address": 0}, True),
     ({"name": "alarm", "address": 100, "type": "bit", "bit": 3}, False),
 )
+ZIGBEE_SENSORS = (
+    xbee_sim.SimSensor(0x0013A20041A7B200, "climate", name="plant-room-1"),
+    xbee_sim.SimSensor(0x0013A20041A7B201, "door", name="door-plant-room"),
+    xbee_sim.SimSensor(0x0013A20041A7B2FF, "climate", joined=False, name="plant-room-2"),
+)
+"""zb-1's network: a thermometer and a door contact on it, a thermometer that joins when joining opens."""
 METER_7 = "000102030425"
 METER_7_POINTS = ("energy_active_forward", "voltage_a", "voltage_b", "voltage_c", "current_a", "power_active",
                   "frequency")  # fmt: skip
@@ -220,6 +228,7 @@ class Sims:
     meters: modbus_sim.ModbusSimulator
     revenue: dlt645_sim.Dlt645Simulator
     receiver: gps_sim.GpsSimulator
+    coordinator: xbee_sim.XBeeSimulator
 
 
 @asynccontextmanager
@@ -243,7 +252,13 @@ async def simulators(tmp_path: Path, epcs: tuple[bytes, ...]) -> AsyncIterator[S
         receiver = await stack.enter_async_context(
             gps_sim.serve_pty(tmp_path / "ttyGPS", gps_sim.SimOptions(epoch_s=0.2, speedup=10.0))
         )
-        yield Sims(reader, gantry, meters, revenue, receiver)
+        coordinator = await stack.enter_async_context(
+            xbee_sim.serve_pty(
+                tmp_path / "ttyZigbee",
+                xbee_sim.SimOptions(sensors=ZIGBEE_SENSORS, interval_s=0.5, alarm_every_s=1.0),
+            )
+        )
+        yield Sims(reader, gantry, meters, revenue, receiver, coordinator)
 
 
 def site(tmp_path: Path, broker: Mosquitto, gateway_id: str, sims: Sims) -> Path:
@@ -302,6 +317,11 @@ def site(tmp_path: Path, broker: Mosquitto, gateway_id: str, sims: Sims) -> Path
     driver: gps
     port: {tmp_path / "ttyGPS"}
     every_m: 50
+  - name: zb-1
+    driver: xbee
+    port: {tmp_path / "ttyZigbee"}
+    permit_join_s: 120
+    sensors: {json.dumps({f"{s.ieee:016x}": s.name for s in ZIGBEE_SENSORS})}
 """,
     )
 
@@ -342,7 +362,7 @@ async def test_the_examples_are_what_the_simulators_produce(tmp_path: Path, brok
     wanted: dict[Key, list[tuple[int, dict[str, Any]]]] = {}
     for line, example in examples:
         wanted.setdefault(key_of(example), []).append((line, example))
-    devices = {"reader-1", "gantry-north", "meter-3", "meter-7", "cabinet-1", "gate-1", "gps-1"}
+    devices = {"reader-1", "gantry-north", "meter-3", "meter-7", "cabinet-1", "gate-1", "gps-1", "zb-1"}
     assert {device for device, _, _ in wanted} <= {"", *devices}, "an example of a device not run here"
     epcs = tuple(bytes.fromhex(e["data"]["epc"]) for _, e in examples if "epc" in e["data"])
     epcs = tuple(dict.fromkeys(epcs + EXTRA_TAGS))
