@@ -117,7 +117,13 @@ async def test_backfill_after_an_outage_in_order_with_realtime_between(
         await buffer.append(events)
         await buffer.append([Event("pump-1", "meter.reading", events[0].ts, {"values": {"cod": 99}})])
         upstream = Hj212Upstream(
-            options(port, password_file, realtime_s=0.05, state_file=str(tmp_path / "epb.json")),
+            options(
+                port,
+                password_file,
+                realtime_s=0.05,
+                state_file=str(tmp_path / "epb.json"),
+                reply_timeout_s=10,
+            ),
             cursor,
             UpstreamContext("gw"),
         )
