@@ -97,6 +97,8 @@ class SimStats:
     """Commands answered with BEL."""
     transmitted: int = 0
     """Frames the host transmitted (accepted)."""
+    refused: int = 0
+    """Frames the host tried to transmit while closed or listen-only (answered BEL)."""
     opens: int = 0
     listen_only: bool = False
     open: bool = False
@@ -224,6 +226,15 @@ class CityBus:
                 yield j1939.can_id(pgn, source, priority=priority), data
 
 
+async def _stop(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait for its end, without swallowing a cancellation of the caller itself (which
+    ``serving.cancel_all`` would: a session stopping its stream as the server stops must still stop)."""
+    task.cancel()
+    await asyncio.wait({task})
+    if not task.cancelled():
+        task.exception()  # retrieved: a stream ends with the link's ConnectionError
+
+
 # -- the simulator ----------------------------------------------------------------------------------------
 
 
@@ -253,7 +264,7 @@ class SlcanSimulator(serving.LinkSimulator[SimStats]):
                     if stats.open and streaming is None:
                         streaming = asyncio.create_task(self._stream(link))
                     elif not stats.open and streaming is not None:
-                        await serving.cancel_all((streaming,))
+                        await _stop(streaming)
                         streaming = None
                 self._notify()
         except ConnectionError:
@@ -261,7 +272,7 @@ class SlcanSimulator(serving.LinkSimulator[SimStats]):
         finally:
             stats.open = False
             if streaming is not None:
-                await serving.cancel_all((streaming,))
+                await _stop(streaming)
 
     def _command(self, line: bytes) -> bytes:
         stats = self.stats
@@ -273,7 +284,7 @@ class SlcanSimulator(serving.LinkSimulator[SimStats]):
             stats.open = False
             return ok
         if head in (b"O", b"L"):
-            if stats.open or len(line) != 1:
+            if stats.open or len(line) != 1:  # python-can opens twice (set_bitrate, then __init__)
                 return error
             stats.open = True
             stats.listen_only = head == b"L"
@@ -297,6 +308,7 @@ class SlcanSimulator(serving.LinkSimulator[SimStats]):
             return ok if line[1:] in (b"0", b"1") else error
         if head in (b"t", b"T", b"r", b"R"):
             if not stats.open or stats.listen_only:
+                stats.refused += 1
                 return error
             try:
                 frame = slcan.decode_frame(line)

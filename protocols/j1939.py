@@ -464,15 +464,15 @@ class Pgn:
             for s in self.spns
         )
 
-    def decode(self, data: bytes) -> dict[str, float | int]:
+    def decode(self, data: bytes) -> dict[str, float | int | str]:
         """The SPNs' physical values (name -> value) of ``data``; those not available, in error, reserved
         or beyond the data's end are left out. A text PGN gives its field as a string (non-ASCII bytes
         replaced)."""
         if self.text is not None:
-            return {self.text: data.split(b"*", 1)[0].decode("ascii", "replace")}  # type: ignore[dict-item]
+            return {self.text: data.split(b"*", 1)[0].decode("ascii", "replace")}
         raw_all = int.from_bytes(data, "little")
         size = len(data)
-        values: dict[str, float | int] = {}
+        values: dict[str, float | int | str] = {}
         for name, start, mask, limit, resolution, offset, decimals, needs in self._fields:
             if needs > size:
                 continue
