@@ -35,6 +35,7 @@ import asyncio
 import re
 from collections import OrderedDict
 from collections.abc import Coroutine, Mapping
+from functools import partial
 from typing import Annotated, Any, ClassVar, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
@@ -295,7 +296,7 @@ class _Session(StreamSession[xbee.Frame, XbeeOptions]):
         self._joined: OrderedDict[int, float] = OrderedDict()
         self._factors: OrderedDict[tuple[int, int, int], dict[int, int]] = OrderedDict()
         self._reporting: dict[int, list[Reporting]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[object]] = set()
         for reporting in options.reporting:
             ieee = options.sensor_ieee(reporting.sensor)
             assert ieee is not None  # checked by the options
@@ -356,13 +357,13 @@ class _Session(StreamSession[xbee.Frame, XbeeOptions]):
             for task in self._tasks:
                 task.cancel()
 
-    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+    def _background(self, work: Coroutine[Any, Any, object]) -> None:
         """Run ``work`` (a send) beside the reader, cancelled with the session."""
         task = self.loop.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._done)
 
-    def _done(self, task: asyncio.Task[None]) -> None:
+    def _done(self, task: asyncio.Task[object]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             self.ctx.log.debug("a send failed: %s", task.exception())
@@ -432,9 +433,9 @@ class _Session(StreamSession[xbee.Frame, XbeeOptions]):
 
     async def transmit(
         self, ieee: int, endpoint: int, cluster: int, profile: int, payload: bytes, *, source_endpoint: int
-    ) -> None:
-        """Send ``payload`` to a sensor (an explicit addressing command); its transmit status is counted
-        when it comes."""
+    ) -> asyncio.Future[xbee.Message]:
+        """Send ``payload`` to a sensor (an explicit addressing command); the future of its transmit status
+        (a failed one is counted when it comes)."""
         frame_id = self._next_frame_id()
         future: asyncio.Future[xbee.Message] = self.loop.create_future()
         self._pending[frame_id] = future
@@ -446,6 +447,7 @@ class _Session(StreamSession[xbee.Frame, XbeeOptions]):
                 profile, payload,
             )
         )  # fmt: skip
+        return future
 
     async def permit_join(self, seconds: int) -> dict[str, Any]:
         """Open joining for ``seconds`` on the coordinator (NJ, applied) and every router (a ZDO permit
@@ -509,7 +511,7 @@ class _Session(StreamSession[xbee.Frame, XbeeOptions]):
         key = (ieee, sequence)
         self._reads[key] = future
         try:
-            await self.transmit(
+            sent = await self.transmit(
                 ieee,
                 endpoint,
                 cluster,
@@ -517,6 +519,7 @@ class _Session(StreamSession[xbee.Frame, XbeeOptions]):
                 zcl.read_attributes(sequence, attributes),
                 source_endpoint=self.options.endpoint,
             )
+            sent.add_done_callback(partial(_undelivered, future, ieee))
             try:
                 async with asyncio.timeout(self.options.read_timeout_s):
                     records = await future
@@ -789,6 +792,19 @@ class _Session(StreamSession[xbee.Frame, XbeeOptions]):
 
 
 _DEVICE_TYPES: Final = {0: "coordinator", 1: "router", 2: "end_device"}
+
+
+def _undelivered(read: asyncio.Future[Any], ieee: int, sent: asyncio.Future[xbee.Message]) -> None:
+    """A read whose request the coordinator could not deliver fails at once (not after its timeout)."""
+    if read.done() or sent.cancelled():
+        return
+    status = sent.result()
+    if isinstance(status, xbee.TransmitStatus) and not status.ok:
+        try:
+            why = xbee.DeliveryStatus(status.delivery).name.lower()
+        except ValueError:
+            why = f"0x{status.delivery:02x}"
+        read.set_exception(CommandFailed(f"the coordinator could not deliver to {ieee:016x}: {why}"))
 
 
 def _status_name(status: int) -> str:

@@ -4,28 +4,38 @@ damage on the line, damaged ZCL, a coordinator reset, a pulled stick; and its co
 
 from __future__ import annotations
 
+import asyncio
+import os
+import tty
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from drivers.commands import CommandFailed, CommandRefused
 from drivers.counters import BYTES_SKIPPED, DECODE_ERRORS, FRAMES_REJECTED
+from drivers.event import Event, encode
 from drivers.kinds import DEVICE_STATUS, ZIGBEE_ALARM, ZIGBEE_JOINED, ZIGBEE_REPORT
-from drivers.testing import Harness, running
+from drivers.testing import DeviceUnderTest, Harness, running
+from drivers.transport import open_serial
 from drivers.xbee import (
     COORDINATOR_RESETS,
     REPORTING_CONFIGURED,
+    CoordinatorReset,
     PermitJoinArgs,
     ReadAttributeArgs,
     XbeeDriver,
     XbeeOptions,
+    _Session,
 )
 from firmware_sim import xbee as sim
 from gateway.config import ConfigError, load_config
+from protocols import xbee as xbee_codec
 from protocols import zcl
 
 pytestmark = pytest.mark.timeout(90)
@@ -259,7 +269,7 @@ async def test_read_attribute_command(tmp_path: Path) -> None:
             await driver.command(
                 "read_attribute", ReadAttributeArgs(sensor="nobody", cluster=6, attributes=[0])
             )
-        with pytest.raises(CommandFailed, match="did not answer"):
+        with pytest.raises(CommandFailed, match="could not deliver to 0013a20041a7b2ff: address_not_found"):
             await driver.command(  # a sensor not on the network: the coordinator cannot deliver
                 "read_attribute",
                 ReadAttributeArgs(sensor=f"{LATE:016x}", cluster=0x0402, attributes=[0]),
@@ -344,6 +354,79 @@ async def test_a_pulled_stick_is_retried(tmp_path: Path) -> None:
         await run.until_state("connected", 2)
     assert "disconnected" in run.states()
     assert simulator.stats.connections >= 2
+
+
+# -- any frame at all: counted or reported, never a crash ------------------------------------------------
+
+zcl_payloads = st.one_of(
+    st.binary(max_size=40),
+    st.tuples(
+        st.sampled_from([0x08, 0x18, 0x19, 0x1C, 0x09]),
+        st.integers(0, 255),
+        st.sampled_from([0x00, 0x01, 0x07, 0x0A, 0x0B]),
+        st.binary(max_size=40),
+    ).map(lambda t: bytes((t[0],)) + (b"\x34\x12" if t[0] & 0x04 else b"") + bytes((t[1], t[2])) + t[3]),
+)
+clusters = st.sampled_from(
+    [0x0000, 0x0001, 0x0006, 0x0402, 0x0403, 0x0405, 0x0406, 0x0500, 0x0702, 0x0B04, 0xFC00]
+)
+explicit_rx = st.builds(
+    lambda ieee, cluster, profile, endpoint, payload: xbee_codec.encode_message(
+        xbee_codec.ExplicitRx(ieee, 0x1234, endpoint, 1, cluster, profile, 1, payload)
+    ),
+    st.sampled_from([CLIMATE, DOOR, 0x0013A20041A7B2C3]),
+    st.one_of(clusters, st.sampled_from([0x0013, 0x8021, 0x8036])),
+    st.sampled_from([0x0104, 0x0000]),
+    st.sampled_from([0, 1]),
+    zcl_payloads,
+)
+any_frames = st.one_of(
+    explicit_rx,
+    st.builds(
+        xbee_codec.Frame, st.sampled_from([0x88, 0x8A, 0x8B, 0x90, 0x95, 0xA1]), st.binary(max_size=40)
+    ),
+)
+
+
+def test_any_frame_is_counted_or_reported_never_a_crash() -> None:
+    """Arbitrary frames (ZCL that lies, unknown types and commands, ZDO, statuses, garbage payloads) through
+    a session on a real pty link: each is counted or reported, every event is JSON, nothing raises but a
+    coordinator reset's CoordinatorReset."""
+    loop = asyncio.new_event_loop()
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    link = loop.run_until_complete(open_serial(os.ttyname(slave), 9600))
+    options = XbeeOptions.model_validate({"port": "/dev/null", "sensors": NAMES})
+
+    async def play(frames: list[xbee_codec.Frame]) -> None:
+        events: list[Event] = []
+        ctx = DeviceUnderTest("zb", lambda: XbeeDriver("zb", options), events.append)
+        session = _Session(link, options, ctx)
+        for frame in frames:
+            try:
+                session.handle(frame)
+            except CoordinatorReset:
+                assert frame.frame_type == xbee_codec.FrameType.MODEM_STATUS
+        for task in list(session._tasks):
+            task.cancel()
+        for event in events:
+            encode(dict(event.data))  # every event is JSON
+            if event.kind == ZIGBEE_REPORT:
+                assert len(event.data["ieee"]) == 16 and isinstance(event.data["attribute"], int)
+
+    @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+    @given(frames=st.lists(any_frames, max_size=12))
+    def check(frames: list[xbee_codec.Frame]) -> None:
+        loop.run_until_complete(play(frames))
+
+    try:
+        check()
+    finally:
+        link.close()
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.close()
+        os.close(master)
+        os.close(slave)
 
 
 def test_the_driver_declares_its_kinds_and_commands() -> None:
