@@ -380,6 +380,7 @@ class Hj212Upstream(Upstream):
         self._minutes: dict[float, _Window] = {}
         self._hours: dict[float, _Window] = {}
         self._closed_until = -math.inf
+        self._hour_bounds = (0.0, 0.0)
         self._watermark = -math.inf
         self._max_ts = -math.inf
         self._records: deque[_Record] = deque()
@@ -576,8 +577,13 @@ class Hj212Upstream(Upstream):
         hour.seqs.append(row.seq)
 
     def _hour_start(self, ts: float) -> float:
+        start, end = self._hour_bounds
+        if start <= ts < end:  # most readings fall in the hour of the one before
+            return start
         local = dt.datetime.fromtimestamp(ts, self._tz).replace(minute=0, second=0, microsecond=0)
-        return local.timestamp()
+        start = local.timestamp()
+        self._hour_bounds = (start, start + 3600)
+        return start
 
     def _close(self, watermark: float) -> None:
         """Turn the intervals that ended by ``watermark`` into records, in time order."""
