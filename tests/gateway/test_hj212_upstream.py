@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import socket
 import statistics
 import zoneinfo
@@ -297,3 +298,41 @@ async def test_data_flags_from_device_status_and_a_flag_point(tmp_path: Path, pa
     }
     hour = next(u for u in sim.uploads if u.cn == "2061")
     assert hour.values["w01018-Flag"] == "B" and hour.values["w01018-Avg"] == "21.5"
+
+
+async def test_the_days_sums_survive_a_restart_in_the_state_file(tmp_path: Path, password_file: Path) -> None:
+    """Hour 22 acknowledged, then a stop at 23:30 with hour 23 still open: after the restart (its readings
+    still buffered, the rest of the hour appended) the daily record covers both hours."""
+    day = dt.datetime.now(TZ).date() - dt.timedelta(days=2)
+    at = dt.datetime.combine(day, dt.time(22, 0), TZ).timestamp()
+
+    def flow(minutes: range) -> list[Event]:
+        return [
+            Event("effluent-1", "meter.reading", at + m * 60, {"values": {"flow": 10.0 + m % 2, "cod": 20.0}})
+            for m in minutes
+        ]
+
+    state = tmp_path / "epb.json"
+    async with (
+        buffer_with_cursor(tmp_path) as (buffer, cursor),
+        platform.serve_tcp("127.0.0.1", 0, platform.SimOptions()) as sim,
+    ):
+        assert sim.port is not None
+        o = options(sim.port, password_file, realtime_s=0, state_file=str(state))
+        first = Hj212Upstream(o, cursor, UpstreamContext("gw"), clock=lambda: at + 90 * 60)  # 23:30
+        await buffer.append(flow(range(90)))
+        async with running(first):
+            await until("hour 22 acknowledged", lambda: first.records_acked[2061] == 1)
+            await until("its events acknowledged", lambda: buffer.stats().depth == 30)
+        assert json.loads(state.read_text())["days"][day.strftime("%Y%m%d")]["hours"] == [at]
+        second = Hj212Upstream(o, cursor, UpstreamContext("gw"), clock=lambda: at + 3 * 3600)
+        await buffer.append(flow(range(90, 120)))
+        async with running(second):
+            await until("the daily record acknowledged", lambda: second.records_acked[2031] == 1)
+            await until("every event acknowledged", lambda: buffer.stats().depth == 0)
+    hours = [u for u in sim.uploads if u.cn == "2061"]
+    assert [u.data_time for u in hours] == [f"{day:%Y%m%d}220000", f"{day:%Y%m%d}230000"]
+    daily = next(u for u in sim.uploads if u.cn == "2031")
+    assert float(daily.values["w00000-Cou"]) == pytest.approx(10.5 * 3600 * 2)  # both hours' amounts
+    assert float(daily.values["w00000-Min"]) == 10.0 and float(daily.values["w00000-Max"]) == 11.0
+    assert json.loads(state.read_text())["days"] == {}  # the day sent: nothing kept
