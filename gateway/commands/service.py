@@ -88,6 +88,8 @@ OUTBOX_MAX: Final = 1000
 ``command.result`` event is in the buffer all the same)."""
 WINDOW: Final = 100
 """Result publishes awaiting a PUBACK at most."""
+SUBACK_TIMEOUT_S: Final = 10.0
+"""A broker that does not answer the subscription within this is given up on (and reconnected to)."""
 STATUS_INTERVAL_S: Final = 1.0
 """The gateway's ``status`` command measures rates over this long (like ``edgegw status --once``)."""
 
@@ -261,7 +263,11 @@ class CommandService:
                 conn = self._new_connection()
                 try:
                     await conn.connect()
-                    reasons = await conn.subscribe(subscriptions(self._prefix, self._gateway_id))
+                    try:
+                        async with asyncio.timeout(SUBACK_TIMEOUT_S):
+                            reasons = await conn.subscribe(subscriptions(self._prefix, self._gateway_id))
+                    except TimeoutError:
+                        raise MqttNotConnected(f"no SUBACK within {SUBACK_TIMEOUT_S:g} s") from None
                 except (MqttConnectError, MqttNotConnected) as err:
                     if conn.connected:
                         await conn.disconnect(grace_s=0.5)

@@ -1,7 +1,7 @@
 """Commands against the field's own tools and the README's broker setup: Mosquitto's ``mosquitto_rr`` (an
 MQTT 5 request/response client) gets the gateway's result on its response topic, and the README's Mosquitto
 ACL for one gateway, on a real mosquitto with a password file, lets the operator command that gateway and
-nobody else reach it."""
+nobody else reach it. Also: commands over MQTT 3.1.1, and the de-duplication window's count."""
 
 from __future__ import annotations
 
@@ -137,3 +137,41 @@ async def test_the_readme_acl_lets_the_operator_in_and_keeps_others_out(tmp_path
             assert result.status == "ok" and result.data == {"gateway": GW, "state": "running"}
             assert service.received == 1  # the operator's; the intruder's never arrived
             assert gateway.reloads["applied"] == 0
+
+
+async def test_commands_over_mqtt_3_1_1(tmp_path: Path, broker: Mosquitto) -> None:
+    """The protocol needs nothing of MQTT 5: the session persists (clean session off), results go to the
+    result topic."""
+    path = config(tmp_path, broker)
+    path.write_text(
+        path.read_text().replace("    prefix: edgegw\n", "    prefix: edgegw\n    protocol: '3.1.1'\n")
+    )
+    gateway = Gateway(load_config(path))
+    async with running(gateway), CommandClient(gateway.config) as client:
+        await until("the command service subscribed", lambda: listening(gateway))
+        result = await client.send(None, "ping")
+        assert result.status == "ok" and result.data == {"gateway": GW, "state": "running"}
+
+
+async def test_the_dedupe_window_forgets_the_oldest_ids_beyond_its_count(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    path = config(tmp_path, broker)
+    path.write_text(
+        path.read_text().replace(
+            "      enabled: true\n", "      enabled: true\n      dedupe_window: {count: 2}\n"
+        )
+    )
+    gateway = Gateway(load_config(path))
+    async with running(gateway), CommandClient(gateway.config) as client:
+        await until("the command service subscribed", lambda: listening(gateway))
+        service = gateway.commands
+        assert service is not None
+        for rid in ("a", "b", "a"):  # within the window: the repeat of a is answered from it
+            assert (await client.send(None, "ping", request_id=rid)).status == "ok"
+        assert service.duplicates == 1
+        for rid in ("c", "a"):  # c pushes a out (the window holds b and c): a runs again
+            assert (await client.send(None, "ping", request_id=rid)).status == "ok"
+        assert service.duplicates == 1
+        assert (await client.send(None, "ping", request_id="c")).status == "ok"
+        assert service.duplicates == 2
