@@ -149,7 +149,8 @@ class SimOptions:
     alarm_every_s: float = 20.0
     """Each IAS zone's alarm period (raised, then cleared half a period later; 0: never)."""
     rate: float = 0.0
-    """Reports per second across the network, instead of interval_s (0: interval_s) — a load test."""
+    """Reports per second across the network, instead of interval_s (0: interval_s): a load test, one
+    attribute per frame, from frames built once (no faults applied to them)."""
     escapes: bool = False
     """Addresses and values full of the bytes API mode 2 escapes."""
     seed: int = 0
@@ -215,6 +216,7 @@ class XBeeSimulator(serving.LinkSimulator[SimStats]):
         self._sequence = 0
         self._start = 0.0
         self._links: set[Link] = set()
+        self._pool: dict[tuple[int, bool], list[tuple[bytes, int, int, Any]]] = {}
 
     def _nwk_for(self, index: int, sensor: SimSensor) -> int:
         if self.options.escapes:
@@ -371,21 +373,21 @@ class XBeeSimulator(serving.LinkSimulator[SimStats]):
         return xbee.RxPacket(sensor.ieee, self.nwk[sensor.ieee], 0x01, payload)
 
     def _report_messages(
-        self, sensor: SimSensor, first_only: bool = False
+        self, sensor: SimSensor
     ) -> list[tuple[xbee.Message, list[tuple[int, int, Any]], int]]:
         out = []
         values = self.values(sensor)
         if sensor.kind in ("door", "smoke"):  # an IAS zone reports its battery; zone changes are notified
             values = {POWER: values[POWER]}
-        for cluster, records in list(values.items())[: 1 if first_only else None]:
+        for cluster, records in values.items():
             header: dict[str, Any] = {"manufacturer": 0x1234} if cluster >= 0xFC00 else {}
             payload = zcl.report_attributes(self._next_sequence(), records, **header)
             out.append((self._rx(sensor, cluster, payload), records, cluster))
         return out
 
-    async def report(self, link: Link, sensors: list[SimSensor], *, first_only: bool = False) -> None:
-        """Every attribute of ``sensors``, now (``first_only``: only the first cluster's)."""
-        batch = [(sensor, item) for sensor in sensors for item in self._report_messages(sensor, first_only)]
+    async def report(self, link: Link, sensors: list[SimSensor]) -> None:
+        """Every attribute of ``sensors``, now."""
+        batch = [(sensor, item) for sensor in sensors for item in self._report_messages(sensor)]
         intact = await self._send(link, [message for _, (message, _, _) in batch])
         for ok, (sensor, (_, records, cluster)) in zip(intact, batch, strict=True):
             if ok:
@@ -394,6 +396,40 @@ class XBeeSimulator(serving.LinkSimulator[SimStats]):
                 for attribute, _, value in records:
                     self.sent.append((sensor.ieee, cluster, attribute, value))
         self._notify()
+
+    async def _load(self, link: Link, sensors: list[SimSensor], first: int, count: int) -> None:
+        """``count`` one-attribute reports for the load test (``rate``), round robin from ``first``: taken
+        from frames built once per sensor (64 values each), so that the simulator can offer more than the
+        driver under test takes. No faults are applied to them."""
+        pool = self._pool
+        explicit = bool(self.settings["AO"][-1] & 0x01)  # what the host asked for: 0x91 or 0x90
+        frames = bytearray()
+        sent = self.sent
+        for n in range(first, first + count):
+            sensor = sensors[n % len(sensors)]
+            built = pool.get((sensor.ieee, explicit))
+            if built is None:
+                built = pool[sensor.ieee, explicit] = self._build_pool(sensor)
+            raw, cluster, attribute, value = built[n % len(built)]
+            frames += raw
+            sent.append((sensor.ieee, cluster, attribute, value))
+        await link.write(bytes(frames))
+        self.stats.report_frames += count
+        self.stats.reports += count
+        self._notify()
+
+    def _build_pool(self, sensor: SimSensor) -> list[tuple[bytes, int, int, Any]]:
+        pool = []
+        cluster, records = next(iter(self.values(sensor).items()))
+        attribute, data_type, value = records[0]
+        for step in range(64):
+            varied = value + step if isinstance(value, int) and not isinstance(value, bool) else value
+            payload = zcl.report_attributes(step, [(attribute, data_type, varied)])
+            raw = xbee.encode_frame(
+                xbee.encode_message(self._rx(sensor, cluster, payload)), escaped=self.escaped
+            )
+            pool.append((raw, cluster, attribute, varied))
+        return pool
 
     async def alarm(self, link: Link, sensor: SimSensor, raised: bool) -> None:
         """An IAS zone's status change notification (alarm1 raised or cleared)."""
@@ -509,10 +545,9 @@ class XBeeSimulator(serving.LinkSimulator[SimStats]):
                     if count > MAX_BURST:  # fell behind (a busy machine): offer less, never a flood
                         count = MAX_BURST
                         owed = 0.0
-                    batch = [on_network[(cursor + i) % len(on_network)] for i in range(count)]
-                    cursor += count
-                    if batch:
-                        await self.report(link, batch, first_only=True)
+                    if count:
+                        await self._load(link, on_network, cursor, count)
+                        cursor += count
                     continue
                 due = [s for s in on_network if now >= next_report[s.ieee]]
                 for sensor in due:

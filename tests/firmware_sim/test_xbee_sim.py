@@ -160,6 +160,25 @@ async def test_faults_damage_frames_as_configured(tmp_path: Path) -> None:
     assert simulator.stats.noise_bytes > 0
 
 
+async def test_the_load_mode_offers_its_rate_of_valid_reports(tmp_path: Path) -> None:
+    options = sim.SimOptions(rate=2000, alarm_every_s=0)
+    async with sim.serve_pty(tmp_path / "tty", options) as simulator:
+
+        class Host:
+            def __init__(self, client: Any) -> None:
+                self.client = client
+
+        async with over_pty(tmp_path / "tty", Host) as host:
+            framer = xbee.XBeeFramer()
+            frames: list[xbee.Frame] = []
+            async with asyncio.timeout(20):
+                while len(frames) < 1000:
+                    frames += framer.feed(await host.client.read())
+    assert framer.stats.bytes_skipped == 0 and simulator.stats.reports >= 1000
+    sources = {m.source64 for m in map(xbee.parse_message, frames) if isinstance(m, xbee.RxPacket)}  # AO=0
+    assert sources == {s.ieee for s in sim.DEFAULT_SENSORS if s.joined}
+
+
 def test_fault_specs_and_sensors_on_the_command_line() -> None:
     assert sim.parse_faults(["bad-checksum=0.1,truncate=0.2", "reset=30"]) == sim.Faults(
         bad_checksum=0.1, truncate=0.2, reset_every_s=30
