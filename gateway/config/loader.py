@@ -29,6 +29,7 @@ from drivers import registry
 from drivers.base import CONFIG_DIR, Driver
 from drivers.bus import SharedLine
 from drivers.kinds import GPS_FIX, RFID_READ
+from gateway.commands.protocol import GATEWAY_COMMANDS
 from gateway.config.models import (
     _CONTEXT_KEY,
     _DEVICE_KEYS,
@@ -109,6 +110,8 @@ class _Loader:
         self._check_shared_lines()
         if doc is not None and sections is not None:
             self._check_positions(doc, sections.gateway.position_from)
+            if sections.upstream is not None:
+                self._check_command_timeouts(doc, sections.upstream.mqtt.commands.timeouts)
         self.problems = self._merge_anchored()
         if self.problems or sections is None:
             order = self.file_order
@@ -491,6 +494,19 @@ class _Loader:
             "part of the other's traffic)"
         )
         self._problem(placed.display, placed.doc.line_of(path), path, message, placed.doc)
+
+    def _check_command_timeouts(self, doc: Document, timeouts: Mapping[str, float]) -> None:
+        """``upstream.mqtt.commands.timeouts`` may name only commands that a device here or the gateway
+        offers: a misspelt name would silently leave that command on the default timeout."""
+        known = {*GATEWAY_COMMANDS, *(name for d in self.devices for name in d.driver_class.commands)}
+        for name in timeouts:
+            if name not in known:
+                path = ("upstream", "mqtt", "commands", "timeouts", name)
+                message = (
+                    f"no device of this gateway offers a command {name!r}, nor does the gateway "
+                    f"(commands here: {', '.join(sorted(known))})"
+                )
+                self._problem(self.display, doc.line_of(path), path, message, doc)
 
     def _commands(
         self,

@@ -136,3 +136,14 @@ def test_the_schema_documents_each_drivers_commands_and_their_args() -> None:
     mqtt = gateway_schema["$defs"]["MqttConfig"]["properties"]["commands"]
     assert "Commands from upstream" in mqtt["description"]
     assert json.dumps(gateway_schema["$defs"]["CommandsConfig"]).count("max_age_s") >= 1
+
+
+def test_a_timeout_for_a_command_nobody_offers_is_rejected(tmp_path: Path) -> None:
+    commands = "    commands:\n      timeouts: {write: 3, ping: 1, wirte: 5}\n"
+    path = write(tmp_path, "    commands: [write]\n", commands)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    [problem] = caught.value.problems
+    assert (problem.line, problem.field) == (9, "upstream.mqtt.commands.timeouts.wirte")
+    assert "no device of this gateway offers a command 'wirte'" in problem.message
+    assert "ping, read, reload, status, write" in problem.message
