@@ -472,10 +472,12 @@ class XBeeSimulator(serving.LinkSimulator[SimStats]):
         )
         self._notify()
 
-    async def send_zcl(self, ieee: int, cluster: int, payload: bytes) -> None:
-        """``payload`` (any bytes: a test's damaged ZCL) from sensor ``ieee`` on ``cluster``, to every
-        connected host."""
-        message = self._rx(self.sensors[ieee], cluster, payload)
+    async def send_rx(
+        self, ieee: int, cluster: int, payload: bytes, *, profile: int = zcl.PROFILE_HA
+    ) -> None:
+        """``payload`` (any bytes: a test's damaged ZCL, a ZDO message) from sensor ``ieee`` on ``cluster``
+        of ``profile`` (ZDO: 0), to every connected host."""
+        message = self._rx(self.sensors[ieee], cluster, payload, profile=profile)
         for link in list(self._links):
             await self._send(link, [message])
 

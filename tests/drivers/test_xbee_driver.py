@@ -36,7 +36,7 @@ from drivers.xbee import (
 from firmware_sim import xbee as sim
 from gateway.config import ConfigError, load_config
 from protocols import xbee as xbee_codec
-from protocols import zcl
+from protocols import zcl, zdo
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -319,17 +319,35 @@ async def test_damaged_zcl_keeps_what_came_before_it(tmp_path: Path) -> None:
         await run.until_state("connected")
         before = len(reports(run))
         # A temperature, then a string that says 16 bytes with 2 left.
-        await simulator.send_zcl(CLIMATE, 0x0402, bytes.fromhex("18 05 0A 00 00 29 D2 09 01 00 42 10 41 42"))
+        await simulator.send_rx(CLIMATE, 0x0402, bytes.fromhex("18 05 0A 00 00 29 D2 09 01 00 42 10 41 42"))
         # A humidity, then an array (a type this codec cannot size).
-        await simulator.send_zcl(
+        await simulator.send_rx(
             CLIMATE, 0x0405, bytes.fromhex("18 06 0A 00 00 21 10 27 05 00 48 20 02 00 01 02")
         )
-        await simulator.send_zcl(CLIMATE, 0x0402, bytes.fromhex("18"))  # a header cut short
-        await simulator.send_zcl(CLIMATE, 0x0500, bytes.fromhex("19 07 00 01"))  # a zone change cut short
+        await simulator.send_rx(CLIMATE, 0x0402, bytes.fromhex("18"))  # a header cut short
+        await simulator.send_rx(CLIMATE, 0x0500, bytes.fromhex("19 07 00 01"))  # a zone change cut short
         await run.until("4 decode errors", lambda: run.counters().get(DECODE_ERRORS, 0) >= 4)
         new = reports(run)[before:]
     assert [(r["name"], r["value"]) for r in new] == [("temperature", 25.14), ("humidity", 100.0)]
     assert not run.data(ZIGBEE_ALARM)
+
+
+async def test_a_device_announce_alone_is_a_join(tmp_path: Path) -> None:
+    async with coordinator(tmp_path, sim.SimOptions(interval_s=60, alarm_every_s=0)) as (simulator, _, run):
+        await run.until_state("connected")
+        _, announce = zdo.encode(zdo.DeviceAnnounce(7, 0x7E11, CLIMATE, 0x8E))  # a router, rejoining
+        await simulator.send_rx(CLIMATE, zdo.ZdoCluster.DEVICE_ANNOUNCE, announce, profile=zdo.PROFILE)
+        await run.until_events(ZIGBEE_JOINED)
+        await simulator.send_rx(CLIMATE, zdo.ZdoCluster.DEVICE_ANNOUNCE, announce, profile=zdo.PROFILE)
+        await simulator.send_rx(CLIMATE, 0x0402, bytes.fromhex("18 05 0A 00 00 29 D2 09"))
+        await run.until("the report after the repeated announce", lambda: len(reports(run, CLIMATE)) >= 1)
+    assert run.data(ZIGBEE_JOINED) == [
+        {
+            "ieee": f"{CLIMATE:016x}", "nwk": 0x7E11, "sensor": "plant-room-1", "via": "device_announce",
+            "device_type": "router", "identifier": None, "parent": None, "capability": 0x8E,
+        }
+    ]  # fmt: skip
+    assert reports(run, CLIMATE)[0]["nwk"] == simulator.nwk[CLIMATE]  # as its frames say
 
 
 async def test_a_coordinator_reset_starts_over(tmp_path: Path) -> None:
