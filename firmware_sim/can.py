@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import math
 import random
+import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +86,9 @@ class SimOptions:
     """How much faster than real time the drive's story runs (its frames keep their real rates)."""
     seed: int = 0
     faults: Faults = field(default_factory=Faults)
+    progress: TextIO | None = None
+    """Where a loaded bus prints ``frames N`` (the frames written so far) every second (a benchmark reads
+    it)."""
 
 
 @dataclass
@@ -410,6 +414,7 @@ class SlcanSimulator(serving.LinkSimulator[SimStats]):
         sent = 0
         index = 0
         rate = self.options.rate
+        next_progress = start + 1.0
         while True:
             await asyncio.sleep(TICK_S)
             due = int((loop.time() - start) * rate) - sent
@@ -422,6 +427,10 @@ class SlcanSimulator(serving.LinkSimulator[SimStats]):
             sent += due
             self.stats.frames += due
             self._notify()
+            progress = self.options.progress
+            if progress is not None and loop.time() >= next_progress:
+                next_progress += 1.0
+                print(f"frames {self.stats.frames}", file=progress, flush=True)
 
     async def unplug_forever(self) -> None:
         faults = self.options.faults
@@ -524,6 +533,7 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
     if args.rate <= 0 or args.time_scale <= 0:
         raise ValueError("--rate and --time-scale must be positive")
     return SimOptions(
+        progress=sys.stdout if args.load else None,
         load=args.load,
         rate=args.rate,
         time_scale=args.time_scale,
