@@ -205,9 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     readers = [r.strip() for r in args.readers.split(",") if r.strip()]
-    print(
-        f"{'reader':<10} {'frames/s':>9} {'cpu %':>7} {'us/frame':>8} {'rss max':>8} {'rss t0':>7} {'rss t1':>7} {'sim %':>7}"
-    )
+    columns = (("frames/s", 9), ("cpu %", 7), ("us/frame", 8), ("rss max", 8), ("rss t0", 7), ("rss t1", 7))
+    print(f"{'reader':<10} " + " ".join(f"{name:>{width}}" for name, width in columns) + f" {'sim %':>7}")
     results: dict[str, list[Result]] = {r: [] for r in readers}
     for _ in range(args.runs):
         for reader in readers:
