@@ -43,8 +43,10 @@ import contextlib
 import fnmatch
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any, ClassVar, Final, Literal
 from urllib.parse import urlsplit
 
@@ -171,6 +173,11 @@ class SparkplugOptions(UpstreamOptions):
     reconnect: ReconnectConfig = Field(
         default_factory=ReconnectConfig, description="Backoff between connection attempts."
     )
+    state_file: Path | None = Field(
+        default=None,
+        description="Where the last bdSeq is kept across restarts (JSON), so that a restarted node goes on "
+        "from it (the specification's advice); default: in memory, starting at 0 at each start.",
+    )
     devices: dict[str, DeviceMapping] = Field(
         default_factory=dict,
         description="Device name glob -> mapping (the first pattern that matches, in order); devices "
@@ -295,7 +302,7 @@ class SparkplugUpstream(Upstream):
         self._backoff = Backoff(options.reconnect.initial_s, options.reconnect.max_s)
         self._devices: dict[str, _Device] = {}
         self._next_alias = 2  # 1 is Node Control/Rebirth
-        self._bdseq = -1
+        self._bdseq = self._load_bdseq()
         self._seq = 0
         self._conn: MqttConnection | None = None
         self._pending: dict[int, tuple[int, ...]] = {}
@@ -399,6 +406,7 @@ class SparkplugUpstream(Upstream):
     def _new_connection(self) -> MqttConnection:
         o = self.o
         self._bdseq = (self._bdseq + 1) % 256
+        self._save_bdseq()
         death = self._node_death()
         tls = None
         if o.tls_enabled:
@@ -439,6 +447,36 @@ class SparkplugUpstream(Upstream):
         conn._client.on_message = self._on_message  # paho's callback, on the loop thread
         self._conn = conn
         return conn
+
+    def _load_bdseq(self) -> int:
+        """The bdSeq of the last connection (-1: none), from ``state_file``."""
+        path = self.o.state_file
+        if path is None:
+            return -1
+        try:
+            value = json.loads(path.read_text())["bdSeq"]
+            if isinstance(value, int) and 0 <= value <= 255:
+                return value
+            raise ValueError(f"bdSeq {value!r}")
+        except FileNotFoundError:
+            return -1
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            log.error("sparkplug %s: state file %s unusable (%s); bdSeq starts at 0", self.name, path, err)
+            return -1
+
+    def _save_bdseq(self) -> None:
+        path = self.o.state_file
+        if path is None:
+            return
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            with tmp.open("w") as f:
+                json.dump({"bdSeq": self._bdseq}, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as err:
+            self._log("state", logging.ERROR, "sparkplug %s: cannot write %s: %s", self.name, path, err)
 
     def _node_death(self) -> bytes:
         payload = sp.Payload()

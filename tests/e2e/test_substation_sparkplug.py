@@ -36,7 +36,9 @@ def site(tmp_path: Path, broker: Mosquitto, group: str, host_id: str, *, tty: Pa
     config["metrics"] = {"listen": "127.0.0.1:0"}
     scada, city = config["upstreams"]
     assert (scada["kind"], city["kind"]) == ("sparkplug", "mqtt")
-    scada.update(url=broker.url, group_id=group, primary_host_id=host_id)
+    scada.update(
+        url=broker.url, group_id=group, primary_host_id=host_id, state_file=str(tmp_path / "scada.json")
+    )
     scada["reconnect"] = {"initial_s": 0.05, "max_s": 0.3}
     city["url"] = broker.url
     for device in config["devices"]:

@@ -265,3 +265,18 @@ async def test_the_will_is_the_ndeath_and_a_drain_delivers_the_backlog(
         host.stop()
     assert host.violations == []
     assert len(host.values("meter-1", "voltage_a")) == 20
+
+
+async def test_bdseq_goes_on_after_a_restart_with_a_state_file(
+    tmp_path: Path, broker: Mosquitto, group: str
+) -> None:
+    host = Host(broker, group).start()
+    state = str(tmp_path / "scada.json")
+    try:
+        for expected in (0, 1):
+            async with edge_node(tmp_path, broker, group, state_file=state):
+                await until(f"NBIRTH with bdSeq {expected}", lambda: host.bdseq == expected)  # noqa: B023
+            await until("NDEATH at the stop", lambda: len(host.deaths) == expected + 1)  # noqa: B023
+    finally:
+        host.stop()
+    assert host.violations == [] and host.deaths == [0, 1]
