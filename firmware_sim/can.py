@@ -27,7 +27,7 @@ import contextlib
 import math
 import random
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, TextIO
@@ -39,6 +39,7 @@ from . import serving
 __all__ = [
     "CityBus",
     "Faults",
+    "PeriodicFrame",
     "SimOptions",
     "SimStats",
     "SlcanSimulator",
@@ -77,6 +78,16 @@ class Faults:
 
 
 @dataclass(frozen=True)
+class PeriodicFrame:
+    """A frame more on the drive's bus (another ECU, a body controller), every ``period_s``: its data is
+    ``payload(story_s)``, the story's time in seconds (a test encodes it with its own DBC, say)."""
+
+    period_s: float
+    arbitration_id: int
+    payload: Callable[[float], bytes]
+
+
+@dataclass(frozen=True)
 class SimOptions:
     load: bool = False
     """A fully loaded bus instead of the drive."""
@@ -86,6 +97,8 @@ class SimOptions:
     """How much faster than real time the drive's story runs (its frames keep their real rates)."""
     seed: int = 0
     faults: Faults = field(default_factory=Faults)
+    extra: tuple[PeriodicFrame, ...] = ()
+    """Frames played beside the drive's own (not in load mode)."""
     progress: TextIO | None = None
     """Where a loaded bus prints ``frames N`` (the frames written so far) every second (a benchmark reads
     it)."""
@@ -364,6 +377,10 @@ class SlcanSimulator(serving.LinkSimulator[SimStats]):
             for arbitration_id, data in bus.frames(last, now, story):
                 out += self._line(arbitration_id, data)
                 count += 1
+            for extra in self.options.extra:
+                if math.floor(now / extra.period_s) > math.floor(last / extra.period_s):
+                    out += self._line(extra.arbitration_id, extra.payload(story))
+                    count += 1
             if now >= next_dm1:
                 next_dm1 = now + 1.0
                 codes = tuple(bus.dtcs(story))
