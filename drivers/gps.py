@@ -50,10 +50,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from protocols import nmea
-from protocols.errors import DecodeError
+from protocols.errors import DecodeError, EncodeError
 
 from .base import DeviceContext
 from .counters import DECODE_ERRORS
@@ -119,6 +119,23 @@ class GpsOptions(SerialOrTcpOptions):
     read_timeout_s: float = Field(
         default=5.0, gt=0, le=300, description="A receiver silent this long (no byte) is reconnected."
     )
+    init_sentences: list[str] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Sentences sent to the receiver on every connect, before reading (its configuration: "
+        "'PMTK220,1000' for a 1 Hz MediaTek, 'PUBX,40,GSV,0,0,0,0,0,0' to silence a u-blox's GSV); without "
+        "'$' and checksum, which the driver adds, or whole. None by default: the driver only listens.",
+    )
+
+    @field_validator("init_sentences")
+    @classmethod
+    def _sentences(cls, sentences: list[str]) -> list[str]:
+        for text in sentences:
+            try:
+                nmea.command(text)
+            except EncodeError as err:
+                raise ValueError(str(err)) from None
+        return sentences
 
 
 class GpsDriver(StreamDriver[GpsOptions]):
@@ -344,7 +361,10 @@ class _Session(StreamSession[nmea.Sentence, GpsOptions]):
         self.fixes = FixMaker(options, ctx.emit, ctx.count, clock)
 
     async def start(self) -> str:
-        """A receiver is connected once a whole sentence with a good checksum arrived."""
+        """Send the receiver its ``init_sentences``; it is connected once a whole sentence with a good
+        checksum arrived."""
+        for text in self.options.init_sentences:
+            await self.write(nmea.command(text))
         first = await self.recv(self.loop.time() + self.options.read_timeout_s)
         if first is None:
             raise DeviceTimeout(f"receiver silent for {self.options.read_timeout_s:g} s")

@@ -140,6 +140,8 @@ class SimStats:
     noise_bytes: int = 0
     connections: int = 0
     disconnects: int = 0
+    commands: int = 0
+    """Lines the host sent (configuration sentences: read, counted, not acted on)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +210,8 @@ class GpsSimulator(serving.LinkSimulator[SimStats]):
         self.options = options or SimOptions()
         self.route = Route(self.options.route, self.options.speed_kmh, self.options.dwell_s)
         self.sent: deque[SentFix] = deque(maxlen=SENT_KEPT)
+        self.received = bytearray()
+        """The last bytes the host sent (at most SENT_KEPT)."""
         self.fix_lost = False
         """On demand (:meth:`lose_fix`): no fix until :meth:`regain_fix`."""
         self._clock = clock
@@ -248,9 +252,12 @@ class GpsSimulator(serving.LinkSimulator[SimStats]):
             await serving.cancel_all((reader,))
 
     async def _drain(self, link: Link) -> None:
-        """Read (and ignore) what the host sends, until the link ends."""
-        while await link.read():
-            pass
+        """Read what the host sends (configuration sentences: counted, not acted on), until the link ends."""
+        while data := await link.read():
+            self.received += data
+            del self.received[:-SENT_KEPT]
+            self.stats.commands += data.count(b"\n")
+            self._notify()
 
     async def _stream(self, link: Link, reader: asyncio.Task[None]) -> None:
         opts = self.options

@@ -54,6 +54,7 @@ __all__ = [
     "Rmc",
     "Sentence",
     "Vtg",
+    "command",
     "decode",
     "gga",
     "gsa",
@@ -341,7 +342,30 @@ def _fields(talker: str, kind: str, msg: NMEAMessage) -> Decoded:
     )
 
 
-# -- building sentences (the simulator, the tests) ---------------------------------------------------------
+# -- building sentences (the simulator, the tests, commands to a receiver) ---------------------------------
+
+
+def command(text: str) -> bytes:
+    """A sentence to send to a receiver (a proprietary configuration command such as MediaTek's
+    ``PMTK220,1000`` or u-blox's ``PUBX,40,GSV,0,0,0,0,0,0``): ``text`` without ``$`` and checksum, or a whole
+    sentence whose checksum is then verified; returns it framed, ``$`` to CR LF with its checksum. Raises
+    :class:`EncodeError` for what cannot be a sentence (not printable ASCII, ``$`` or ``*`` inside, a wrong
+    checksum, too long)."""
+    body = text.strip()
+    if body.startswith("$"):
+        body = body[1:]
+        head, star, given = body.rpartition("*")
+        if not star or len(given) != 2:
+            raise EncodeError(f"{text!r}: a whole sentence ends with *HH")
+        if calc_checksum(head) != given.upper():
+            raise EncodeError(f"{text!r}: its checksum should be {calc_checksum(head)}")
+        body = head
+    if not body or any(not 0x20 <= ord(c) <= 0x7E or c in "$*" for c in body):
+        raise EncodeError(f"{text!r}: a sentence is printable ASCII without '$' or '*'")
+    framed = f"${body}*{calc_checksum(body)}\r\n".encode("ascii")
+    if len(framed) > MAX_SENTENCE:
+        raise EncodeError(f"{text!r}: longer than {MAX_SENTENCE} characters")
+    return framed
 
 
 def sentence(talker: str, kind: str, **fields: Any) -> bytes:

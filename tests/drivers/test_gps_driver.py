@@ -149,6 +149,25 @@ async def test_fixes_from_the_receiver_on_a_pty(tmp_path: Path) -> None:
     assert counters[FIXES_HELD] > 0  # epochs every 0.05 s, reported every 0.2 s
 
 
+async def test_init_sentences_are_sent_on_every_connect(tmp_path: Path) -> None:
+    link = tmp_path / "ttyGPS"
+    init = ["PMTK220,1000", "$PUBX,40,GSV,0,0,0,0,0,0*59"]
+    async with serve_pty(link, FAST) as sim, gps(port=str(link), init_sentences=init) as run:
+        await run.until_events(GPS_FIX)
+        await sim.wait_for(lambda s: s.commands >= 2)
+        await sim.disconnect()
+        await run.until_state("connected", 2)
+        await sim.wait_for(lambda s: s.commands >= 4)  # sent again on the new connection
+    assert bytes(sim.received).startswith(b"$PMTK220,1000*1F\r\n$PUBX,40,GSV,0,0,0,0,0,0*59\r\n")
+    assert bytes(sim.received).count(b"$PMTK220,1000*1F\r\n") == 2
+
+
+@pytest.mark.parametrize("bad", ["PMTK$220", "$PMTK220,1000*00", "PMTK*220", "", "É", "X" * 200])
+def test_init_sentences_that_cannot_be_sent_are_refused(bad: str) -> None:
+    with pytest.raises(ValidationError, match="init_sentences"):
+        GpsOptions(port="/dev/ttyUSB2", init_sentences=[bad])
+
+
 async def test_bad_checksums_truncated_sentences_and_noise_are_counted_and_skipped(tmp_path: Path) -> None:
     link = tmp_path / "ttyGPS"
     faults = Faults(bad_checksum=0.1, truncate=0.1, noise=0.1)

@@ -17,7 +17,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from protocols import nmea
-from protocols.errors import DecodeError
+from protocols.errors import DecodeError, EncodeError
 
 from .framer_suite import FramerSuite
 
@@ -275,3 +275,22 @@ def test_arbitrary_bytes_through_framer_and_decoder_never_raise_but_decode_error
         for sentence in framer.feed(data[a:b]):
             with contextlib.suppress(DecodeError):
                 nmea.decode(sentence)
+
+
+@pytest.mark.parametrize(
+    ("text", "framed"),
+    [
+        ("PMTK220,1000", b"$PMTK220,1000*1F\r\n"),
+        ("$PMTK220,1000*1f", b"$PMTK220,1000*1F\r\n"),
+        ("  PUBX,40,GSV,0,0,0,0,0,0 ", b"$PUBX,40,GSV,0,0,0,0,0,0*59\r\n"),
+    ],
+)
+def test_a_command_is_framed_with_its_checksum(text: str, framed: bytes) -> None:
+    assert nmea.command(text) == framed
+    assert nmea.NmeaFramer().feed(framed) == [framed]
+
+
+@pytest.mark.parametrize("text", ["", "$", "PMTK$1", "PMTK*1", "$PMTK220,1000*00", "$PMTK220,1000", "x\x01"])
+def test_what_cannot_be_a_command_is_refused(text: str) -> None:
+    with pytest.raises(EncodeError):
+        nmea.command(text)
