@@ -78,6 +78,8 @@ class Collector:
         with self._lock:
             if msg.topic == f"{self.prefix}/{self.gateway_id}/status":
                 self.received.statuses.append(msg.payload.decode())
+            elif msg.topic.endswith(("/cmd", "/cmd/result")):
+                pass  # command requests and results (gateway/commands), not events
             else:
                 body = json.loads(msg.payload)
                 for message in body if isinstance(body, list) else [body]:

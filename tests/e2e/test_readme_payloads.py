@@ -6,7 +6,8 @@ pty or TCP port, into a private mosquitto: ``reader-1`` (R2000 on a pty, with ta
 forwarded), ``gantry-north`` (LLRP on TCP), ``meter-3`` (Modbus TCP) and ``meter-7`` (DL/T 645 on a pty),
 ``cabinet-1`` and ``gate-1`` (ble, replaying config/examples/ble-adverts.jsonl), ``gps-1`` (an NMEA receiver
 on a pty), ``zb-1`` (an XBee ZigBee coordinator on a pty with a thermometer, a door contact and a
-sensor that joins once joining is open). What arrives, plus what the
+sensor that joins once joining is open); once they all report, the test sends ``meter-3`` a ``read``
+command (its record: ``command.request`` and ``command.result``). What arrives, plus what the
 buffer still holds after the stop (the stop's own events), is compared with the examples. An example stands
 for the messages of its device and kind (of its ``state`` from any device, for ``device.status``); some must
 have arrived, and each of them has the example's keys, at every level, with the example's JSON types: an
@@ -38,6 +39,8 @@ from firmware_sim import modbus as modbus_sim
 from firmware_sim import r2000 as r2000_sim
 from firmware_sim import xbee as xbee_sim
 from firmware_sim.modbus import SimPoint
+from gateway.commands.client import CommandClient
+from gateway.config import load_config
 from protocols import modbus as mb
 from protocols.epc import encode_epc, epc_uri
 from protocols.modbus import ByteOrder, DataType, Table
@@ -268,6 +271,7 @@ def site(tmp_path: Path, broker: Mosquitto, gateway_id: str, sims: Sims) -> Path
         gateway_id=gateway_id,
         buffer=tmp_path / "buffer.db",
         url=broker.url,
+        extra_mqtt="    commands: {enabled: true}\n",
         devices=f"""  - name: reader-1
     driver: uhf-r2000
     port: {tmp_path / "ttyReader"}
@@ -294,6 +298,7 @@ def site(tmp_path: Path, broker: Mosquitto, gateway_id: str, sims: Sims) -> Path
     unit_id: 3
     poll_s: 0.5
     byte_order: CDAB
+    commands: [read]
     points: [
 {points}]
   - name: meter-7
@@ -339,7 +344,9 @@ async def backlog(config: Path) -> list[dict[str, Any]]:
 
 ANTENNA_EVENT: Key = ("", "device.status", "antenna_disconnected")
 SILENCE: tuple[Key, ...] = (("reader-1", "rfid.departed", None), ("", "device.status", "disconnected"))
-LATER = {ANTENNA_EVENT, *SILENCE, ("", "device.status", "stopped")}
+COMMAND: tuple[Key, ...] = (("meter-3", "command.request", None), ("meter-3", "command.result", None))
+"""The record of the command the test sends once the site runs."""
+LATER = {ANTENNA_EVENT, *SILENCE, *COMMAND, ("", "device.status", "stopped")}
 """What the test makes happen after everything else has arrived (and what the stop sends)."""
 
 
@@ -377,6 +384,10 @@ async def test_the_examples_are_what_the_simulators_produce(tmp_path: Path, brok
         try:
             running = [key for key in wanted if key not in LATER]
             await arrival(collector, gateway, running)
+            async with CommandClient(load_config(config)) as client:
+                result = await client.send("meter-3", "read", {"points": ["voltage_a"]})
+            assert result.status == "ok", result
+            await arrival(collector, gateway, COMMAND)
             await sims.gantry.antenna_event(4, connected=False)
             await arrival(collector, gateway, [ANTENNA_EVENT])
             sims.reader.silence(2.5)  # the tags depart; the reader is disconnected, then back
