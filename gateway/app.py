@@ -102,7 +102,9 @@ class Gateway:
         self._make_upstream = upstream
         """Tests and the demo: one upstream made from the buffer (no ``upstreams``, no routes)."""
         self.upstreams: dict[str, UpstreamKind] = {}
-        """Every upstream by name (with ``upstream=``: empty)."""
+        """Every upstream by name, in config order (with ``upstream=``: empty)."""
+        self._upstream_tasks: dict[str, asyncio.Task[None]] = {}
+        self._upstreams_changed = asyncio.Event()
         self.queue = EventQueue(config.queue.max_events)
         self.buffer: Buffer | None = None
         self.ingest: Ingest | None = None
@@ -288,6 +290,8 @@ class Gateway:
         await self._stop_devices(plan.removed, keep_counts=False)
         await self._stop_devices([d.name for d in plan.changed], keep_counts=True)
         self.config = plan.config
+        if plan.touches_upstreams and self._make_upstream is None:
+            await self._apply_upstreams(plan)
         for device in [*plan.changed, *plan.added]:
             self._start_device(device)
         if plan.logging_changed and self._on_logging is not None:
@@ -300,6 +304,58 @@ class Gateway:
                 "the gateway keeps running with the previous values, its buffer and upstream connection open",
                 ", ".join(plan.needs_restart),
             )
+
+    def _device_names(self) -> list[str]:
+        return [d.name for d in self.config.devices]
+
+    async def _supervise_upstreams(self) -> None:
+        """Run every upstream (``self._upstream_tasks``, which a reload changes); one whose ``run`` ends by
+        itself (it never should: it retries every transient fault) ends the gateway as a core task does.
+        Cancelled at a stop: each upstream closes its session cleanly."""
+        tasks = self._upstream_tasks
+        for name, u in self.upstreams.items():
+            tasks[name] = asyncio.create_task(u.run(), name=f"upstream:{name}")
+        try:
+            while True:
+                changed = asyncio.ensure_future(self._upstreams_changed.wait())
+                running = list(tasks.values())
+                done, _ = await asyncio.wait([changed, *running], return_when=asyncio.FIRST_COMPLETED)
+                changed.cancel()
+                self._upstreams_changed.clear()
+                for task in done:
+                    if task is not changed and task in tasks.values():
+                        task.result()  # raises what killed it
+                        raise RuntimeError(f"{task.get_name()} ended unexpectedly")
+        finally:
+            await _cancel_all(list(tasks.values()))
+
+    async def _apply_upstreams(self, plan: ReloadPlan) -> None:
+        """Upstreams added, removed or changed by a reload: stop what goes, register the new routes with the
+        buffer (a removed upstream's bit is cleared, a new one reads from now on), start what comes."""
+        assert self.counts is not None
+        old = self.upstream
+        for name in [*plan.upstreams_removed, *(u.name for u in plan.upstreams_changed)]:
+            self.upstreams.pop(name, None)
+            task = self._upstream_tasks.pop(name, None)
+            if task is not None:
+                task.cancel()
+                await asyncio.wait([task])
+        options = plan.config.upstream_list
+        await self.counts.set_upstreams(
+            [(o.name, everything if o.route.everything else o.route.matches) for o in options]
+        )
+        context = UpstreamContext(gateway_id=self.config.gateway.id, device_names=self._device_names)
+        made = {}
+        for o in [*plan.upstreams_added, *plan.upstreams_changed]:
+            made[o.name] = load_kind(o.kind)(o, self.counts.cursor(o.name), context)
+            self._upstream_tasks[o.name] = asyncio.create_task(made[o.name].run(), name=f"upstream:{o.name}")
+        self.upstreams = {o.name: self.upstreams.get(o.name) or made[o.name] for o in options}
+        self.upstream = next(iter(self.upstreams.values()))
+        if self.upstream is not old:
+            if isinstance(old, Forwarder) and isinstance(self.upstream, Forwarder):
+                self.upstream.latency_observer = old.latency_observer
+            self.health = PipelineHealth(self, stall_s=self.stall_s, clock=self._clock)
+        self._upstreams_changed.set()
 
     def _start_device(self, device: DeviceConfig, runner: DeviceRunner | None = None) -> None:
         if runner is None:
@@ -424,15 +480,14 @@ class Gateway:
                 commit_interval=cfg.buffer.commit_interval_ms / 1000,
                 commit_max_events=cfg.buffer.commit_max_events,
             )
-            others: list[UpstreamKind] = []
             if self._make_upstream is not None:
                 self.upstream = upstream = self._make_upstream(counts)
+                upstream_run = upstream.run()
             else:
-                built = await _build_upstreams(cfg, counts, lambda: [d.name for d in self.config.devices])
+                built = await _build_upstreams(cfg, counts, self._device_names)
                 self.upstreams = dict(built)
-                upstream = built[0][1]
-                others = [u for _, u in built[1:]]
-                self.upstream = upstream
+                self.upstream = upstream = built[0][1]
+                upstream_run = self._supervise_upstreams()
             self._backoff = Backoff(cfg.supervisor.backoff_initial_s, cfg.supervisor.backoff_max_s)
             self.health = PipelineHealth(self, stall_s=self.stall_s, clock=self._clock)
             self.watchdog = Watchdog(self.notifier, self._healthy, environ=self._environ)
@@ -441,12 +496,8 @@ class Gateway:
                 await self._start_metrics()
             core = [
                 asyncio.create_task(ingest.run(), name="ingest"),
-                asyncio.create_task(upstream.run(), name="upstream"),
+                asyncio.create_task(upstream_run, name="upstream"),
                 asyncio.create_task(self.loop_monitor.run(), name="loop-monitor"),
-                *(
-                    asyncio.create_task(u.run(), name=f"upstream:{n}")
-                    for n, u in list(self.upstreams.items())[1:]
-                ),
             ]
             for device, runner in runners:
                 self._start_device(device, runner)
@@ -493,9 +544,9 @@ class Gateway:
                 elif flush_s <= 0:
                     self._undelivered_why = "upstream.mqtt.stop_flush_s is 0"
                 else:
+                    delivering: list[Upstream] = [*self.upstreams.values()] or [upstream]
                     whys = await asyncio.gather(
-                        _deliver_buffered(upstream, flush_deadline, flush_s),
-                        *(_deliver_buffered(u, flush_deadline, flush_s) for u in others),
+                        *(_deliver_buffered(u, flush_deadline, flush_s) for u in delivering)
                     )
                     names = list(self.upstreams) or ["upstream"]
                     said = [
@@ -521,7 +572,7 @@ _STOP_FLUSH_S: Final = 15.0
 
 async def _build_upstreams(
     cfg: Config, buffer: CountingBuffer, device_names: Callable[[], list[str]]
-) -> list[tuple[str, UpstreamKind]]:
+) -> list[tuple[str, UpstreamKind]]:  # the tasks are started by Gateway._supervise_upstreams
     """Register every upstream's route with the buffer, then make each one on its own cursor."""
     options = cfg.upstream_list
     await buffer.set_upstreams(

@@ -9,10 +9,16 @@ valid, :func:`plan_reload` compares it with the running one:
   is stopped and started again with the new one; new devices start; removed devices stop; the others keep
   running untouched;
 - ``gateway.log_level`` and ``gateway.log_levels`` apply at once;
-- everything else (the gateway id, ``buffer``, ``upstream``, ``queue``, ``supervisor``, ``metrics``) is
-  kept as it runs: the buffer and the upstream session stay open through a reload, which is what keeps
-  every event. A change there is logged by field name (never by value: a value may be a secret) as
-  needing a restart.
+- the entries of ``upstreams:`` are matched by name like devices: a new one starts, reading what is
+  committed from then on; a removed one stops, and what only it still needed leaves the buffer; a changed
+  one (any option, its route) restarts on its own cursor, keeping its acknowledgements; the others keep
+  their connections and cursors untouched. No upstream loses or repeats what another has acknowledged (the
+  buffer keeps each upstream's acknowledgements by name). The first MQTT entry's ``commands`` still need a
+  restart;
+- everything else (the gateway id, ``buffer``, ``upstream`` (the single ``upstream.mqtt`` form, and a
+  switch between it and ``upstreams:``), ``queue``, ``supervisor``, ``metrics``) is kept as it runs: the
+  buffer and the upstream sessions stay open through a reload, which is what keeps every event. A change
+  there is logged by field name (never by value: a value may be a secret) as needing a restart.
 
 Events a stopped device had already emitted are in the pipeline queue, committed like any other: a reload
 loses none.
@@ -28,6 +34,7 @@ from typing import Final
 from pydantic import BaseModel
 
 from gateway.config import Config, DeviceConfig
+from gateway.delivery.upstream import UpstreamOptions
 
 __all__ = [
     "LIVE_GATEWAY_FIELDS",
@@ -83,6 +90,14 @@ class ReloadPlan:
     needs_restart: list[str]
     """Fields that changed but keep their running value until the gateway restarts."""
     logging_changed: bool
+    upstreams_added: list[UpstreamOptions] = field(default_factory=list)
+    upstreams_changed: list[UpstreamOptions] = field(default_factory=list)
+    """The new options of upstreams to restart (on their own cursors)."""
+    upstreams_removed: list[str] = field(default_factory=list)
+
+    @property
+    def touches_upstreams(self) -> bool:
+        return bool(self.upstreams_added or self.upstreams_changed or self.upstreams_removed)
 
     @property
     def touches_devices(self) -> bool:
@@ -94,10 +109,18 @@ class ReloadPlan:
 
         changed = [d.name for d in self.changed]
         added = [d.name for d in self.added]
-        return (
+        text = (
             f"{len(changed)} device(s) restarted{names(changed)}, {len(added)} added{names(added)}, "
             f"{len(self.removed)} removed{names(self.removed)}, {len(self.unchanged)} unchanged"
         )
+        if self.touches_upstreams:
+            restarted = [u.name for u in self.upstreams_changed]
+            new = [u.name for u in self.upstreams_added]
+            text += (
+                f"; upstreams: {len(restarted)} restarted{names(restarted)}, {len(new)} added{names(new)}, "
+                f"{len(self.upstreams_removed)} removed{names(self.upstreams_removed)}"
+            )
+        return text
 
 
 def plan_reload(running: Config, new: Config) -> ReloadPlan:
@@ -115,11 +138,32 @@ def plan_reload(running: Config, new: Config) -> ReloadPlan:
     live = {name: getattr(new.gateway, name) for name in LIVE_GATEWAY_FIELDS}
     gateway = running.gateway.model_copy(update=live)
     needs_restart = changed_fields(gateway, new.gateway, "gateway")
+    live_upstreams = bool(running.upstreams) and bool(new.upstreams)  # both the `upstreams:` list form
     for section in _KEPT_SECTIONS:
+        if section == "upstream" and live_upstreams:
+            continue
         needs_restart += changed_fields(getattr(running, section), getattr(new, section), section)
+    if live_upstreams:
+        old_commands = running.upstream.mqtt.commands if running.upstream is not None else None
+        new_commands = new.upstream.mqtt.commands if new.upstream is not None else None
+        if old_commands is not None and new_commands is not None:
+            needs_restart += changed_fields(old_commands, new_commands, "upstreams.commands")
+        elif old_commands != new_commands:
+            needs_restart.append("upstreams.commands")
+        old_up = {u.name: u for u in running.upstream_list}
+        new_up = {u.name: u for u in new.upstream_list}
+    else:
+        if running.upstreams != new.upstreams:
+            needs_restart.append("upstreams")
+        old_up = new_up = {}
     logging_changed = any(getattr(running.gateway, n) != getattr(new.gateway, n) for n in LIVE_GATEWAY_FIELDS)
     config = running.model_copy(
-        update={"gateway": gateway, "devices": new.devices, "devices_dir": new.devices_dir}
+        update={
+            "gateway": gateway,
+            "devices": new.devices,
+            "devices_dir": new.devices_dir,
+            **({"upstream": new.upstream, "upstreams": new.upstreams} if live_upstreams else {}),
+        }
     )
     return ReloadPlan(
         config=config,
@@ -129,6 +173,9 @@ def plan_reload(running: Config, new: Config) -> ReloadPlan:
         unchanged=unchanged,
         needs_restart=needs_restart,
         logging_changed=logging_changed,
+        upstreams_added=[u for name, u in new_up.items() if name not in old_up],
+        upstreams_changed=[u for name, u in new_up.items() if name in old_up and old_up[name] != u],
+        upstreams_removed=[name for name in old_up if name not in new_up],
     )
 
 

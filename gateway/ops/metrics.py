@@ -472,6 +472,13 @@ class GatewayCollector:
             ),
             stats.corrupt_files,
         )
+        yield _value(
+            _counter(
+                "edgegw_events_unrouted",
+                "Events no upstream's route takes (not stored), since the gateway started.",
+            ),
+            stats.unrouted,
+        )
 
     def _upstream(self) -> Iterator[Metric]:
         upstream = self.gateway.upstream

@@ -733,6 +733,85 @@ class BufferSuite(abc.ABC):
 
         run()
 
+    def test_random_operations_on_two_cursors_agree_with_a_model(self, tmp_path: Path) -> None:
+        """Two upstreams, one taking every event and one only the even ones, under drop_oldest: appends,
+        each upstream's acks and reads, reopens, in any order."""
+        size = asyncio.run(self.event_size(tmp_path / "probe"))
+
+        @settings(
+            max_examples=100,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+        )
+        @given(cap=st.integers(2, 8), ops=st.lists(_CURSOR_OPS, max_size=30))
+        def run(cap: int, ops: list[Op]) -> None:
+            with tempfile.TemporaryDirectory() as tmp:
+                asyncio.run(self._run_cursor_model(Path(tmp) / "buffer", cap, size, ops))
+
+        run()
+
+    async def _run_cursor_model(self, path: Path, cap: int, size: int, ops: list[Op]) -> None:
+        routes = [("all", EVERYTHING), ("even", lambda _device, kind: kind == EVEN)]
+        opts: dict[str, Any] = {"max_bytes": cap * size + size // 2, "when_full": WhenFull.DROP_OLDEST}
+        stored: dict[int, tuple[bytes, set[str]]] = {}  # seq -> (data_json, upstreams it is pending for)
+        dropped = {"all": 0, "even": 0}
+        every: list[int] = []
+        next_i = 0
+        buf = await self.open_buffer(path, **opts)
+        await buf.set_upstreams(routes)
+        try:
+            for op in ops:
+                if op.name == "append":
+                    events = [
+                        Event(DEVICE, EVEN if i % 2 == 0 else ODD, TS0 + i, {"i": f"{i:08d}", "ok": True})
+                        for i in range(next_i, next_i + op.n)
+                    ]
+                    next_i += op.n
+                    seqs = await buf.append(events)
+                    displaced = max(0, op.n - cap)
+                    assert seqs[:displaced] == [0] * displaced
+                    for e, seq in zip(events, seqs, strict=True):
+                        pending = {"all", "even"} if e.kind == EVEN else {"all"}
+                        if seq == 0:
+                            for name in pending:
+                                dropped[name] += 1
+                            continue
+                        stored[seq] = (data_json(e.data), pending)
+                        every.append(seq)
+                    while len(stored) > cap:
+                        oldest = next(iter(stored))
+                        for name in stored.pop(oldest)[1]:
+                            dropped[name] += 1
+                    shares = buf.stats().upstreams
+                    for name in ("all", "even"):
+                        assert shares[name].events == sum(1 for _, p in stored.values() if name in p), name
+                        assert shares[name].dropped[OLDEST] == dropped[name], name
+                    assert buf.stats().depth == len(stored)
+                elif op.name in ("ack-all", "ack-even"):
+                    name = op.name.removeprefix("ack-")
+                    chosen = [every[i] for i in op.picks if i < len(every)]
+                    await buf.cursor(name).ack(chosen)
+                    for seq in chosen:
+                        if seq in stored:
+                            stored[seq][1].discard(name)
+                            if not stored[seq][1]:
+                                del stored[seq]
+                elif op.name in ("read-all", "read-even"):
+                    name = op.name.removeprefix("read-")
+                    after = every[op.n] if op.n < len(every) else 0
+                    got = await buf.cursor(name).read(after, op.picks[0])
+                    want = [(s, d) for s, (d, p) in stored.items() if s > after and name in p][: op.picks[0]]
+                    assert [(r.seq, r.data_json) for r in got] == want
+                else:
+                    await buf.close()
+                    buf = await self.open_buffer(path, **opts)
+                    await buf.set_upstreams(routes)
+            for name in ("all", "even"):
+                got = await buf.cursor(name).read(0, 1 << 30)
+                assert [r.seq for r in got] == [s for s, (_, p) in stored.items() if name in p]
+        finally:
+            await buf.close()
+
     async def _run_model(self, path: Path, m: _Model, ops: list[Op]) -> None:
         opts: dict[str, Any] = {"max_bytes": m.cap * m.size + m.size // 2, "when_full": m.when_full}
         buf = await self.open_buffer(path, **opts)
@@ -772,6 +851,22 @@ _OPS = st.one_of(
     st.builds(Op, st.just("append"), st.integers(1, 8)),
     st.builds(Op, st.just("ack"), st.just(0), st.lists(st.integers(0, 40), max_size=6).map(tuple)),
     st.builds(Op, st.just("read"), st.integers(0, 40), st.tuples(st.integers(0, 1), st.integers(1, 6))),
+    st.just(Op("reopen")),
+)
+
+
+EVEN, ODD = "even.event", "oddy.event"  # as long as KIND: every event the same size
+_CURSOR_OPS = st.one_of(
+    st.builds(Op, st.just("append"), st.integers(1, 10)),
+    st.builds(
+        Op,
+        st.sampled_from(["ack-all", "ack-even"]),
+        st.just(0),
+        st.lists(st.integers(0, 40), max_size=8).map(tuple),
+    ),
+    st.builds(
+        Op, st.sampled_from(["read-all", "read-even"]), st.integers(0, 40), st.tuples(st.integers(1, 6))
+    ),
     st.just(Op("reopen")),
 )
 

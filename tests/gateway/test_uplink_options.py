@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import subprocess
 import threading
 import uuid
 from collections.abc import AsyncIterator
@@ -219,3 +220,35 @@ def test_options_that_need_mqtt_5_are_refused_on_3_1_1() -> None:
     for extra in ({"encoding": "cbor"}, {"compression": "zstd"}, {"topic_alias": True}):
         with pytest.raises(ValueError, match="MQTT 5"):
             ForwarderSettings(gateway_id="gw", host="h", protocol="3.1.1", **extra)
+
+
+async def test_the_readme_consumer_example_with_mosquitto_sub_and_zstd(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """The README's shell example: mosquitto_sub prints the Content Type and the user property, and the
+    raw payload goes through the zstd command line tool and cbor2. Each mosquitto_sub first makes a
+    persistent session (-E: exit once subscribed), then collects what was queued for it."""
+    gw = f"gw-{uuid.uuid4().hex[:8]}"
+    topic = f"edgegw/{gw}/gate-1/rfid.read"
+
+    def mosquitto_sub(client_id: str, *extra: str) -> bytes:
+        args = ["mosquitto_sub", "-V", "5", "-h", broker.host, "-p", str(broker.port), "-t", topic, "-q", "1"]
+        args += ["-c", "-i", client_id, "-x", "60", *extra]
+        return subprocess.run(args, check=True, capture_output=True, timeout=TIMEOUT).stdout
+
+    for client_id in (f"{gw}-props", f"{gw}-raw"):
+        await asyncio.to_thread(mosquitto_sub, client_id, "-E")
+    s = settings(broker, gw, encoding="cbor", compression="zstd", batch_max_events=20)
+    async with forwarding(tmp_path, s) as (buf, _):
+        await buf.append(reads(20))
+        await until("acknowledged", lambda: buf.stats().depth == 0, TIMEOUT)
+    said = await asyncio.to_thread(mosquitto_sub, f"{gw}-props", "-C", "1", "-N", "-F", "%C %P")
+    payload = await asyncio.to_thread(mosquitto_sub, f"{gw}-raw", "-C", "1", "-N", "-F", "%p")
+    assert said.decode().split() == ["application/cbor", "content-encoding:zstd"]
+    unzstd = await asyncio.create_subprocess_exec(
+        "zstd", "-d", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+    )
+    plain, _ = await unzstd.communicate(payload)
+    events = cbor2.loads(plain)
+    assert [e["seq"] for e in events] == list(range(1, 21))
+    assert events[0]["id"] == f"{gw}:1" and events[0]["data"]["antenna"] == 1

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from drivers.event import Event
+from gateway.app import Gateway
 from gateway.cli import buffertool
 from gateway.cli.commands import main as cli_main
 from gateway.config import ConfigError, load_config
@@ -27,6 +28,7 @@ from gateway.delivery.buffer import SqliteBuffer, everything
 from gateway.delivery.forwarder import MqttUpstream
 from gateway.delivery.upstream import Route, UpstreamContext
 from tests.broker import Mosquitto, Subscriber, free_port
+from tests.gateway.ops_helpers import http_get, running, samples, value
 from tests.waiting import until
 
 
@@ -309,3 +311,76 @@ async def test_a_schema_1_buffer_is_taken_over_by_the_first_upstream(tmp_path: P
         assert [r.seq for r in await buf.cursor("scada").read(0, 10)] == new
     finally:
         await buf.close()
+
+
+# ---- the running gateway: metrics per upstream, reload adding and removing upstreams ----------------------
+
+
+def gateway_file(path: Path, gw: str, upstreams: str) -> Path:
+    path.write_text(
+        f"gateway: {{id: {gw}}}\nbuffer: {{path: buffer.db}}\nmetrics: {{listen: '127.0.0.1:0'}}\n"
+        f"upstreams:\n{upstreams}devices: []\n"
+    )
+    return path
+
+
+def mqtt_entry(name: str, url: str, prefix: str, route: str = "") -> str:
+    extra = f", route: {route}" if route else ""
+    fast = "reconnect: {initial_s: 0.1, max_s: 0.2}"
+    return f"  - {{name: {name}, kind: mqtt, url: '{url}', prefix: {prefix}, {fast}{extra}}}\n"
+
+
+def ids(sub: Subscriber) -> list[str]:
+    return [json.loads(m.payload)["id"] for m in sub.snapshot() if not m.topic.endswith("/status")]
+
+
+async def test_reload_adds_and_removes_upstreams_without_losing_or_repeating_acks(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    gw = f"gw-{uuid.uuid4().hex[:6]}"
+    dead = f"mqtt://127.0.0.1:{free_port()}"
+    path = gateway_file(
+        tmp_path / "gateway.yaml",
+        gw,
+        mqtt_entry("a", broker.url, "pa") + mqtt_entry("b", dead, "pb", "{kinds: [meter.reading]}"),
+    )
+    gateway = Gateway(load_config(path))
+    async with (
+        running(gateway),
+        Subscriber(broker, f"pa/{gw}/+/+") as sub_a,
+        Subscriber(broker, f"pc/{gw}/+/+") as sub_c,
+    ):
+        assert list(gateway.upstreams) == ["a", "b"]
+        for i in range(10):
+            assert gateway.queue.put(reading(i))
+        await sub_a.wait_count(10)
+        await until(
+            "a acked all",
+            lambda: gateway.buffer is not None and gateway.buffer.stats().upstreams["a"].events == 0,
+        )
+        assert gateway.metrics is not None
+        parsed = samples((await http_get(gateway.metrics.port, "/metrics"))[1].decode())
+        assert value(parsed, "edgegw_upstream_backlog_events", upstream="b", kind="mqtt") == 10
+        assert value(parsed, "edgegw_upstream_backlog_events", upstream="a", kind="mqtt") == 0
+        assert value(parsed, "edgegw_upstream_up", upstream="a", kind="mqtt") == 1
+        assert value(parsed, "edgegw_upstream_up", upstream="b", kind="mqtt") == 0
+        assert value(parsed, "edgegw_upstream_delivered_events_total", upstream="a") == 10
+
+        # b (down, holding 10 events) goes, c comes: a keeps its session and its acknowledgements.
+        a = gateway.upstreams["a"]
+        gateway_file(path, gw, mqtt_entry("a", broker.url, "pa") + mqtt_entry("c", broker.url, "pc"))
+        plan = await gateway.reload_and_wait()
+        assert plan is not None and plan.upstreams_removed == ["b"]
+        assert [u.name for u in plan.upstreams_added] == ["c"] and plan.needs_restart == []
+        assert list(gateway.upstreams) == ["a", "c"] and gateway.upstreams["a"] is a
+        await until(
+            "b's backlog gone", lambda: gateway.buffer is not None and gateway.buffer.stats().depth == 0
+        )
+        for i in range(10, 15):
+            assert gateway.queue.put(reading(i))
+        await sub_c.wait_count(5)
+        await sub_a.wait_count(15)
+        await until("both acked", lambda: gateway.buffer is not None and gateway.buffer.stats().depth == 0)
+        assert len(ids(sub_a)) == len(set(ids(sub_a))) == 15  # nothing a had acknowledged came again
+        assert sorted(ids(sub_c)) == sorted(f"{gw}:{seq}" for seq in range(11, 16))  # c: from its start on
+        assert isinstance(a, MqttUpstream) and a.connects == 1
