@@ -209,6 +209,11 @@ class Hj212Options(UpstreamOptions):
         default_factory=lambda: dict(_FLAG_CODES),
         description="A flag_point's numeric value -> data flag.",
     )
+    realtime_reply: bool = Field(
+        default=True,
+        description="Ask for the platform's reply to real-time uploads (Flag A); false for a platform that "
+        "does not answer them (they are never sent again anyway). Records always ask for one.",
+    )
     reply_timeout_s: Annotated[float, Field(strict=False, gt=0, le=600)] = Field(
         default=10.0, description="How long to wait for the platform's reply to one packet (OverTime)."
     )
@@ -886,7 +891,7 @@ class Hj212Upstream(Upstream):
             value, flag, _ = self._latest[code]
             groups.append(((f"{code}-Rtd", self._num(value)), (f"{code}-Flag", flag)))
         try:
-            await self._exchange(hj212.Command.REALTIME, groups, attempts=1)
+            await self._exchange(hj212.Command.REALTIME, groups, attempts=1, reply=self.o.realtime_reply)
             self.realtime_sent += 1
         except _NoReply:
             self.counters["realtime_unacknowledged"] += 1  # the present passes: not sent again
@@ -908,14 +913,16 @@ class Hj212Upstream(Upstream):
             )
             raise
 
-    async def _exchange(self, cn: hj212.Command, groups: list[hj212.Group], *, attempts: int) -> None:
+    async def _exchange(
+        self, cn: hj212.Command, groups: list[hj212.Group], *, attempts: int, reply: bool = True
+    ) -> None:
         head = hj212.Packet(
             qn=self._next_qn(),
             st=f"{self.o.st:02d}",
             cn=str(int(cn)),
             pw=self._pw,
             mn=self.o.mn,
-            flag=hj212.VERSION_2017 | hj212.FLAG_ACK,
+            flag=hj212.VERSION_2017 | (hj212.FLAG_ACK if reply else 0),
         )
         try:
             packets = hj212.split_packets(head, groups)
@@ -930,6 +937,13 @@ class Hj212Upstream(Upstream):
 
     async def _send_packet(self, packet: hj212.Packet, attempts: int) -> None:
         raw = hj212.encode_packet(packet)
+        if not packet.needs_reply:  # nothing to wait for
+            if self._writer is None:
+                raise ConnectionError("not connected")
+            self._writer.write(raw)
+            self.published += 1
+            await self._writer.drain()
+            return
         loop = asyncio.get_running_loop()
         key = packet.qn or ""
         for attempt in range(attempts):

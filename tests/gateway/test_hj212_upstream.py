@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import socket
 import statistics
+import time
 import zoneinfo
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -336,3 +337,22 @@ async def test_the_days_sums_survive_a_restart_in_the_state_file(tmp_path: Path,
     assert float(daily.values["w00000-Cou"]) == pytest.approx(10.5 * 3600 * 2)  # both hours' amounts
     assert float(daily.values["w00000-Min"]) == 10.0 and float(daily.values["w00000-Max"]) == 11.0
     assert json.loads(state.read_text())["days"] == {}  # the day sent: nothing kept
+
+
+async def test_realtime_uploads_without_a_reply_for_a_platform_that_never_answers_them(
+    tmp_path: Path, password_file: Path
+) -> None:
+    async with (
+        buffer_with_cursor(tmp_path) as (buffer, cursor),
+        platform.serve_tcp("127.0.0.1", 0, platform.SimOptions()) as sim,
+    ):
+        assert sim.port is not None
+        o = options(sim.port, password_file, realtime_s=0.05, realtime_reply=False)
+        upstream = Hj212Upstream(o, cursor, UpstreamContext("gw"))
+        await buffer.append([Event("effluent-1", "meter.reading", time.time(), {"values": {"cod": 20.0}})])
+        async with running(upstream):
+            await until("3 real-time uploads sent", lambda: upstream.realtime_sent >= 3)
+            await until("and received", lambda: sim.stats.by_cn["2011"] >= 3)
+    assert sim.stats.replies == sim.stats.packets - sim.stats.by_cn["2011"]  # records only
+    assert upstream.counters["reply_timeout"] == 0
+    assert [u.values["w01018-Rtd"] for u in sim.uploads if u.cn == "2011"][:3] == ["20", "20", "20"]
