@@ -6,7 +6,9 @@ pty or TCP port, into a private mosquitto: ``reader-1`` (R2000 on a pty, with ta
 forwarded), ``gantry-north`` (LLRP on TCP), ``meter-3`` (Modbus TCP) and ``meter-7`` (DL/T 645 on a pty),
 ``cabinet-1`` and ``gate-1`` (ble, replaying config/examples/ble-adverts.jsonl), ``gps-1`` (an NMEA receiver
 on a pty), ``zb-1`` (an XBee ZigBee coordinator on a pty with a thermometer, a door contact and a
-sensor that joins once joining is open); once they all report, the test sends ``meter-3`` a ``read``
+sensor that joins once joining is open), ``bus-1`` and ``body-1`` (two ``can`` devices sharing the slcan
+simulator's pty: a J1939 tap, and the special-vehicle DBC decoding a body controller the simulator plays
+beside its city bus); once they all report, the test sends ``meter-3`` a ``read``
 command (its record: ``command.request`` and ``command.result``). What arrives, plus what the
 buffer still holds after the stop (the stop's own events), is compared with the examples. An example stands
 for the messages of its device and kind (of its ``state`` from any device, for ``device.status``); some must
@@ -30,8 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cantools
 import pytest
 
+from firmware_sim import can as can_sim
 from firmware_sim import dlt645 as dlt645_sim
 from firmware_sim import gps as gps_sim
 from firmware_sim import llrp as llrp_sim
@@ -49,6 +53,8 @@ from tests.e2e.harness import Collector, GatewayProcess, Received, write_config
 
 README = Path(__file__).parents[2] / "README.md"
 BLE_CAPTURE = Path(__file__).parents[2] / "config" / "examples" / "ble-adverts.jsonl"
+VEHICLE_DBC = Path(__file__).parents[2] / "config" / "examples" / "special-vehicle.dbc"
+"""body-1 decodes the truck's body controller with the shipped DBC (the simulator plays it)."""
 """The ble devices (a thermometer, a beacon) replay the shipped capture of published test vectors."""
 MESSAGE_KEYS = {"id", "seq", "device", "kind", "ts", "data"}
 WAIT_S = 60.0
@@ -97,7 +103,7 @@ def key_of(message: dict[str, Any]) -> Key:
 
 def table_kinds(text: str) -> set[str]:
     """The kinds listed in the README's table of event kinds (rows starting with a backquoted kind)."""
-    return set(re.findall(r"^\| `([a-z]+\.[a-z_.]+)` \|", text, re.MULTILINE))
+    return set(re.findall(r"^\| `([a-z][a-z0-9]*\.[a-z0-9_.]+)` \|", text, re.MULTILINE))
 
 
 def type_name(value: object) -> str:
@@ -224,6 +230,20 @@ def sim_point(config: dict[str, Any], value: float | int | bool | str) -> SimPoi
     )
 
 
+def cargo_body(story_s: float) -> bytes:
+    """The body controller's CargoBody message (source 0x21) at ``story_s``, encoded by cantools."""
+    database = cantools.database.load_file(str(VEHICLE_DBC))
+    assert isinstance(database, cantools.database.can.Database)
+    loading = int(story_s) % 20 < 8
+    return bytes(
+        database.get_message_by_name("CargoBody").encode(
+            {"RearDoorState": int(loading), "SideHatchState": 0, "LiftArmPosition": 37.5 if loading else 0.0,
+             "BodyInterlockActive": int(loading), "SpillSensorWet": 0,
+             "DrumsOnBoard": 10 + int(story_s) // 20 % 8}
+        )
+    )  # fmt: skip
+
+
 @dataclass
 class Sims:
     reader: r2000_sim.R2000Simulator
@@ -232,6 +252,7 @@ class Sims:
     revenue: dlt645_sim.Dlt645Simulator
     receiver: gps_sim.GpsSimulator
     coordinator: xbee_sim.XBeeSimulator
+    can_bus: can_sim.SlcanSimulator
 
 
 @asynccontextmanager
@@ -261,7 +282,15 @@ async def simulators(tmp_path: Path, epcs: tuple[bytes, ...]) -> AsyncIterator[S
                 xbee_sim.SimOptions(sensors=ZIGBEE_SENSORS, interval_s=0.5, alarm_every_s=1.0),
             )
         )
-        yield Sims(reader, gantry, meters, revenue, receiver, coordinator)
+        can_bus = await stack.enter_async_context(
+            can_sim.serve_pty(
+                tmp_path / "ttyCAN",
+                can_sim.SimOptions(
+                    time_scale=10, extra=(can_sim.PeriodicFrame(0.5, 0x0CFF0121, cargo_body),)
+                ),
+            )
+        )
+        yield Sims(reader, gantry, meters, revenue, receiver, coordinator, can_bus)
 
 
 def site(tmp_path: Path, broker: Mosquitto, gateway_id: str, sims: Sims) -> Path:
@@ -327,6 +356,23 @@ def site(tmp_path: Path, broker: Mosquitto, gateway_id: str, sims: Sims) -> Path
     port: {tmp_path / "ttyZigbee"}
     permit_join_s: 120
     sensors: {json.dumps({f"{s.ieee:016x}": s.name for s in ZIGBEE_SENSORS})}
+  - name: bus-1
+    driver: can
+    interface: slcan
+    channel: {tmp_path / "ttyCAN"}
+    open_delay_s: 0
+    j1939: true
+    filters: [{{id: 0x00FEF100, mask: 0x00FFFF00}}, {{id: 0x00FECA00, mask: 0x00FFFF00}},
+              {{id: 0x00ECFF00, mask: 0x00FFFF00}}, {{id: 0x00EBFF00, mask: 0x00FFFF00}}]
+  - name: body-1
+    driver: can
+    interface: slcan
+    channel: {tmp_path / "ttyCAN"}
+    open_delay_s: 0
+    dbc: {VEHICLE_DBC}
+    raw_frames: true
+    filters: [{{id: 0x00FF0100, mask: 0x00FFFF00}}]
+    report: {{default: {{}}}}
 """,
     )
 
@@ -369,7 +415,8 @@ async def test_the_examples_are_what_the_simulators_produce(tmp_path: Path, brok
     wanted: dict[Key, list[tuple[int, dict[str, Any]]]] = {}
     for line, example in examples:
         wanted.setdefault(key_of(example), []).append((line, example))
-    devices = {"reader-1", "gantry-north", "meter-3", "meter-7", "cabinet-1", "gate-1", "gps-1", "zb-1"}
+    devices = {"reader-1", "gantry-north", "meter-3", "meter-7", "cabinet-1", "gate-1", "gps-1", "zb-1",
+               "bus-1", "body-1"}  # fmt: skip
     assert {device for device, _, _ in wanted} <= {"", *devices}, "an example of a device not run here"
     epcs = tuple(bytes.fromhex(e["data"]["epc"]) for _, e in examples if "epc" in e["data"])
     epcs = tuple(dict.fromkeys(epcs + EXTRA_TAGS))
