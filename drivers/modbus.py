@@ -1207,7 +1207,7 @@ class _Poller(PolledDevice[ModbusLink, _Group]):
             except DeviceTimeout as err:
                 raise CommandFailed(f"unit {unit}: no answer within {opts.timeout_s:g} s") from err
             except (BadReply, ExceptionReply) as err:
-                parts = ()
+                parts: tuple[mb.ReadRequest, ...] = ()
                 if isinstance(err, ExceptionReply) and err.code == mb.ExceptionCode.ILLEGAL_DATA_ADDRESS:
                     parts = mb.split(request, self.spans)  # the span crossed a hole: read its halves
                 pending[0:0] = parts

@@ -741,6 +741,8 @@ def _corrupt(data: bytes, kind: str, rtu: bool) -> bytes:
             return bytes(data[:-1]) + bytes(((data[-1] ^ 0x5A) or 1,))
         if kind == "wrong_unit":
             body[0] = (body[0] % 247) + 1
+        elif kind == "wrong_length" and len(body) > 3 and body[1] in mb.WRITE_FUNCTIONS:
+            del body[-1]  # a write's echo one byte short
         elif kind == "wrong_length" and len(body) > 3 and body[1] < 0x80:
             body[2] -= 1
             del body[-1]
@@ -749,7 +751,8 @@ def _corrupt(data: bytes, kind: str, rtu: bool) -> bytes:
     if kind == "wrong_unit":
         frame[6] = (frame[6] % 247) + 1
     elif kind == "wrong_length" and len(frame) > 9 and frame[7] < 0x80:
-        frame[8] -= 1
+        if frame[7] not in mb.WRITE_FUNCTIONS:  # a write's echo is only cut one byte short
+            frame[8] -= 1
         del frame[-1]
         frame[4:6] = (len(frame) - 6).to_bytes(2, "big")
     return bytes(frame)

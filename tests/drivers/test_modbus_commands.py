@@ -18,10 +18,11 @@ from pymodbus.client import AsyncModbusTcpClient
 from drivers import testing
 from drivers.commands import CommandFailed, CommandRefused
 from drivers.counters import POLLS
-from drivers.modbus import ModbusDriver, ModbusOptions, ModbusReadArgs, ModbusWriteArgs
+from drivers.modbus import BadReply, ModbusDriver, ModbusOptions, ModbusReadArgs, ModbusWriteArgs, open_link
 from drivers.testing import Harness
 from firmware_sim.modbus import ModbusSimulator, serve_pty, serve_tcp
 from gateway.config import ConfigError, load_config
+from protocols.modbus import Table
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -341,3 +342,23 @@ async def test_polls_keep_going_while_commands_flood_the_line() -> None:
     assert commands >= 30  # a real flood: many commands ran while the polls went on
     assert writes(sim) == {6: commands}
     assert min(during.values()) >= 30
+
+
+async def test_a_damaged_echo_is_a_bad_reply_reported_and_the_next_write_lands() -> None:
+    # The link alone (no poller sharing it), so the damaged reply is surely the write's echo.
+    async with serve_tcp("127.0.0.1", 0, {1: "energy-meter"}) as sim, client(sim.port) as c:
+        link = await open_link(ModbusOptions.model_validate(meter(sim)), lambda _err: None)
+        reported: list[str] = []
+        try:
+            sim.corrupt(1, "wrong_length")  # the echo one byte short
+            with pytest.raises(BadReply, match="wrong_length"):
+                await link.write(Table.HOLDING, 1, 100, [300], reported.append)
+            sim.corrupt(1, "wrong_unit")  # Modbus TCP: an echo from another unit is a bad reply too
+            with pytest.raises(BadReply, match="wrong_unit"):
+                await link.write(Table.HOLDING, 1, 100, [301], reported.append)
+            await link.write(Table.HOLDING, 1, 100, [310, 3], reported.append)
+        finally:
+            link.close()
+        assert reported == ["wrong_length", "wrong_unit"]
+        assert await holding(c, 100, 2) == [310, 3]
+        assert writes(sim) == {6: 2, 16: 1}

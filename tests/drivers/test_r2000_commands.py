@@ -115,3 +115,17 @@ async def test_a_command_to_a_vanished_reader_fails_and_the_device_reconnects(tm
         with pytest.raises((DeviceTimeout, CommandFailed)):  # silent while asked, or found gone first
             await run.command(None, "read")
         await run.until("a reconnection attempt", lambda: run.device.restarts >= 1)
+
+
+async def test_read_in_fast_switch_mode_is_one_fast_switch_round() -> None:
+    async with (
+        serve_tcp("127.0.0.1", 0, SimOptions(antennas=(1, 2), rate=2000)) as sim,
+        reader(host="127.0.0.1", tcp_port=sim.port, inventory="fast_switch") as run,
+    ):
+        await run.command(None, "inventory", {"action": "stop"})
+        rounds = sim.stats.rounds
+        fast = sim.stats.by_command[r2000.Command.FAST_SWITCH_ANT_INVENTORY]
+        data = await run.command(None, "read")
+        assert sim.stats.rounds == rounds + 1
+        assert sim.stats.by_command[r2000.Command.FAST_SWITCH_ANT_INVENTORY] == fast + 1
+    assert data is not None and {t["antenna"] for t in data["tags"]} == {1, 2}
