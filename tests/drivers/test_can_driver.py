@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -351,3 +353,34 @@ async def test_an_unplugged_adapter_is_reopened(tmp_path: Path) -> None:
         seen = len(run.of(J1939_PGN))
         await run.until("events again", lambda: len(run.of(J1939_PGN)) > seen)
     assert sim.stats.opens == 2
+
+
+def test_edgegw_check_names_the_config_line_and_the_dbc_line(tmp_path: Path) -> None:
+    """``dbc:`` is relative to the file that names the device (here a device file in devices.d), and a DBC
+    that does not parse is refused by ``edgegw check`` with both places."""
+    devices = tmp_path / "devices.d"
+    devices.mkdir()
+    (devices / "truck.dbc").write_text(DBC.read_text().replace("(0.1,0) [0|100]", "(0.1,0 [0|100]"))
+    (devices / "good.dbc").write_text(DBC.read_text())
+    (devices / "chassis.yaml").write_text(
+        "name: chassis\ndriver: can\ninterface: slcan\nchannel: /dev/ttyACM0\ndbc: truck.dbc\n"
+    )
+    (devices / "body.yaml").write_text(
+        "name: body\ndriver: can\ninterface: virtual\nchannel: x\ndbc: good.dbc\n"
+    )
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        f"gateway: {{id: gw}}\nbuffer: {{path: {tmp_path / 'buffer.db'}}}\n"
+        "upstream: {mqtt: {url: mqtt://127.0.0.1:1}}\ndevices_dir: devices.d\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "check", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stdout
+    (problem,) = done.stderr.strip().splitlines()
+    assert problem.startswith(f"{devices / 'chassis.yaml'}:5: dbc: "), problem
+    assert f"{devices / 'truck.dbc'}:16: not a valid DBC file" in problem
