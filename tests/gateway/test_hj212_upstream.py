@@ -138,7 +138,7 @@ async def test_backfill_after_an_outage_in_order_with_realtime_between(
             assert buffer.stats().depth == readings and upstream.stats().acked == 0
             sim_options = platform.SimOptions(password="123456", mns=(MN,), reply_delay_s=0.02)
             async with platform.serve_tcp("127.0.0.1", port, sim_options) as sim:
-                await until("the daily record acknowledged", lambda: upstream.records_acked[2031] == 1)
+                await until("both days' records acknowledged", lambda: upstream.records_acked[2031] == 2)
                 await until("every event acknowledged", lambda: buffer.stats().depth == 0)
         uploads = list(sim.uploads)
     assert sim.stats.bad_crc == sim.stats.decode_errors == sim.stats.refused == 0
@@ -152,7 +152,7 @@ async def test_backfill_after_an_outage_in_order_with_realtime_between(
         f"{d1}00{m:02d}00" for m in range(0, 30, 10)
     ]
     assert [t for cn, t in times if cn == "2061"] == [f"{d0}220000", f"{d0}230000", f"{d1}000000"]
-    assert [t for cn, t in times if cn == "2031"] == [f"{d0}000000"]
+    assert [t for cn, t in times if cn == "2031"] == [f"{d0}000000", f"{d1}000000"]  # both days are over
     assert times.index(("2061", f"{d0}230000")) > times.index(("2051", f"{d0}235000"))
     assert times.index(("2031", f"{d0}000000")) > times.index(("2061", f"{d0}230000"))
     # Values: the gateway's aggregates of exactly the readings of each interval.
@@ -164,7 +164,7 @@ async def test_backfill_after_an_outage_in_order_with_realtime_between(
     assert hour.values["w01018-Flag"] == "N"
     assert "w01018-Cou" not in hour.values  # not a flow
     assert float(hour.values["w00000-Cou"]) == pytest.approx(10.0 * 3600)  # 10 L/s for an hour
-    daily = next(u for u in records if u.cn == "2031")
+    daily = next(u for u in records if (u.cn, u.data_time) == ("2031", f"{d0}000000"))
     cod_day = expected(events, dt.datetime.combine(day, dt.time(0), TZ), start + dt.timedelta(hours=1), "cod")
     assert float(daily.values["w01018-Avg"]) == pytest.approx(statistics.fmean(cod_day), abs=1e-3)
     assert float(daily.values["w00000-Cou"]) == pytest.approx(10.0 * 3600 * 2)  # hours 22 and 23
@@ -178,9 +178,8 @@ async def test_backfill_after_an_outage_in_order_with_realtime_between(
         "w01018-Rtd", "w01018-Flag", "w21003-Rtd", "w21003-Flag", "w00000-Rtd", "w00000-Flag"
     }  # fmt: skip
     assert upstream.counters["unmapped"] == 0  # the status and the readings were all used
-    assert sim.stats.by_cn["2031"] == 1
-    # The unfinished day's sums wait in the state file for the rest of the day.
-    assert d1 in (tmp_path / "epb.json").read_text()
+    assert sim.stats.by_cn["2031"] == 2
+    assert json.loads((tmp_path / "epb.json").read_text())["days"] == {}  # both days sent: nothing kept
 
 
 async def test_a_reply_with_a_bad_crc_or_a_refusal_is_counted_and_nothing_is_lost(
