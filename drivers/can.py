@@ -580,12 +580,12 @@ class _SlcanBus(slcanBus):
                 if waiting:
                     self._buffer += port.read(waiting)
                 else:
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if left is not None and left <= 0:
-                        return None
+                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
                     ready, _, _ = select.select([port.fileno()], [], [], left)
                     if not ready:
                         return None
+                    # readable with nothing waiting: data that just came, or the end of the port (pyserial
+                    # raises "device reports readiness to read but returned no data" for an unplugged one)
                     chunk = port.read(max(1, port.in_waiting))
                     if not chunk:
                         raise OSError("the serial port reports readiness but returned no data (unplugged?)")
