@@ -15,6 +15,8 @@ from typing import Any
 import paho.mqtt.client as paho
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory  # type: ignore[import-untyped]
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from tests.broker import Mosquitto
 
@@ -86,7 +88,11 @@ class Host:
     """A Sparkplug host application: subscribes to the group, follows the edge node's sessions, and
     collects every violation of the rules it checks."""
 
-    def __init__(self, broker: Mosquitto, group: str, host_id: str | None = None) -> None:
+    def __init__(
+        self, broker: Mosquitto, group: str, host_id: str | None = None, *, persistent: bool = False
+    ) -> None:
+        """With ``persistent``, the host keeps its MQTT session (and what is queued for it) across a
+        broker restart and reconnects by itself: it misses nothing published while it was away."""
         self.group = group
         self.host_id = host_id
         self.messages: list[Received] = []
@@ -104,6 +110,8 @@ class Host:
         if host_id is not None:
             client.will_set(self.state_topic, self._state(False), qos=1, retain=True)
         client.on_message = self._on_message
+        client.reconnect_delay_set(min_delay=0.1, max_delay=1)  # type: ignore[arg-type]  # floats work
+        self.persistent = persistent
         self.client = client
         self.broker = broker
         self._subscribed = threading.Event()
@@ -118,7 +126,12 @@ class Host:
         return json.dumps({"online": online, "timestamp": int(time.time() * 1000)}).encode()
 
     def start(self) -> Host:
-        self.client.connect(self.broker.host, self.broker.port)
+        if self.persistent:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = 3600
+            self.client.connect(self.broker.host, self.broker.port, clean_start=False, properties=props)
+        else:
+            self.client.connect(self.broker.host, self.broker.port)
         self.client.loop_start()
         self.client.subscribe(f"spBv1.0/{self.group}/#", qos=1)
         assert self._subscribed.wait(10)

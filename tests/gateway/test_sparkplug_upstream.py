@@ -159,20 +159,20 @@ async def test_rebirth_on_ncmd_and_malformed_ncmds_are_counted(
 async def test_store_and_forward_after_an_outage_is_historical(
     tmp_path: Path, broker: Mosquitto, group: str
 ) -> None:
-    host = Host(broker, group).start()
+    host = Host(broker, group, persistent=True).start()  # misses nothing while the broker is away
     try:
         async with edge_node(tmp_path, broker, group) as (upstream, buffer):
             await until("NBIRTH", lambda: any(r.kind == "NBIRTH" for r in host.snapshot()))
             t0 = time.time()
             await buffer.append([reading("meter-1", t0, voltage_a=230.0)])
             await until("live data acknowledged", lambda: buffer.stats().depth == 0)
-            host.stop()
             broker.stop()
             await until("the outage seen", lambda: not upstream.stats().connected)
             await buffer.append([reading("meter-1", t0 + i, voltage_a=240.0 + i) for i in range(1, 4)])
             broker.start()
-            host = Host(broker, group).start()
-            await until("reconnected and reborn", lambda: any(r.kind == "NBIRTH" for r in host.snapshot()))
+            await until(
+                "reconnected and reborn", lambda: sum(r.kind == "NBIRTH" for r in host.snapshot()) == 2
+            )
             await until("the backlog delivered", lambda: buffer.stats().depth == 0)
             await buffer.append([reading("meter-1", time.time(), voltage_a=250.0)])
             await until("live data again", lambda: (250.0, False) in host.values("meter-1", "voltage_a"))
@@ -181,9 +181,16 @@ async def test_store_and_forward_after_an_outage_is_historical(
         host.stop()
     assert host.violations == []
     values = host.values("meter-1", "voltage_a")
-    # The DBIRTH carries the last known value; then the stored events, historical; then live data.
-    assert values == [(230.0, False), (241.0, True), (242.0, True), (243.0, True), (250.0, False)]
-    nbirth = next(r for r in host.snapshot() if r.kind == "NBIRTH")
+    # Live data; the new DBIRTH with the last known value; the stored events, historical; live data again.
+    assert values == [
+        (230.0, False),
+        (230.0, False),
+        (241.0, True),
+        (242.0, True),
+        (243.0, True),
+        (250.0, False),
+    ]
+    nbirth = [r for r in host.snapshot() if r.kind == "NBIRTH"][-1]
     assert {m.name: m.long_value for m in nbirth.payload.metrics if m.name == "bdSeq"} == {"bdSeq": 1}
 
 
