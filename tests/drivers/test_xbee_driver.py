@@ -365,6 +365,15 @@ async def test_a_coordinator_reset_starts_over(tmp_path: Path) -> None:
     assert simulator.settings["AO"] == b"\x03" and simulator.stats.at_commands["WR"] == 2
 
 
+async def test_periodic_resets_from_the_simulators_faults(tmp_path: Path) -> None:
+    options = sim.SimOptions(interval_s=0.1, alarm_every_s=0, faults=sim.Faults(reset_every_s=0.5))
+    async with coordinator(tmp_path, options) as (simulator, _, run):
+        await run.until_state("connected", 3)
+        await run.until("reports after the resets", lambda: len(reports(run)) >= 20)
+    assert simulator.stats.resets >= 2 and run.counters()[COORDINATOR_RESETS] >= 2
+    assert simulator.settings["AO"] == b"\x03"  # saved by the driver: it survives the resets
+
+
 async def test_a_pulled_stick_is_retried(tmp_path: Path) -> None:
     async with coordinator(tmp_path, sim.SimOptions(interval_s=0.2, alarm_every_s=0)) as (simulator, _, run):
         await run.until_state("connected")
