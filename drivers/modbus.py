@@ -146,6 +146,7 @@ EXCEPTION_PREFIX: Final = "exception_"
 """Replies with a Modbus exception, counted per code: ``exception_02``, ``exception_04``, ..."""
 
 ALSO_COUNTED: Final = {
+    WRONG_ECHO: DECODE_ERRORS,
     WRONG_FUNCTION: DECODE_ERRORS,
     WRONG_LENGTH: DECODE_ERRORS,
     UNDECODABLE_REPLIES: DECODE_ERRORS,

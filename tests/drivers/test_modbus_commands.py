@@ -162,7 +162,7 @@ async def test_scale_and_offset_are_undone_and_coils_and_bits_are_written() -> N
                 "unit_id": 3,
                 **FAST,
                 "points": [
-                    {"name": "fault", "table": "coil", "address": 0},
+                    {"name": "fault", "table": "coil", "address": 0, "writable": True},
                     {"name": "auto_clean", "table": "coil", "address": 1, "writable": True},
                 ],
             },
@@ -187,6 +187,11 @@ async def test_scale_and_offset_are_undone_and_coils_and_bits_are_written() -> N
             coils = await c.read_coils(1, count=1, device_id=3)
             assert coils.bits[0] is False
             assert writes(sim, 3) == {5: 1}
+            # Two neighbouring coils in one command: one function 15. The analyser sets its fault coil
+            # itself and refuses the write with exception 02 (configured writable here to show it).
+            with pytest.raises(CommandFailed, match=r"fault, auto_clean \(coil 0\): exception 02"):
+                await run.command("wq", "write", {"values": {"auto_clean": True, "fault": False}})
+            assert writes(sim, 3) == {5: 1, 15: 1}
 
             assert await holding(c, 101, unit=1) == [1]  # vt_ratio 1: bit 0 set
             await run.command("em", "write", {"point": "vt_bit3", "value": True})
