@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from protocols import slcan
 from protocols.errors import DecodeError
+from tests.protocols.framer_suite import FramerSuite
 
 frames = st.one_of(
     st.builds(
@@ -79,3 +80,58 @@ def test_an_overlong_line_is_rejected_and_the_next_one_found() -> None:
     framer = slcan.LineFramer()
     assert framer.feed(b"X" * 100 + b"\rO\r\x07V\r") == [b"O", b"V"]
     assert framer.stats.bad_length == 1 and framer.stats.bytes_skipped == 102
+
+
+# -- the framer contract (tests/protocols/framer_suite.py) --------------------------------------------------
+
+_NOT_IN_A_LINE = b"\r\x07\x00"
+lines_of_commands = st.binary(max_size=slcan.MAX_LINE).map(
+    lambda raw: bytes(b for b in raw if b not in _NOT_IN_A_LINE)
+)
+
+
+def _lines_in(region: bytes) -> tuple[list[bytes], bytes]:
+    """The CR-ended lines of ``region`` as the framer sees them (BEL, NUL dropped), and what follows them."""
+    *whole, rest = region.replace(b"\x07", b"").replace(b"\x00", b"").split(b"\r")
+    return whole, rest
+
+
+class TestLineFramer(FramerSuite[bytes]):
+    """The host's command lines: a line is any bytes but CR, BEL and NUL, up to MAX_LINE, ended by CR."""
+
+    frames = lines_of_commands
+    flush = b""
+    pending_after_flush = slcan.MAX_LINE  # an unended line waits for its CR
+    max_pending = slcan.MAX_LINE
+
+    def framer(self) -> slcan.LineFramer:
+        return slcan.LineFramer()
+
+    def encode(self, frame: bytes) -> bytes:
+        return frame + b"\r"
+
+    def decode(self, raw: bytes) -> bytes:
+        line, cr, rest = raw.partition(b"\r")
+        if not cr or rest or len(line) > slcan.MAX_LINE or any(b in _NOT_IN_A_LINE for b in line):
+            raise DecodeError("not one line")
+        return line
+
+    def accidental(self, stream: bytes, spans: list[tuple[int, int]]) -> bool:
+        # Garbage makes a line of its own when a CR ends a short enough piece of it, and runs into the next
+        # frame's line when it does not end with a CR: either hides or changes a real line.
+        starts = [0, *(end for _, end in spans)]
+        ends = [*(start for start, _ in spans), len(stream)]
+        for index, (a, b) in enumerate(zip(starts, ends, strict=True)):
+            whole, rest = _lines_in(stream[a:b])
+            if any(len(line) <= slcan.MAX_LINE for line in whole):
+                return True
+            if rest and index < len(spans):
+                return True
+        return False
+
+    def inert(self, garbage: bytes, frame: bytes) -> bytes:
+        return bytes(0x07 if b % 2 else 0x00 for b in garbage)  # what the framer skips between lines
+
+    def damage(self, raw: bytes, data: st.DataObject) -> tuple[bytes, tuple[str, ...]]:
+        filler = data.draw(st.integers(0x20, 0x7E), label="filler")
+        return raw[:-1] + bytes([filler]) * (slcan.MAX_LINE + 1 - len(raw) + 1) + b"\r", ("bad_length",)
