@@ -216,6 +216,8 @@ class XBeeSimulator(serving.LinkSimulator[SimStats]):
         self._sequence = 0
         self._start = 0.0
         self._links: set[Link] = set()
+        self.silent = False
+        """A hung coordinator: nothing answered, nothing sent (a test sets it)."""
         self._pool: dict[tuple[int, bool], list[tuple[bytes, int, int, Any]]] = {}
 
     def _nwk_for(self, index: int, sensor: SimSensor) -> int:
@@ -536,6 +538,8 @@ class XBeeSimulator(serving.LinkSimulator[SimStats]):
                     for sensor in order:
                         if sensor.ieee not in self.joined:
                             await self.join(link, sensor)
+                if self.silent:
+                    continue
                 on_network = [s for s in order if s.ieee in self.joined]
                 if not on_network:
                     continue
@@ -566,6 +570,8 @@ class XBeeSimulator(serving.LinkSimulator[SimStats]):
 
     async def _handle(self, link: Link, frame: Frame) -> None:
         self.stats.frames_in += 1
+        if self.silent:
+            return
         try:
             message = xbee.parse_message(frame)
         except DecodeError:

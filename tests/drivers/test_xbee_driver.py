@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from drivers.commands import CommandFailed, CommandRefused
-from drivers.counters import BYTES_SKIPPED, DECODE_ERRORS, FRAMES_REJECTED
+from drivers.counters import BYTES_SKIPPED, DECODE_ERRORS, FRAMES_REJECTED, TIMEOUTS
 from drivers.event import Event, encode
 from drivers.kinds import DEVICE_STATUS, ZIGBEE_ALARM, ZIGBEE_JOINED, ZIGBEE_REPORT
 from drivers.testing import DeviceUnderTest, Harness, running
@@ -372,6 +372,19 @@ async def test_periodic_resets_from_the_simulators_faults(tmp_path: Path) -> Non
         await run.until("reports after the resets", lambda: len(reports(run)) >= 20)
     assert simulator.stats.resets >= 2 and run.counters()[COORDINATOR_RESETS] >= 2
     assert simulator.settings["AO"] == b"\x03"  # saved by the driver: it survives the resets
+
+
+async def test_a_hung_coordinator_is_found_by_the_keepalive(tmp_path: Path) -> None:
+    options = sim.SimOptions(interval_s=60, alarm_every_s=0)
+    async with coordinator(tmp_path, options, keepalive_s=0.3, reply_timeout_s=0.2) as (simulator, _, run):
+        await run.until_state("connected")
+        simulator.silent = True
+        await run.until_state("disconnected")
+        simulator.silent = False
+        await run.until_state("connected", 2)
+    disconnected = next(s for s in run.statuses() if s["state"] == "disconnected")
+    assert disconnected["reason"] == "coordinator did not answer AT AI (3 attempts)"
+    assert run.counters()[TIMEOUTS] >= 1
 
 
 async def test_a_pulled_stick_is_retried(tmp_path: Path) -> None:
