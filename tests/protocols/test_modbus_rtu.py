@@ -221,3 +221,24 @@ def test_judging_agrees_with_check_rtu_reply(frame: RtuFrame, unit: int, functio
     verdict, size = mb.check_rtu_reply(raw, unit, function, count)
     assert size == len(raw)
     assert mb.judge_rtu_reply(frame, unit, function, count) is verdict
+
+
+@given(st.sampled_from(sorted(mb.WRITE_FUNCTIONS)), st.binary(min_size=0, max_size=8), st.integers(1, 247))
+def test_a_write_echo_is_judged_by_its_four_bytes(function: int, echo: bytes, unit: int) -> None:
+    # Modbus Application Protocol 6.5, 6.6, 6.11, 6.12: the reply to a write is the address and the value
+    # (05, 06) or the quantity (15, 16), four bytes. Over RTU and in an MBAP frame alike.
+    expected = ReplyCheck.OK if len(echo) == 4 else ReplyCheck.WRONG_LENGTH
+    assert mb.judge_rtu_reply(RtuFrame(unit, bytes([function]) + echo), unit, function, 0) is expected
+    pdu = bytes([function]) + echo
+    mbap = (7).to_bytes(2, "big") + b"\x00\x00" + (len(pdu) + 1).to_bytes(2, "big") + bytes([unit]) + pdu
+    assert mb.check_tcp_reply(mbap, unit, function, 0, 7) == (expected, len(mbap))
+    assert mb.judge_rtu_reply(RtuFrame(unit, bytes([function | 0x80, 2])), unit, function, 0) is (
+        ReplyCheck.EXCEPTION
+    )
+
+
+def test_a_write_echo_built_by_pymodbus_is_ok() -> None:
+    echo = WriteSingleRegisterResponse(address=100, registers=[250], dev_id=3)
+    frame = FramerRTU(DecodePDU(False)).buildFrame(echo)
+    [found] = RtuReplyFramer().feed(frame)
+    assert mb.judge_rtu_reply(found, 3, 6, 0) is ReplyCheck.OK
