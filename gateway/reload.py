@@ -144,12 +144,15 @@ def plan_reload(running: Config, new: Config) -> ReloadPlan:
             continue
         needs_restart += changed_fields(getattr(running, section), getattr(new, section), section)
     if live_upstreams:
-        old_commands = running.upstream.mqtt.commands if running.upstream is not None else None
-        new_commands = new.upstream.mqtt.commands if new.upstream is not None else None
-        if old_commands is not None and new_commands is not None:
-            needs_restart += changed_fields(old_commands, new_commands, "upstreams.commands")
-        elif old_commands != new_commands:
-            needs_restart.append("upstreams.commands")
+        # The command service runs on its own session, made at start: its options need a restart.
+        old_commands = {u.name: getattr(u, "commands", None) for u in running.upstream_list}
+        new_commands = {u.name: getattr(u, "commands", None) for u in new.upstream_list}
+        for name in sorted(set(old_commands) | set(new_commands)):
+            before, after = old_commands.get(name), new_commands.get(name)
+            if isinstance(before, BaseModel) and isinstance(after, BaseModel):
+                needs_restart += changed_fields(before, after, f"upstreams.{name}.commands")
+            elif getattr(before, "enabled", False) or getattr(after, "enabled", False):
+                needs_restart.append(f"upstreams.{name}.commands")  # an entry with commands came or went
         old_up = {u.name: u for u in running.upstream_list}
         new_up = {u.name: u for u in new.upstream_list}
     else:

@@ -6,8 +6,14 @@ Contract (every implementation passes ``tests/gateway/buffer_suite.py``):
   gateway and never reused, across deletes and restarts.
 - :meth:`Buffer.read` returns committed, unacknowledged events with ``seq > after_seq``, in seq order.
 - :meth:`Buffer.ack` deletes events the upstream acknowledged (unknown seqs are ignored).
-- A byte cap with a stated policy when full (``drop_oldest`` by default, or ``reject_new``); every dropped
-  event is counted by reason (:class:`DropReason`), and the counters survive restarts.
+- Several upstreams (:meth:`Buffer.set_upstreams`, each with a route): each event is stored once, pending
+  for the upstreams whose route takes it; each upstream reads and acknowledges through its own
+  :meth:`Buffer.cursor`, and the event is deleted once every upstream that routes it has acknowledged it
+  (durably: a crash between two upstreams' acks deletes nothing early and loses nothing). Without
+  upstreams, :meth:`Buffer.read` and :meth:`Buffer.ack` are the one implicit upstream's.
+- A byte cap with a stated policy when full (``drop_oldest`` by default, or ``reject_new``), for the whole
+  buffer whatever the upstreams; every dropped event is counted by reason (:class:`DropReason`), and per
+  upstream that had not acknowledged it, and the counters survive restarts.
 - Storage faults are never fatal once the buffer is open, and a damaged file never stops it opening: a full
   filesystem applies the same policy within the room there is (counted as ``disk_full``), a corrupt file is
   moved aside and replaced by a fresh one whose seqs continue above the old ones, and the buffer goes on
@@ -398,6 +404,14 @@ class SqliteBuffer(Buffer):
     **Acks.** ``ack`` marks the seqs deleted at once (``read`` filters them out) and queues the deletion;
     it is committed with the next append, or on its own after ``ack_delay`` seconds (default 10 ms) when no
     append comes, so many acks share one transaction.
+
+    **Upstreams.** Each registered upstream has one bit of the ``pending`` column (its name and bit kept in
+    the ``upstreams`` table); an append stores the bits of the upstreams whose route takes the event (a
+    route is asked once per device and kind), an upstream's ack clears its bit in the same kind of grouped
+    transaction, and a row left with none is deleted. A cursor reads ``seq > after AND pending & bit``
+    from a floor below which nothing is pending for it, so a live upstream rewinding to 0 never scans the
+    backlog a dead one holds. With one upstream every row has its bit: reads, acks and deletes take the
+    same path as without upstreams. Backlogs per upstream are counted at open and kept by the writer.
 
     **The cap** counts, per event, its device, kind and JSON data in UTF-8 plus :data:`ROW_OVERHEAD` bytes:
     a logical size, not the file's (SQLite pages and the WAL add roughly a third on top). When an append

@@ -20,7 +20,7 @@ import pytest
 
 from drivers.event import Event
 from gateway.app import Gateway
-from gateway.cli import buffertool
+from gateway.cli import buffertool, status
 from gateway.cli.commands import main as cli_main
 from gateway.config import ConfigError, load_config
 from gateway.config.models import MqttUpstreamOptions
@@ -384,3 +384,37 @@ async def test_reload_adds_and_removes_upstreams_without_losing_or_repeating_ack
         assert len(ids(sub_a)) == len(set(ids(sub_a))) == 15  # nothing a had acknowledged came again
         assert sorted(ids(sub_c)) == sorted(f"{gw}:{seq}" for seq in range(11, 16))  # c: from its start on
         assert isinstance(a, MqttUpstream) and a.connects == 1
+
+
+UPSTREAMS_SCRAPE = """\
+# TYPE edgegw_info gauge
+edgegw_info{gateway_id="ss-1"} 1.0
+# TYPE edgegw_upstream_backlog_events gauge
+edgegw_upstream_backlog_events{kind="mqtt",upstream="city"} 0.0
+edgegw_upstream_backlog_events{kind="hj212",upstream="epb"} 1440.0
+# TYPE edgegw_upstream_backlog_bytes gauge
+edgegw_upstream_backlog_bytes{kind="mqtt",upstream="city"} 0.0
+edgegw_upstream_backlog_bytes{kind="hj212",upstream="epb"} 2097152.0
+# TYPE edgegw_upstream_dropped_events counter
+edgegw_upstream_dropped_events_total{reason="dropped_oldest",upstream="epb"} 12.0
+edgegw_upstream_dropped_events_total{reason="oversize",upstream="epb"} 1.0
+# TYPE edgegw_upstream_up gauge
+edgegw_upstream_up{kind="mqtt",upstream="city"} 1.0
+edgegw_upstream_up{kind="hj212",upstream="epb"} 0.0
+# TYPE edgegw_upstream_delivered_events counter
+edgegw_upstream_delivered_events_total{upstream="city"} 5000.0
+# TYPE edgegw_upstream_errors counter
+edgegw_upstream_errors_total{reason="reply_bad_crc",upstream="epb"} 3.0
+"""
+
+
+def test_status_shows_a_line_per_upstream() -> None:
+    view = status.parse(UPSTREAMS_SCRAPE)
+    epb = view.upstreams["epb"]
+    assert (epb.kind, epb.up, epb.backlog_events, epb.dropped, epb.errors) == ("hj212", False, 1440, 13, 3)
+    lines = status.render_text(view, None, "http://x/metrics").splitlines()
+    assert "  city    mqtt, connected; backlog 0 events, 0 B; delivered 5,000, dropped 0, errors 0" in lines
+    epb_line = (
+        "  epb     hj212, NOT connected; backlog 1,440 events, 2.0 MiB; delivered 0, dropped 13, errors 3"
+    )
+    assert epb_line in lines
