@@ -377,8 +377,21 @@ def _first_ts(body: Any) -> float:
 # Child processes
 
 
-def gateway_config(tmp: Path, broker: Mosquitto, link: Path, batch: int, window: int) -> Path:
+def gateway_config(
+    tmp: Path, broker: Mosquitto, link: Path, batch: int, window: int, *, gps: Path | None = None
+) -> Path:
+    """The bench's gateway; with ``gps`` (a receiver's pty), the reader's events stamped with its fixes."""
     path = tmp / "gateway.yaml"
+    stamping = (
+        ""
+        if gps is None
+        else f"""    position_from: gps
+  - name: gps
+    driver: gps
+    port: {gps}
+    every_m: 20
+"""
+    )
     path.write_text(
         f"""gateway:
   id: {GATEWAY_ID}
@@ -396,7 +409,7 @@ devices:
     port: {link}
     inventory: fast_switch
     antennas: {{1: ant-1, 2: ant-2, 3: ant-3, 4: ant-4}}
-"""
+{stamping}"""
     )
     return path
 
@@ -409,23 +422,29 @@ def _readline(proc: subprocess.Popen[bytes], timeout: float) -> str:
 
 
 def start_simulator(tmp: Path, link: Path, rate: float) -> subprocess.Popen[bytes]:
-    with (tmp / "sim.log").open("wb") as log:
+    args = [
+        "uhf-r2000",
+        "--link",
+        str(link),
+        "--rate",
+        f"{rate:g}",
+        "--tags",
+        "1000",
+        "--antennas",
+        "1,2,3,4",
+    ]
+    return _start_sim(tmp, "sim.log", args)
+
+
+def start_gps(tmp: Path, link: Path) -> subprocess.Popen[bytes]:
+    """A GNSS receiver on a bus (``edgegw sim gps``), 5 epochs a second, for ``--stamp``."""
+    return _start_sim(tmp, "gps.log", ["gps", "--link", str(link), "--epoch", "0.2", "--speedup", "10"])
+
+
+def _start_sim(tmp: Path, log_name: str, args: list[str]) -> subprocess.Popen[bytes]:
+    with (tmp / log_name).open("wb") as log:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gateway.cli",
-                "sim",
-                "uhf-r2000",
-                "--link",
-                str(link),
-                "--rate",
-                f"{rate:g}",
-                "--tags",
-                "1000",
-                "--antennas",
-                "1,2,3,4",
-            ],
+            [sys.executable, "-m", "gateway.cli", "sim", *args],
             stdout=subprocess.PIPE,
             stderr=log,
             env=dict(os.environ, PYTHONUNBUFFERED="1"),
@@ -434,7 +453,7 @@ def start_simulator(tmp: Path, link: Path, rate: float) -> subprocess.Popen[byte
     if "on pty" not in line:
         proc.kill()
         proc.wait()
-        raise RuntimeError(f"simulator did not start: {line!r} {(tmp / 'sim.log').read_text()}")
+        raise RuntimeError(f"simulator did not start: {line!r} {(tmp / log_name).read_text()}")
     return proc
 
 
@@ -517,6 +536,7 @@ def run_once(
     window: int = WINDOW,
     subscriber: str = "raw",
     show_log: bool = False,
+    stamp: bool = False,
 ) -> Result:
     tmp = Path(tempfile.mkdtemp(prefix="edgegw-bench-"))
     link = tmp / "ttyR2000"
@@ -527,9 +547,13 @@ def run_once(
     try:
         broker.start()
         sub = SUBSCRIBERS[subscriber](broker.host, broker.port).start()
+        gps = None
+        if stamp:
+            gps = tmp / "ttyGPS"
+            procs.append(start_gps(tmp, gps))
         sim = start_simulator(tmp, link, scenario.rate)
         procs.append(sim)
-        gw = start_gateway(tmp, gateway_config(tmp, broker, link, scenario.batch, window))
+        gw = start_gateway(tmp, gateway_config(tmp, broker, link, scenario.batch, window, gps=gps))
         procs.append(gw)
         rss = RssSampler(gw.pid).start()
 
@@ -738,6 +762,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--subscriber", choices=sorted(SUBSCRIBERS), default="raw", help="raw socket (default) or paho"
     )
     parser.add_argument("--show-log", action="store_true", help="print each gateway log to stderr")
+    parser.add_argument(
+        "--stamp",
+        choices=("off", "on", "both"),
+        default="off",
+        help="on: a GNSS receiver (edgegw sim gps) beside the reader, whose reads carry its position "
+        "(position_from); both: each run without then with, interleaved, a median of each (default off)",
+    )
     args = parser.parse_args(argv)
     names = args.only or ["batch1", "batch50", "latency"]
 
@@ -753,32 +784,38 @@ def main(argv: Sequence[str] | None = None) -> int:
             scenario = Scenario(scenario.name, scenario.batch, args.rate)
         print(f"\n== {name}: batch_max_events {scenario.batch}, simulator --rate {scenario.rate:,.0f}")
         print(header(), flush=True)
-        results = []
+        stamps = {"off": [False], "on": [True], "both": [False, True]}[args.stamp]
+        results: dict[bool, list[Result]] = {stamp: [] for stamp in stamps}
         for i in range(args.runs):
-            speed = machine_speed_ms()
-            result = run_once(
-                scenario,
-                args.seconds,
-                args.warmup,
-                window=args.window,
-                subscriber=args.subscriber,
-                show_log=args.show_log,
-            )
-            result.speed_ms = speed
-            results.append(result)
-            print(row(f"#{i + 1}", result), flush=True)
-            if result.missing > 0:
-                print(
-                    f"        ! {result.missing} missing: delivered {result.delivered} + left in buffer "
-                    f"{result.left_in_buffer} < committed {result.committed}"
+            for stamp in stamps:  # with --stamp both: without, then with, run after run (interleaved)
+                speed = machine_speed_ms()
+                result = run_once(
+                    scenario,
+                    args.seconds,
+                    args.warmup,
+                    window=args.window,
+                    subscriber=args.subscriber,
+                    show_log=args.show_log,
+                    stamp=stamp,
                 )
-        medians[name] = m = median_result(results)
-        print(row("median", m))
-        extra = " ".join(f"{k}={v}" for k, v in sorted(m.counters.items()))
-        print(
-            f"        committed {m.committed}, left in buffer {m.left_in_buffer}, restarts {m.restarts}, "
-            f"lag samples {m.lag_samples}, latency samples {m.latency_samples}; device counters: {extra}"
-        )
+                result.speed_ms = speed
+                results[stamp].append(result)
+                label = f"#{i + 1}" + ("+pos" if stamp and len(stamps) > 1 else "")
+                print(row(label, result), flush=True)
+                if result.missing > 0:
+                    print(
+                        f"        ! {result.missing} missing: delivered {result.delivered} + left in buffer "
+                        f"{result.left_in_buffer} < committed {result.committed}"
+                    )
+        for stamp, runs in results.items():
+            key = f"{name} stamped" if stamp and len(stamps) > 1 else name
+            medians[key] = m = median_result(runs)
+            print(row("med+pos" if stamp and len(stamps) > 1 else "median", m))
+            extra = " ".join(f"{k}={v}" for k, v in sorted(m.counters.items()))
+            print(
+                f"        committed {m.committed}, left in buffer {m.left_in_buffer}, restarts {m.restarts}, "
+                f"lag samples {m.lag_samples}, latency samples {m.latency_samples}; device counters: {extra}"
+            )
     print("\ngoals:")
     for name, m in medians.items():
         for line in verdicts(name, m):
