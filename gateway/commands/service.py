@@ -404,8 +404,8 @@ class CommandService:
 
     def _on_message(self, message: Incoming) -> None:
         target = parse_target(message.topic, self._prefix, self._gateway_id)
-        if target is None:
-            return
+        if target is None or not message.payload:
+            return  # not ours; or empty, which is how a retained message is cleared, not a request
         self.received += 1
         device = target.device
         reply = _Reply(self._reply_topic(message, device), message.correlation_data)
@@ -430,6 +430,7 @@ class CommandService:
                 self._answer(device, request.id, request.command, [reply], ("refused", why, None))
                 return
         key = (device, request.id)
+        self._prune()  # an id whose time in the window is over is forgotten before it is looked up
         seen = self._seen.get(key)
         if seen is not None:
             self.duplicates += 1

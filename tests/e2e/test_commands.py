@@ -116,12 +116,16 @@ async def site(
     commands: str = "",
     extra: dict[str, Any] | None = None,
     session: str | None = None,
+    before_start: tuple[str, str] | None = None,
 ) -> AsyncIterator[Site]:
+    """``before_start``: (topic, payload) published retained before the gateway starts."""
     async with serve_tcp("127.0.0.1", 0, {1: "energy-meter", 2: "energy-meter"}) as sim:
         devices = meter("meter", sim.port, 1, "[write, read]", **(extra or {})) + meter(
             "meter-ro", sim.port, 2, "[read]", **(extra or {})
         )
         path = write_config(tmp_path, broker, devices, commands)
+        if before_start is not None:
+            publish(broker, *before_start, retain=True)
         gateway = Gateway(load_config(path))
         async with Subscriber(broker, f"edgegw/{GW}/#", session=session) as sub, running(gateway):
             await until("the command service subscribed", lambda: _listening(gateway))
@@ -137,14 +141,19 @@ def _listening(gateway: Gateway) -> bool:
 
 
 def publish(
-    broker: Mosquitto, topic: str, payload: bytes | str, *, properties: Properties | None = None
+    broker: Mosquitto,
+    topic: str,
+    payload: bytes | str,
+    *,
+    properties: Properties | None = None,
+    retain: bool = False,
 ) -> None:
     """Publish one message (QoS 1, acknowledged) from a plain paho client of its own."""
     client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
     client.connect(broker.host, broker.port)
     client.loop_start()
     try:
-        info = client.publish(topic, payload, qos=1, properties=properties)
+        info = client.publish(topic, payload, qos=1, properties=properties, retain=retain)
         info.wait_for_publish(timeout=10)
         assert info.is_published()
     finally:
@@ -358,6 +367,52 @@ async def test_the_rate_limit_refuses_beyond_the_burst(tmp_path: Path, broker: M
         third = await client.send(None, "ping")
         assert statuses == ["ok", "ok"]
         assert third.status == "refused" and third.reason is not None and "rate limit" in third.reason
+
+
+async def test_a_device_that_drops_while_its_command_runs_answers_error(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    async with site(tmp_path, broker, extra={"poll_s": 30, "timeout_s": 8}) as s:
+        service = s.gateway.commands
+        assert service is not None
+        s.sim.set_delay(1, 5.0)
+        publish(broker, CMD, request("read", {}, rid="drop-1"))
+        await until("the read is running", lambda: bool(service._tasks))
+        await s.sim.disconnect()
+        [result] = await s.result_for("drop-1")
+        assert result["status"] == "error" and result["reason"], result
+        s.sim.set_delay(1, 0.0)
+
+
+async def test_a_retained_request_is_refused_and_never_runs(tmp_path: Path) -> None:
+    """A retained request would reach the gateway again at every subscription: it is refused when it
+    arrives as retained (here: published before the gateway ever subscribed, on a broker of its own, where
+    no earlier session of this gateway's id would have it queued as an ordinary request)."""
+    retained = request("write", {"point": "vt_ratio", "value": 3}, rid="ret-1")
+    with Mosquitto() as broker:
+        async with site(tmp_path, broker, before_start=(CMD, retained)) as s:
+            [result] = await s.result_for("ret-1")
+            assert result["status"] == "refused" and "retained" in result["reason"], result
+            publish(broker, CMD, b"", retain=True)  # clearing it is no request: nothing answers it
+            publish(broker, CMD, request("read", {"points": ["vt_ratio"]}, rid="after-ret"))
+            [after] = await s.result_for("after-ret")
+            assert after["status"] == "ok" and after["data"]["values"]["vt_ratio"] != 3
+            assert s.writes() == {}
+            assert [r["id"] for r in s.results()] == ["ret-1", "after-ret"]
+
+
+async def test_the_dedupe_window_forgets_ids_after_its_time(tmp_path: Path, broker: Mosquitto) -> None:
+    commands = "      dedupe_window: {count: 100, seconds: 0.5}\n"
+    async with site(tmp_path, broker, commands=commands) as s, CommandClient(s.gateway.config) as client:
+        service = s.gateway.commands
+        assert service is not None
+        assert (await client.send(None, "ping", request_id="t-1")).status == "ok"
+        assert (await client.send(None, "ping", request_id="t-1")).status == "ok"
+        assert service.duplicates == 1
+        answered = time.monotonic()
+        await until("the window's time passed", lambda: time.monotonic() > answered + 0.6)
+        assert (await client.send(None, "ping", request_id="t-1")).status == "ok"
+        assert service.duplicates == 1  # run again, not answered from the window
 
 
 async def test_a_device_not_connected_is_an_error(tmp_path: Path, broker: Mosquitto) -> None:
