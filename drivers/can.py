@@ -431,12 +431,23 @@ class CanSource:
         except (ValueError, IndexError, KeyError) as err:  # the library choked on a malformed line
             return BadFrame(f"{type(err).__name__}: {err}")
 
+    def _pending(self) -> bool:
+        """Whether the bus holds lines it read from the port and has not handed out yet (our slcan bus reads
+        whole chunks: the port is then no longer readable, though frames wait)."""
+        return bool(getattr(self.bus, "_lines", None))
+
     def _readable(self) -> None:
+        if self._fd < 0:  # closed or failed since this call was scheduled
+            return
         frames = self._frames
         try:
             for _ in range(READ_BATCH):
                 frame = self._take()
                 if frame is None:
+                    # nothing, or a line that was no frame (a reply, a frame a filter refused): go on while
+                    # lines wait
+                    if self._pending():
+                        continue
                     break
                 frames.append(frame)
         except Exception as err:  # CanOperationError, OSError: the adapter is gone
@@ -445,6 +456,8 @@ class CanSource:
         if len(frames) >= SOURCE_QUEUE and not self._paused:
             self.loop.remove_reader(self._fd)
             self._paused = True
+        elif self._pending() and not self._paused:
+            self.loop.call_soon(self._readable)  # the batch ended with lines waiting: the port will not say
         self._wake()
 
     def _read_thread(self) -> None:
@@ -510,6 +523,8 @@ class CanSource:
             if self._paused and self._fd >= 0:
                 self.loop.add_reader(self._fd, self._readable)
                 self._paused = False
+                if self._pending():
+                    self.loop.call_soon(self._readable)
             if not self._room.is_set():
                 self._room.set()
         return frame

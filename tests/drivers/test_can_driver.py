@@ -33,6 +33,7 @@ from drivers.kinds import CAN_FRAME, CAN_SIGNALS, J1939_DM1, J1939_PGN
 from drivers.testing import CONNECTED, running
 from firmware_sim import can as can_sim
 from firmware_sim.can import Faults, SimOptions
+from firmware_sim.pty import PtyEndpoint
 from protocols import j1939
 
 pytestmark = pytest.mark.timeout(60)
@@ -384,3 +385,21 @@ def test_edgegw_check_names_the_config_line_and_the_dbc_line(tmp_path: Path) -> 
     (problem,) = done.stderr.strip().splitlines()
     assert problem.startswith(f"{devices / 'chassis.yaml'}:5: dbc: "), problem
     assert f"{devices / 'truck.dbc'}:16: not a valid DBC file" in problem
+
+
+async def test_a_frame_behind_a_refused_one_in_the_same_chunk_is_not_held_back(tmp_path: Path) -> None:
+    """The slcan bus reads whole chunks: a line the bus filter refuses must not leave the next line of the
+    chunk waiting for more bytes from a quiet bus."""
+    link = tmp_path / "ttyCAN"
+    endpoint = PtyEndpoint(link)
+    endpoint.open()
+    try:
+        opts = slcan_options(link, j1939=False, raw_frames=True, filters=[{"id": 0x100, "extended": False}])
+        async with running({"raw": lambda: CanDriver("raw", opts)}) as run:
+            await run.until_state(CONNECTED)
+            # a reply, a BEL, a frame the filter refuses, one it keeps: one chunk, then silence
+            await endpoint.write(b"\r\x07t2001AA\rt1001BB\r")
+            await run.until_events(CAN_FRAME, 1)
+        assert run.data(CAN_FRAME) == [{"id": 0x100, "extended": False, "dlc": 1, "data": "bb"}]
+    finally:
+        endpoint.close()
