@@ -69,6 +69,7 @@ from gateway.delivery.upstream import Upstream
 from gateway.ops.sdnotify import Progress
 
 if TYPE_CHECKING:
+    from gateway.commands.service import CommandService
     from gateway.config import Config
     from gateway.ops.loopmon import LoopMonitor
     from gateway.pipeline import EventQueue, Ingest
@@ -104,6 +105,8 @@ class Gateway(Protocol):
     def health(self) -> PipelineHealth | None: ...
     @property
     def reloads(self) -> Mapping[str, int]: ...
+    @property
+    def commands(self) -> CommandService | None: ...
 
 
 __all__ = [
@@ -341,6 +344,31 @@ class GatewayCollector:
         yield from self._upstream()
         yield from self._upstreams()
         yield from self._runtime()
+        yield from self._commands()
+
+    def _commands(self) -> Iterator[Metric]:
+        """The command service's counts (none when commands are off)."""
+        service = self.gateway.commands
+        if service is None:
+            return
+        stats = service.stats()
+        results = _counter("edgegw_command_results", "Command results given, by status.", ["status"])
+        for status in ("ok", "error", "refused", "expired", "timeout"):
+            results.add_metric([status], stats.results.get(status, 0))
+        yield results
+        yield _value(_counter("edgegw_command_requests", "Command requests received."), stats.received)
+        yield _value(
+            _counter("edgegw_command_duplicates", "Requests answered from the de-duplication window."),
+            stats.duplicates,
+        )
+        yield _value(
+            _counter("edgegw_command_results_dropped", "Results dropped from a full outbox (still audited)."),
+            stats.outbox_dropped,
+        )
+        yield _value(
+            _gauge("edgegw_command_connected", "1 while the command session is connected and subscribed."),
+            int(stats.connected),
+        )
 
     def _devices(self) -> Iterator[Metric]:
         gw = self.gateway

@@ -33,7 +33,7 @@ from gateway.app import Gateway
 from gateway.commands.client import CommandClient
 from gateway.config import load_config
 from tests.broker import Mosquitto, Subscriber
-from tests.gateway.ops_helpers import running
+from tests.gateway.ops_helpers import http_get, running, samples, value
 from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(120)
@@ -536,6 +536,15 @@ async def test_gateway_ping_status_and_reload(tmp_path: Path, broker: Mosquitto)
         assert bad.status == "error" and bad.reason is not None
         assert f"{s.config}:" in bad.reason and "has no command 'reed'" in bad.reason
         assert s.gateway.reloads["applied"] == 1
+
+        # the service's counts are in /metrics too
+        assert s.gateway.metrics is not None
+        code, body = await http_get(s.gateway.metrics.port, "/metrics")
+        scrape = samples(body.decode())
+        assert code == 200 and value(scrape, "edgegw_command_connected") == 1
+        assert value(scrape, "edgegw_command_results_total", status="ok") == 3  # ping, status, reload
+        assert value(scrape, "edgegw_command_results_total", status="error") == 1
+        assert value(scrape, "edgegw_command_requests_total") == 4
 
         unknown = await client.send(None, "selfdestruct")
         assert unknown.status == "refused" and "ping, reload, status" in (unknown.reason or "")
