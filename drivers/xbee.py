@@ -285,11 +285,16 @@ class _Session(StreamSession[xbee.Frame, XbeeOptions]):
         super().__init__(link, options, ctx, xbee.XBeeFramer(escaped=options.api_mode == 2))
         self.escaped = options.api_mode == 2
         self.streaming = False
-        self.reading = False
         self.coordinator_ieee = 0
         self._frame_id = 0
         self._sequence = 0
-        self._pending: dict[int, asyncio.Future[xbee.Message]] = {}
+        self._pending: dict[int, tuple[type[xbee.Message], asyncio.Future[xbee.Message]]] = {}
+        """Requests awaiting their answer by frame id: what answers them (an AT response, a transmit
+        status) and its future."""
+        self._reader = asyncio.Lock()
+        """Held by whoever reads the link: the stream loop, or a request while nobody else reads."""
+        self._failure: CoordinatorReset | None = None
+        """A reset seen while a request read the link: the stream loop raises it."""
         self._reads: dict[tuple[int, int], asyncio.Future[list[zcl.ReadRecord]]] = {}
         self._names = {int(ieee, 16): name for ieee, name in options.sensors.items()}
         self._nwk: OrderedDict[int, int] = OrderedDict()
@@ -340,11 +345,9 @@ class _Session(StreamSession[xbee.Frame, XbeeOptions]):
         for ieee in self._reporting:
             await self.configure(ieee)
         while True:
-            self.reading = True
-            try:
+            async with self._reader:
+                self.check()  # a reset a command's exchange saw ends the session here
                 frame = await self.recv(self.loop.time() + self.options.keepalive_s)
-            finally:
-                self.reading = False
             if frame is None:
                 await self.at("AI")  # DeviceTimeout if the coordinator is gone
                 continue
@@ -388,7 +391,7 @@ class _Session(StreamSession[xbee.Frame, XbeeOptions]):
         ``reply_timeout_s`` (a response damaged on the line), DeviceTimeout after every attempt."""
         frame_id = self._next_frame_id()
         future: asyncio.Future[xbee.Message] = self.loop.create_future()
-        self._pending[frame_id] = future
+        self._pending[frame_id] = (xbee.AtResponse, future)
         try:
             for _ in range(AT_ATTEMPTS):
                 await self.send(xbee.AtCommand(frame_id, command, parameter))
@@ -402,17 +405,18 @@ class _Session(StreamSession[xbee.Frame, XbeeOptions]):
         response = future.result()
         assert isinstance(response, xbee.AtResponse)
         if not response.ok:
-            if command in ("AO", "WR", "NJ", "AC") and parameter:
+            if parameter:  # a setting the coordinator refuses: the config asks what it cannot do
                 raise ConfigurationError(f"coordinator refused AT {command} (status {response.status})")
             raise ProtocolFailure(f"coordinator answered AT {command} with status {response.status}")
         return response
 
     async def _answered(self, future: asyncio.Future[Any], timeout: float) -> bool:
         """Wait up to ``timeout`` for ``future``: reading the link meanwhile when nobody else is (start-up,
-        the keepalive), else letting the reader resolve it (a command while streaming)."""
+        the keepalive, a command while the stream loop is elsewhere), else letting the reader resolve it.
+        One reader at a time (:attr:`_reader`)."""
         if future.done():
             return True
-        if self.reading:
+        if self._reader.locked():
             try:
                 async with asyncio.timeout(timeout):
                     await asyncio.shield(future)
@@ -420,16 +424,17 @@ class _Session(StreamSession[xbee.Frame, XbeeOptions]):
                 return False
             return True
         deadline = self.loop.time() + timeout
-        self.reading = True
-        try:
+        async with self._reader:
             while not future.done():
                 frame = await self.recv(deadline)
                 if frame is None:
                     return False
                 self.handle(frame)
-        finally:
-            self.reading = False
         return True
+
+    def check(self) -> None:
+        if self._failure is not None:
+            raise self._failure
 
     async def transmit(
         self, ieee: int, endpoint: int, cluster: int, profile: int, payload: bytes, *, source_endpoint: int
@@ -438,7 +443,7 @@ class _Session(StreamSession[xbee.Frame, XbeeOptions]):
         (a failed one is counted when it comes)."""
         frame_id = self._next_frame_id()
         future: asyncio.Future[xbee.Message] = self.loop.create_future()
-        self._pending[frame_id] = future
+        self._pending[frame_id] = (xbee.TransmitStatus, future)
         future.add_done_callback(lambda _: self._pending.pop(frame_id, None))
         self.loop.call_later(60.0, lambda: None if future.done() else future.cancel())
         await self.send(
@@ -566,13 +571,13 @@ class _Session(StreamSession[xbee.Frame, XbeeOptions]):
                 self._zcl(message)
             return
         if isinstance(message, xbee.AtResponse | xbee.TransmitStatus):
-            future = self._pending.get(message.frame_id)
             if isinstance(message, xbee.TransmitStatus) and not message.ok:
                 self.ctx.count(TRANSMIT_FAILURES, 1)
-            if future is None or future.done():
-                self.ctx.count(UNEXPECTED_FRAMES, 1)
+            entry = self._pending.get(message.frame_id)
+            if entry is None or entry[1].done() or not isinstance(message, entry[0]):
+                self.ctx.count(UNEXPECTED_FRAMES, 1)  # late, or an answer to another kind of request
             else:
-                future.set_result(message)
+                entry[1].set_result(message)
             return
         if isinstance(message, xbee.NodeIdentification):
             self._joined_event(message.remote64, message.remote16, "node_identification", {
@@ -594,7 +599,8 @@ class _Session(StreamSession[xbee.Frame, XbeeOptions]):
             name = f"0x{status:02x}"
         if status in (xbee.ModemStatusCode.HARDWARE_RESET, xbee.ModemStatusCode.WATCHDOG_RESET):
             self.ctx.count(COORDINATOR_RESETS, 1)
-            raise CoordinatorReset(f"coordinator reset (modem status {name})")
+            self._failure = CoordinatorReset(f"coordinator reset (modem status {name})")
+            raise self._failure
         self.ctx.emit(
             DEVICE_STATUS, {"state": "modem_status", "status": name, "detail": f"modem status {name}"}
         )

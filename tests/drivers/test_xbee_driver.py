@@ -278,6 +278,31 @@ async def test_read_attribute_command(tmp_path: Path) -> None:
     assert any(r["name"] == "temperature" and r["ieee"] == f"{CLIMATE:016x}" for r in reports(run))
 
 
+async def test_commands_at_once_while_reports_flow(tmp_path: Path) -> None:
+    async with coordinator(tmp_path, sim.SimOptions(interval_s=0.05, alarm_every_s=0.2)) as (
+        simulator,
+        driver,
+        run,
+    ):
+        await run.until_events(ZIGBEE_REPORT, 20)
+        reads = [
+            driver.command(
+                "read_attribute",
+                ReadAttributeArgs(sensor=f"{ieee:016x}", cluster=0x0001, attributes=[0x0021]),
+            )
+            for ieee in (CLIMATE, DOOR, SMOKE)
+        ]
+        joins = [driver.command("permit_join", PermitJoinArgs(seconds=n)) for n in (10, 20)]
+        results = await asyncio.gather(*reads, *joins)
+        await run.until_events(ZIGBEE_JOINED)
+    assert [r["values"]["battery_percentage"] for r in results[:3] if r] == [
+        (180 - ieee % 40) / 2 for ieee in (CLIMATE, DOOR, SMOKE)
+    ]
+    assert results[3:] == [{"seconds": 10}, {"seconds": 20}]
+    assert simulator.stats.at_commands["NJ"] == 2 and run.states()[:2] == ["network", "connected"]
+    assert "disconnected" not in run.states()
+
+
 async def test_a_command_before_the_coordinator_answers_is_refused(tmp_path: Path) -> None:
     driver = XbeeDriver("zb", XbeeOptions(port=str(tmp_path / "nothing")))
     with pytest.raises(CommandFailed, match="not connected"):
