@@ -413,6 +413,8 @@ class Hj212Upstream(Upstream):
     # -- the Upstream contract ---------------------------------------------------------------------------
 
     def stats(self) -> UpstreamStats:
+        """Here ``published`` counts packets sent (real-time, records, resends), ``acked`` and ``refused``
+        records: an HJ 212 record is made of many events, and an event of no record on its own."""
         return UpstreamStats(
             connected=self._connected,
             published=self.published,
