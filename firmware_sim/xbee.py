@@ -526,7 +526,6 @@ class XBeeSimulator(serving.LinkSimulator[SimStats]):
         cursor = 0
         owed = 0.0
         last = self._now()
-        _ = order
         try:
             while True:
                 await asyncio.sleep(tick)
