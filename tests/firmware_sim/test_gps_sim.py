@@ -194,3 +194,14 @@ def test_the_edgegw_sim_command_lists_gps_and_rejects_bad_arguments(
     assert cli.main(["gps", "--tcp", "127.0.0.1:0", "--fault", "bogus=1"]) == 2
     assert cli.main(["gps", "--tcp", "127.0.0.1:0", "--talker", "XX"]) == 1
     assert "talker" in capsys.readouterr().err
+
+
+async def test_periodic_faults_lose_the_fix_and_unplug_the_receiver(tmp_path: Path) -> None:
+    link = tmp_path / "ttyGPS"
+    faults = Faults(no_fix_s=0.2, no_fix_every_s=0.5, disconnect_every_s=0.6)
+    async with serve_pty(link, dataclasses.replace(FAST, faults=faults)) as sim:
+        async with over_pty(link, _client) as client:
+            await read_sentences(client, 5)
+        async with asyncio.timeout(TIMEOUT):
+            await sim.wait_for(lambda s: s.no_fix_epochs >= 2 and s.fix_epochs >= 2 and s.disconnects >= 1)
+    assert sim.stats.connections >= 2  # a new pty after the unplug, served again
