@@ -242,14 +242,17 @@ class Case:
 
     @property
     def port_key(self) -> str:
-        """The key of the config that the test points at its peer (with ``host``, over TCP)."""
-        return "tcp_port" if self.over_tcp and "tcp_port" in self.config else "port"
+        """The key of the config that the test points at its peer (with ``host``, over TCP; ``channel`` for
+        a CAN adapter on a serial port)."""
+        if self.over_tcp:
+            return "tcp_port" if "tcp_port" in self.config else "port"
+        return "channel" if "channel" in self.config and "port" not in self.config else "port"  # can: slcan
 
     def configured(self) -> str:
         """Where the config says the device is, as a driver names it."""
         if self.over_tcp:
             return f"{self.config['host']}:{self.config[self.port_key]}"
-        return str(self.config["port"])
+        return str(self.config[self.port_key])
 
     def actual(self, where: Path | int) -> str:
         """Where the test put it, as a driver names it."""
