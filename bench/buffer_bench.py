@@ -9,6 +9,10 @@ Measures, each as the median of several runs on a fresh file:
   them), ending with the commit of the last deletions;
 - the event loop's worst lag while appending (a 1 ms ticker): what the serial readers would notice.
 
+With ``--upstreams N`` (N >= 2) the buffer has N upstreams taking every event: reads go through the first
+one's cursor, and read+ack is every upstream reading and acknowledging the whole backlog in turn (an event
+is deleted with the last upstream's ack), so its figure is per event and upstream.
+
 The file lives in ``--dir`` (default: the system's temporary directory): put it on the storage the gateway
 will use, since fsync costs are the storage's.
 """
@@ -26,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from drivers.event import Event
-from gateway.delivery.buffer import SqliteBuffer
+from gateway.delivery.buffer import BufferCursor, SqliteBuffer, everything
 
 BATCH = 1000
 
@@ -76,10 +80,16 @@ async def with_lag(fn: Callable[[], Awaitable[float]]) -> tuple[float, float]:
     return elapsed, lag.max_s
 
 
-async def run_once(directory: Path, synchronous: str, batches: int) -> dict[str, tuple[float, float]]:
+async def run_once(
+    directory: Path, synchronous: str, batches: int, upstreams: int = 1
+) -> dict[str, tuple[float, float]]:
     """One run on a fresh file: {measure: (seconds, worst loop lag)}."""
     path = directory / f"bench-{synchronous}-{time.monotonic_ns()}.db"
     buf = await SqliteBuffer.open(path, synchronous=synchronous)
+    names = [f"up{i}" for i in range(upstreams)]
+    if upstreams > 1:
+        await buf.set_upstreams([(name, everything) for name in names])
+    views: list[SqliteBuffer | BufferCursor] = [buf.cursor(n) for n in names] if upstreams > 1 else [buf]
     total = batches * BATCH
     prepared = [make_events(b * BATCH, BATCH) for b in range(batches)]
     out: dict[str, tuple[float, float]] = {}
@@ -109,7 +119,7 @@ async def run_once(directory: Path, synchronous: str, batches: int) -> dict[str,
         async def read_only() -> float:
             t0 = time.perf_counter()
             cursor = 0
-            while rows := await buf.read(cursor, BATCH):
+            while rows := await views[0].read(cursor, BATCH):
                 cursor = rows[-1].seq
             return time.perf_counter() - t0
 
@@ -117,10 +127,11 @@ async def run_once(directory: Path, synchronous: str, batches: int) -> dict[str,
 
         async def read_ack() -> float:
             t0 = time.perf_counter()
-            cursor = 0
-            while rows := await buf.read(cursor, BATCH):
-                cursor = rows[-1].seq
-                await buf.ack([r.seq for r in rows])
+            for view in views:
+                cursor = 0
+                while rows := await view.read(cursor, BATCH):
+                    cursor = rows[-1].seq
+                    await view.ack([r.seq for r in rows])
             await buf.append([])  # nothing: the deletions commit on their own below
             done = buf._commit_signal
             while buf.stats().depth:
@@ -148,17 +159,21 @@ async def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--batches", type=int, default=20, help="batches of 1,000 per run")
     parser.add_argument("--dir", type=Path, default=None)
+    parser.add_argument("--upstreams", type=int, default=1, help="upstreams taking every event (default 1)")
     args = parser.parse_args()
     total = args.batches * BATCH
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         print(f"buffer bench: {args.runs} runs of {total:,} events in {tmp}, median")
         for synchronous in ("full", "normal"):
-            results = [await run_once(Path(tmp), synchronous, args.batches) for _ in range(args.runs)]
+            results = [
+                await run_once(Path(tmp), synchronous, args.batches, args.upstreams) for _ in range(args.runs)
+            ]
             print(f"synchronous={synchronous}")
             report("append, batches of 1,000", total, [r["append"] for r in results])
             report("append, 20 tasks x batches of 50", total, [r["append_concurrent"] for r in results])
             report("read, 1,000 per call", 2 * total, [r["read"] for r in results])
-            report("read + ack, 1,000 per call", 2 * total, [r["read_ack"] for r in results])
+            acks = 2 * total * args.upstreams
+            report(f"read + ack, 1,000 per call, x{args.upstreams}", acks, [r["read_ack"] for r in results])
 
 
 if __name__ == "__main__":

@@ -488,6 +488,7 @@ class SqliteBuffer(Buffer):
         self._multi = False
         self._floor: dict[int, int] = {}  # bit -> no event pending for it has a seq <= this
         self._unflushed_bit: dict[int, set[int]] = {}  # one upstream's acks not committed yet
+        self._unflushed_bit_max: dict[int, int] = {}  # >= every seq in that upstream's set
         self.unrouted = 0
         self._commit_signal = asyncio.Event()
         self._closing = False
@@ -975,6 +976,7 @@ class SqliteBuffer(Buffer):
             if bit not in new.values():
                 self._floor.pop(bit, None)
                 self._unflushed_bit.pop(bit, None)
+                self._unflushed_bit_max.pop(bit, None)
         self._bit_of = new
         self._routes = [(new[name], route) for name, route in routes]
         self._set_masks()
@@ -996,9 +998,13 @@ class SqliteBuffer(Buffer):
             return []
         floor = self._floor.get(bit, 0)
         start = max(after_seq, floor)
-        hidden_all = self._unflushed_acks
+        # Acks not committed yet, as in read(): only those above the start matter, and a cursor reading on
+        # from where it was has none (the highest of each set is kept, so that costs no scan).
+        hidden_all = self._unflushed_acks if self._unflushed_max > start else None
         hidden_own = self._unflushed_bit.get(bit)
-        extra = sum(1 for s in hidden_all if s > start) + (
+        if hidden_own is not None and self._unflushed_bit_max.get(bit, 0) <= start:
+            hidden_own = None
+        extra = (sum(1 for s in hidden_all if s > start) if hidden_all else 0) + (
             sum(1 for s in hidden_own if s > start) if hidden_own else 0
         )
         known = self._state.last_seq
@@ -1010,7 +1016,9 @@ class SqliteBuffer(Buffer):
             self._floor[bit] = rows[0].seq - 1 if rows else max(floor, known)
         if extra:
             rows = [
-                r for r in rows if r.seq not in hidden_all and (not hidden_own or r.seq not in hidden_own)
+                r
+                for r in rows
+                if (not hidden_all or r.seq not in hidden_all) and (not hidden_own or r.seq not in hidden_own)
             ]
         return rows[:limit] if len(rows) > limit else rows
 
@@ -1027,6 +1035,7 @@ class SqliteBuffer(Buffer):
         fresh = [s for s in seqs if 0 < s <= last and s not in unflushed]
         if fresh:
             unflushed.update(fresh)
+            self._unflushed_bit_max[bit] = max(self._unflushed_bit_max.get(bit, 0), *fresh)
             self._jobs.put(_AckJob(fresh, bit))
 
     async def read(self, after_seq: int, limit: int) -> list[Stored]:
@@ -1185,6 +1194,8 @@ class SqliteBuffer(Buffer):
                     own = self._unflushed_bit.get(bit)
                     if own:
                         own.difference_update(seqs)
+                        if not own:
+                            self._unflushed_bit_max[bit] = 0
         self._state = done.state
         self.commits += 1
         self._signal()  # wakes wait_for_new (which re-checks last_seq) and anyone watching commits
@@ -1202,6 +1213,7 @@ class SqliteBuffer(Buffer):
         self._state = state
         self._unflushed_acks.clear()
         self._unflushed_bit.clear()
+        self._unflushed_bit_max.clear()
         self._floor = dict.fromkeys(self._floor, 0)
         self._unflushed_max = 0
         self._reader_close()
