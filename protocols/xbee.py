@@ -19,7 +19,8 @@ byte stream (either mode), :func:`parse_message` / :func:`encode_message` betwee
 message dataclasses of the frame types a coordinator host needs: local AT command 0x08 and its response
 0x88, explicit addressing command 0x11, explicit RX indicator 0x91, transmit status 0x8B, modem status
 0x8A, node identification indicator 0x95, and the plain RX indicator 0x90. Each payload has one construct
-definition used in both directions (compiled).
+definition used in both directions (compiled); the hot path, the 0x91 header, is unpacked with ``struct``
+and tested against its definition.
 
 Why not digi-xbee's packet classes: they parse one whole, already unescaped frame (their framing lives in
 a blocking reader thread, of no use on an asyncio stream), and through a pty with the ZCL decoded after
