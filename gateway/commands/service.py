@@ -338,17 +338,12 @@ class CommandService:
 
     async def _pump(self, conn: MqttConnection) -> None:
         """Publish the outbox while the connection lasts."""
-        v5 = self._mqtt.protocol == "5"
         while not self._lost.is_set():
             self._wake.clear()
             while self._outbox and len(self._pending) < WINDOW and conn.connected:
                 out = self._outbox.popleft()
-                props = None
-                if out.correlation is not None and v5:
-                    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # untyped in paho
-                    props.CorrelationData = out.correlation
                 try:
-                    mid = conn.publish(out.topic, out.payload, qos=1, properties=props)
+                    mid = conn.publish(out.topic, out.payload, qos=1, properties=self._properties(out))
                 except MqttNotConnected:
                     self._outbox.appendleft(out)
                     break
@@ -358,6 +353,14 @@ class CommandService:
                     continue
                 self._pending[mid] = out
             await self._wake.wait()
+
+    def _properties(self, out: _Out) -> Properties | None:
+        """The PUBLISH properties of a result: the request's Correlation Data (MQTT 5), if it had one."""
+        if out.correlation is None or self._mqtt.protocol != "5":
+            return None
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # untyped in paho
+        props.CorrelationData = out.correlation
+        return props
 
     def _acked(self, mid: int, reason: int) -> None:
         out = self._pending.pop(mid, None)
@@ -397,7 +400,7 @@ class CommandService:
         if conn is not None and conn.connected:
             for out in list(self._outbox):  # the "gateway stopping" results, best effort
                 with contextlib.suppress(MqttNotConnected, ValueError):
-                    conn.publish(out.topic, out.payload, qos=1)
+                    conn.publish(out.topic, out.payload, qos=1, properties=self._properties(out))
             await conn.disconnect(grace_s=1.0)
 
     # -- requests -----------------------------------------------------------------------------------------
