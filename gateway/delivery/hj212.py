@@ -80,6 +80,8 @@ _MAX_QUEUED_RECORDS: Final = 64
 not memory)."""
 _LOG_INTERVAL_S: Final = 10.0
 _FLAGS: Final = frozenset(flag.value for flag in hj212.DataFlag)
+_FUTURE_S: Final = 300.0
+"""A reading stamped further than this ahead of the gateway's clock is left out of the records."""
 
 _CODE_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9]{1,11}")
 _MN_RE: Final = re.compile(r"[A-Za-z0-9]{1,24}")
@@ -567,6 +569,18 @@ class Hj212Upstream(Upstream):
         ts = row.ts
         if ts < self._closed_until:
             self.counters["late_readings"] += 1
+            self._to_ack.append(row.seq)
+            return
+        if ts > self._clock() + _FUTURE_S:  # a device clock far ahead would close every interval early
+            self.counters["future_readings"] += 1
+            self._log(
+                "future",
+                logging.WARNING,
+                "hj212 %s: %s's reading at %s is in the future; left out",
+                self.name,
+                row.device,
+                dt.datetime.fromtimestamp(ts, self._tz).isoformat(),
+            )
             self._to_ack.append(row.seq)
             return
         self._max_ts = max(self._max_ts, ts)

@@ -355,3 +355,34 @@ async def test_realtime_uploads_without_a_reply_for_a_platform_that_never_answer
     assert sim.stats.replies == sim.stats.packets - sim.stats.by_cn["2011"]  # records only
     assert upstream.counters["reply_timeout"] == 0
     assert [u.values["w01018-Rtd"] for u in sim.uploads if u.cn == "2011"][:3] == ["20", "20", "20"]
+
+
+async def test_a_reading_from_the_future_is_left_out_and_closes_nothing(
+    tmp_path: Path, password_file: Path
+) -> None:
+    day = dt.datetime.now(TZ).date() - dt.timedelta(days=1)
+    start = dt.datetime.combine(day, dt.time(10, 0), TZ).timestamp()
+    events = [
+        Event("effluent-1", "meter.reading", start + 60, {"values": {"cod": 20.0}}),
+        Event(
+            "effluent-1", "meter.reading", time.time() + 86400, {"values": {"cod": 99.0}}
+        ),  # a clock astray
+        Event("effluent-1", "meter.reading", start + 660, {"values": {"cod": 21.0}}),
+    ]
+    async with (
+        buffer_with_cursor(tmp_path) as (buffer, cursor),
+        platform.serve_tcp("127.0.0.1", 0, platform.SimOptions()) as sim,
+    ):
+        assert sim.port is not None
+        upstream = Hj212Upstream(
+            options(sim.port, password_file, realtime_s=0), cursor, UpstreamContext("gw")
+        )
+        await buffer.append(events)
+        async with running(upstream):
+            await until("the hour acknowledged", lambda: upstream.records_acked[2061] == 1)
+            await until("every event acknowledged", lambda: buffer.stats().depth == 0)
+    assert upstream.counters["future_readings"] == 1 and upstream.counters["late_readings"] == 0
+    minutes = {
+        u.data_time[-6:]: u.values["w01018-Avg"] for u in sim.uploads if u.cn == "2051" and u.data_time
+    }
+    assert minutes == {"100000": "20", "101000": "21"}
