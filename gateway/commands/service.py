@@ -639,6 +639,9 @@ class CommandService:
         horizon = self._monotonic() - window.seconds
         seen = self._seen
         excess = len(seen) - window.count
+        first = next(iter(seen.values()), None)
+        if first is None or (excess <= 0 and (first.result is None or first.done_at >= horizon)):
+            return  # the common case, without copying the keys
         for key in list(seen):
             entry = seen[key]
             if entry.result is None:
