@@ -746,6 +746,8 @@ class CommandService:
         second = status_view.parse(generate_latest(registry).decode())
         rates = status_view.rates(first, second, self._monotonic() - t0)
         data = asdict(second)
+        # the devices configured (the gateway's own audit events carry its id as their device: not one)
+        data["devices"] = {name: d for name, d in data["devices"].items() if name in self._devices()}
         data["events_in"] = second.events_in
         data["events_out"] = second.events_out
         data["rates"] = asdict(rates)
