@@ -78,6 +78,7 @@ def test_example_loads() -> None:
     assert config.source == EXAMPLE.absolute()
     assert config.gateway.id == "lane-demo"
     assert config.buffer.path == Path("/var/lib/edgegw/buffer.db")
+    assert config.upstream is not None  # upstream: given (not upstreams:)
     mqtt = config.upstream.mqtt
     assert (mqtt.host, mqtt.port, mqtt.tls_enabled) == ("127.0.0.1", 1883, False)
     assert mqtt.client_id == "edgegw-lane-demo"
@@ -98,6 +99,7 @@ def test_defaults(tmp_path: Path) -> None:
     buffer = config.buffer
     assert (buffer.max_bytes, buffer.when_full, buffer.synchronous) == (2**30, WhenFull.DROP_OLDEST, "full")
     assert (buffer.commit_interval_ms, buffer.commit_max_events) == (20, 1000)
+    assert config.upstream is not None  # upstream: given (not upstreams:)
     mqtt = config.upstream.mqtt
     assert (mqtt.prefix, mqtt.client_id, mqtt.protocol, mqtt.qos) == ("edgegw", "edgegw-lane-demo", "5", 1)
     assert (mqtt.keepalive_s, mqtt.max_inflight, mqtt.batch_max_events) == (30, 100, 1)
@@ -150,6 +152,7 @@ def test_password_from_file_and_env_never_printed(tmp_path: Path) -> None:
     write(tmp_path / "secrets" / "mqtt.password", "do-not-print-file-s3cret\n")
     from_file = MINIMAL + "    username: gw\n    password_file: secrets/mqtt.password\n"
     config = load_config(write(tmp_path / "file.yaml", from_file))
+    assert config.upstream is not None  # upstream: given (not upstreams:)
     mqtt = config.upstream.mqtt
     assert mqtt.password is not None
     assert mqtt.password.get_secret_value() == "do-not-print-file-s3cret"
@@ -159,6 +162,7 @@ def test_password_from_file_and_env_never_printed(tmp_path: Path) -> None:
     env_config = load_config(
         write(tmp_path / "env.yaml", from_env), environ={"GW_PASSWORD": "do-not-print-2"}
     )
+    assert env_config.upstream is not None  # upstream: given (not upstreams:)
     assert env_config.upstream.mqtt.password is not None
     assert env_config.upstream.mqtt.password.get_secret_value() == "do-not-print-2"
 
@@ -188,6 +192,7 @@ def test_mqtts_with_tls_files_and_key_password(tmp_path: Path) -> None:
         "      key_file: certs/client.key\n      key_password_env: KEY_PW\n"
     )
     config = load_config(write(tmp_path / "gw.yaml", text), environ={"KEY_PW": "do-not-print-key"})
+    assert config.upstream is not None  # upstream: given (not upstreams:)
     mqtt = config.upstream.mqtt
     assert (mqtt.host, mqtt.port, mqtt.tls_enabled) == ("::1", 8883, True)
     assert mqtt.tls.ca_file == tmp_path / "certs" / "ca.pem"
@@ -219,10 +224,12 @@ def test_options_and_scalars_accept_their_documented_forms(tmp_path: Path) -> No
     )
     config = load_config(write(tmp_path / "gw.yaml", text))
     assert config.gateway.log_level == "DEBUG"
+    assert config.upstream is not None  # upstream: given (not upstreams:)
     assert (config.upstream.mqtt.prefix, config.upstream.mqtt.protocol) == ("site-1/edgegw", "3.1.1")
     assert config.upstream.mqtt.client_id == "custom"
     assert config.queue.max_events == 5
     five = load_config(write(tmp_path / "five.yaml", MINIMAL + "    protocol: 5\n"))
+    assert five.upstream is not None  # upstream: given (not upstreams:)
     assert five.upstream.mqtt.protocol == "5"
 
 
@@ -442,6 +449,7 @@ def test_numbers_may_be_written_as_integers_where_numbers_are_meant(tmp_path: Pa
         "     smoothing: {depart_after_s: 5, move_hysteresis_db: 3}}\n"
     )
     config = load_config(write(tmp_path / "gw.yaml", text))
+    assert config.upstream is not None  # upstream: given (not upstreams:)
     assert config.upstream.mqtt.reconnect.initial_s == 1.0
     assert config.supervisor.backoff_max_s == 60.0
     meter = config.devices[0].options.model_dump()
@@ -599,6 +607,7 @@ def test_environment_is_os_environ_by_default(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setenv("EDGEGW_TEST_DEFAULT_ENV", "do-not-print-os")
     text = MINIMAL + "    username: gw\n    password_env: EDGEGW_TEST_DEFAULT_ENV\n"
     config = load_config(write(tmp_path / "gw.yaml", text))
+    assert config.upstream is not None  # upstream: given (not upstreams:)
     assert config.upstream.mqtt.password is not None
     assert config.upstream.mqtt.password.get_secret_value() == os.environ["EDGEGW_TEST_DEFAULT_ENV"]
 
