@@ -199,7 +199,10 @@ def verify(key: bytes, request: Request, topic: str) -> str | None:
     expected = sign(
         key, request_id=request.id, command=request.command, args=request.args, ts=request.ts, topic=topic
     )
-    if not hmac.compare_digest(expected, request.hmac.lower()):
+    given = request.hmac.lower()
+    if len(given) != len(expected) or not all(c in "0123456789abcdef" for c in given):
+        return "hmac must be the 64 hex digits of an HMAC-SHA256"
+    if not hmac.compare_digest(expected.encode(), given.encode()):
         return "hmac does not match the canonical request under this gateway's key"
     return None
 

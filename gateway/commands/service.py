@@ -320,8 +320,12 @@ class CommandService:
                 self._wake.set()
 
         def on_message(message: Incoming) -> None:
-            if self._conn is conn:
+            if self._conn is not conn:
+                return
+            try:
                 self._on_message(message)
+            except Exception:  # a bug here must not take the connection's reader down with it
+                log.exception("commands: a request on %s could not be handled", message.topic)
 
         conn = MqttConnection(
             **connection_kwargs(self._mqtt),

@@ -161,3 +161,17 @@ def test_the_result_shape() -> None:
         "ts": 1717000000.25,
     }
     assert json.loads(encode_result(None, "error", "not JSON", None, 1.0))["id"] is None
+
+
+@pytest.mark.parametrize("mac", ["é" * 64, "zz", "", "0" * 63, "g" * 64])
+def test_a_malformed_hmac_is_refused_with_a_reason(mac: str) -> None:
+    body = {"id": "a", "command": "ping", "ts": 1, "hmac": mac}
+    assert verify(b"key", parse_request(json.dumps(body).encode()), "t/cmd") == (
+        "hmac must be the 64 hex digits of an HMAC-SHA256"
+    )
+
+
+def test_an_upper_case_hmac_verifies() -> None:
+    mac = sign(b"key", request_id="a", command="ping", args={}, ts=1, topic="t/cmd").upper()
+    body = {"id": "a", "command": "ping", "ts": 1, "hmac": mac}
+    assert verify(b"key", parse_request(json.dumps(body).encode()), "t/cmd") is None
