@@ -96,10 +96,23 @@ def _check_code(value: str) -> str:
     return value
 
 
-class PollutantOptions(BaseModel):
-    """One pollutant: the code the platform knows it by, and how its values are read."""
+def _code_or_object(schema: dict[str, Any]) -> None:
+    """The JSON Schema of a pollutant: its code alone, or the object."""
+    as_object = dict(schema)
+    schema.clear()
+    schema["anyOf"] = [{"type": "string", "description": "The pollutant's code alone."}, as_object]
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+class PollutantOptions(BaseModel):
+    """One pollutant: the code the platform knows it by, and how its values are read. In YAML, the code
+    alone (``cod: w01018``) is ``{code: w01018}``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_code_or_object)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _code_alone(cls, data: Any) -> Any:
+        return {"code": data} if isinstance(data, str) else data
 
     code: Annotated[str, Field(strict=True), AfterValidator(_check_code)] = Field(
         description="The pollutant's code (HJ 212-2017 Appendix B): w01018 COD, w21003 ammonia nitrogen, "
@@ -123,7 +136,6 @@ class PollutantOptions(BaseModel):
     )
 
 
-PollutantCode = Annotated[str, Field(strict=True), AfterValidator(_check_code)]
 Flag = Literal["N", "F", "M", "S", "D", "C", "T", "B"]
 _FLAG_CODES: Final[dict[int, Flag]] = {0: "N", 1: "M", 2: "D", 3: "C"}
 
@@ -139,8 +151,8 @@ class StatusFlags(BaseModel):
 
 
 def _not_empty(
-    value: dict[str, PollutantCode | PollutantOptions],
-) -> dict[str, PollutantCode | PollutantOptions]:
+    value: dict[str, PollutantOptions],
+) -> dict[str, PollutantOptions]:
     if not value or "" in value:
         raise ValueError("name at least one pollutant: point name -> code (names not empty)")
     return value
@@ -193,7 +205,7 @@ class Hj212Options(UpstreamOptions):
     minute_interval_min: Literal[1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30] = Field(
         default=10, description="Minutes of one minute-data record (CN 2051); divides the hour."
     )
-    pollutants: Annotated[dict[str, PollutantCode | PollutantOptions], AfterValidator(_not_empty)] = Field(
+    pollutants: Annotated[dict[str, PollutantOptions], AfterValidator(_not_empty)] = Field(
         description="Point name -> pollutant code (or {code, flow, per, flag_point, device}): which values "
         "of the routed meter.reading events are reported, and as what.",
     )
@@ -237,10 +249,7 @@ class Hj212Options(UpstreamOptions):
     @property
     def points(self) -> dict[str, PollutantOptions]:
         """``pollutants`` with every entry as :class:`PollutantOptions` (a bare code is ``{code: ...}``)."""
-        return {
-            point: PollutantOptions(code=p) if isinstance(p, str) else p
-            for point, p in self.pollutants.items()
-        }
+        return dict(self.pollutants)
 
     @property
     def host(self) -> str:
