@@ -438,12 +438,16 @@ class Hj212Upstream(Upstream):
         )
 
     async def run(self) -> None:
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(self._read_live())
-            tasks.create_task(self._read_records())
-            if self.o.realtime_s > 0:
-                tasks.create_task(self._tick_realtime())
-            tasks.create_task(self._connection_loop())
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._read_live())
+                tasks.create_task(self._read_records())
+                if self.o.realtime_s > 0:
+                    tasks.create_task(self._tick_realtime())
+                tasks.create_task(self._connection_loop())
+        finally:  # what the platform acknowledged reaches the buffer even at a stop
+            with contextlib.suppress(Exception):
+                await self._flush_acks()
 
     async def drain(self) -> str | None:
         """Wait until every record already made was acknowledged (intervals still open are not records
