@@ -584,6 +584,10 @@ class _SlcanBus(slcanBus):
         super().__init__(*args, **kwargs)
 
     def _read(self, timeout: float | None) -> str | None:
+        line = self._read_line(timeout)
+        return None if line is None else self._checked(line)  # outside error_check: the port is fine
+
+    def _read_line(self, timeout: float | None) -> str | None:
         lines = self._lines
         if lines:
             return lines.popleft()
@@ -614,6 +618,20 @@ class _SlcanBus(slcanBus):
                     return lines.popleft()
                 if deadline is not None and time.monotonic() >= deadline:
                     return None
+
+
+    @staticmethod
+    def _checked(line: str) -> str:
+        """``line``, if it is one an adapter sends (a frame, a reply, CR or BEL); python-can would pass over
+        any other in silence: it is raised as the malformed line it is (the source counts it)."""
+        if line[0] not in _ADAPTER_LINES:
+            raise ValueError(f"not an slcan line: {line[:16]!r}")
+        return line
+
+
+_ADAPTER_LINES: Final = frozenset("tTrRdDbBxzZVvNF\r\x07")
+"""What an adapter's line starts with: a frame (classic, FD, CANdapter's x), a transmit acknowledgement,
+a version, serial number or status reply, or the bare CR / BEL of an answer."""
 
 
 def _open_bus(options: CanOptions) -> Any:
