@@ -592,6 +592,11 @@ class _SlcanBus(slcanBus):
         if lines:
             return lines.popleft()
         port = self.serialPortOrig
+        try:
+            port.fileno()
+        except Exception:  # a pyserial URL without a descriptor (socket://...): python-can's own read
+            line: str | None = super()._read(timeout)
+            return line
         deadline = None if timeout is None else time.monotonic() + timeout
         with error_check("Could not read from serial device"):
             while True:

@@ -403,3 +403,19 @@ async def test_a_frame_behind_a_refused_one_in_the_same_chunk_is_not_held_back(t
         assert run.data(CAN_FRAME) == [{"id": 0x100, "extended": False, "dlc": 1, "data": "bb"}]
     finally:
         endpoint.close()
+
+
+async def test_an_slcan_adapter_behind_a_serial_to_ethernet_converter() -> None:
+    """pyserial's socket:// URL as the channel: python-can's slcan talks to the simulator over TCP."""
+    async with can_sim.serve_tcp("127.0.0.1", 0, SimOptions()) as sim:
+        opts = CanOptions.model_validate(
+            {
+                "interface": "slcan",
+                "channel": f"socket://127.0.0.1:{sim.port}",
+                "j1939": True,
+                "open_delay_s": 0,
+            }
+        )
+        async with running({"tcp": lambda: CanDriver("tcp", opts)}) as run:
+            await run.until_events(J1939_PGN, 3)
+        assert run.states() == [CONNECTED] and sim.stats.listen_only
