@@ -624,7 +624,6 @@ class _SlcanBus(slcanBus):
                 if deadline is not None and time.monotonic() >= deadline:
                     return None
 
-
     @staticmethod
     def _checked(line: str) -> str:
         """``line``, if it is one an adapter sends (a frame, a reply, CR or BEL); python-can would pass over
