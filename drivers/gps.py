@@ -36,6 +36,10 @@ counted (``fixes_held``). Without a fix (GGA quality 0, RMC status V, no positio
 never a fix at 0,0: the driver emits ``device.status`` ``no_fix`` once when the fix is lost (or the
 receiver starts without one), and ``fix`` when it is back, each with a ``detail``.
 
+Every fix made, reported or not, is also shared with the gateway (the context's ``share_fix``, where it
+has one: :data:`ShareFix`), so the devices stamped from this receiver (``position_from``) carry its latest
+position, not only the latest reported.
+
 The date comes from RMC; a receiver that sends GGA alone is dated by the gateway's clock (the date that puts
 the fix nearest to now). A receiver silent for ``read_timeout_s`` is a
 :class:`~drivers.errors.DeviceTimeout` and the supervisor reconnects with backoff.
@@ -46,7 +50,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Literal
 
@@ -63,7 +67,7 @@ from .link import LinkOptions, SerialOrTcpOptions
 from .session import StreamDriver, StreamSession
 from .transport import ByteLink
 
-__all__ = ["DEFAULT_MAX_FIX_AGE_S", "GpsDriver", "GpsOptions", "distance_m"]
+__all__ = ["DEFAULT_MAX_FIX_AGE_S", "FixMaker", "GpsDriver", "GpsOptions", "ShareFix", "distance_m"]
 
 # The driver's own counters, on top of drivers.counters' (frames_rejected, bytes_skipped, decode_errors,
 # overflow_bytes).
@@ -77,6 +81,11 @@ NO_FIX_EPOCHS: Final = "no_fix_epochs"
 """Epochs without a fix."""
 
 DEFAULT_MAX_FIX_AGE_S: Final = 10.0
+
+ShareFix = Callable[[Mapping[str, Any], float], None]
+"""``share_fix(data, ts)``: what a device context may offer (the gateway's does) to be told of every fix the
+receiver made, reported or not: ``data`` as a ``gps.fix`` event's, ``ts`` the receiver's time. Position
+stamping (``position_from``) stamps with the latest of them, not only with the fixes reported upstream."""
 _KNOTS_KMH: Final = 1.852
 _EARTH_RADIUS_M: Final = 6_371_008.8
 
@@ -113,7 +122,7 @@ class GpsOptions(SerialOrTcpOptions):
         default=DEFAULT_MAX_FIX_AGE_S,
         gt=0,
         le=86400,
-        description="How old this receiver's latest reported fix may be (against an event's time) to stamp "
+        description="How old this receiver's latest fix may be (against an event's time) to stamp "
         "the events of a device with position_from naming it.",
     )
     read_timeout_s: float = Field(
@@ -185,7 +194,8 @@ class _Reported:
 
 class FixMaker:
     """Makes fixes of decoded sentences and decides which are reported: the driver's logic without I/O
-    (the session feeds it; tests drive it directly). ``emit`` is the device context's."""
+    (the session feeds it; tests drive it directly). ``emit`` is the device context's; ``share``, when
+    given, is told of every fix, reported or not (see :data:`ShareFix`)."""
 
     def __init__(
         self,
@@ -193,9 +203,11 @@ class FixMaker:
         emit: Callable[..., None],
         count: Callable[[str, int], None],
         clock: Callable[[], float],
+        share: ShareFix | None = None,
     ) -> None:
         self.options = options
         self._emit = emit
+        self._share = share
         self._count = count
         self._clock = clock
         self._epoch: _Epoch | None = None
@@ -288,6 +300,8 @@ class FixMaker:
             "hdop": hdop,
             "time": stamp,
         }
+        if self._share is not None:
+            self._share(data, ts)
         if self._has_fix is not True:
             first = self._has_fix is None
             self._has_fix = True
@@ -358,7 +372,10 @@ class _Session(StreamSession[nmea.Sentence, GpsOptions]):
         self, link: ByteLink, options: GpsOptions, ctx: DeviceContext, *, clock: Callable[[], float]
     ) -> None:
         super().__init__(link, options, ctx, nmea.NmeaFramer(), silence_s=options.read_timeout_s)
-        self.fixes = FixMaker(options, ctx.emit, ctx.count, clock)
+        # The runtime's context shares every fix with the devices stamped from this receiver; another
+        # context (drivers.testing's) has no share_fix, and the fixes go only where the events go.
+        share: ShareFix | None = getattr(ctx, "share_fix", None)
+        self.fixes = FixMaker(options, ctx.emit, ctx.count, clock, share)
 
     async def start(self) -> str:
         """Send the receiver its ``init_sentences``; it is connected once a whole sentence with a good

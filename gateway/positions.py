@@ -5,18 +5,19 @@ A device (or the whole gateway, ``gateway: {position_from: gps}``) names a devic
 
     "position": {"lat": 30.2614, "lon": 120.1702, "time": "2026-12-03T09:27:25.000Z"}
 
-the latest fix that receiver *reported* (its ``gps.fix`` events: ``every_m`` bounds how far the vehicle can
-have moved since), if that fix is within the receiver's ``max_fix_age_s`` of the event's time; otherwise the
-event goes on without a position, counted as ``position_stale`` on the device (``edgegw_driver_counter``).
-``device.status`` events are not stamped.
+the latest fix that receiver made, reported upstream or not (the gps driver shares every fix through the
+runner's ``share_fix``, :data:`drivers.gps.ShareFix`; a receiver's ``gps.fix`` events count too), if that
+fix is within the receiver's ``max_fix_age_s`` of the event's time; otherwise the event goes on without a
+position, counted as ``position_stale`` on the device (``edgegw_driver_counter``). ``device.status`` events
+are not stamped.
 
 The cost on the hot path is one dictionary lookup and a comparison per event; the event's data is wrapped in
 a :class:`Positioned` record, whose JSON is the data's own JSON with the fix's pre-encoded position spliced
 in (a tens-of-thousands-of-reads-a-second reader keeps its lazy :class:`~drivers.event.Record`\\ s: nothing
 is built as a dict that was not before).
 
-:class:`Positions` keeps the latest fix of every receiver (the runtime calls :meth:`Positions.record` for the
-``gps.fix`` events of those devices); :meth:`Positions.stamper` gives a device's :class:`Stamper`.
+:class:`Positions` keeps the latest fix of every receiver (the runtime calls :meth:`Positions.record` with
+the fixes those devices share and emit); :meth:`Positions.stamper` gives a device's :class:`Stamper`.
 """
 
 from __future__ import annotations

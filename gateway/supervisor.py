@@ -130,6 +130,12 @@ class DeviceRunner:
     async def room(self) -> None:
         await self._queue.room()
 
+    def share_fix(self, data: Mapping[str, Any], ts: float) -> None:
+        """A receiver's fix, reported or not (:data:`drivers.gps.ShareFix`): for the devices stamped from
+        it (``position_from``), which then carry the latest fix, not only the latest reported."""
+        if self.on_fix is not None:
+            self.on_fix(Event(self._name, GPS_FIX, ts, data))
+
     def count(self, counter: str, n: int = 1) -> None:
         self.counters[counter] += n
 

@@ -276,6 +276,11 @@ def _position(msg: NMEAMessage) -> tuple[float | None, float | None]:
     lon = _number(getattr(msg, "lon", ""), "longitude", -180, 180)
     if (lat is None) != (lon is None):
         raise DecodeError("a latitude without a longitude, or the reverse")
+    if lat is not None and (
+        getattr(msg, "NS", "") not in ("N", "S") or getattr(msg, "EW", "") not in ("E", "W")
+    ):
+        # pynmeagps takes a missing hemisphere for north or east: a position on the wrong side of the world
+        raise DecodeError("a position without its hemispheres (N/S, E/W)")
     return lat, lon
 
 

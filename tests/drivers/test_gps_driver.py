@@ -398,12 +398,13 @@ def test_a_damaged_stream_makes_only_real_fixes(
             stream[at] ^= seed[at % len(seed)] | 1
         elif how == "cut":
             del stream[at : at + 1 + seed[0] % 40]
-        elif how == "blank":  # an emptied field: the text up to the next comma goes, checksum fixed up
+        elif how == "blank":  # an emptied field (the whole field: a receiver's), checksum fixed up
             line_start = stream.rfind(b"$", 0, at + 1)
             star = stream.find(b"*", at)
+            field = stream.rfind(b",", 0, at + 1) + 1
             comma = stream.find(b",", at)
-            if 0 <= line_start < at and 0 <= comma < star:
-                del stream[at:comma]
+            if 0 <= line_start < field <= comma < star:
+                del stream[field:comma]
                 star = stream.find(b"*", line_start)
                 body = bytes(stream[line_start + 1 : star])
                 checksum = 0
@@ -424,3 +425,22 @@ def test_a_damaged_stream_makes_only_real_fixes(
         assert fix["lat"] is not None and fix["lon"] is not None
         assert (fix["lat"], fix["lon"]) != (0, 0)
         assert any(abs(fix["lat"] - lat) < 1e-6 and abs(fix["lon"] - lon) < 1e-6 for lat, lon in sent), fix
+
+
+def test_every_fix_is_shared_reported_or_not() -> None:
+    t = dt.datetime(2026, 12, 3, 8, 0, 0, tzinfo=dt.UTC)
+    shared: list[tuple[dict[str, Any], float]] = []
+    record = Recorder()
+    fixes = FixMaker(
+        GpsOptions(port="/dev/null", every_s=60),
+        record.emit,
+        record.count,
+        time.time,
+        lambda data, ts: shared.append((dict(data), ts)),
+    )
+    for n in range(3):
+        feed(fixes, *epoch(t + dt.timedelta(seconds=n), 30.0, 120.0 + n * 1e-5))
+    feed(fixes, nmea.gga(dt.time(8, 0, 3), None, None))  # no fix: nothing shared
+    assert [f["reason"] for f in record.fixes()] == ["first"]
+    assert [round(data["lon"], 5) for data, _ in shared] == [120.0, 120.00001, 120.00002]
+    assert [ts for _, ts in shared] == [(t + dt.timedelta(seconds=n)).timestamp() for n in range(3)]

@@ -198,3 +198,19 @@ def test_a_processors_events_are_stamped_and_it_reads_the_data_as_it_was() -> No
     (arrived,) = [e for e in queue.take(100) if e.kind == "rfid.arrived"]
     assert arrived.data["epc"] == "AB" and arrived.data["position"]["lat"] == 30.1
     assert encode_data(dict(arrived.data))[0] == arrived.data.json  # type: ignore[attr-defined]
+
+
+def test_a_receivers_unreported_fixes_stamp_too() -> None:
+    queue = EventQueue(100)
+    positions = Positions()
+    gps = runner("gps", queue)
+    gps.on_fix = positions.receiver("gps", 5.0)
+    door = runner("door", queue)
+    door.stamp = positions.stamper("gps", door.count)
+    gps.emit(GPS_FIX, fix_data(30.1, 120.2), ts=1000.0)
+    gps.share_fix(fix_data(30.3, 120.4, "2026-12-03T09:00:04.000Z"), 1004.0)  # held by its reporting
+    door.emit(RFID_READ, {"epc": "07"}, ts=1004.2)
+    events = queue.take(100)
+    (read,) = [e for e in events if e.device == "door"]
+    assert read.data["position"] == {"lat": 30.3, "lon": 120.4, "time": "2026-12-03T09:00:04.000Z"}
+    assert [e.kind for e in events if e.device == "gps"] == [GPS_FIX]  # sharing a fix emits nothing

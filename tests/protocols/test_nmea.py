@@ -203,6 +203,8 @@ def test_other_sentences_and_talkers_are_not_decoded() -> None:
         b"GPGGA,123519,48O7.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,",  # a letter in a number
         b"GPRMC,123519,A,4807.038,N,01131.000,E,fast,084.4,230394,003.1,W",
         b"GPGGA,123519,4807.038,N,,E,1,08,0.9,545.4,M,46.9,M,,",  # a latitude without a longitude
+        b"GPGGA,123519,4807.038,,01131.000,E,1,08,0.9,545.4,M,46.9,M,,",  # no hemisphere: no position
+        b"GPRMC,123519,A,4807.038,N,01131.000,X,022.4,084.4,230394,003.1,W",
         b"GPGSA,A,9,,,,,,,,,,,,,1,1,1",  # fix type 9
         b"GPVTG,400.0,T,,M,0.004,N,0.008,K,A",  # a course out of range
     ],
