@@ -132,12 +132,34 @@ class PlatformSim(LinkSimulator[PlatformStats]):
         self.damage_replies = False
         """When True: every reply's CRC is damaged (tests)."""
         self._random = random.Random(options.seed)
+        self._links: set[Link] = set()
+        self._qn = 0
         self._parts: dict[tuple[str, str | None], dict[int, hj212.Packet]] = {}
 
     async def serve_link(self, link: Link) -> None:
         framer = hj212.Hj212Framer()
         self.stats.connections += 1
         self._notify()
+        self._links.add(link)
+        try:
+            await self._serve(link, framer)
+        finally:
+            self._links.discard(link)
+
+    async def request(self, cn: str, cp: str = "", *, pw: str = "123456", mn: str = "") -> str:
+        """Send a request (CN ``cn``, Flag A) to every connected data logger, as a platform asks a station
+        for its time (1011) or its real-time interval (1061); return its QN. The answers arrive as uploads
+        (CN 9011, the data under ``cn``, 9012)."""
+        self._qn += 1
+        qn = f"20240101000000{self._qn % 1000:03d}"
+        packet = hj212.Packet(qn=qn, st="91", cn=cn, pw=pw, mn=mn or "0", flag=hj212.VERSION_2017 | 1, cp=cp)
+        raw = hj212.encode_packet(packet)
+        for link in list(self._links):
+            with contextlib.suppress(ConnectionError):
+                await link.write(raw)
+        return qn
+
+    async def _serve(self, link: Link, framer: hj212.Hj212Framer) -> None:
         while True:
             data = await link.read()
             if not data:

@@ -845,7 +845,11 @@ class Hj212Upstream(Upstream):
                     self.counters["reply_malformed"] += 1
                     self._log("malformed", logging.WARNING, "hj212 %s: malformed packet: %s", self.name, err)
                     continue
-                self._dispatch(packet)
+                try:
+                    self._dispatch(packet)
+                except DecodeError as err:  # a CP area that does not parse
+                    self.counters["reply_malformed"] += 1
+                    self._log("malformed", logging.WARNING, "hj212 %s: malformed packet: %s", self.name, err)
 
     def _dispatch(self, packet: hj212.Packet) -> None:
         cn = packet.cn
@@ -868,14 +872,48 @@ class Hj212Upstream(Upstream):
                 return  # 9011 QnRtn=1: ready; the result follows
             future.set_exception(_Refused(f"CN {cn} {key}={code_text}: {table.get(code, 'unknown code')}"))
             return
-        # A request from the platform (parameters, history, controls): not carried out here.
         self.counters["platform_requests"] += 1
-        self._log(
-            "request", logging.INFO, "hj212 %s: platform request CN %s not supported; refused", self.name, cn
+        writer = self._writer
+        if writer is None:
+            return
+        answer = self._answer(packet)
+        if answer is None:  # parameters to set, history, controls: not carried out here
+            self._log(
+                "request",
+                logging.INFO,
+                "hj212 %s: platform request CN %s not supported; refused",
+                self.name,
+                cn,
+            )
+            if packet.needs_reply:
+                writer.write(hj212.encode_packet(hj212.request_reply(packet, 2)))
+            return
+        # The standard's exchange for a request: ready (9011), the data (same CN and QN), done (9012).
+        if packet.needs_reply:
+            writer.write(hj212.encode_packet(hj212.request_reply(packet, 1)))
+        data = hj212.Packet(
+            qn=packet.qn,
+            st=f"{self.o.st:02d}",
+            cn=cn,
+            pw=self._pw,
+            mn=self.o.mn,
+            flag=hj212.VERSION_2017,
+            cp=hj212.format_cp(answer),
         )
-        if packet.needs_reply and self._writer is not None:
-            reply = hj212.request_reply(packet, 2)
-            self._writer.write(hj212.encode_packet(reply))
+        writer.write(hj212.encode_packet(data))
+        writer.write(hj212.encode_packet(hj212.execution_result(packet, 1)))
+
+    def _answer(self, packet: hj212.Packet) -> list[hj212.Group] | None:
+        """What the station answers to a platform's request it supports: its time (CN 1011) and its
+        real-time interval (CN 1061); None for any other."""
+        if packet.cn == "1011":
+            now = dt.datetime.fromtimestamp(self._clock(), self._tz)
+            pol = packet.field("PolId")
+            group: hj212.Group = (("SystemTime", hj212.data_time(now)),)
+            return [(("PolId", pol), *group)] if pol else [group]
+        if packet.cn == "1061":
+            return [(("RtdInterval", str(round(self.o.realtime_s))),)]
+        return None
 
     async def _send_loop(self, receiving: asyncio.Task[None]) -> None:
         while True:

@@ -386,3 +386,37 @@ async def test_a_reading_from_the_future_is_left_out_and_closes_nothing(
         u.data_time[-6:]: u.values["w01018-Avg"] for u in sim.uploads if u.cn == "2051" and u.data_time
     }
     assert minutes == {"100000": "20", "101000": "21"}
+
+
+async def test_platform_requests_time_and_interval_answered_others_refused(
+    tmp_path: Path, password_file: Path
+) -> None:
+    async with (
+        buffer_with_cursor(tmp_path) as (_buffer, cursor),
+        platform.serve_tcp("127.0.0.1", 0, platform.SimOptions()) as sim,
+    ):
+        assert sim.port is not None
+        upstream = Hj212Upstream(
+            options(sim.port, password_file, realtime_s=30), cursor, UpstreamContext("gw")
+        )
+        async with running(upstream):
+            await until("connected", lambda: upstream.stats().connected)
+            time_qn = await sim.request("1011", "PolId=w01018")
+            interval_qn = await sim.request("1061")
+            refused_qn = await sim.request("1062", "RtdInterval=60")
+            await sim.request("1011", "not a cp area")  # malformed: counted, nothing else
+            await until("the answers", lambda: sum(u.cn == "9012" for u in sim.uploads) == 2)
+            await until("the refusal", lambda: any(u.qn == refused_qn for u in sim.uploads))
+            await until("the malformed request counted", lambda: upstream.counters["reply_malformed"] == 1)
+            assert upstream.stats().connected  # still the same connection
+            assert upstream.stats().connects == 1
+    by_qn: dict[str | None, list[platform.Upload]] = {}
+    for u in sim.uploads:
+        by_qn.setdefault(u.qn, []).append(u)
+    # Ready (9011 QnRtn=1), the data under the request's CN, done (9012 ExeRtn=1); all with its QN.
+    answer = [(u.cn, u.values) for u in by_qn[time_qn]]
+    assert answer[0] == ("9011", {"QnRtn": "1"}) and answer[2] == ("9012", {"ExeRtn": "1"})
+    assert answer[1][0] == "1011" and answer[1][1]["PolId"] == "w01018"
+    assert len(answer[1][1]["SystemTime"]) == 14
+    assert [(u.cn, u.values) for u in by_qn[interval_qn]][1] == ("1061", {"RtdInterval": "30"})
+    assert [(u.cn, u.values) for u in by_qn[refused_qn]] == [("9011", {"QnRtn": "2"})]
