@@ -241,6 +241,19 @@ def test_the_mapping_rule_and_a_device_mapping() -> None:
     assert event_metrics("meter.reading", {"values": {"cod": 12.5}, "units": {"cod": "mg/L"}}) == [
         ("cod", DataType.DOUBLE, 12.5)
     ]
+    report = {"cluster": 1026, "endpoint": 1, "attributes": {"measured_value": 21.5, "status": None}}
+    assert event_metrics("zigbee.report", report) == [
+        ("zigbee.report/cluster", DataType.INT64, 1026),
+        ("zigbee.report/endpoint", DataType.INT64, 1),
+        ("zigbee.report/attributes/measured_value", DataType.DOUBLE, 21.5),
+    ]  # a null is no metric
+    fix = {"lat": 31.2304, "lon": 121.4737, "fix": True, "sats": [3, 7, 9]}
+    assert event_metrics("gps.fix", fix) == [
+        ("gps.fix/lat", DataType.DOUBLE, 31.2304),
+        ("gps.fix/lon", DataType.DOUBLE, 121.4737),
+        ("gps.fix/fix", DataType.BOOLEAN, True),
+        ("gps.fix/sats", DataType.STRING, "[3,7,9]"),
+    ]
 
 
 async def test_the_will_is_the_ndeath_and_a_drain_delivers_the_backlog(
