@@ -222,21 +222,30 @@ async def test_the_primary_host_state_is_respected(tmp_path: Path, broker: Mosqu
 
 
 def test_the_mapping_rule_and_a_device_mapping() -> None:
-    data = {"pgn": 61444, "signals": {"EngineSpeed": 1500.5, "Torque": 40}, "raw": "00ff"}
-    assert event_metrics("j1939.signals", data) == [
-        ("j1939.signals/pgn", DataType.INT64, 61444),
-        ("j1939.signals/signals/EngineSpeed", DataType.DOUBLE, 1500.5),
-        ("j1939.signals/signals/Torque", DataType.INT64, 40),
-        ("j1939.signals/raw", DataType.STRING, "00ff"),
+    data = {
+        "pgn": 65265,
+        "name": "CCVS",
+        "source": 0,
+        "destination": None,
+        "values": {"WheelBasedVehicleSpeed": 52.5, "ParkingBrakeSwitch": 0},
+        "units": {"WheelBasedVehicleSpeed": "km/h"},
+    }
+    assert event_metrics("j1939.pgn", data) == [
+        ("j1939.pgn/pgn", DataType.INT64, 65265),
+        ("j1939.pgn/name", DataType.STRING, "CCVS"),
+        ("j1939.pgn/source", DataType.INT64, 0),
+        ("j1939.pgn/values/WheelBasedVehicleSpeed", DataType.DOUBLE, 52.5),
+        ("j1939.pgn/values/ParkingBrakeSwitch", DataType.INT64, 0),
+        ("j1939.pgn/units/WheelBasedVehicleSpeed", DataType.STRING, "km/h"),
     ]
     mapping = DeviceMapping(
-        rename={"j1939.signals/signals/EngineSpeed": "Engine/Speed"},
-        exclude=["j1939.signals/raw", "*/pgn"],
-        datatypes={"j1939.signals/signals/Torque": "Float"},
+        rename={"j1939.pgn/values/WheelBasedVehicleSpeed": "Vehicle/Speed"},
+        exclude=["j1939.pgn/units/*", "*/pgn", "*/name", "*/source"],
+        datatypes={"j1939.pgn/values/ParkingBrakeSwitch": "UInt8"},
     )
-    assert event_metrics("j1939.signals", data, mapping) == [
-        ("Engine/Speed", DataType.DOUBLE, 1500.5),
-        ("j1939.signals/signals/Torque", DataType.FLOAT, 40),
+    assert event_metrics("j1939.pgn", data, mapping) == [
+        ("Vehicle/Speed", DataType.DOUBLE, 52.5),
+        ("j1939.pgn/values/ParkingBrakeSwitch", DataType.UINT8, 0),
     ]
     assert event_metrics("meter.reading", {"values": {"cod": 12.5}, "units": {"cod": "mg/L"}}) == [
         ("cod", DataType.DOUBLE, 12.5)
