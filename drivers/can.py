@@ -72,6 +72,7 @@ from protocols.errors import DecodeError
 
 from . import interfaces
 from .base import DeviceContext, Driver, DriverOptions, config_path
+from .bus import SharedLine
 from .commands import CommandArgs, CommandData, CommandFailed, CommandRefused, CommandSpec
 from .counters import DECODE_ERRORS
 from .errors import ConfigurationError, ConnectionLost, DeviceUnavailable, MissingDependencyError
@@ -302,6 +303,11 @@ class CanOptions(DriverOptions):
     def settings(self) -> tuple[tuple[str, Any], ...]:
         """What every device on the interface must agree on."""
         return (("interface", self.interface), ("bitrate", self.bitrate), ("reader", self.reader))
+
+    def shared_line(self) -> SharedLine:
+        """The CAN channel as a shared line of the config: ``edgegw check`` refuses two devices on one channel
+        that disagree on its settings (naming both), before anything opens it."""
+        return SharedLine(self.key, (("driver", "can"), *self.settings))
 
 
 # -- the DBC ----------------------------------------------------------------------------------------------

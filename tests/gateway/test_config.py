@@ -358,6 +358,24 @@ def test_a_port_a_reader_opens_alone_is_named_by_no_other_device(tmp_path: Path)
     assert len(load_config(write(tmp_path / "ok.yaml", apart)).devices) == 4
 
 
+def test_devices_on_one_can_channel_must_agree_on_its_settings(tmp_path: Path) -> None:
+    # One reader serves a channel (drivers/interfaces.py), opened at one bitrate: the config says so first.
+    text = (
+        MINIMAL
+        + "devices:\n"
+        + "  - {name: tap, driver: can, interface: virtual, channel: bus0, j1939: true}\n"
+        + "  - {name: body, driver: can, interface: virtual, channel: bus0, bitrate: 500000, j1939: true}\n"
+        + "  - {name: rear, driver: can, interface: virtual, channel: bus1, bitrate: 500000, j1939: true}\n"
+    )
+    gateway = write(tmp_path / "gw.yaml", text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(gateway)
+    assert [str(p) for p in caught.value.problems] == [
+        f"{gateway}:10: devices[1].bitrate: 500000, but tap on the same line (bus0) has 250000 (the default) "
+        f"({gateway}:9): devices sharing a line must use the same settings"
+    ]
+
+
 def test_two_names_of_one_port_are_one_line(tmp_path: Path) -> None:
     tty = write(tmp_path / "dev" / "ttyUSB0", "")
     by_id = tmp_path / "serial" / "by-id" / "usb-FTDI_FT232R-if00-port0"
