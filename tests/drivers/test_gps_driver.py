@@ -5,10 +5,13 @@ heading)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import itertools
+import os
 import time
+import tty
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
@@ -21,6 +24,7 @@ from pydantic import ValidationError
 
 from drivers.counters import BYTES_SKIPPED, DECODE_ERRORS, FRAMES_REJECTED
 from drivers.gps import (
+    FIXES,
     FIXES_HELD,
     NO_FIX_EPOCHS,
     OTHER_SENTENCES,
@@ -444,3 +448,90 @@ def test_every_fix_is_shared_reported_or_not() -> None:
     assert [f["reason"] for f in record.fixes()] == ["first"]
     assert [round(data["lon"], 5) for data, _ in shared] == [120.0, 120.00001, 120.00002]
     assert [ts for _, ts in shared] == [(t + dt.timedelta(seconds=n)).timestamp() for n in range(3)]
+
+
+# -- receivers recorded in the field (gpsd's test logs, tests/vectors/gps/README.md) -----------------------
+
+VECTORS = Path(__file__).parents[1] / "vectors" / "gps"
+
+
+@asynccontextmanager
+async def replaying(capture: str, tmp_path: Path, **options: Any) -> AsyncIterator[Gps]:
+    """The gps driver on a real pty that plays a receiver's recorded sentences (its comment lines left out)
+    once the driver has opened the port (it sends its init sentence first: nothing is lost to the open)."""
+    sentences = b"".join(
+        line + b"\n" for line in (VECTORS / capture).read_bytes().split(b"\n") if line.startswith(b"$")
+    )
+    master, slave = os.openpty()
+    tty.setraw(master)
+    tty.setraw(slave)
+    link = tmp_path / "ttyGPS"
+    link.symlink_to(os.ttyname(slave))
+    try:
+        async with gps(port=str(link), init_sentences=["PSRF103,00,01,00,01"], **options) as run:
+            said = b""
+            while b"\n" not in said:  # the driver's first words: the port is open
+                said += await asyncio.to_thread(os.read, master, 256)
+            assert said.startswith(b"$PSRF103,00,01,00,01*")
+            await asyncio.to_thread(_write_all, master, sentences)
+            yield run
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+async def test_a_sirf_trig_receiver_with_beidou_gb_sentences(tmp_path: Path) -> None:
+    """AtlasVI/PrimaII, SiRF-TriG with NMEA 4.00 (gpsd's beidou-gb.log): GP, GN and GB talkers side by side,
+    proprietary PSRFEPE and GNGNS passed over, three epochs without a fix, then a fix near Shanghai."""
+    async with replaying("beidou-gb.log", tmp_path, every_s=60) as run:
+        await run.until("the fix, and the second epoch's", lambda: run.counters().get(FIXES, 0) >= 2)
+    assert run.states() == ["connected", "no_fix", "fix"]
+    (fix,) = run.of(GPS_FIX)
+    assert dict(fix.data) == {
+        "lat": 31.2479817,
+        "lon": 121.5874033,
+        "alt_m": 153.8,
+        "speed_kmh": 0.48,
+        "course_deg": 167.42,
+        "fix_quality": 1,
+        "satellites": 6,
+        "hdop": 1.2,
+        "time": "2015-03-02T05:32:32.438Z",
+        "reason": "first",
+    }
+    assert fix.ts == dt.datetime(2015, 3, 2, 5, 32, 32, 438000, tzinfo=dt.UTC).timestamp()
+    counters = run.counters()
+    assert counters.get(FRAMES_REJECTED, 0) == 0 and counters.get(DECODE_ERRORS, 0) == 0
+    assert counters[NO_FIX_EPOCHS] == 3 and counters[FIXES_HELD] == 1
+    assert counters[OTHER_SENTENCES] == 5 + 5 + 29 + 12  # PSRFEPE, GNGNS, GPGSV, GBGSV
+
+
+async def test_a_ublox_neo_m8n_west_of_greenwich_without_a_course(tmp_path: Path) -> None:
+    """BN-880 with a u-blox NEO-M8N (gpsd's neo-m8n.log): GN fixes in Oregon (west: negative longitudes),
+    standing still so RMC and VTG leave the course empty (null, never 0), GLL and GLONASS GSV passed over."""
+    async with replaying("neo-m8n.log", tmp_path, every_s=5) as run:
+        await run.until("every epoch's fix", lambda: run.counters().get(FIXES, 0) >= 22)
+    fixes = run.data(GPS_FIX)
+    assert fixes[0] == {
+        "lat": 44.0690105,
+        "lon": -121.3142463,
+        "alt_m": 1147.2,
+        "speed_kmh": 0.22,
+        "course_deg": None,
+        "fix_quality": 1,
+        "satellites": 12,
+        "hdop": 0.91,
+        "time": "2015-03-18T17:19:26.000Z",
+        "reason": "first",
+    }
+    assert [f["reason"] for f in fixes] == ["first"] + ["period"] * (len(fixes) - 1)
+    assert all(44.06 < f["lat"] < 44.07 and -121.32 < f["lon"] < -121.31 for f in fixes)
+    counters = run.counters()
+    assert counters.get(FRAMES_REJECTED, 0) == 0 and counters.get(DECODE_ERRORS, 0) == 0
+    assert counters.get(NO_FIX_EPOCHS, 0) == 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
@@ -296,3 +297,22 @@ def test_a_command_is_framed_with_its_checksum(text: str, framed: bytes) -> None
 def test_what_cannot_be_a_command_is_refused(text: str) -> None:
     with pytest.raises(EncodeError):
         nmea.command(text)
+
+
+VECTORS = Path(__file__).parents[1] / "vectors" / "gps"
+
+
+@pytest.mark.parametrize("capture", ["beidou-gb.log", "neo-m8n.log"])
+def test_receivers_recorded_in_the_field_frame_and_decode(capture: str) -> None:
+    """gpsd's receiver logs (tests/vectors/gps): every sentence a whole one with a good checksum, every fix
+    sentence of a known talker decoded, nothing skipped but the logs' comment lines."""
+    data = (VECTORS / capture).read_bytes()
+    sentences = [line for line in data.split(b"\n") if line.startswith(b"$")]
+    framer = nmea.NmeaFramer()
+    found = framer.feed(b"".join(s + b"\n" for s in sentences))
+    assert found == [s + b"\n" for s in sentences]
+    assert framer.stats.bytes_skipped == 0 and framer.stats.bad_checksum == framer.stats.bad_length == 0
+    decoded = [nmea.decode(s) for s in found if nmea.kind_of(s)[1] in nmea.KINDS]
+    assert decoded and all(isinstance(d, nmea.Gga | nmea.Rmc | nmea.Vtg | nmea.Gsa) for d in decoded)
+    with_position = [d for d in decoded if isinstance(d, nmea.Gga | nmea.Rmc) and d.lat is not None]
+    assert with_position and all(d.lon is not None for d in with_position)
