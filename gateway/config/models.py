@@ -616,6 +616,18 @@ class CommandsConfig(_Section):
         "queued for it) while the gateway is away, in seconds (MQTT 5; 3.1.1 brokers use their own).",
     )
 
+    @model_validator(mode="after")
+    def _replays_stay_refused(self) -> CommandsConfig:
+        # A signed request captured on the wire stays valid for max_age_s; an id forgotten sooner than that
+        # would let its replay run a second time.
+        if self.hmac_key_file is not None and self.dedupe_window.seconds < self.max_age_s:
+            raise _field_error(
+                "dedupe_window",
+                f"with hmac_key_file, dedupe_window.seconds ({self.dedupe_window.seconds:g}) must be >= "
+                f"max_age_s ({self.max_age_s:g}): a replayed signed request would run again",
+            )
+        return self
+
 
 class MqttConfig(_Section):
     """``upstream.mqtt:`` — the MQTT broker events are forwarded to."""
