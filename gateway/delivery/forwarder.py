@@ -129,9 +129,11 @@ class ForwarderSettings:
             raise ValueError("encoding, compression and topic_alias need MQTT 5 (its properties say how)")
         if self.reconnect_initial_s <= 0 or self.reconnect_max_s < self.reconnect_initial_s:
             raise ValueError("need 0 < reconnect_initial_s <= reconnect_max_s")
-        for name, value in (("gateway_id", self.gateway_id), ("prefix", self.prefix)):
-            if not value or any(c in value for c in "/+#"):
-                raise ValueError(f"{name} must be non-empty and contain no '/', '+' or '#': {value!r}")
+        if not self.gateway_id or any(c in self.gateway_id for c in "/+#"):
+            raise ValueError(f"gateway_id must be non-empty, without '/', '+' or '#': {self.gateway_id!r}")
+        # The prefix may have levels of its own (site-1/edgegw), as the config allows: none empty.
+        if not self.prefix or any(c in self.prefix for c in "+#") or "" in self.prefix.split("/"):
+            raise ValueError(f"prefix must be topic levels, none empty, without '+' or '#': {self.prefix!r}")
 
     @property
     def effective_client_id(self) -> str:
