@@ -417,7 +417,6 @@ async def test_the_dedupe_window_forgets_ids_after_its_time(tmp_path: Path, brok
 
 async def test_a_command_running_at_a_stop_is_answered(tmp_path: Path, broker: Mosquitto) -> None:
     async with serve_tcp("127.0.0.1", 0, {1: "energy-meter"}) as sim:
-        sim.set_delay(1, 5.0)
         path = write_config(tmp_path, broker, meter("meter", sim.port, 1, "[read]", poll_s=30, timeout_s=8))
         gateway = Gateway(load_config(path))
         async with Subscriber(broker, f"edgegw/{GW}/meter/cmd/result") as sub:
@@ -426,6 +425,7 @@ async def test_a_command_running_at_a_stop_is_answered(tmp_path: Path, broker: M
                 service = gateway.commands
                 assert service is not None
                 await until("the meter connected", lambda: gateway.runners["meter"].state == "connected")
+                sim.set_delay(1, 5.0)
                 publish(broker, CMD, request("read", {}, rid="at-stop"))
                 await until("the read is running", lambda: bool(service._tasks))
             # the gateway has stopped: the command's result went out before it disconnected
