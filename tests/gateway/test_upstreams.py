@@ -25,7 +25,7 @@ from gateway.cli.commands import main as cli_main
 from gateway.config import ConfigError, load_config
 from gateway.config.models import MqttUpstreamOptions
 from gateway.delivery.buffer import SqliteBuffer, everything
-from gateway.delivery.forwarder import MqttUpstream
+from gateway.delivery.forwarder import ForwarderSettings, MqttUpstream
 from gateway.delivery.upstream import Route, UpstreamContext
 from tests.broker import Mosquitto, Subscriber, free_port
 from tests.gateway.ops_helpers import http_get, running, samples, value
@@ -418,3 +418,12 @@ def test_status_shows_a_line_per_upstream() -> None:
         "  epb     hj212, NOT connected; backlog 1,440 events, 2.0 MiB; delivered 0, dropped 13, errors 3"
     )
     assert epb_line in lines
+
+
+def test_a_prefix_of_several_levels_is_one_the_forwarder_takes() -> None:
+    """The config has always allowed `prefix: site-1/edgegw`; the forwarder refused to start with it."""
+    settings = ForwarderSettings(gateway_id="gw", host="h", prefix="site-1/edgegw")
+    assert settings.status_topic == "site-1/edgegw/gw/status"
+    for bad in ("site-1//edgegw", "/edgegw", "site/#", "site/+/x"):
+        with pytest.raises(ValueError, match="prefix"):
+            ForwarderSettings(gateway_id="gw", host="h", prefix=bad)
