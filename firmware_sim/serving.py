@@ -163,13 +163,22 @@ class LinkSimulator(Simulator[LinkStatsT], abc.ABC):
 
 async def cancel_all(tasks: Iterable[asyncio.Task[Any]]) -> None:
     """Cancel ``tasks`` and wait until they have ended; what they end with is dropped (they are torn down,
-    nobody is left to hear it)."""
+    nobody is left to hear it). A cancellation of the caller while it waits is the caller's own and goes on
+    up, so that a session cancelled while it tears down still ends. (A CancelledError while nobody is
+    cancelling the caller is dropped like the tasks' own: on Python 3.11, an ``asyncio.timeout`` that
+    expired just as what it guarded finished leaves such a stray one behind.)"""
     tasks = list(tasks)
+    current = asyncio.current_task()
     for task in tasks:
         task.cancel()
     for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
+        try:
             await task
+        except asyncio.CancelledError:
+            if current is not None and current.cancelling():
+                raise
+        except Exception:  # torn down: nobody is left to hear it
+            pass
 
 
 @contextlib.asynccontextmanager
