@@ -25,6 +25,7 @@ from gateway.delivery.buffer import (
     BufferOpenError,
     SqliteBuffer,
     WhenFull,
+    everything,
 )
 from tests.gateway.buffer_suite import BIG, DAMAGE, HANG, BufferSuite, evs, read_seqs
 from tests.storage import fill_disk
@@ -560,6 +561,26 @@ async def test_damage_found_by_a_commit_moves_the_file_aside_and_keeps_the_event
     assert len(_moved_aside(buf.path)) == 1
     more = await buf.append(evs(70, 2))
     assert await read_seqs(buf) == seqs + more
+
+
+async def test_damage_with_several_upstreams_keeps_them_and_their_drop_counts_in_the_fresh_file(
+    buf: SqliteBuffer,
+) -> None:
+    """Several upstreams: the fresh file that replaces a damaged one knows them by name (their events of
+    the commit that met the damage are pending for each), and their drop counts go on."""
+    await buf.set_upstreams([("a", everything), ("b", lambda _d, kind: kind == "test.event")])
+    await buf.append(evs(0, 50))
+    await buf._on_writer(_break_schema)
+    seqs = await buf.append(evs(50, 20))
+    assert buf.stats().corrupt_files == 1 and 0 not in seqs
+    for name in ("a", "b"):
+        assert [r.seq for r in await buf.cursor(name).read(0, 100)] == seqs
+    await buf.cursor("a").ack(seqs)
+    more = await buf.append(evs(70, 1))
+    assert [r.seq for r in await buf.cursor("a").read(0, 100)] == more
+    assert [r.seq for r in await buf.cursor("b").read(0, 100)] == seqs + more
+    names = await buf._on_writer(lambda conn: dict(conn.execute("SELECT name, bit FROM upstreams")))
+    assert set(names) == {"a", "b"}
 
 
 async def test_damage_found_by_a_read_moves_the_file_aside(buf: SqliteBuffer) -> None:
