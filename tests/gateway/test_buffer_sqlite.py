@@ -563,11 +563,11 @@ async def test_damage_found_by_a_commit_moves_the_file_aside_and_keeps_the_event
     assert await read_seqs(buf) == seqs + more
 
 
-async def test_damage_with_several_upstreams_keeps_them_and_their_drop_counts_in_the_fresh_file(
+async def test_damage_with_several_upstreams_keeps_them_in_the_fresh_file(
     buf: SqliteBuffer,
 ) -> None:
-    """Several upstreams: the fresh file that replaces a damaged one knows them by name (their events of
-    the commit that met the damage are pending for each), and their drop counts go on."""
+    """Several upstreams: the fresh file that replaces a damaged one knows them by name, the events of the
+    commit that met the damage are pending for each, and each one's acks are its own there too."""
     await buf.set_upstreams([("a", everything), ("b", lambda _d, kind: kind == "test.event")])
     await buf.append(evs(0, 50))
     await buf._on_writer(_break_schema)
