@@ -33,7 +33,11 @@ What every framer must do, checked here with hypothesis:
   which could hide a real one: :meth:`FramerSuite.accidental`), with exactly the garbage skipped; garbage
   that holds no candidate frame (:meth:`FramerSuite.inert`) is skipped without a rejection;
 - a damaged frame (:meth:`FramerSuite.damage`) is rejected and counted in the stats (in the counter that
-  says why), all its bytes skipped, and the next frame is found (resynchronisation).
+  says why), all its bytes skipped, and the next frame is found (resynchronisation);
+- a valid frame mutated in any of the ways of ``mutations.py`` (bits flipped, cut short, its start lost,
+  bytes inserted, a piece repeated or removed), fed in arbitrary chunks, never raises, every byte is
+  accounted for, and the next valid frame after it is found (unless the mutation made a frame that could
+  hide it, :meth:`FramerSuite.accidental`); the one-frame decoder raises only :class:`DecodeError` on it.
 
 A framer that frames by length alone (LLRP: nothing in the stream shows where a message starts) cannot
 resynchronise: it sets ``resynchronises = False``; then what comes after garbage or a damaged frame is
@@ -44,13 +48,16 @@ connection) brings it back.
 from __future__ import annotations
 
 import abc
+import contextlib
 from typing import Any, ClassVar, Generic, TypeVar
 
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from protocols.errors import DecodeError
 from protocols.framing import Framer, FramerStats
+
+from . import mutations
 
 FrameT = TypeVar("FrameT")
 
@@ -302,3 +309,34 @@ class FramerSuite(abc.ABC, Generic[FrameT]):
         assert sum(getattr(stats, c) for c in counters) >= 1
         assert self.rejected(stats) >= 1
         assert stats.bytes_skipped + framer.pending == len(stream) - len(good)
+
+    @suite_settings
+    @given(data=st.data(), edits=mutations.mutations(), cuts=CUTS)
+    def test_a_mutated_frame_never_raises_and_the_next_frame_is_found(
+        self, data: st.DataObject, edits: list[mutations.Mutation], cuts: list[int]
+    ) -> None:
+        first = data.draw(self.frames, label="first")
+        second = data.draw(self.frames, label="second")
+        bad = mutations.apply_all(self.encode(first), edits)
+        with contextlib.suppress(DecodeError):
+            self.redecoded(bad, self.decode(bad))  # still one valid frame: it must encode back
+        good = self.encode(second)
+        framer = self.framer()
+        if not self.resynchronises:
+            found = self.feed(framer, split(bad + good, cuts))
+            self.check_accounting(framer, found, len(bad) + len(good))
+            if self.broken(framer):
+                assert framer.pending == 0 and self.rejected(framer.stats) == 1
+            if self.broken(framer):
+                self.restart(framer)  # a new connection: the stream starts over
+                assert framer.feed(good) == [second]
+            return
+        stream = bad + good + self.flush
+        found = self.feed(framer, split(stream, cuts))
+        self.check_accounting(framer, found, len(stream))
+        assert framer.pending <= self.pending_after_flush
+        if self.accidental(stream, [(len(bad), len(bad) + len(good))]):
+            event("the mutation made a frame that may hide the next")
+        else:
+            event("checked: the next frame is found")
+            assert found[-1:] == [second]
