@@ -239,6 +239,11 @@ class CommandService:
         self.outbox_dropped = 0
         self.publish_refused = 0
 
+    @property
+    def in_flight(self) -> int:
+        """Commands running now (every device and the gateway)."""
+        return len(self._tasks)
+
     def stats(self) -> CommandStats:
         return CommandStats(
             received=self.received,

@@ -326,7 +326,7 @@ async def test_results_survive_a_broker_restart_and_the_subscription_is_kept(tmp
             publish(broker, CMD, request("read", {"points": ["vt_ratio"]}, rid="slow-1"))
             service = s.gateway.commands
             assert service is not None
-            await until("the request is running", lambda: service.received == 1 and bool(service._tasks))
+            await until("the request is running", lambda: service.received == 1 and service.in_flight > 0)
             broker.stop()  # the result is not there yet: the command still waits on the meter
             assert service.results == {}
             broker.start()
@@ -347,7 +347,7 @@ async def test_limits_in_flight_and_timeouts(tmp_path: Path, broker: Mosquitto) 
         publish(broker, CMD, request("read", {}, rid="slow-a"))
         service = s.gateway.commands
         assert service is not None
-        await until("the first read is running", lambda: bool(service._tasks))
+        await until("the first read is running", lambda: service.in_flight > 0)
         publish(broker, CMD, request("read", {}, rid="slow-b"))
         [second] = await s.result_for("slow-b")
         assert second["status"] == "refused" and "max_in_flight 1" in second["reason"], second
@@ -377,7 +377,7 @@ async def test_a_device_that_drops_while_its_command_runs_answers_error(
         assert service is not None
         s.sim.set_delay(1, 5.0)
         publish(broker, CMD, request("read", {}, rid="drop-1"))
-        await until("the read is running", lambda: bool(service._tasks))
+        await until("the read is running", lambda: service.in_flight > 0)
         await s.sim.disconnect()
         [result] = await s.result_for("drop-1")
         assert result["status"] == "error" and result["reason"], result
@@ -427,7 +427,7 @@ async def test_a_command_running_at_a_stop_is_answered(tmp_path: Path, broker: M
                 await until("the meter connected", lambda: gateway.runners["meter"].state == "connected")
                 sim.set_delay(1, 5.0)
                 publish(broker, CMD, request("read", {}, rid="at-stop"))
-                await until("the read is running", lambda: bool(service._tasks))
+                await until("the read is running", lambda: service.in_flight > 0)
             # the gateway has stopped: the command's result went out before it disconnected
             [message] = await sub.wait_count(1)
             result = json.loads(message.payload)
