@@ -45,16 +45,43 @@ def free_port() -> int:
         return port
 
 
+@dataclass(frozen=True, slots=True)
+class TlsListener:
+    """A second listener (``Mosquitto.tls_port``) speaking TLS with these PEM files; with
+    ``require_certificate``, clients must present a certificate signed by ``cafile`` (mutual TLS)."""
+
+    cafile: Path
+    certfile: Path
+    keyfile: Path
+    require_certificate: bool = False
+
+    def lines(self, port: int, host: str) -> list[str]:
+        return [
+            f"listener {port} {host}",
+            f"cafile {self.cafile}",
+            f"certfile {self.certfile}",
+            f"keyfile {self.keyfile}",
+            f"require_certificate {'true' if self.require_certificate else 'false'}",
+        ]
+
+
 class Mosquitto:
     """A private broker. ``extra_config`` lines go right after the ``listener`` line, so per-listener
     options (``cafile``, ``certfile``, ``acl_file``, ``password_file``...) apply to it. With
-    ``persistence``, sessions and queued messages survive ``stop()``/``start()`` (saved on SIGTERM)."""
+    ``persistence``, sessions and queued messages survive ``stop()``/``start()`` (saved on SIGTERM). With
+    ``tls``, a second listener on ``tls_port`` speaks TLS (the plain one stays, for test subscribers)."""
 
     def __init__(
-        self, *, extra_config: Sequence[str] = (), port: int | None = None, persistence: bool = False
+        self,
+        *,
+        extra_config: Sequence[str] = (),
+        port: int | None = None,
+        persistence: bool = False,
+        tls: TlsListener | None = None,
     ) -> None:
         self.host = "127.0.0.1"
         self.port = port or free_port()
+        self.tls_port = free_port() if tls is not None else None
         self._tmp = tempfile.TemporaryDirectory(prefix="mosquitto-")
         self.dir = Path(self._tmp.name)
         self.log_path = self.dir / "mosquitto.log"
@@ -62,6 +89,7 @@ class Mosquitto:
         lines = [
             f"listener {self.port} {self.host}",
             *extra_config,
+            *(tls.lines(self.tls_port, self.host) if tls is not None and self.tls_port else ()),
             "allow_anonymous true" if not any(x.startswith("allow_anonymous") for x in extra_config) else "",
             f"persistence true\npersistence_location {self.dir}/" if persistence else "persistence false",
             # as root, mosquitto would switch to the user "mosquitto", which cannot use the temp dir

@@ -223,6 +223,10 @@ class MqttConnection:
         client.on_socket_close = self._handle_socket_close
         client.on_socket_register_write = self._handle_register_write
         client.on_socket_unregister_write = self._handle_unregister_write
+        # Until the CONNACK, keep paho's last error: a broker that refuses our client certificate sends
+        # its TLS alert only after the handshake, and paho reports it as a lost connection.
+        client.on_log = self._handle_log
+        self._connect_error: str | None = None
         self._client = client
         self._tls = tls is not None
         self._keepalive_s = keepalive_s
@@ -393,6 +397,7 @@ class MqttConnection:
             if waiter is not None and not waiter.done():
                 waiter.set_exception(MqttConnectError(f"broker refused the connection: {reason}"))
             return
+        self._client.on_log = None  # formatting every log line costs CPU per packet
         self.session_present = bool(getattr(flags, "session_present", False))
         if properties is not None and hasattr(properties, "ReceiveMaximum"):
             self.receive_maximum = int(properties.ReceiveMaximum)
@@ -420,6 +425,10 @@ class MqttConnection:
         _properties: Properties,
     ) -> None:
         self._on_ack(mid, reason.value)
+
+    def _handle_log(self, _client: paho.Client, _userdata: Any, level: int, text: str) -> None:
+        if level == paho.MQTT_LOG_ERR:
+            self._connect_error = text
 
     def _handle_socket_open(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
         self._sock = sock
@@ -463,7 +472,8 @@ class MqttConnection:
             self._closed.set_result(None)
         waiter = self._connack
         if waiter is not None and not waiter.done():
-            waiter.set_exception(MqttConnectError(f"{self.host}:{self.port} closed the connection"))
+            why = f" ({self._connect_error})" if self._connect_error else ""
+            waiter.set_exception(MqttConnectError(f"{self.host}:{self.port} closed the connection{why}"))
         self._report_lost("socket closed")
 
     def _fail_subacks(self, reason: str) -> None:
