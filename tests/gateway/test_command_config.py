@@ -5,6 +5,7 @@ documentation of each driver's commands."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from drivers.modbus import ModbusDriver
+from gateway.cli.cmd import parse_args
 from gateway.config import ConfigError, load_config
 from gateway.config.schema import build
 
@@ -147,3 +149,53 @@ def test_a_timeout_for_a_command_nobody_offers_is_rejected(tmp_path: Path) -> No
     assert (problem.line, problem.field) == (9, "upstream.mqtt.commands.timeouts.wirte")
     assert "no device of this gateway offers a command 'wirte'" in problem.message
     assert "ping, read, reload, status, write" in problem.message
+
+
+def edgegw_cmd(config: Path, *words: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "cmd", "-c", str(config), "--wait", "2", *words],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def test_edgegw_cmd_says_what_is_wrong_before_sending(tmp_path: Path) -> None:
+    off = write(tmp_path, "    commands: [write]\n")
+    done = edgegw_cmd(off, "meter", "write", "point=setpoint", "value=5")
+    assert done.returncode == 2 and "enables commands on no MQTT upstream" in done.stderr
+
+    on = write(tmp_path, "    commands: [write]\n", "    commands: {enabled: true}\n")
+    on.write_text(on.read_text().replace("mqtt://127.0.0.1:1883", f"mqtt://127.0.0.1:{_closed_port()}"))
+    done = edgegw_cmd(on, "meter", "write", "point=setpoint", "value=5")
+    assert done.returncode == 1 and "connecting to 127.0.0.1" in done.stderr
+
+    for words, message in (
+        (("meter",), "give DEVICE COMMAND"),
+        (("meter", "write", "x"), "expected key=value"),
+    ):
+        done = edgegw_cmd(on, *words)
+        assert done.returncode == 2 and message in done.stderr, done.stderr
+    done = edgegw_cmd(on, "--args", "[1]", "meter", "write")
+    assert done.returncode == 2 and "--args must be a JSON object" in done.stderr
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def test_key_value_words_become_args() -> None:
+    assert parse_args(["point=ct_primary_a", "value=250", "on=true", 'points=["a","b"]', 'name="7"']) == {
+        "point": "ct_primary_a",
+        "value": 250,
+        "on": True,
+        "points": ["a", "b"],
+        "name": "7",
+    }
+    assert parse_args(["values.vt_ratio=4", "values.ct=400"]) == {"values": {"vt_ratio": 4, "ct": 400}}
+    with pytest.raises(ValueError, match="already has a value"):
+        parse_args(["values=1", "values.x=2"])
