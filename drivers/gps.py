@@ -382,22 +382,36 @@ class _Session(StreamSession[nmea.Sentence, GpsOptions]):
         checksum arrived."""
         for text in self.options.init_sentences:
             await self.write(nmea.command(text))
-        first = await self.recv(self.loop.time() + self.options.read_timeout_s)
+        began = self.loop.time()
+        first = await self.recv(began + self.options.read_timeout_s)
         if first is None:
-            raise DeviceTimeout(f"receiver silent for {self.options.read_timeout_s:g} s")
+            raise DeviceTimeout(self._no_sentence(began))
         self.backlog.appendleft(first)
         talker, _ = nmea.kind_of(first)
         return f"NMEA 0183, talker {talker}"
+
+    def _no_sentence(self, since: float) -> str:
+        """Why no sentence came since ``since`` (loop time): silence, or bytes that made none (a receiver
+        at another baud rate sends nothing else)."""
+        timeout = self.options.read_timeout_s
+        if self.last_received > since:
+            return (
+                f"no NMEA sentence in {timeout:g} s, only bytes that make none (another baud rate than "
+                f"{self.options.baudrate}?)"
+            )
+        return f"receiver silent for {timeout:g} s"
 
     async def stream(self) -> None:
         timeout = self.options.read_timeout_s
         ctx = self.ctx
         fixes = self.fixes
+        loop = self.loop
+        last_sentence = loop.time()
         while True:
-            sentence = await self.recv(self.last_received + timeout)
+            sentence = await self.recv(last_sentence + timeout)
             if sentence is None:
-                self.check_silence(self.last_received)
-                continue
+                raise DeviceTimeout(self._no_sentence(last_sentence))
+            last_sentence = loop.time()
             talker, kind = nmea.kind_of(sentence)
             if kind not in nmea.KINDS or talker not in nmea.TALKERS:
                 ctx.count(OTHER_SENTENCES, 1)
