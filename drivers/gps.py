@@ -41,8 +41,10 @@ has one: :data:`ShareFix`), so the devices stamped from this receiver (``positio
 position, not only the latest reported.
 
 The date comes from RMC; a receiver that sends GGA alone is dated by the gateway's clock (the date that puts
-the fix nearest to now). A receiver silent for ``read_timeout_s`` is a
-:class:`~drivers.errors.DeviceTimeout` and the supervisor reconnects with backoff.
+the fix nearest to now). A receiver that sends no whole sentence for ``read_timeout_s`` is a
+:class:`~drivers.errors.DeviceTimeout` and the supervisor reconnects with backoff; the reason tells a silent
+receiver (``receiver silent for 5 s``) from one whose bytes make no sentence (``no NMEA sentence in 5 s, only
+bytes that make none (another baud rate than 9600?)``).
 """
 
 from __future__ import annotations
