@@ -411,3 +411,29 @@ async def test_a_command_does_not_wait_behind_its_own_devices_poll_cycle() -> No
     assert max(positions) <= 2
     polls = sum(1 for name in server.log if not name.startswith("cmd"))
     assert polls >= 40 + 20  # the polls went on between the commands
+
+
+async def test_an_urgent_request_cancelled_while_waiting_leaves_the_bus_usable() -> None:
+    # The runtime cancels a command at its deadline: waiting for its turn, or as its turn is granted.
+    gate = asyncio.Event()
+    async with line_server(slow={"gate": gate}) as server, contextlib.AsyncExitStack() as stack:
+        ports = {
+            name: await stack.enter_async_context(
+                bus.attach(KEY, opener(server.port), settings="s", device=name)
+            )
+            for name in ("gate", "cmd", "a")
+        }
+        held = asyncio.create_task(ports["gate"].request(ask("gate"), timeout=5))
+        await server.until(lambda: server.log == ["gate"])
+        waiting = asyncio.create_task(ports["cmd"].request(ask("cmd"), timeout=5, urgent=True))
+        ordinary = asyncio.create_task(ports["a"].request(ask("a"), timeout=5))
+        registry = bus.buses()[KEY]
+        await until("both queued", lambda: len(registry._urgent) == 1 and len(registry._waiting) == 1)
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        assert not registry._urgent
+        gate.set()
+        await asyncio.gather(held, ordinary)
+        assert await ports["cmd"].request(ask("cmd"), timeout=5, urgent=True) == "cmd 1"
+    assert server.log == ["gate", "a", "cmd"]  # the cancelled request never reached the line
