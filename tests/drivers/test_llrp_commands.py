@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from drivers.commands import CommandRefused
+from drivers.commands import CommandFailed, CommandRefused
 from drivers.kinds import RFID_READ
-from drivers.llrp import LlrpDriver, LlrpOptions
+from drivers.llrp import LlrpDriver, LlrpOptions, _Session
 from drivers.testing import CONNECTED, Harness, running
 from firmware_sim.llrp import LlrpSimulator, SimOptions, serve_tcp
 
@@ -100,3 +100,17 @@ async def test_set_power_refusals_reach_nothing() -> None:
                 await run.command(None, "set_power", bad)
     assert received(sim, "SET_READER_CONFIG") == 1  # only the one at connect
     assert set(sim.transmit_power_cdbm.values()) == {3000}
+
+
+async def test_the_reader_refusing_a_command_is_an_error_and_the_session_goes_on() -> None:
+    async with serve_tcp("127.0.0.1", 0, FAST) as sim, reader(sim) as run:
+        driver = run.device.driver
+        assert isinstance(driver, LlrpDriver) and isinstance(driver.live, _Session)
+        driver.live.rospec_active = False  # the driver believes it stopped; the reader's ROSpec runs
+        with pytest.raises(CommandFailed, match=r"the reader refused START_ROSPEC: .*not inactive"):
+            await run.command(None, "start")
+        reads = len(run.of(RFID_READ))
+        await run.until_events(RFID_READ, reads + 20)
+        assert run.device.state == CONNECTED
+    assert run.device.restarts == 0
+    assert sim.stats.errors_sent == 1
