@@ -1019,7 +1019,11 @@ async def serve_tcp(
         for connection in list(server.active_connections.values()):
             connection.close()
         if downtime > 0:
-            transport.close()
+            # the listener open now: every listen() replaces it (closing the first one again would leave
+            # this one listening through the down time, and the next listen() on its busy port would fail
+            # and close it, leaving the device unreachable until the next unplug)
+            listener: Any = server.transport
+            listener.close()
             await asyncio.sleep(downtime)
             await server.listen()
 

@@ -36,6 +36,8 @@ from firmware_sim.modbus import (
     serve_tcp,
 )
 from protocols.modbus import DataType, Table
+from tests.broker import free_port
+from tests.waiting import until_probe
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -540,3 +542,27 @@ def test_a_read_is_judged_as_the_standard_orders_it(addresses: set[int], address
         expected = 3 if not 1 <= n <= 125 else None if set(range(start, start + n)) <= addresses else 2
         assert unit.refuse_read(Table.HOLDING, start, n) == expected
         assert unit.refuse_read(Table.COIL, start, n) == 1  # no coils at all
+
+
+async def test_tcp_unplugged_again_and_again_refuses_while_down_and_serves_after() -> None:
+    """Each TCP unplug with a down time closes the listener that is open *then* (pymodbus replaces its
+    listener at every ``listen()``): the second one used to close a stale one, so a client got in while the
+    device was meant to be down, and re-listening on the busy port closed the live listener for a period."""
+
+    async def refused(port: int) -> bool:
+        try:
+            _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            return True
+        writer.close()
+        return False
+
+    # a port of its own: listening again on port 0 would take another one (the CLI's --tcp names the port)
+    async with serve_tcp("127.0.0.1", free_port(), {1: "energy-meter"}) as sim:
+        for _ in range(3):
+            down = asyncio.create_task(sim.disconnect(1.0))
+            await until_probe("the port refusing while the device is down", lambda: refused(sim.port), bool)
+            await down
+            lost = asyncio.Event()
+            async with client(sim.port, lost) as c:
+                assert not (await c.read_holding_registers(0, count=2, device_id=1)).isError()
