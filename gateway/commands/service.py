@@ -88,6 +88,9 @@ OUTBOX_MAX: Final = 1000
 ``command.result`` event is in the buffer all the same)."""
 WINDOW: Final = 100
 """Result publishes awaiting a PUBACK at most."""
+SIGNED_WINDOW_FACTOR: Final = 10
+"""With signed requests, the de-duplication window may grow to this many times its count to keep every id
+whose request a replay could still present unexpired."""
 SUBACK_TIMEOUT_S: Final = 10.0
 """A broker that does not answer the subscription within this is given up on (and reconnected to)."""
 STATUS_INTERVAL_S: Final = 1.0
@@ -172,6 +175,9 @@ class _Seen:
     result: tuple[Status, str | None, Mapping[str, Any] | None] | None = None
     waiting: list[_Reply] = field(default_factory=list)
     done_at: float = 0.0
+    replayable_until: float = 0.0
+    """Monotonic time until which the request would not yet be expired: a replay of it would be judged
+    on its id alone."""
 
 
 @dataclass(slots=True)
@@ -456,9 +462,17 @@ class CommandService:
         try:
             run = self._check(device, request)
         except _Answer as answer:
-            self._remember(device, request.id, request.command, reply, (answer.status, answer.reason, None))
+            result = (answer.status, answer.reason, None)
+            self._remember(
+                device,
+                request.id,
+                request.command,
+                reply,
+                result,
+                replayable_until=self._replayable_until(request),
+            )
             return
-        seen = self._seen[key] = _Seen()
+        seen = self._seen[key] = _Seen(replayable_until=self._replayable_until(request))
         self._running[device] += 1
         task = asyncio.create_task(
             self._execute(device, request, reply, seen, run), name=f"command:{request.id}"
@@ -635,28 +649,44 @@ class CommandService:
         command: str | None,
         reply: _Reply,
         result: tuple[Status, str | None, Mapping[str, Any] | None],
+        *,
+        replayable_until: float = 0.0,
     ) -> None:
         """Answer a request that did not run, and remember its result for repeats of its id (unless the id
         is already remembered: the first result stays the one repeats get)."""
-        self._seen.setdefault((device, request_id), _Seen(result=result, done_at=self._monotonic()))
+        entry = _Seen(result=result, done_at=self._monotonic(), replayable_until=replayable_until)
+        self._seen.setdefault((device, request_id), entry)
         self._answer(device, request_id, command, [reply], result)
         self._prune()
 
+    def _replayable_until(self, request: Request) -> float:
+        age = self._clock() - request.ts
+        return self._monotonic() + max(0.0, self.settings.max_age_s - age)
+
     def _prune(self) -> None:
-        """Forget the oldest ids beyond the window's count or age; never one whose command still runs."""
+        """Forget the oldest ids beyond the window's count or age; never one whose command still runs. With
+        signed requests, an id is not forgotten for the count while a replay of its request would still be
+        within ``max_age_s`` (a replay is then refused by its id alone), up to ``SIGNED_WINDOW_FACTOR``
+        times the count: what only a holder of the key can fill."""
         window = self.settings.dedupe_window
-        horizon = self._monotonic() - window.seconds
+        now = self._monotonic()
+        horizon = now - window.seconds
         seen = self._seen
         excess = len(seen) - window.count
         first = next(iter(seen.values()), None)
         if first is None or (excess <= 0 and (first.result is None or first.done_at >= horizon)):
             return  # the common case, without copying the keys
+        guard = self._hmac_key is not None
+        cap = window.count * SIGNED_WINDOW_FACTOR
         for key in list(seen):
             entry = seen[key]
             if entry.result is None:
                 continue
-            if excess <= 0 and entry.done_at >= horizon:
+            old = entry.done_at < horizon
+            if not old and excess <= 0:
                 break
+            if not old and guard and entry.replayable_until > now and len(seen) <= cap:
+                continue
             del seen[key]
             excess -= 1
 

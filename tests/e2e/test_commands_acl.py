@@ -175,3 +175,29 @@ async def test_the_dedupe_window_forgets_the_oldest_ids_beyond_its_count(
         assert service.duplicates == 1
         assert (await client.send(None, "ping", request_id="c")).status == "ok"
         assert service.duplicates == 2
+
+
+async def test_with_signed_requests_an_id_is_kept_while_a_replay_would_be_unexpired(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """Beyond the window's count, an id is still remembered while its request could be replayed unexpired:
+    a captured signed request cannot run twice by pushing its id out with others."""
+    (tmp_path / "cmd.key").write_text("k3y\n")
+    path = config(tmp_path, broker)
+    path.write_text(
+        path.read_text().replace(
+            "      enabled: true\n",
+            "      enabled: true\n      dedupe_window: {count: 2}\n      hmac_key_file: cmd.key\n",
+        )
+    )
+    gateway = Gateway(load_config(path))
+    async with running(gateway), CommandClient(gateway.config) as client:
+        await until("the command service subscribed", lambda: listening(gateway))
+        service = gateway.commands
+        assert service is not None
+        sent = time.time()
+        for rid in ("a", "b", "c", "d"):
+            assert (await client.send(None, "ping", request_id=rid, ts=sent)).status == "ok"
+        assert service.duplicates == 0
+        again = await client.send(None, "ping", request_id="a", ts=sent)  # the replay of a captured request
+        assert again.status == "ok" and service.duplicates == 1  # answered from the window, not run
