@@ -223,9 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=200, help="commands timed per run (default 200)")
     parser.add_argument("--gap-ms", type=float, default=20.0, help="pause between commands (default 20 ms)")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds after connecting (default 5)")
-    parser.add_argument(
-        "--broker-nodelay", action="store_true", help="mosquitto with set_tcp_nodelay true (default: its default)"
-    )
+    parser.add_argument("--broker-nodelay", action="store_true", help="mosquitto with set_tcp_nodelay true")
     args = parser.parse_args(argv)
     if args.broker_nodelay:
         BROKER_EXTRA.append("set_tcp_nodelay true")
