@@ -115,6 +115,11 @@ class FramerSuite(abc.ABC, Generic[FrameT]):
         """Bytes the framer counted as neither framed nor skipped (lead-ins)."""
         return 0
 
+    def size(self, frame: FrameT) -> int:
+        """The bytes ``frame`` took on the wire (by default: its encoding's; a framer that takes frames its
+        encoder refuses, such as a DL/T 645 reply from a non-BCD address, says it otherwise)."""
+        return len(self.encode(frame))
+
     def accidental(self, stream: bytes, spans: list[tuple[int, int]]) -> bool:
         """Whether a valid frame starts in ``stream`` anywhere it could hide a real one (in garbage, or where
         the framer would take it for one), the real frames being at ``spans`` (start, end). Only called for
@@ -151,7 +156,7 @@ class FramerSuite(abc.ABC, Generic[FrameT]):
     def check_accounting(self, framer: Framer[FrameT], found: list[FrameT], size: int) -> None:
         """Every one of ``size`` bytes fed is in a frame found, skipped, held back or a lead-in."""
         stats = framer.stats
-        framed = sum(len(self.encode(frame)) for frame in found)
+        framed = sum(self.size(frame) for frame in found)
         assert framed + stats.bytes_skipped + self.accounted(stats) + framer.pending == size
         assert stats.frames == len(found)
         assert framer.pending <= self.max_pending

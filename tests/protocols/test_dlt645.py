@@ -477,6 +477,11 @@ class TestDlt645Framer(FramerSuite[dlt645.Frame]):
         assert isinstance(stats, dlt645.Dlt645FramerStats)
         return stats.preamble_bytes
 
+    def size(self, frame: dlt645.Frame) -> int:
+        # Not len(encode_frame(frame)): the framer takes a frame from any address, BCD or not (a reply is
+        # taken as it comes), which encode_frame refuses; bench.fuzz found such a frame in mutated input.
+        return dlt645.OVERHEAD + len(frame.data)
+
     def accidental(self, stream: bytes, spans: list[tuple[int, int]]) -> bool:
         """A frame that passes every check starting at a garbage position (it could hide a real one)."""
         inside: set[int] = set()
