@@ -14,7 +14,7 @@ import types
 from collections.abc import Collection, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Final, Literal, Union, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -108,6 +108,8 @@ class _Loader:
                 devices_dir = self._devices_dir(doc, raw_dir)
             self._upstreams(doc, data)
         self._check_shared_lines()
+        if doc is not None and isinstance(doc.value, dict):
+            self._check_routes(doc, doc.value)
         if doc is not None and sections is not None:
             self._check_positions(doc, sections.gateway.position_from)
             if sections.upstream is not None:
@@ -121,7 +123,9 @@ class _Loader:
         if upstream is None:  # the first MQTT upstream is the primary one (status, commands)
             first = next((u for u in self.upstreams if isinstance(u, MqttConfig)), None)
             if first is not None:
-                upstream = UpstreamConfig(
+                # constructed, not validated again: its secrets are resolved already (validating
+                # password and password_env together again would refuse them)
+                upstream = UpstreamConfig.model_construct(
                     mqtt=MqttConfig.model_construct(
                         _fields_set=set(first.model_fields_set),
                         **{name: getattr(first, name) for name in MqttConfig.model_fields},
@@ -352,6 +356,36 @@ class _Loader:
                 continue
             seen[options.name] = index
             self.upstreams.append(options)
+
+    def _check_routes(self, doc: Document, data: dict[Hashable, Any]) -> None:
+        """A route's device that is a plain name (no glob) names a configured device (or the gateway, whose
+        own events carry its id): a misspelt name would leave that upstream without the device's events,
+        silently."""
+        raw_list = data.get("upstreams")
+        valid = {options.name for options in self.upstreams}
+        if not isinstance(raw_list, list) or not valid:
+            return
+        gateway = data.get("gateway")
+        gateway_id = gateway.get("id") if isinstance(gateway, dict) else None
+        for index, raw in enumerate(raw_list):
+            if not isinstance(raw, dict) or raw.get("name") not in valid:
+                continue
+            route = raw.get("route")
+            if not isinstance(route, dict):
+                continue
+            for key in ("devices", "exclude_devices"):
+                names = route.get(key)
+                if not isinstance(names, list):
+                    continue
+                for position, name in enumerate(names):
+                    if not isinstance(name, str) or any(c in name for c in "*?[") or name in self.names:
+                        continue
+                    if name == gateway_id:
+                        continue
+                    at = ("upstreams", index, "route", key, position)
+                    known = ", ".join(sorted(self.names)) or "none configured"
+                    message = f"no device named {name!r} (devices: {known})"
+                    self._problem(self.display, doc.line_of(at), at, message, doc)
 
     # -- devices --
 
@@ -834,6 +868,15 @@ def _kind(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
+_SCALAR_KINDS: Final = {
+    "literal_error": "", "enum": "", "int_type": "an integer", "int_parsing": "an integer",
+    "int_from_float": "an integer", "float_type": "a number", "float_parsing": "a number",
+    "string_type": "a string", "bool_type": "true or false", "bool_parsing": "true or false",
+}  # fmt: skip
+"""Pydantic's errors for a value that should have been one scalar: what it should have been ("": one of
+the values its message lists)."""
+
+
 def _message(
     error: ErrorDetails,
     value: Any,
@@ -853,6 +896,12 @@ def _message(
     if kind == "list_type":
         return f"expected a list, got {_kind(value)}"
     message = error["msg"]
+    if kind in _SCALAR_KINDS and isinstance(value, (list, dict)):  # `baudrate: [115200]` is no 115200
+        wanted = _SCALAR_KINDS[kind]
+        if wanted:
+            return f"expected {wanted}, got {_kind(value)}"
+        message = message.removeprefix("Input should be ").removeprefix("input should be ")
+        return f"expected one value, got {_kind(value)}: it should be {message}"
     for noise in ("Value error, ", "Assertion failed, "):
         message = message.removeprefix(noise)
     if message[:1].isupper() and message[1:2].islower():
