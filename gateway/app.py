@@ -434,6 +434,8 @@ class Gateway:
         registry, latency = build_registry(self)
         if isinstance(self.upstream, Forwarder):
             self.upstream.latency_observer = latency.observe
+        if settings.exposed is not None:
+            log.warning("metrics: %s", settings.exposed)
         server = MetricsServer(registry, self.health_reason, host=settings.host, port=settings.port)
         try:
             await server.start()

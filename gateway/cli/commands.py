@@ -198,6 +198,8 @@ def cmd_check(path: Path) -> int:
     print(f"{path}: OK ({len(config.devices)} device{'s' if len(config.devices) != 1 else ''})")
     for warning in _route_warnings(config):
         print(f"{path}: warning: {warning}", file=sys.stderr)
+    if config.metrics.exposed is not None:
+        print(f"{path}: warning: {config.metrics.exposed}", file=sys.stderr)
     return EXIT_OK
 
 

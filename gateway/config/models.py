@@ -5,6 +5,7 @@ reporting problems with FILE:LINE is :mod:`gateway.config.loader`; the whole pic
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -445,6 +446,25 @@ class MetricsConfig(_Section):
     @property
     def port(self) -> int:
         return split_listen(self.listen)[1]
+
+    @property
+    def exposed(self) -> str | None:
+        """A warning when enabled on an address other than loopback (the endpoints have no
+        authentication); None on loopback or when disabled."""
+        if not self.enabled:
+            return None
+        host = self.host
+        if host == "localhost":
+            return None
+        try:
+            if ipaddress.ip_address(host).is_loopback:
+                return None
+        except ValueError:
+            pass  # a host name: it may resolve to anything
+        return (
+            f"metrics.listen {self.listen} is not a loopback address: /metrics and /healthz have no "
+            "authentication; keep them on loopback or a management network behind a firewall"
+        )
 
 
 class BufferConfig(_Section):

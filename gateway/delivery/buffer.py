@@ -246,7 +246,7 @@ class BufferCursor:
         await self._buffer._cursor_ack(self.name, seqs)
 
     async def wait_for_new(self, after_seq: int) -> None:
-        await self._buffer.wait_for_new(after_seq)
+        await self._buffer._cursor_wait(self.name, after_seq)
 
     def backlog(self) -> UpstreamShare:
         share = self._buffer.stats().upstreams.get(self.name)
@@ -487,6 +487,9 @@ class SqliteBuffer(Buffer):
         self._masks: dict[tuple[str, str], int] = {}
         self._multi = False
         self._floor: dict[int, int] = {}  # bit -> no event pending for it has a seq <= this
+        # bit -> its cursor's last read came back empty with every seq up to this committed: nothing new for
+        # it until a later seq commits (events routed elsewhere must not wake it into a busy loop)
+        self._scanned: dict[int, int] = {}
         self._unflushed_bit: dict[int, set[int]] = {}  # one upstream's acks not committed yet
         self._unflushed_bit_max: dict[int, int] = {}  # >= every seq in that upstream's set
         self.unrouted = 0
@@ -975,6 +978,7 @@ class SqliteBuffer(Buffer):
         for bit in removed.values():
             if bit not in new.values():
                 self._floor.pop(bit, None)
+                self._scanned.pop(bit, None)
                 self._unflushed_bit.pop(bit, None)
                 self._unflushed_bit_max.pop(bit, None)
         self._bit_of = new
@@ -1020,7 +1024,16 @@ class SqliteBuffer(Buffer):
                 for r in rows
                 if (not hidden_all or r.seq not in hidden_all) and (not hidden_own or r.seq not in hidden_own)
             ]
+        if not rows:
+            self._scanned[bit] = max(self._scanned.get(bit, 0), known)
         return rows[:limit] if len(rows) > limit else rows
+
+    async def _cursor_wait(self, name: str, after_seq: int) -> None:
+        """Wait for an event this cursor may read: past ``after_seq`` and past what its last empty read
+        covered (with other upstreams' events arriving, ``wait_for_new`` alone would return at once)."""
+        bit = self._bit_of.get(name) if self._multi else None
+        scanned = self._scanned.get(bit, 0) if bit is not None else 0
+        await self.wait_for_new(max(after_seq, scanned))
 
     async def _cursor_ack(self, name: str, seqs: Iterable[int]) -> None:
         if not self._multi:
@@ -1215,6 +1228,7 @@ class SqliteBuffer(Buffer):
         self._unflushed_bit.clear()
         self._unflushed_bit_max.clear()
         self._floor = dict.fromkeys(self._floor, 0)
+        self._scanned.clear()
         self._unflushed_max = 0
         self._reader_close()
         if not self._closing:
