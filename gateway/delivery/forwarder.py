@@ -44,7 +44,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal, Protocol
 
@@ -494,7 +494,7 @@ class Forwarder:
             log.error("buffer.wait_for_new failed: %r", task.exception())
         self._wake.set()
 
-    def _publish(self, conn: MqttConnection, rows: Sequence[Stored], space: int) -> tuple[int, int]:
+    def _publish(self, conn: MqttConnection, rows: list[Stored], space: int) -> tuple[int, int]:
         """Publish ``rows`` (at most ``space`` messages); return (last seq published, rows consumed)."""
         self._linger_until = None
         if self._general:
@@ -563,31 +563,41 @@ class Forwarder:
         self.max_inflight_seen = max(self.max_inflight_seen, len(pending))
         return last, consumed
 
-    def _publish_general(self, conn: MqttConnection, rows: Sequence[Stored], space: int) -> tuple[int, int]:
+    def _publish_general(self, conn: MqttConnection, rows: list[Stored], space: int) -> tuple[int, int]:
         """:meth:`_publish` through the codec (another encoding, compression) and with properties (the
-        content type, the codec, a topic alias)."""
+        content type, the codec, a topic alias). With batches, the rows in hand are grouped by device and
+        kind (each group in seq order; the messages in the order of their first events), so that readers
+        whose events interleave still fill batches: MQTT orders messages per topic, and so does this. The
+        rows published are moved to the front of ``rows`` (the caller puts the rest back)."""
         pending = self._pending
         codec = self._codec
         batch = self.settings.batch_max_events
         max_sent = self._max_sent_seq
-        consumed = messages = resent = 0
-        n = len(rows)
-        while consumed < n and messages < space:
-            first = rows[consumed]
-            key = (first.device, first.kind)
-            end = consumed + 1
-            while (
-                end < n and end - consumed < batch and rows[end].device == key[0] and rows[end].kind == key[1]
-            ):
-                end += 1
-            group = rows[consumed:end]
-            topic, props = self._topic_and_properties(key)
+        resent = 0
+        groups: dict[tuple[str, str], list[Stored]] = {}
+        order: list[list[Stored]] = []  # messages, by their first event
+        for r in rows:
+            key = (r.device, r.kind)
+            group = groups.get(key)
+            if group is None or len(group) >= batch:
+                group = groups[key] = []
+                order.append(group)
+            group.append(r)
+        sent: list[Stored] = []
+        for messages, group in enumerate(order):
+            if messages >= space:
+                break
+            first = group[0]
+            topic, props = self._topic_and_properties((first.device, first.kind))
             seqs = tuple(r.seq for r in group)
             pending[conn.publish(topic, codec.encode(group, batch=batch > 1), properties=props)] = seqs
             resent += sum(1 for seq in seqs if seq <= max_sent)
-            messages += 1
-            consumed = end
-        last = rows[consumed - 1].seq
+            sent += group
+        if len(sent) < len(rows):
+            taken = {id(r) for r in sent}
+            rows[:] = sent + [r for r in rows if id(r) not in taken]
+        consumed = len(sent)
+        last = max(r.seq for r in sent)
         self._max_sent_seq = max(max_sent, last)
         if self._probe_mid is None and self.latency_observer is not None and pending:
             self._probe_mid = next(reversed(pending))

@@ -252,3 +252,29 @@ async def test_the_readme_consumer_example_with_mosquitto_sub_and_zstd(
     events = cbor2.loads(plain)
     assert [e["seq"] for e in events] == list(range(1, 21))
     assert events[0]["id"] == f"{gw}:1" and events[0]["data"]["antenna"] == 1
+
+
+async def test_interleaved_devices_still_fill_their_batches(tmp_path: Path, broker: Mosquitto) -> None:
+    """Two readers whose reads alternate: with compression each message holds one reader's events (in seq
+    order per topic), not runs of one."""
+    gw = f"gw-{uuid.uuid4().hex[:8]}"
+    sub = PropertySubscriber(broker, f"edgegw/{gw}/#")
+    try:
+        s = settings(broker, gw, batch_max_events=10, compression="zstd")
+        async with forwarding(tmp_path, s) as (buf, _):
+            reads_of = [Event(f"gate-{i % 2}", "rfid.read", 1.0 + i, {"i": i}) for i in range(40)]
+            await buf.append(reads_of)
+            await until("40 events", lambda: len(sub.events()) == 40, TIMEOUT)
+            await until("every event acknowledged", lambda: buf.stats().depth == 0, TIMEOUT)
+        messages = [m for m in sub.snapshot() if not m[0].endswith("/status")]
+        assert len(messages) == 4  # 2 readers x 20 reads, 10 per message
+        by_topic: dict[str, list[int]] = {}
+        for topic, payload, content_type, codec in messages:
+            batch = decode_message(payload, content_type, codec)
+            assert len(batch) == 10 and {e["device"] for e in batch} == {topic.split("/")[2]}
+            by_topic.setdefault(topic, []).extend(e["seq"] for e in batch)
+        for seqs in by_topic.values():
+            assert seqs == sorted(seqs)
+        assert sorted(s for seqs in by_topic.values() for s in seqs) == list(range(1, 41))
+    finally:
+        sub.close()
