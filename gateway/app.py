@@ -214,7 +214,15 @@ class Gateway:
                 backlog += f" (oldest {max(0.0, time.time() - stats.oldest_ts):.0f} s)"
             parts.append(backlog)
         upstream = self.upstream
-        if isinstance(upstream, Forwarder):
+        if len(self.upstreams) > 1:  # each one: connected or not, and its backlog
+            shares = stats.upstreams if stats is not None else {}
+            each = [
+                f"{name} {'up' if u.stats().connected else 'DOWN'}"
+                + (f" {shares[name].events}" if name in shares else "")
+                for name, u in self.upstreams.items()
+            ]
+            parts.append("upstreams " + ", ".join(each))
+        elif isinstance(upstream, Forwarder):
             parts.append("upstream connected" if upstream.connected else "upstream NOT connected")
         up = sum(1 for runner in self.runners.values() if runner.state == "connected")
         parts.append(f"devices {up}/{len(self.runners)} up")

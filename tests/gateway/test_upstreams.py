@@ -365,6 +365,7 @@ async def test_reload_adds_and_removes_upstreams_without_losing_or_repeating_ack
         assert value(parsed, "edgegw_upstream_up", upstream="a", kind="mqtt") == 1
         assert value(parsed, "edgegw_upstream_up", upstream="b", kind="mqtt") == 0
         assert value(parsed, "edgegw_upstream_delivered_events_total", upstream="a") == 10
+        assert "upstreams a up 0, b DOWN 10" in gateway.status_line()  # systemctl status's line
 
         # b (down, holding 10 events) goes, c comes: a keeps its session and its acknowledgements.
         a = gateway.upstreams["a"]
