@@ -261,6 +261,10 @@ def test_install_upgrade_remove_purge(
     edited = GATEWAY_YAML.read_text()
     asyncio.run(run_installed_gateway(broker))
     buffer_digest = sha256(BUFFER)
+    # Byte-code ships compiled for /opt/edgegw: running edgegw (as root, above) wrote nothing there.
+    owned = set(run("dpkg-query", "-L", "edgegw").splitlines())
+    strays = [str(p) for p in VENV.rglob("*") if str(p) not in owned]
+    assert strays == [], strays[:10]
 
     # -- upgrade: a newer version keeps the edited config and the buffer
     dpkg("--install", str(deb2))
