@@ -115,6 +115,19 @@ def all_panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         yield from all_panels(panel.get("panels", []))
 
 
+def legends(board: dict[str, Any]) -> list[tuple[str, str, set[str]]]:
+    """(where, PromQL, the labels its legend names as ``{{label}}``) of every panel target."""
+    return [
+        (
+            f"panel {panel['title']!r} {t['refId']}",
+            t["expr"],
+            set(re.findall(r"\{\{\s*(\w+)\s*\}\}", t["legendFormat"])),
+        )
+        for panel in all_panels(board["panels"])
+        for t in panel.get("targets", [])
+    ]
+
+
 def queries(board: dict[str, Any]) -> list[tuple[str, str]]:
     """(where, PromQL) of every panel target and every query variable."""
     found = []
@@ -212,6 +225,14 @@ async def test_every_metric_the_dashboard_queries_is_exposed_by_a_running_gatewa
             known = set().union(*(offered.get(n, set()) for n in inner)) | TARGET_LABELS
             if all(offered.get(n) for n in inner) and not labels <= known:
                 problems.append(f"{where}: grouped by {sorted(labels - known)}, which {sorted(inner)} lack")
+    for where, expr, named in legends(dashboard()):
+        grouped = [labels for labels, _ in groupings(expr)]
+        if grouped:  # what an aggregation keeps is all a legend can name
+            keeps = set().union(*grouped) | TARGET_LABELS
+        else:
+            keeps = set().union(*(offered.get(n, set()) for n in metric_names(expr))) | TARGET_LABELS
+        if not named <= keeps:
+            problems.append(f"{where}: the legend names {sorted(named - keeps)}, which the query drops")
     assert problems == []
     # The families the issue names are there with their labels, from a real scrape.
     assert {"device", "kind"} <= offered["edgegw_events_in_total"]
