@@ -187,6 +187,11 @@ class BleOptions(DriverOptions):
     bindkeys: dict[str, SecretStr] = Field(
         default_factory=dict, description="BTHome bind keys (32 hex digits) by device address."
     )
+    bindkeys_file: ConfigFile | None = Field(
+        default=None,
+        description="BTHome bind keys kept out of the config: a file of `ADDRESS KEY` lines (32 hex digits; "
+        "blank lines and # comments skipped), relative to this config file; readable by the gateway only.",
+    )
     min_interval_s: float = Field(
         default=10.0, ge=0, le=86_400, description="Report an unchanged payload at most this often."
     )
@@ -260,7 +265,42 @@ class BleOptions(DriverOptions):
     def _source(self) -> Self:
         if (self.adapter is None) == (self.replay is None):
             raise ValueError("give adapter (a Bluetooth adapter, e.g. hci0) or replay (a capture file), one")
+        if self.bindkeys_file is not None:
+            twice = sorted(read_bindkeys(self.bindkeys_file).keys() & self.bindkeys.keys())
+            if twice:
+                raise ValueError(
+                    f"bind keys of {', '.join(twice)} in both bindkeys and bindkeys_file: give one"
+                )
         return self
+
+    def all_bindkeys(self) -> dict[str, bytes]:
+        """Every bind key by normalised address: ``bindkeys_file``'s, then ``bindkeys``."""
+        keys = read_bindkeys(self.bindkeys_file) if self.bindkeys_file is not None else {}
+        keys.update(
+            (address, bytes.fromhex(key.get_secret_value())) for address, key in self.bindkeys.items()
+        )
+        return keys
+
+
+def read_bindkeys(path: Path) -> dict[str, bytes]:
+    """The bind keys of a ``bindkeys_file``: ``ADDRESS KEY`` a line. ValueError names the file and the line of
+    a bad one, never its contents (a key is a secret)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"cannot read {path}: {getattr(err, 'strerror', None) or err}") from None
+    keys: dict[str, bytes] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        fields = line.split("#", 1)[0].split()
+        if not fields:
+            continue
+        if len(fields) != 2 or not _MAC.match(fields[0]) or not re.fullmatch(r"[0-9A-Fa-f]{32}", fields[1]):
+            raise ValueError(f"{path}:{number}: not an `ADDRESS KEY` line (a MAC address, 32 hex digits)")
+        address = _norm_address(fields[0])
+        if address in keys:
+            raise ValueError(f"{path}:{number}: a second key for {address}")
+        keys[address] = bytes.fromhex(fields[1])
+    return keys
 
 
 # -- the scanner ----------------------------------------------------------------------------------------
@@ -429,9 +469,7 @@ class BleDriver(Driver[BleOptions]):
         """The last payload reported of each kind of advert of each address, and when (least recent first)."""
         self._counters: dict[str, int] = {}
         """The last encryption counter of each encrypted BTHome sensor (those with a bind key: bounded)."""
-        self._keys = {
-            address: bytes.fromhex(key.get_secret_value()) for address, key in options.bindkeys.items()
-        }
+        self._keys = options.all_bindkeys()
         self._formats = frozenset(options.formats)
 
     async def run(self, ctx: DeviceContext) -> None:
