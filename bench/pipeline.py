@@ -1,6 +1,7 @@
 """The whole pipeline under load: simulator -> pty -> ``edgegw run`` -> private Mosquitto -> subscriber.
 
     python -m bench.pipeline [--runs N] [--seconds S] [--warmup S] [--only batch1|batch50|latency]
+                             [--readers N] [--stamp off|on|both]
 
 Processes: a private Mosquitto (``tests.broker.Mosquitto``, with ``max_inflight_messages 100`` so its MQTT 5
 Receive Maximum does not cut the gateway's window of 100 down to Mosquitto's default 20), the simulated R2000
@@ -378,15 +379,31 @@ def _first_ts(body: Any) -> float:
 
 
 def gateway_config(
-    tmp: Path, broker: Mosquitto, link: Path, batch: int, window: int, *, gps: Path | None = None
+    tmp: Path,
+    broker: Mosquitto,
+    links: Sequence[Path],
+    batch: int,
+    window: int,
+    *,
+    gps: Path | None = None,
 ) -> Path:
-    """The bench's gateway; with ``gps`` (a receiver's pty), the reader's events stamped with its fixes."""
+    """The bench's gateway, a reader on each of ``links``; with ``gps`` (a receiver's pty), the readers'
+    events stamped with its fixes."""
     path = tmp / "gateway.yaml"
+    readers = "".join(
+        f"""  - name: reader-{i}
+    driver: uhf-r2000
+    port: {link}
+    inventory: fast_switch
+    antennas: {{1: ant-1, 2: ant-2, 3: ant-3, 4: ant-4}}
+"""
+        + ("    position_from: gps\n" if gps is not None else "")
+        for i, link in enumerate(links, 1)
+    )
     stamping = (
         ""
         if gps is None
-        else f"""    position_from: gps
-  - name: gps
+        else f"""  - name: gps
     driver: gps
     port: {gps}
     every_m: 20
@@ -404,12 +421,7 @@ upstream:
     max_inflight: {window}
     batch_max_events: {batch}
 devices:
-  - name: reader-1
-    driver: uhf-r2000
-    port: {link}
-    inventory: fast_switch
-    antennas: {{1: ant-1, 2: ant-2, 3: ant-3, 4: ant-4}}
-{stamping}"""
+{readers}{stamping}"""
     )
     return path
 
@@ -421,7 +433,7 @@ def _readline(proc: subprocess.Popen[bytes], timeout: float) -> str:
     return proc.stdout.readline().decode(errors="replace") if ready else ""
 
 
-def start_simulator(tmp: Path, link: Path, rate: float) -> subprocess.Popen[bytes]:
+def start_simulator(tmp: Path, link: Path, rate: float, log_name: str = "sim.log") -> subprocess.Popen[bytes]:
     args = [
         "uhf-r2000",
         "--link",
@@ -433,7 +445,7 @@ def start_simulator(tmp: Path, link: Path, rate: float) -> subprocess.Popen[byte
         "--antennas",
         "1,2,3,4",
     ]
-    return _start_sim(tmp, "sim.log", args)
+    return _start_sim(tmp, log_name, args)
 
 
 def start_gps(tmp: Path, link: Path) -> subprocess.Popen[bytes]:
@@ -498,10 +510,15 @@ def _pairs(text: str) -> dict[str, float]:
 
 
 def parse_summary(log: str) -> tuple[dict[str, float], dict[str, float]]:
-    """(the device line's counters, the loop line's figures); KeyError-free: missing lines give {}."""
-    device = _SUMMARY_DEVICE.search(log)
+    """(the readers' counters, summed over their device lines; the loop line's figures); KeyError-free:
+    missing lines give {}."""
+    device: dict[str, float] = {}
+    for match in _SUMMARY_DEVICE.finditer(log):
+        if match.group(1).startswith("reader-"):
+            for key, value in _pairs(match.group(2)).items():
+                device[key] = device.get(key, 0.0) + value
     loop = _SUMMARY_LOOP.search(log)
-    return (_pairs(device.group(2)) if device else {}), (_pairs(loop.group(1)) if loop else {})
+    return device, (_pairs(loop.group(1)) if loop else {})
 
 
 def left_in_buffer(path: Path) -> int:
@@ -537,9 +554,10 @@ def run_once(
     subscriber: str = "raw",
     show_log: bool = False,
     stamp: bool = False,
+    readers: int = 1,
 ) -> Result:
     tmp = Path(tempfile.mkdtemp(prefix="edgegw-bench-"))
-    link = tmp / "ttyR2000"
+    links = [tmp / "ttyR2000"] + [tmp / f"ttyR2000-{i}" for i in range(2, readers + 1)]
     procs: list[subprocess.Popen[bytes]] = []
     broker = Mosquitto(extra_config=[f"max_inflight_messages {window}"])
     sub: Subscriber | None = None
@@ -551,14 +569,17 @@ def run_once(
         if stamp:
             gps = tmp / "ttyGPS"
             procs.append(start_gps(tmp, gps))
-        sim = start_simulator(tmp, link, scenario.rate)
-        procs.append(sim)
-        gw = start_gateway(tmp, gateway_config(tmp, broker, link, scenario.batch, window, gps=gps))
+        sims = [
+            start_simulator(tmp, link, scenario.rate / readers, "sim.log" if i == 1 else f"sim-{i}.log")
+            for i, link in enumerate(links, 1)
+        ]
+        procs.extend(sims)
+        gw = start_gateway(tmp, gateway_config(tmp, broker, links, scenario.batch, window, gps=gps))
         procs.append(gw)
         rss = RssSampler(gw.pid).start()
 
         def alive() -> None:
-            for name, proc in (("gateway", gw), ("simulator", sim)):
+            for name, proc in (("gateway", gw), *(("simulator", sim) for sim in sims)):
                 if proc.poll() is not None:
                     raise RuntimeError(f"{name} exited ({proc.returncode}):\n{_tail(tmp)}")
             if not broker.running:
@@ -572,7 +593,7 @@ def run_once(
             time.sleep(0.02)
         _wait(warmup, alive)
 
-        pids = (gw.pid, sim.pid, broker.pid)
+        pids = (gw.pid, broker.pid, *(sim.pid for sim in sims))
         cpu0 = [proc_cpu_s(pid) for pid in pids]
         own0 = time.process_time()
         events0, messages0, t0 = sub.events, sub.messages, time.monotonic()
@@ -594,7 +615,8 @@ def run_once(
             time.sleep(0.05)
             if sub.events != last:
                 last, quiet_since = sub.events, time.monotonic()
-        stop_process(sim, 10.0)
+        for sim in sims:
+            stop_process(sim, 10.0)
 
         log = (tmp / "gateway.log").read_text(errors="replace")
         if show_log:
@@ -613,8 +635,8 @@ def run_once(
             messages_per_s=(messages1 - messages0) / elapsed,
             offered_per_s=read / reading_s,
             gw_cpu_pct=cpu[0],
-            sim_cpu_pct=cpu[1],
-            broker_cpu_pct=cpu[2],
+            sim_cpu_pct=sum(cpu[2:]),
+            broker_cpu_pct=cpu[1],
             sub_cpu_pct=(own1 - own0) / elapsed * 100,
             rss_max_mb=max(rss.max_kb, hwm_kb) / 1024,
             p50_ms=_percentile(lat, 0.50),
@@ -763,6 +785,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--show-log", action="store_true", help="print each gateway log to stderr")
     parser.add_argument(
+        "--readers",
+        type=int,
+        default=1,
+        help="simulated readers, each on its own pty and device, sharing the scenario's rate (default 1)",
+    )
+    parser.add_argument(
         "--stamp",
         choices=("off", "on", "both"),
         default="off",
@@ -797,6 +825,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     subscriber=args.subscriber,
                     show_log=args.show_log,
                     stamp=stamp,
+                    readers=args.readers,
                 )
                 result.speed_ms = speed
                 results[stamp].append(result)
