@@ -676,6 +676,7 @@ async def _sleep_until(t: float, gateway: Gateway, rss: list[tuple[float, int]])
 
 async def run(plan: Plan, tmp: Path, *, progress: Callable[[str], None] = lambda _m: None) -> Outcome:
     """The whole run in ``tmp``; returns what it recorded (:func:`account` makes the figures)."""
+    schedule(plan)  # a plan that cannot be laid out fails here, before anything is mounted
     buffer_dir = tmp / "buffer-fs"
     disk_full_skipped = None
     mounted = False
@@ -687,96 +688,100 @@ async def run(plan: Plan, tmp: Path, *, progress: Callable[[str], None] = lambda
     if disk_full_skipped:
         buffer_dir.mkdir(exist_ok=True)
         plan = dataclasses.replace(plan, disk_full_s=0.0)
-    buffer = buffer_dir / "buffer.db"
-    actions = schedule(plan)
-    broker = Mosquitto(persistence=True, extra_config=["max_inflight_messages 100", "max_queued_messages 0"])
-    devs = devices(tmp, plan.rate, plan.unplug_every)
-    sims: list[asyncio.subprocess.Process] = []
-    gateway = Gateway(gateway_config(tmp, buffer_dir, broker, devs), tmp / "gateway.log")
-    subscriber = ChaosSubscriber(broker)
-    outcome = Outcome(plan, devs, 0.0, 0.0, disk_full_skipped=disk_full_skipped)
     try:
-        await asyncio.to_thread(broker.start)
-        await asyncio.to_thread(subscriber.start)
-        for dev in devs:
-            if dev.sim_args:
-                sims.append(await start_simulator(tmp, dev))
-        outcome.started = t0 = time.time()
-        await gateway.start()
-        progress(f"chaos: {len(devs)} devices, {len(actions)} faults over {plan.seconds:g} s")
-        for action in actions:
-            await _sleep_until(t0 + action.at, gateway, outcome.rss_kb)
-            progress(f"chaos: t={time.time() - t0:5.1f} s {action.kind} {action.length:.1f}")
-            began = time.time()
-            if action.kind == "broker":
-                await asyncio.to_thread(broker.stop)
-                await _sleep_until(began + action.length, gateway, outcome.rss_kb)
-                await asyncio.to_thread(broker.start)
-                outcome.broker_restarts += 1
-            elif action.kind == "kill":
-                gateway.check()
-                await gateway.kill()
-                await gateway.start()
-            elif action.kind == "corrupt":
-                # with the broker down for a while first, so that the file holds a backlog when it dies
-                await asyncio.to_thread(broker.stop)
-                await _sleep_until(began + action.length, gateway, outcome.rss_kb)
-                gateway.check()
-                await gateway.kill()
-                outcome.corrupt = corrupt_copy(buffer, tmp / "corrupt-copy")
-                await gateway.start()
-                await asyncio.to_thread(broker.start)
-            elif action.kind == "disk_full":
-                # with the broker down, so that the backlog needs the room there is not
-                await asyncio.to_thread(broker.stop)
-                filler = fill_disk(buffer_dir, 0)
-                await _sleep_until(began + action.length, gateway, outcome.rss_kb)
-                filler.unlink()
-                await asyncio.to_thread(broker.start)
-            outcome.breaks.append((began, time.time(), action.kind))
-        await _sleep_until(t0 + plan.seconds, gateway, outcome.rss_kb)
-        outcome.ended = time.time()
-        gateway.check()
-        if gateway.proc is None:
+        buffer = buffer_dir / "buffer.db"
+        actions = schedule(plan)
+        broker = Mosquitto(
+            persistence=True, extra_config=["max_inflight_messages 100", "max_queued_messages 0"]
+        )
+        devs = devices(tmp, plan.rate, plan.unplug_every)
+        sims: list[asyncio.subprocess.Process] = []
+        gateway = Gateway(gateway_config(tmp, buffer_dir, broker, devs), tmp / "gateway.log")
+        subscriber = ChaosSubscriber(broker)
+        outcome = Outcome(plan, devs, 0.0, 0.0, disk_full_skipped=disk_full_skipped)
+        try:
+            await asyncio.to_thread(broker.start)
+            await asyncio.to_thread(subscriber.start)
+            for dev in devs:
+                if dev.sim_args:
+                    sims.append(await start_simulator(tmp, dev))
+            outcome.started = t0 = time.time()
             await gateway.start()
-        outcome.stop_code = await gateway.stop()
-        outcome.gateway_starts = gateway.starts
-        outcome.unexpected_exits = gateway.unexpected_exits
-        outcome.final_last_seq, outcome.final_left, outcome.dropped, outcome.corrupt_files = read_buffer(
-            buffer
-        )
-        outcome.corrupt_moved = sorted(
-            p.name for p in buffer_dir.glob("buffer.db.corrupt-*") if "-wal" not in p.name[-4:]
-        )
-        progress("chaos: waiting for the subscriber to have every committed event")
-        want = committed_seqs(outcome, subscriber_seqs(subscriber)) - outcome.final_left
-        if outcome.corrupt is not None:
-            want -= outcome.corrupt.held
-        deadline = time.monotonic() + 120
-        while not subscriber.has_all(want) and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.2)  # polled, bounded: paho's thread has no event for "all of these"
-        outcome.subscriber_connects = subscriber.connects
-        with subscriber.lock:
-            outcome.seen = dataclasses.replace(subscriber.seen)
-        log = gateway.log()
-        outcome.log_tail = "\n".join(log.splitlines()[-40:])
-        outcome.device_drops = device_drops(log)
+            progress(f"chaos: {len(devs)} devices, {len(actions)} faults over {plan.seconds:g} s")
+            for action in actions:
+                await _sleep_until(t0 + action.at, gateway, outcome.rss_kb)
+                progress(f"chaos: t={time.time() - t0:5.1f} s {action.kind} {action.length:.1f}")
+                began = time.time()
+                if action.kind == "broker":
+                    await asyncio.to_thread(broker.stop)
+                    await _sleep_until(began + action.length, gateway, outcome.rss_kb)
+                    await asyncio.to_thread(broker.start)
+                    outcome.broker_restarts += 1
+                elif action.kind == "kill":
+                    gateway.check()
+                    await gateway.kill()
+                    await gateway.start()
+                elif action.kind == "corrupt":
+                    # with the broker down for a while first, so that the file holds a backlog when it dies
+                    await asyncio.to_thread(broker.stop)
+                    await _sleep_until(began + action.length, gateway, outcome.rss_kb)
+                    gateway.check()
+                    await gateway.kill()
+                    outcome.corrupt = corrupt_copy(buffer, tmp / "corrupt-copy")
+                    await gateway.start()
+                    await asyncio.to_thread(broker.start)
+                elif action.kind == "disk_full":
+                    # with the broker down, so that the backlog needs the room there is not
+                    await asyncio.to_thread(broker.stop)
+                    filler = fill_disk(buffer_dir, 0)
+                    await _sleep_until(began + action.length, gateway, outcome.rss_kb)
+                    filler.unlink()
+                    await asyncio.to_thread(broker.start)
+                outcome.breaks.append((began, time.time(), action.kind))
+            await _sleep_until(t0 + plan.seconds, gateway, outcome.rss_kb)
+            outcome.ended = time.time()
+            gateway.check()
+            if gateway.proc is None:
+                await gateway.start()
+            outcome.stop_code = await gateway.stop()
+            outcome.gateway_starts = gateway.starts
+            outcome.unexpected_exits = gateway.unexpected_exits
+            outcome.final_last_seq, outcome.final_left, outcome.dropped, outcome.corrupt_files = read_buffer(
+                buffer
+            )
+            outcome.corrupt_moved = sorted(
+                p.name for p in buffer_dir.glob("buffer.db.corrupt-*") if "-wal" not in p.name[-4:]
+            )
+            progress("chaos: waiting for the subscriber to have every committed event")
+            want = committed_seqs(outcome, subscriber_seqs(subscriber)) - outcome.final_left
+            if outcome.corrupt is not None:
+                want -= outcome.corrupt.held
+            deadline = time.monotonic() + 120
+            while not subscriber.has_all(want) and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.2)  # polled, bounded: paho's thread has no event for "all of these"
+            outcome.subscriber_connects = subscriber.connects
+            with subscriber.lock:
+                outcome.seen = dataclasses.replace(subscriber.seen)
+            log = gateway.log()
+            outcome.log_tail = "\n".join(log.splitlines()[-40:])
+            outcome.device_drops = device_drops(log)
+        finally:
+            await gateway.kill()
+            for proc in sims:
+                if proc.returncode is None:
+                    proc.send_signal(signal.SIGTERM)
+            for proc in sims:
+                try:
+                    await asyncio.wait_for(proc.wait(), 10)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+            await asyncio.to_thread(subscriber.stop)
+            await asyncio.to_thread(broker.close)
+        return outcome
     finally:
-        await gateway.kill()
-        for proc in sims:
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in sims:
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-        await asyncio.to_thread(subscriber.stop)
-        await asyncio.to_thread(broker.close)
         if mounted:
             unmount(buffer_dir)
-    return outcome
 
 
 _DROP = re.compile(
