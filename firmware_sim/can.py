@@ -533,16 +533,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     parser.add_argument(
         "--time-scale", type=float, default=1.0, help="the drive's story runs this much faster (default 1)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the faults")
-    parser.add_argument(
-        "--fault",
-        dest="can_faults",
-        type=_fault_spec,
-        action="append",
-        default=[],
-        metavar="SPEC",
-        help="inject faults (below)",
-    )
+    serving.add_seed_and_faults(parser, "can", _fault_spec)
     return parser
 
 

@@ -599,15 +599,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
         "--preamble", type=int, choices=range(5), default=4, help="0xFE bytes before each reply (default 4)"
     )
     parser.add_argument("--echo", action="store_true", help="echo the master's bytes (RS-485 adapter)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the meters' values and the faults")
-    parser.add_argument(
-        "--fault",
-        dest="dlt645_faults",
-        type=_fault_spec,
-        action="append",
-        default=[],
-        metavar="SPEC",
-        help="inject faults (below)",
+    serving.add_seed_and_faults(
+        parser, "dlt645", _fault_spec, seed="seed of the meters' values and the faults"
     )
     return parser
 

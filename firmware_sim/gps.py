@@ -494,16 +494,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     parser.add_argument("--epoch", type=float, default=1.0, metavar="S", help="seconds between epochs (1)")
     parser.add_argument("--speedup", type=float, default=1.0, help="route seconds per real second (1)")
     parser.add_argument("--talker", default="GN", help="talker id: GN, GP, BD, GB, GL, GA (GN)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the faults")
-    parser.add_argument(
-        "--fault",
-        dest="gps_faults",
-        type=_fault_spec,
-        action="append",
-        default=[],
-        metavar="SPEC",
-        help="inject faults (below)",
-    )
+    serving.add_seed_and_faults(parser, "gps", _fault_spec)
     return parser
 
 

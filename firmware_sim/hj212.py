@@ -322,16 +322,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     )
     parser.add_argument("--refuse-code", type=int, default=2, help="QnRtn of the refuse fault (default 2)")
     parser.add_argument("--reply-delay", type=float, default=0.0, metavar="S", help="reply S seconds late")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the faults' randomness")
-    # dest is not "fault": edgegw sim parses args.fault with the R2000 fault grammar.
-    parser.add_argument(
-        "--fault",
-        dest="hj212_faults",
-        action="append",
-        default=[],
-        metavar="SPEC",
-        help="inject faults (below)",
-    )
+    serving.add_seed_and_faults(parser, "hj212", seed="seed of the faults' randomness")
     return parser
 
 

@@ -1267,15 +1267,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     parser.add_argument("--rssi-mean", type=float, default=-60.0, help="mean RSSI in dBm (default -60)")
     parser.add_argument("--rssi-spread", type=float, default=6.0, help="RSSI spread in dB (default 6)")
     parser.add_argument("--uptime-clock", action="store_true", help="no UTC clock: timestamps are uptime")
-    # dest is not "fault": edgegw sim parses args.fault with the R2000 fault grammar.
-    parser.add_argument(
-        "--fault",
-        dest="llrp_faults",
-        action="append",
-        default=[],
-        metavar="SPEC",
-        help="inject faults (below)",
-    )
+    serving.add_seed_and_faults(parser, "llrp", seed=None)
     return parser
 
 

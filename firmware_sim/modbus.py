@@ -79,6 +79,7 @@ from pymodbus.simulator import SimData, SimDevice
 from protocols import modbus as mb
 from protocols.modbus import ByteOrder, DataType, Table
 
+from . import serving
 from .pty import PtyEndpoint
 
 __all__ = [
@@ -1288,16 +1289,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     )
     parser.add_argument("--baudrate", type=int, default=9600, help="RTU line speed (recorded; default 9600)")
     parser.add_argument("--parity", choices=("N", "E", "O"), default="N", help="RTU parity (default N)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random faults")
-    # dest is not "fault": edgegw sim parses args.fault with the R2000 fault grammar.
-    parser.add_argument(
-        "--fault",
-        dest="modbus_faults",
-        action="append",
-        default=[],
-        metavar="SPEC",
-        help="inject faults (below)",
-    )
+    serving.add_seed_and_faults(parser, "modbus", seed="seed of the random faults")
     return parser
 
 

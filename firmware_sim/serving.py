@@ -322,6 +322,29 @@ def host_port(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def add_seed_and_faults(
+    parser: argparse.ArgumentParser,
+    family: str,
+    spec: Callable[[str], Any] | None = None,
+    *,
+    seed: str | None = "seed of the faults",
+) -> None:
+    """The ``--seed N`` (``seed`` is its help; None: no seed) and the repeatable ``--fault SPEC`` every
+    simulator takes. The faults land in ``args.<family>_faults``, not ``args.fault``: ``edgegw sim`` parses
+    ``args.fault`` with the R2000 fault grammar. ``spec`` parses each one as it is read, if given."""
+    if seed is not None:
+        parser.add_argument("--seed", type=int, default=0, help=seed)
+    parser.add_argument(
+        "--fault",
+        dest=f"{family}_faults",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="inject faults (below)",
+        type=str if spec is None else spec,
+    )
+
+
 def add_link_or_tcp(parser: argparse.ArgumentParser) -> None:
     """``--link PATH`` (a pty) or ``--tcp HOST:PORT``, one of them: a serial device's simulator."""
     where = parser.add_mutually_exclusive_group(required=True)

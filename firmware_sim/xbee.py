@@ -786,11 +786,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     parser.add_argument("--alarm-every", type=float, default=20.0, metavar="S", help="IAS zone alarm period")
     parser.add_argument("--rate", type=float, default=0.0, help="reports/s across the network (load test)")
     parser.add_argument("--escapes", action="store_true", help="addresses and values full of escaped bytes")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the faults")
-    parser.add_argument(
-        "--fault", dest="xbee_faults", type=_fault_spec, action="append", default=[], metavar="SPEC",
-        help="inject faults (below)",
-    )  # fmt: skip
+    serving.add_seed_and_faults(parser, "xbee", _fault_spec)
     return parser
 
 
