@@ -139,6 +139,8 @@ class UpstreamShare:
     bytes: int
     dropped: dict[str, int] = field(default_factory=dict)
     """Events dropped (by :class:`DropReason`) while routed to it and not acknowledged by it (persisted)."""
+    oldest_ts: float | None = None
+    """The event time of the oldest event it has not acknowledged (None when it has none)."""
 
 
 RouteFn = Callable[[str, str], bool]
@@ -360,6 +362,9 @@ class _State:
     """With two or more upstreams: bit -> [events, bytes] pending for it (with one: depth and bytes)."""
     updropped: dict[str, dict[str, int]] = field(default_factory=dict)
     """Upstream name -> reason -> events dropped while pending for it."""
+    oldest_of: dict[int, tuple[int, float]] = field(default_factory=dict)
+    """With two or more upstreams: bit -> (seq, ts) of the oldest event pending for it, for the bits the
+    writer has looked up since the state was made (see :func:`_oldest_of`)."""
 
 
 @dataclass(slots=True)
@@ -1131,7 +1136,13 @@ class SqliteBuffer(Buffer):
                 events, nbytes = s.depth, s.bytes
             dropped = {r.value: 0 for r in DropReason}
             dropped.update(s.updropped.get(name, {}))
-            shares[name] = UpstreamShare(events, nbytes, dropped)
+            if not events:
+                oldest = None
+            elif multi and bit in s.oldest_of:
+                oldest = s.oldest_of[bit][1]
+            else:
+                oldest = s.oldest_ts  # one upstream; or not looked up yet: the whole buffer's, an upper bound
+            shares[name] = UpstreamShare(events, nbytes, dropped, oldest)
         return shares
 
     async def wait_for_new(self, after_seq: int) -> None:
@@ -1463,6 +1474,7 @@ class SqliteBuffer(Buffer):
         state = _copy_state(self._wstate)
         state.names = dict(new)
         state.updropped = {name: state.updropped.get(name, {}) for name in new}
+        state.oldest_of = {}  # bits may be reassigned: each is looked up afresh
         gone = functools.reduce(operator.or_, (b for b in removed.values() if b not in new.values()), 0)
         if conn is not None:
             try:
@@ -1625,6 +1637,11 @@ class SqliteBuffer(Buffer):
             oldest_ts = _oldest_ts(conn)
         else:
             oldest_ts = old.oldest_ts if depth else None
+        oldest_of = (
+            _oldest_of(conn, old, backlog, acks, deleted_any, last_seq=old.last_seq)
+            if multi
+            else old.oldest_of
+        )
         conn.execute("COMMIT")
 
         totals = dict(old.dropped)
@@ -1648,6 +1665,7 @@ class SqliteBuffer(Buffer):
             names=old.names,
             backlog=backlog,
             updropped=uptotals,
+            oldest_of=oldest_of,
         )
 
     def _count_up(self, updropped: Counter[tuple[str, str]], masks: Iterable[int], reason: str) -> None:
@@ -2049,7 +2067,50 @@ def _copy_state(s: _State) -> _State:
         dict(s.names),
         {bit: list(v) for bit, v in s.backlog.items()},
         {name: dict(d) for name, d in s.updropped.items()},
+        dict(s.oldest_of),
     )
+
+
+def _oldest_of(
+    conn: sqlite3.Connection,
+    old: _State,
+    backlog: dict[int, list[int]],
+    acks: dict[int, list[int]],
+    deleted_any: bool,
+    *,
+    last_seq: int,
+) -> dict[int, tuple[int, float]]:
+    """Each upstream's oldest pending event (seq, ts) after a transaction, for the age of its backlog.
+
+    Looked up again only for a bit this transaction may have moved: acknowledged by it, rows deleted (acks
+    of the last upstream, dropped for room), or a backlog that was empty. A lookup starts at the bit's last
+    known oldest seq (rows before it are not pending for it, and seqs only grow), so over a buffer's life
+    each row is passed over at most once per upstream: an upstream that is far behind never costs the others
+    a scan of its backlog."""
+    out: dict[int, tuple[int, float]] = {}
+    acked = 0
+    for mask, seqs in acks.items():
+        if seqs:
+            acked |= -1 if mask == -1 else mask
+    for bit, (events, _) in backlog.items():
+        if events <= 0:
+            continue
+        known = old.oldest_of.get(bit)
+        if known is not None and not (deleted_any or bit & acked):
+            out[bit] = known
+            continue
+        if known is not None:
+            start = known[0]
+        elif old.backlog.get(bit, (0, 0))[0] <= 0:
+            start = last_seq + 1  # empty before: its oldest is among this transaction's appends
+        else:
+            start = 0  # not looked up yet since the state was made
+        row = conn.execute(
+            "SELECT seq, ts FROM events WHERE seq >= ? AND pending & ? ORDER BY seq LIMIT 1", (start, bit)
+        ).fetchone()
+        if row is not None:
+            out[bit] = (int(row[0]), float(row[1]))
+    return out
 
 
 def _bits(mask: int) -> Iterable[int]:

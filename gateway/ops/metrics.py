@@ -547,6 +547,11 @@ class GatewayCollector:
             ["upstream", "kind"],
         )
         nbytes = _gauge("edgegw_upstream_backlog_bytes", "Bytes of that backlog.", ["upstream", "kind"])
+        age = _gauge(
+            "edgegw_upstream_backlog_oldest_age_seconds",
+            "Age of the oldest event of that backlog (0 when empty).",
+            ["upstream", "kind"],
+        )
         dropped = _counter(
             "edgegw_upstream_dropped_events",
             "Events dropped from the buffer (by reason) while this upstream had not acknowledged them.",
@@ -556,10 +561,13 @@ class GatewayCollector:
             kind = kinds.get(name, "")
             events.add_metric([name, kind], share.events)
             nbytes.add_metric([name, kind], share.bytes)
+            oldest = share.oldest_ts
+            age.add_metric([name, kind], max(0.0, self.clock() - oldest) if oldest is not None else 0.0)
             for reason, n in sorted(share.dropped.items()):
                 dropped.add_metric([name, reason], n)
         yield events
         yield nbytes
+        yield age
         yield dropped
         up = _gauge("edgegw_upstream_up", "1 while this upstream is connected.", ["upstream", "kind"])
         sent = _counter("edgegw_upstream_sent_events", "Events sent, resends included.", ["upstream"])

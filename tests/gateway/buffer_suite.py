@@ -484,6 +484,39 @@ class BufferSuite(abc.ABC):
         assert await cursor_seqs(b) == [seqs[0], fifth, *later]
         assert buf.stats().depth == 4
 
+    async def test_each_upstream_knows_the_age_of_its_backlog(self, tmp_path: Path) -> None:
+        path = tmp_path / "buffer"
+        buf = await self.open(path)
+        await buf.set_upstreams([("a", EVERYTHING), ("b", EVERYTHING)])
+        a, b = buf.cursor("a"), buf.cursor("b")
+
+        def oldest() -> tuple[float | None, float | None]:
+            shares = buf.stats().upstreams
+            return shares["a"].oldest_ts, shares["b"].oldest_ts
+
+        seqs = await buf.append(evs(0, 4))  # event i has ts TS0 + i
+        assert oldest() == (TS0, TS0)
+        await a.ack(seqs[:3])
+        await buf.append(evs(4, 1))  # commits the acks
+        assert oldest() == (TS0 + 3, TS0)  # a moved on; b, which acked nothing, did not
+        await b.ack(seqs[:2])
+        await a.ack([*seqs[3:], seqs[-1] + 1])
+        await buf.append(evs(5, 1))
+        assert oldest() == (TS0 + 5, TS0 + 2)
+        await a.ack([seqs[-1] + 2])
+        await buf.append(evs(6, 1))
+        assert oldest() == (TS0 + 6, TS0 + 2)
+        await buf.close()
+
+        buf = await self.open(path)  # after a restart, known again at the first transaction
+        await buf.set_upstreams([("a", EVERYTHING), ("b", EVERYTHING)])
+        later = await buf.append(evs(7, 1))
+        assert oldest() == (TS0 + 6, TS0 + 2)
+        await buf.cursor("a").ack([seqs[-1] + 3, *later])
+        await buf.cursor("b").ack([*seqs[2:], seqs[-1] + 1, seqs[-1] + 2, seqs[-1] + 3, *later])
+        await buf.append(evs(8, 1))
+        assert oldest() == (TS0 + 8, TS0 + 8)
+
     async def test_routes_store_one_copy_for_the_upstreams_that_take_it(self, tmp_path: Path) -> None:
         buf = await self.open(tmp_path / "buffer")
         meters = lambda device, kind: kind.startswith("meter.")  # noqa: E731

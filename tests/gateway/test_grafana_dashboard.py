@@ -152,7 +152,7 @@ def test_the_dashboard_is_well_formed() -> None:
         "Events in per device (committed to the buffer)",
         "Events out per device (first publish)",
         "Backlog per upstream",
-        "Backlog age",
+        "Backlog age per upstream",
         "Drops by reason",
         "Device state",
         "Event-loop lag",
