@@ -244,6 +244,8 @@ def decode_frame(raw: bytes, *, escaped: bool = True) -> Frame:
     if escaped:
         if START in raw[1:]:
             raise DecodeError("0x7E inside an escaped frame: a frame cut short")
+        if XON in raw or XOFF in raw:
+            raise DecodeError("0x11 or 0x13 unescaped in an escaped frame (API mode 2 escapes XON and XOFF)")
         body = unescape(raw[1:])
     else:
         body = raw[1:]
@@ -264,7 +266,9 @@ class XBeeFramerStats(FramerStats):
     """:class:`~protocols.framing.FramerStats` and the rejections particular to XBee frames."""
 
     bad_escape: int = 0
-    """Candidate frames with 0x7D before a byte no escaped byte becomes (API mode 2)."""
+    """Candidate frames with 0x7D before a byte no escaped byte becomes, or with a raw 0x11 or 0x13, which a
+    sender in API mode 2 always escapes (XON and XOFF: a flow-control byte the serial line did not take, or
+    damage)."""
     truncated: int = 0
     """Candidate frames cut short by the next start delimiter (API mode 2): bytes were lost."""
 
@@ -278,11 +282,12 @@ class XBeeFramer(Framer[Frame]):
     :class:`Frame`\\ s.
 
     Mode 2: a raw 0x7E is always a start, so a candidate runs at most to the next one; it is rejected (and
-    counted) for an impossible length, a bad escape, a bad checksum, or for being cut short by the next
-    start (``truncated``), and the hunt resumes right after its 0x7E (its other bytes are then skipped and
-    counted). Mode 1 frames by length and checksum alone: a 0x7E inside a frame is data, a candidate is
-    rejected as in mode 2, or when it holds a whole valid frame (a false start whose 8-bit checksum
-    matched by chance, ``overlapping``). Never raises on input; every discarded byte is counted."""
+    counted) for an impossible length, a bad escape (a raw 0x11 or 0x13 too), a bad checksum, or for being
+    cut short by the next start (``truncated``), and the hunt resumes right after its 0x7E (its other bytes
+    are then skipped and counted). Mode 1 frames by length and checksum alone: a 0x7E inside a frame is
+    data, a candidate is rejected as in mode 2, or when it holds a whole valid frame (a false start whose
+    8-bit checksum matched by chance, ``overlapping``). Never raises on input; every discarded byte is
+    counted."""
 
     __slots__ = ("_buffer", "escaped")
 
@@ -352,6 +357,11 @@ class XBeeFramer(Framer[Frame]):
                     stats.bytes_skipped += 1
                     pos = start + 1
                     continue
+                if find(XON, start + 1, stop) >= 0 or find(XOFF, start + 1, stop) >= 0:
+                    stats.bad_escape += 1
+                    stats.bytes_skipped += 1
+                    pos = start + 1
+                    continue
                 frames.append(Frame(buffer[start + 3], bytes(buffer[start + 4 : stop - 1])))
                 stats.frames += 1
                 pos = stop
@@ -377,6 +387,8 @@ class XBeeFramer(Framer[Frame]):
                         stats.truncated += 1
                     elif sum(body[2:]) & 0xFF != 0xFF:
                         stats.bad_checksum += 1
+                    elif find(XON, start + 1, stop) >= 0 or find(XOFF, start + 1, stop) >= 0:
+                        stats.bad_escape += 1
                     else:
                         frames.append(Frame(body[2], bytes(body[3:-1])))
                         stats.frames += 1

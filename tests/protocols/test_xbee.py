@@ -314,6 +314,24 @@ def test_a_mis_escaped_frame_is_counted_and_skipped() -> None:
     assert framer.stats.bad_escape == 1 and framer.stats.bytes_skipped == len(broken)
 
 
+def test_a_raw_xon_or_xoff_in_an_escaped_frame_is_counted_and_skipped() -> None:
+    # API mode 2 always escapes 0x11 and 0x13 (software flow control may take them off the line): one raw
+    # is damage, or a flow-control byte the serial port did not consume. Its checksum still right, the
+    # frame is refused (and decode_frame says why), with or without other escapes in it.
+    for good in (AT_NJ, GOOD):
+        body = bytearray(xbee.unescape(good[1:]))
+        body[3:3] = b"\x11"  # a data byte 0x11, sent raw; length and checksum fitted to it
+        body[0:2] = (len(body) - 3).to_bytes(2, "big")
+        body[-1] = xbee.checksum(bytes(body[2:-1]))
+        raw = bytes((xbee.START,)) + bytes(xbee.escape(bytes(body))).replace(b"\x7d\x31", b"\x11")
+        assert b"\x11" in raw
+        with pytest.raises(DecodeError, match="0x11 or 0x13 unescaped"):
+            xbee.decode_frame(raw)
+        framer = xbee.XBeeFramer()
+        assert framer.feed(raw + good) == [xbee.decode_frame(good)]
+        assert framer.stats.bad_escape == 1 and framer.stats.bytes_skipped == len(raw)
+
+
 def test_an_escape_split_across_chunks_waits_for_its_second_byte() -> None:
     at = GOOD.index(b"\x7d")
     framer = xbee.XBeeFramer()
