@@ -469,7 +469,10 @@ class BleDriver(Driver[BleOptions]):
         """The last payload reported of each kind of advert of each address, and when (least recent first)."""
         self._counters: dict[str, int] = {}
         """The last encryption counter of each encrypted BTHome sensor (those with a bind key: bounded)."""
-        self._keys = options.all_bindkeys()
+        try:
+            self._keys = options.all_bindkeys()
+        except ValueError as err:  # the key file went away or changed since the config was checked
+            raise ConfigurationError(f"bindkeys_file: {err}") from None
         self._formats = frozenset(options.formats)
 
     async def run(self, ctx: DeviceContext) -> None:

@@ -29,7 +29,7 @@ from drivers.ble import (
     BleOptions,
 )
 from drivers.counters import DECODE_ERRORS
-from drivers.errors import ConnectionLost
+from drivers.errors import ConfigurationError, ConnectionLost
 from drivers.kinds import BLE_ADVERT, DEVICE_STATUS
 from drivers.testing import Harness, running
 from firmware_sim import ble as sim
@@ -99,6 +99,11 @@ async def test_bind_keys_from_a_file_decrypt_like_keys_in_the_config(tmp_path: P
         BleOptions.model_validate({"replay": str(SHIPPED), "bindkeys_file": str(keyfile)})
     assert f"{keyfile}:2: not an `ADDRESS KEY` line" in str(caught.value)
     assert secret[:-1] not in str(caught.value)  # a key is never shown
+    keyfile.write_text(f"{sim.ADDRESSES['bthome']} {secret}\n")
+    checked = BleOptions.model_validate({"replay": str(SHIPPED), "bindkeys_file": str(keyfile)})
+    keyfile.unlink()  # gone between the check and the start: the device stops, saying why
+    with pytest.raises(ConfigurationError, match="bindkeys_file: cannot read"):
+        BleDriver("gate-ble", checked)
     keyfile.write_text(f"{sim.ADDRESSES['bthome']} {secret}\n")
     with pytest.raises(ValidationError, match="in both bindkeys and bindkeys_file"):
         BleOptions.model_validate(
