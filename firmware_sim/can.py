@@ -506,14 +506,6 @@ def parse_faults(specs: list[str]) -> Faults:
     return Faults(**serving.parse_fault_specs(specs, _fault_fields))
 
 
-def _fault_spec(text: str) -> str:
-    try:
-        parse_faults([text])
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-    return text
-
-
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Add ``can`` to the ``edgegw sim`` subcommands."""
     parser = sub.add_parser(
@@ -533,7 +525,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     parser.add_argument(
         "--time-scale", type=float, default=1.0, help="the drive's story runs this much faster (default 1)"
     )
-    serving.add_seed_and_faults(parser, "can", _fault_spec)
+    serving.add_seed_and_faults(parser, "can", parse_faults)
     return parser
 
 

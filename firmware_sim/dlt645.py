@@ -543,14 +543,6 @@ def _fault_fields(name: str, text: str | None) -> dict[str, float]:
     return {name.replace("-", "_"): value}
 
 
-def _fault_spec(text: str) -> str:
-    try:
-        parse_faults([text])
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from err
-    return text
-
-
 def _meter_address(text: str) -> str:
     if not dlt645.is_meter_address(text):
         raise argparse.ArgumentTypeError(f"{text!r}: a meter address is 12 decimal digits (not 999999999999)")
@@ -600,7 +592,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     )
     parser.add_argument("--echo", action="store_true", help="echo the master's bytes (RS-485 adapter)")
     serving.add_seed_and_faults(
-        parser, "dlt645", _fault_spec, seed="seed of the meters' values and the faults"
+        parser, "dlt645", parse_faults, seed="seed of the meters' values and the faults"
     )
     return parser
 

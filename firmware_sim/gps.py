@@ -455,14 +455,6 @@ def _fault_fields(name: str, value: str | None) -> dict[str, float]:
     raise ValueError(f"unknown fault {name!r} (bad-checksum, truncate, noise, no-fix, silence, disconnect)")
 
 
-def _fault_spec(text: str) -> str:
-    try:
-        parse_faults([text])
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from err
-    return text
-
-
 def _waypoint(text: str) -> tuple[float, float]:
     lat, _sep, lon = text.partition(",")
     try:
@@ -494,7 +486,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     parser.add_argument("--epoch", type=float, default=1.0, metavar="S", help="seconds between epochs (1)")
     parser.add_argument("--speedup", type=float, default=1.0, help="route seconds per real second (1)")
     parser.add_argument("--talker", default="GN", help="talker id: GN, GP, BD, GB, GL, GA (GN)")
-    serving.add_seed_and_faults(parser, "gps", _fault_spec)
+    serving.add_seed_and_faults(parser, "gps", parse_faults)
     return parser
 
 

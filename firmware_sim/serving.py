@@ -325,13 +325,23 @@ def host_port(text: str) -> tuple[str, int]:
 def add_seed_and_faults(
     parser: argparse.ArgumentParser,
     family: str,
-    spec: Callable[[str], Any] | None = None,
+    check: Callable[[list[str]], object] | None = None,
     *,
     seed: str | None = "seed of the faults",
 ) -> None:
     """The ``--seed N`` (``seed`` is its help; None: no seed) and the repeatable ``--fault SPEC`` every
     simulator takes. The faults land in ``args.<family>_faults``, not ``args.fault``: ``edgegw sim`` parses
-    ``args.fault`` with the R2000 fault grammar. ``spec`` parses each one as it is read, if given."""
+    ``args.fault`` with the R2000 fault grammar. ``check`` (the family's ``parse_faults``), if given, is
+    tried on each SPEC as it is read, so that a bad one is a usage error naming it."""
+
+    def spec(text: str) -> str:
+        if check is not None:
+            try:
+                check([text])
+            except ValueError as err:
+                raise argparse.ArgumentTypeError(str(err)) from None
+        return text
+
     if seed is not None:
         parser.add_argument("--seed", type=int, default=0, help=seed)
     parser.add_argument(
@@ -341,7 +351,7 @@ def add_seed_and_faults(
         default=[],
         metavar="SPEC",
         help="inject faults (below)",
-        type=str if spec is None else spec,
+        type=spec,
     )
 
 

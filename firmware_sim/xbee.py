@@ -739,14 +739,6 @@ def _fault_fields(name: str, text: str | None) -> dict[str, float]:
     return {name.replace("-", "_"): value}
 
 
-def _fault_spec(text: str) -> str:
-    try:
-        parse_faults([text])
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from err
-    return text
-
-
 def _sensor(text: str) -> SimSensor:
     kind, sep, rest = text.partition("=")
     joined = True
@@ -786,7 +778,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     parser.add_argument("--alarm-every", type=float, default=20.0, metavar="S", help="IAS zone alarm period")
     parser.add_argument("--rate", type=float, default=0.0, help="reports/s across the network (load test)")
     parser.add_argument("--escapes", action="store_true", help="addresses and values full of escaped bytes")
-    serving.add_seed_and_faults(parser, "xbee", _fault_spec)
+    serving.add_seed_and_faults(parser, "xbee", parse_faults)
     return parser
 
 
