@@ -41,7 +41,6 @@ import datetime as dt
 import json
 import logging
 import math
-import os
 import re
 import time
 import zoneinfo
@@ -66,7 +65,14 @@ from gateway.backoff import Backoff
 from gateway.config.models import ReconnectConfig, SecretEnv, SecretFile, resolve_secret
 from gateway.config.models import _field_error as field_error
 from gateway.delivery.buffer import Stored
-from gateway.delivery.upstream import Cursor, Upstream, UpstreamContext, UpstreamOptions, UpstreamStats
+from gateway.delivery.upstream import (
+    Cursor,
+    Upstream,
+    UpstreamContext,
+    UpstreamOptions,
+    UpstreamStats,
+    save_state,
+)
 from protocols import hj212
 from protocols.errors import DecodeError, EncodeError
 
@@ -732,13 +738,8 @@ class Hj212Upstream(Upstream):
         path = self.o.state_file
         if path is None:
             return
-        tmp = path.with_name(path.name + ".tmp")
         try:
-            with tmp.open("w") as f:
-                json.dump({"days": self._days}, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            save_state(path, {"days": self._days})
         except OSError as err:
             self._log("state", logging.ERROR, "cannot write the state file %s: %s", path, err)
 

@@ -43,7 +43,6 @@ import contextlib
 import fnmatch
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,7 +73,14 @@ from gateway.config.models import (
 from gateway.config.models import _field_error as field_error
 from gateway.delivery.buffer import Stored
 from gateway.delivery.mqtt import MqttConnectError, MqttConnection, MqttNotConnected, TlsOptions, Will
-from gateway.delivery.upstream import Cursor, Upstream, UpstreamContext, UpstreamOptions, UpstreamStats
+from gateway.delivery.upstream import (
+    Cursor,
+    Upstream,
+    UpstreamContext,
+    UpstreamOptions,
+    UpstreamStats,
+    save_state,
+)
 from protocols import sparkplug as sp
 from protocols.errors import DecodeError, EncodeError
 
@@ -468,13 +474,8 @@ class SparkplugUpstream(Upstream):
         path = self.o.state_file
         if path is None:
             return
-        tmp = path.with_name(path.name + ".tmp")
         try:
-            with tmp.open("w") as f:
-                json.dump({"bdSeq": self._bdseq}, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            save_state(path, {"bdSeq": self._bdseq})
         except OSError as err:
             self._log("state", logging.ERROR, "sparkplug %s: cannot write %s: %s", self.name, path, err)
 

@@ -17,9 +17,12 @@ import abc
 import collections
 import fnmatch
 import importlib
+import json
+import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, ClassVar, Final, Protocol
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -37,6 +40,7 @@ __all__ = [
     "UpstreamOptions",
     "UpstreamStats",
     "load_kind",
+    "save_state",
 ]
 
 KINDS: Final[dict[str, str]] = {
@@ -261,3 +265,14 @@ def route_warnings(
                 f"({', '.join(sorted(possible))}): it will get nothing"
             )
     return warnings
+
+
+def save_state(path: Path, state: object) -> None:
+    """Write a kind's ``state_file`` as JSON, whole or not at all: a temporary file beside it, synced, then
+    renamed over it (a crash leaves the old state or the new, never half of one). OSError if it cannot."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as f:
+        json.dump(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
