@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import ssl
 import threading
@@ -69,7 +70,8 @@ MessageCallback = Callable[[Incoming], None]
 _MISC_INTERVAL_S = 1.0
 _QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 DISCONNECT_GRACE_S = 5.0
-"""How long :meth:`MqttConnection.disconnect` waits for DISCONNECT to go out before closing the socket."""
+"""How long :meth:`MqttConnection.disconnect` waits for DISCONNECT to go out and the broker to close its side
+before closing the socket."""
 
 
 class MqttError(Exception):
@@ -175,6 +177,8 @@ class MqttConnection:
         self._closed: asyncio.Future[None] = self._loop.create_future()
         self._misc: asyncio.TimerHandle | None = None
         self._sock: Any = None
+        self._closing = False
+        self._lingering: socket.socket | None = None
         self._lost_reported = False
         self.connected = False
         self.receive_maximum: int | None = None
@@ -283,12 +287,14 @@ class MqttConnection:
             raise MqttConnectError(f"connecting to {self.host}:{self.port}: {paho.error_string(rc)}")
 
     async def disconnect(self, *, grace_s: float = DISCONNECT_GRACE_S) -> None:
-        """Send DISCONNECT (so the broker does not publish the will) and wait for the socket to close."""
+        """Send DISCONNECT (so the broker does not publish the will) and wait for the broker to close the
+        connection (reading and discarding what it still sends), within ``grace_s``."""
         if self._sock is None:
             self._abort()
             return
         self.connected = False
         self._lost_reported = True  # the close we ask for is not a loss
+        self._closing = True
         self._client.disconnect()
         try:
             async with asyncio.timeout(grace_s):
@@ -314,6 +320,7 @@ class MqttConnection:
             with contextlib.suppress(OSError):
                 sock.close()
         self._sock = None
+        self._close_lingering()
         if not self._closed.done():
             self._closed.set_result(None)
 
@@ -438,9 +445,55 @@ class MqttConnection:
         self._in_loop(self._add_reader, sock)
 
     def _handle_socket_close(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
-        self._in_loop(self._remove_fd, sock.fileno())  # the fd now: the socket is closed right after
+        fd = sock.fileno()  # now: paho closes the socket right after this callback
+        self._in_loop(self._remove_fd, fd)
         self._sock = None
+        if self._closing and fd >= 0:
+            # paho has just written our DISCONNECT. Keep the connection open through a second descriptor
+            # until the broker closes its side: closing a socket whose receive queue holds unread bytes
+            # (a PUBACK still arriving) sends a TCP RST, and a broker that has not yet read our DISCONNECT
+            # loses it with the reset, takes the close for a failure and publishes the will as well.
+            try:
+                keep = socket.socket(fileno=os.dup(fd))
+            except OSError:
+                pass
+            else:
+                self._in_loop(self._linger, keep)
+                return
         self._in_loop(self._socket_closed)
+
+    def _linger(self, keep: socket.socket) -> None:
+        """Half-close (FIN after the DISCONNECT) and read, discarding, until the broker closes its side:
+        :meth:`disconnect` waits for that, within its grace, and :meth:`_abort` cuts it short."""
+        self._lingering = keep
+        try:
+            keep.shutdown(socket.SHUT_WR)
+            keep.setblocking(False)
+            self._loop.add_reader(keep, self._drain_lingering)
+        except OSError:
+            self._close_lingering()
+            self._socket_closed()
+
+    def _drain_lingering(self) -> None:
+        keep = self._lingering
+        if keep is None:
+            return
+        try:
+            if keep.recv(65536):
+                return  # more may follow; EOF is the broker's close
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        self._close_lingering()
+        self._socket_closed()
+
+    def _close_lingering(self) -> None:
+        keep, self._lingering = self._lingering, None
+        if keep is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._loop.remove_reader(keep)
+            keep.close()
 
     def _handle_register_write(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
         self._in_loop(self._add_writer, sock)

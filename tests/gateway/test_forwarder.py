@@ -25,7 +25,7 @@ import pytest
 from drivers.event import Event
 from gateway.delivery.buffer import Buffer, SqliteBuffer
 from gateway.delivery.forwarder import Forwarder, ForwarderSettings
-from gateway.delivery.mqtt import MqttConnectError, MqttConnection, TlsOptions
+from gateway.delivery.mqtt import MqttConnectError, MqttConnection, TlsOptions, Will
 from tests.broker import Message, Mosquitto, Subscriber
 from tests.waiting import until
 
@@ -337,6 +337,48 @@ async def test_last_will_offline_when_the_gateway_dies(broker: Mosquitto, tmp_pa
                 child.kill()
                 await child.wait()
     assert [m.payload for m in messages] == [b"online", b"offline"]
+
+
+async def test_a_disconnect_with_acks_still_arriving_never_sets_off_the_will(broker: Mosquitto) -> None:
+    """Publish, then DISCONNECT at once, while the broker's PUBACK is still on its way back: closing a
+    socket with unread bytes sends a TCP RST, and a broker that had not yet read the DISCONNECT lost it
+    with the reset and published the will as well (a second NDEATH for a Sparkplug host; one stop in
+    four did it here). The connection now half-closes and reads until the broker's own close."""
+    run = uuid.uuid4().hex[:6]
+    rounds = 60
+    async with Subscriber(broker, f"linger-{run}/#") as sub:
+        for i in range(rounds):
+            conn = MqttConnection(
+                host=broker.host,
+                port=broker.port,
+                client_id=f"linger-{run}-{i}",
+                on_ack=lambda _mid, _rc: None,
+                on_lost=lambda _reason: None,
+                will=Will(f"linger-{run}/will", f"will {i}".encode(), qos=1, retain=False),
+                connect_timeout_s=5.0,
+            )
+            await conn.connect()
+            await conn.subscribe([f"linger-{run}/data"])  # each message comes back, to arrive at the close
+            conn.publish(f"linger-{run}/data", f"data {i}".encode(), qos=1)
+            await conn.disconnect()
+        # A last message on the will topic, from a connection opened after every close above: once it is
+        # in, the broker has long since dealt with each of those closes.
+        last = MqttConnection(
+            host=broker.host,
+            port=broker.port,
+            client_id=f"linger-{run}-last",
+            on_ack=lambda _mid, _rc: None,
+            on_lost=lambda _reason: None,
+            connect_timeout_s=5.0,
+        )
+        await last.connect()
+        last.publish(f"linger-{run}/will", b"end", qos=1)
+        await last.disconnect()
+        messages = await sub.wait_until(lambda ms: b"end" in [m.payload for m in ms], TIMEOUT)
+    assert [m.payload for m in messages if m.topic.endswith("/will")] == [b"end"]
+    assert sorted(m.payload for m in messages if m.topic.endswith("/data")) == sorted(
+        f"data {i}".encode() for i in range(rounds)
+    )
 
 
 # -- TLS, auth, secrets ----------------------------------------------------------------------------------
