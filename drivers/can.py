@@ -307,7 +307,7 @@ class CanOptions(DriverOptions):
     def shared_line(self) -> SharedLine:
         """The CAN channel as a shared line of the config: ``edgegw check`` refuses two devices on one channel
         that disagree on its settings (naming both), before anything opens it."""
-        return SharedLine(self.key, (("driver", "can"), *self.settings))
+        return SharedLine(self.key, (("driver", "can"), *self.settings, ("listen_only", self.listen_only)))
 
 
 # -- the DBC ----------------------------------------------------------------------------------------------

@@ -376,6 +376,25 @@ def test_devices_on_one_can_channel_must_agree_on_its_settings(tmp_path: Path) -
     ]
 
 
+def test_devices_on_one_can_channel_must_agree_on_listen_only(tmp_path: Path) -> None:
+    # A controller is either listen-only (it does not even acknowledge frames) or not: one device that may
+    # transmit and one that must never disturb the bus cannot share it. Said by the config, not at run time.
+    text = (
+        MINIMAL
+        + "devices:\n"
+        + "  - {name: tap, driver: can, interface: virtual, channel: bus0, j1939: true}\n"
+        + "  - {name: body, driver: can, interface: virtual, channel: bus0, listen_only: false,"
+        + " raw_frames: true}\n"
+    )
+    gateway = write(tmp_path / "gw.yaml", text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(gateway)
+    assert [str(p) for p in caught.value.problems] == [
+        f"{gateway}:10: devices[1].listen_only: False, but tap on the same line (bus0) has True "
+        f"(the default) ({gateway}:9): devices sharing a line must use the same settings"
+    ]
+
+
 def test_two_names_of_one_port_are_one_line(tmp_path: Path) -> None:
     tty = write(tmp_path / "dev" / "ttyUSB0", "")
     by_id = tmp_path / "serial" / "by-id" / "usb-FTDI_FT232R-if00-port0"
