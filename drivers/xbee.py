@@ -9,8 +9,9 @@ reporting for the sensors the config lists under ``reporting:``, and reads every
 passes on:
 
 - an explicit RX indicator (0x91) with ZCL (:mod:`protocols.zcl`): Report Attributes and Read Attributes
-  Responses become one ``zigbee.report`` per attribute, named and scaled; an IAS Zone status change
-  notification (or a report of its ``zone_status``) a ``zigbee.alarm``; a Configure Reporting Response is
+  Responses become one ``zigbee.report`` per attribute, named and scaled (a report of an IAS zone's
+  ``zone_status`` attribute too); an IAS Zone status change notification a ``zigbee.alarm``; a Configure
+  Reporting Response is
   counted; an IAS zone's enroll request is answered;
 - with ZDO (endpoint 0, :mod:`protocols.zdo`): a device announce is a ``zigbee.joined`` (and its sensors'
   bindings and reporting are configured again: a sleepy sensor listens right after joining);

@@ -1,4 +1,5 @@
-"""The architecture, enforced: imports point one way (DESIGN.md, "Layout").
+"""The architecture, enforced: imports point one way (the project's DESIGN.md, "Layout";
+the README's layout table).
 
 - ``protocols`` imports none of the project's other packages (pure codecs);
 - ``firmware_sim`` imports only ``protocols`` (a simulator sharing the driver's code could not catch the
