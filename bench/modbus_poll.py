@@ -18,8 +18,8 @@ delivered, the gateway's CPU % of one core (``/proc/PID/stat``), its RSS at the 
 window (VmRSS; flat means no growth), the simulator's and broker's CPU, and from the gateway's shutdown
 summary its polls missed (a poll whose period passed before it could run), timeouts and queue drops.
 
-Goals (the issue): 400 x 10 every 250 ms: 16,000 readings/s delivered at <= 40 % of a core, RSS flat;
-100 x 100 every 500 ms: 20,000 readings/s.
+Goals: 400 x 10 every 250 ms: 16,000 readings/s delivered at <= 40 % of a core (issue 4; issue 10 asks
+<= 30 %), RSS flat; 100 x 100 every 500 ms: 20,000 readings/s.
 """
 
 from __future__ import annotations
@@ -352,8 +352,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{scenario.offered:,.0f} readings/s offered"
         )
         if scenario.devices == 400:
-            verdict = "PASS" if m.gw_cpu_pct <= 40 else "MISS"
-            print(f"  [{verdict}] gateway CPU <= 40 % of a core: {m.gw_cpu_pct:.1f}")
+            for goal, issue in ((40, "issue 4"), (30, "issue 10")):
+                verdict = "PASS" if m.gw_cpu_pct <= goal else "MISS"
+                print(f"  [{verdict}] gateway CPU <= {goal} % of a core ({issue}): {m.gw_cpu_pct:.1f}")
         grew = m.rss_end_mb - m.rss_start_mb
         print(
             f"  [{'PASS' if grew <= 2 else 'MISS'}] RSS flat: {m.rss_start_mb:.1f} -> {m.rss_end_mb:.1f} MB"

@@ -690,12 +690,20 @@ def _tail(tmp: Path) -> str:
 # --------------------------------------------------------------------------------------------------------
 # Output
 
+
+def cpu_us_per_event(r: Result) -> float:
+    """The gateway's CPU time per delivered event, in µs (CPU % of one core over events/s): the figure that
+    decides how many readers a slower cabinet CPU carries, steadier than events/s on a shared machine."""
+    return r.gw_cpu_pct / 100 * 1e6 / r.delivered_per_s if r.delivered_per_s else float("nan")
+
+
 COLUMNS: tuple[tuple[str, str, Callable[[Result], object]], ...] = (
     ("run", "<7", lambda r: ""),
     ("deliv ev/s", ">10,.0f", lambda r: r.delivered_per_s),
     ("msg/s", ">8,.0f", lambda r: r.messages_per_s),
     ("offered/s", ">9,.0f", lambda r: r.offered_per_s),
     ("gw CPU%", ">7.0f", lambda r: r.gw_cpu_pct),
+    ("us/ev", ">6.1f", cpu_us_per_event),
     ("RSS MB", ">6.1f", lambda r: r.rss_max_mb),
     ("p50 ms", ">7.1f", lambda r: r.p50_ms),
     ("p99 ms", ">7.1f", lambda r: r.p99_ms),
@@ -746,11 +754,14 @@ def verdicts(name: str, m: Result) -> Iterator[str]:
     def mark(ok: bool) -> str:
         return "PASS" if ok else "MISS"
 
+    us = cpu_us_per_event(m)
     if name == "batch1":
         rate = m.delivered_per_s
         yield f"{mark(rate >= 8000)} >= 8,000 events/s, one event per message: {rate:,.0f}"
+        yield f"{mark(us <= 40)} <= 40 us of gateway CPU per event, one per message: {us:.1f} us"
     if name == "batch50":
         yield f"{mark(m.delivered_per_s >= 50_000)} >= 50,000 events/s batched: {m.delivered_per_s:,.0f}"
+        yield f"{mark(us <= 12)} <= 12 us of gateway CPU per event, batched: {us:.1f} us"
     if name == "latency":
         yield f"{mark(m.p99_ms <= 50)} p99 <= 50 ms at 1,000 events/s: {m.p99_ms:.1f} ms (p50 {m.p50_ms:.1f})"
     yield f"{mark(m.rss_max_mb <= 60)} RSS <= 60 MB: {m.rss_max_mb:.1f} MB"
