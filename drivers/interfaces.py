@@ -1,14 +1,15 @@
 """Shared interfaces: one reader per physical interface, fanning its traffic out to every device on it.
 
-Some interfaces push everything they hear to everyone listening. A CAN interface (``can0``) carries the
-frames of every ECU on the bus, and a J1939 decoder and a DBC decoder configured as two devices both want
-them; a ZigBee coordinator stick reports for every sensor of its network; one Bluetooth adapter hears the
-advertisements of every BLE device in range. The interface can be opened once (a serial stick exclusively,
-a CAN controller in one mode at one bitrate), yet the supervisor runs each configured device as its own
-task, and a device must fail alone. :mod:`drivers.bus` is the meeting point for request/response lines; this
-module is the one for listening: a process-wide registry of :class:`Interface` objects keyed by the
-interface's real identity (:func:`serial_key`, :func:`netdev_key`, :func:`bluetooth_key`), each owning one
-source and one reader task that hands every frame to each :class:`Subscription`::
+Some interfaces push everything they hear to everyone listening. A CAN interface (``can0``) carries the frames
+of every ECU on the bus, and a J1939 decoder and a DBC decoder configured as two devices both want them; one
+Bluetooth adapter hears the advertisements of every BLE device in range. (A ZigBee coordinator stick reports
+for every sensor of its network too, but it also answers requests: one ``xbee`` device owns it and serves all
+its sensors, so it needs no sharing.) The interface can be opened once (a serial stick exclusively, a CAN
+controller in one mode at one bitrate), yet the supervisor runs each configured device as its own task, and a
+device must fail alone. :mod:`drivers.bus` is the meeting point for request/response lines; this module is the
+one for listening: a process-wide registry of :class:`Interface` objects keyed by the interface's real
+identity (:func:`serial_key`, :func:`netdev_key`, :func:`bluetooth_key`), each owning one source and one
+reader task that hands every frame to each :class:`Subscription`::
 
         can0 / /dev/ttyACM0 / hci0       opened by the first subscriber, closed by the last
                      |
