@@ -57,6 +57,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from bench.profile import summary
 from tests.broker import Mosquitto
 
 GATEWAY_ID = "bench"
@@ -555,7 +556,10 @@ def run_once(
     show_log: bool = False,
     stamp: bool = False,
     readers: int = 1,
+    profile: Path | None = None,
 ) -> Result:
+    """One run of ``scenario``; with ``profile``, py-spy records the gateway over the measuring window into
+    that file (``py-spy record --format raw``)."""
     tmp = Path(tempfile.mkdtemp(prefix="edgegw-bench-"))
     links = [tmp / "ttyR2000"] + [tmp / f"ttyR2000-{i}" for i in range(2, readers + 1)]
     procs: list[subprocess.Popen[bytes]] = []
@@ -597,10 +601,13 @@ def run_once(
         cpu0 = [proc_cpu_s(pid) for pid in pids]
         own0 = time.process_time()
         events0, messages0, t0 = sub.events, sub.messages, time.monotonic()
+        spy = start_profiler(gw.pid, seconds, profile) if profile is not None else None
         sub.sampling = True
         _wait(seconds, alive)
         sub.sampling = False
         events1, messages1, t1 = sub.events, sub.messages, time.monotonic()
+        if spy is not None:
+            spy.wait(timeout=seconds + 30)
         own1 = time.process_time()
         cpu1 = [proc_cpu_s(pid) for pid in pids]
         hwm_kb = proc_status_kb(gw.pid, "VmHWM")
@@ -659,6 +666,16 @@ def run_once(
         )
     finally:
         tear_down(procs, rss, sub, broker, tmp)
+
+
+def start_profiler(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy recording process ``pid`` for ``seconds`` into ``out`` (raw stacks, 250 samples/s, without
+    stopping the gateway: ``--nonblocking``). py-spy is a dev dependency; it needs ptrace (root, or
+    ``kernel.yama.ptrace_scope`` 0)."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    command = [spy, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds)))]
+    command += ["--rate", "250", "--format", "raw", "--nonblocking", "-o", str(out)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def tear_down(
@@ -808,8 +825,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="on: a GNSS receiver (edgegw sim gps) beside the reader, whose reads carry its position "
         "(position_from); both: each run without then with, interleaved, a median of each (default off)",
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="record each run's gateway with py-spy over the measuring window into DIR/<scenario>-<run>.txt "
+        "and print where its CPU goes, by part and in µs per event (bench.profile)",
+    )
     args = parser.parse_args(argv)
     names = args.only or ["batch1", "batch50", "latency"]
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
 
     print(
         f"simulator -> pty -> edgegw run -> mosquitto -> {args.subscriber} subscriber (QoS 0); "
@@ -828,6 +855,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for i in range(args.runs):
             for stamp in stamps:  # with --stamp both: without, then with, run after run (interleaved)
                 speed = machine_speed_ms()
+                label = f"#{i + 1}" + ("+pos" if stamp and len(stamps) > 1 else "")
+                spied = None
+                if args.profile is not None:
+                    spied = args.profile / f"{name}{'-pos' if stamp else ''}-{i + 1}.txt"
                 result = run_once(
                     scenario,
                     args.seconds,
@@ -837,11 +868,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     show_log=args.show_log,
                     stamp=stamp,
                     readers=args.readers,
+                    profile=spied,
                 )
                 result.speed_ms = speed
                 results[stamp].append(result)
-                label = f"#{i + 1}" + ("+pos" if stamp and len(stamps) > 1 else "")
                 print(row(label, result), flush=True)
+                if spied is not None:
+                    raw = spied.read_text() if spied.exists() else ""
+                    print(f"        profile {spied}:\n{summary(raw, cpu_us_per_event(result))}", flush=True)
                 if result.missing > 0:
                     print(
                         f"        ! {result.missing} missing: delivered {result.delivered} + left in buffer "
