@@ -74,7 +74,7 @@ from protocols.ble_adverts import (
     advert_from_json,
     advert_to_json,
     decode,
-    full_uuid,
+    normalise_uuid,
 )
 from protocols.errors import DecodeError
 
@@ -131,8 +131,6 @@ SCANNER_BACKEND: type[Any] | None = None
 
 ScanningMode = Literal["auto", "passive", "active"]
 _MAC: Final = re.compile(r"^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$")
-_HEX16: Final = re.compile(r"^[0-9a-f]{4}$")
-_UUID128: Final = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _BEACONS: Final = frozenset({"ibeacon", "eddystone-uid", "eddystone-url", "eddystone-tlm"})
 FormatName = Literal["bthome", "ruuvi", "ibeacon", "eddystone-uid", "eddystone-url", "eddystone-tlm", "raw"]
 assert set(FormatName.__args__) == set(FORMATS)  # type: ignore[attr-defined]  # one list of formats
@@ -223,14 +221,11 @@ class BleOptions(DriverOptions):
     @classmethod
     def _uuids(cls, value: list[str]) -> list[str]:
         out = []
-        for uuid in value:
-            text = uuid.lower().removeprefix("0x")
-            if _HEX16.match(text):
-                out.append(full_uuid(int(text, 16)))
-            elif _UUID128.match(text):
-                out.append(text)
-            else:
-                raise ValueError(f"{uuid!r} is no service UUID (16-bit like fcd2, or 128-bit)")
+        for text in value:
+            uuid = normalise_uuid(text)
+            if uuid is None:
+                raise ValueError(f"{text!r} is no service UUID (16-bit like fcd2, or 128-bit)")
+            out.append(uuid)
         return out
 
     @field_validator("manufacturer_ids")

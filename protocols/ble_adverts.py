@@ -47,6 +47,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -82,12 +83,28 @@ __all__ = [
     "full_uuid",
     "is_ibeacon",
     "mac_bytes",
+    "normalise_uuid",
 ]
 
 
 def full_uuid(short: int) -> str:
     """The 128-bit form (lowercase, as bleak gives it) of a 16-bit Bluetooth SIG UUID."""
     return f"0000{short:04x}-0000-1000-8000-00805f9b34fb"
+
+
+_SHORT_UUID: Final = re.compile(r"[0-9a-f]{4}|[0-9a-f]{8}")
+_UUID128: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def normalise_uuid(text: str) -> str | None:
+    """``text`` as bleak writes a UUID (128-bit, lowercase): a 16- or 32-bit SIG UUID (``fcd2``, ``0xFCD2``,
+    ``0000fcd2``) expanded on the Bluetooth base UUID, a 128-bit one lowercased; None if it is neither."""
+    text = text.strip().lower().removeprefix("0x")
+    if _SHORT_UUID.fullmatch(text):
+        return f"{int(text, 16):08x}-0000-1000-8000-00805f9b34fb"
+    if _UUID128.fullmatch(text):
+        return text
+    return None
 
 
 BTHOME_UUID: Final = full_uuid(0xFCD2)
@@ -211,10 +228,19 @@ def advert_from_json(line: str | bytes) -> Advert:
     if not isinstance(raw_service, dict):
         raise DecodeError("service_data: expected an object")
     for key, value in raw_service.items():
-        service[key.lower()] = _hex(value, f"service_data.{key}")
-    uuids = doc.get("service_uuids", [])
-    if not isinstance(uuids, list) or not all(isinstance(u, str) for u in uuids):
+        uuid = normalise_uuid(key)
+        if uuid is None:
+            raise DecodeError(f"service_data: {key!r} is no service UUID (16-bit like fcd2, or 128-bit)")
+        service[uuid] = _hex(value, f"service_data.{key}")
+    raw_uuids = doc.get("service_uuids", [])
+    if not isinstance(raw_uuids, list) or not all(isinstance(u, str) for u in raw_uuids):
         raise DecodeError("service_uuids: expected a list of strings")
+    uuids = []
+    for text in raw_uuids:
+        uuid = normalise_uuid(text)
+        if uuid is None:
+            raise DecodeError(f"service_uuids: {text!r} is no service UUID (16-bit like fcd2, or 128-bit)")
+        uuids.append(uuid)
     tx_power = _int(doc.get("tx_power"), "tx_power", optional=True)
     return Advert(
         address=address,
@@ -222,7 +248,7 @@ def advert_from_json(line: str | bytes) -> Advert:
         name=name,
         manufacturer_data=manufacturer,
         service_data=service,
-        service_uuids=tuple(u.lower() for u in uuids),
+        service_uuids=tuple(uuids),
         tx_power=tx_power,
         ts=float(ts),
     )

@@ -488,6 +488,20 @@ def test_capture_line_round_trip(advert: Advert) -> None:
     assert all(key.isdigit() for key in doc["manufacturer_data"])
 
 
+def test_a_hand_written_capture_line_may_give_short_uuids() -> None:
+    # bleak writes 128-bit UUIDs; a technician writing a line by hand (or another tool's export) writes fcd2.
+    # Both decode alike; a key that is no UUID is refused with the reason, not kept to match nothing.
+    sealed = "40020c09"  # BTHome v2, unencrypted: temperature (0x02) 0x090c x 0.01 = 23.16 °C
+    short = {"address": "A4:C1:38:00:00:01", "rssi": -60, "service_data": {"FCD2": sealed}}
+    full = {**short, "service_data": {BTHOME_UUID: sealed}, "service_uuids": ["0xfcd2"]}
+    a, b = advert_from_json(json.dumps(short)), advert_from_json(json.dumps(full))
+    assert a.service_data == b.service_data == {BTHOME_UUID: bytes.fromhex(sealed)}
+    assert b.service_uuids == (BTHOME_UUID,)
+    assert [d.values for d in decode(a)[0]] == [d.values for d in decode(b)[0]] == [{"temperature": 23.16}]
+    with pytest.raises(DecodeError, match="'bthome' is no service UUID"):
+        advert_from_json(json.dumps({**short, "service_data": {"bthome": sealed}}))
+
+
 @given(st.text(max_size=200) | st.binary(max_size=200))
 @settings(max_examples=500)
 def test_malformed_capture_lines_raise_decode_error_only(line: str | bytes) -> None:
