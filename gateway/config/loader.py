@@ -47,6 +47,7 @@ from gateway.config.models import (
     _reason,
 )
 from gateway.config.yamlsrc import Document, FieldPath, YamlError, load_file
+from gateway.delivery.schema import MAX_UPSTREAMS
 from gateway.delivery.upstream import UpstreamKindError, UpstreamOptions, load_kind
 from gateway.processors.rfid import SmoothingOptions
 
@@ -313,6 +314,14 @@ class _Loader:
             self._problem(
                 self.display, doc.line_of(path), path, "expected a non-empty list of upstreams", doc
             )
+            return
+        if len(raw_list) > MAX_UPSTREAMS:
+            path = ("upstreams", MAX_UPSTREAMS)
+            message = (
+                f"{len(raw_list)} upstreams; at most {MAX_UPSTREAMS} (the buffer keeps one bit per upstream "
+                "on every stored event)"
+            )
+            self._problem(self.display, doc.line_of(path), path, message, doc)
             return
         seen: dict[str, int] = {}
         gateway = data.get("gateway")

@@ -53,6 +53,7 @@ from gateway.delivery.schema import (
     APPLICATION_ID,
     CORRUPT_FILES_KEY,
     DROPPED_PREFIX,
+    MAX_UPSTREAMS,
     MIGRATE_1_2,
     ROW_OVERHEAD,
     SCHEMA,
@@ -303,8 +304,6 @@ _READ: Final = "SELECT seq, device, kind, ts, data FROM events WHERE seq > ? ORD
 _READ_MASK: Final = (
     "SELECT seq, device, kind, ts, data FROM events WHERE seq > ? AND pending & ? ORDER BY seq LIMIT ?"
 )
-_MAX_UPSTREAMS: Final = 62
-"""Bits of ``pending`` (a signed 64-bit integer) an upstream can have."""
 _MAX_RUNS: Final = 16
 _SUM_RANGE: Final = "SELECT count(*), coalesce(sum(size), 0) FROM events WHERE seq BETWEEN ? AND ?"
 _SUM_ACKED: Final = (
@@ -961,8 +960,8 @@ class SqliteBuffer(Buffer):
         names = [name for name, _ in routes]
         if len(set(names)) != len(names):
             raise ValueError(f"upstream names must be unique: {names}")
-        if len(names) > _MAX_UPSTREAMS:
-            raise ValueError(f"at most {_MAX_UPSTREAMS} upstreams")
+        if len(names) > MAX_UPSTREAMS:
+            raise ValueError(f"at most {MAX_UPSTREAMS} upstreams")
         old = self._bit_of
         kept = {name: old[name] for name in names if name in old}
         used = set(old.values())  # a bit freed now is reused only by a later call (see _writer_upstreams)

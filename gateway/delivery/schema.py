@@ -21,11 +21,15 @@ from __future__ import annotations
 
 from typing import Final
 
+MAX_UPSTREAMS: Final = 62
+"""Upstreams one buffer file serves: each has a bit of ``pending`` (a signed 64-bit integer)."""
+
 __all__ = [
     "ADD_TO_META",
     "APPLICATION_ID",
     "CORRUPT_FILES_KEY",
     "DROPPED_PREFIX",
+    "MAX_UPSTREAMS",
     "MIGRATE_1_2",
     "PURGED_KEY",
     "ROW_OVERHEAD",

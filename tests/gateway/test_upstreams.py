@@ -123,6 +123,21 @@ def test_bad_upstreams_are_rejected_with_file_line_and_field(
     assert any(line.startswith(expected) for line in said), said
 
 
+def test_more_upstreams_than_the_buffer_can_follow_are_refused_by_check(tmp_path: Path) -> None:
+    # Each stored event keeps one bit per upstream: the 63rd would fail only when the buffer opened, after
+    # the devices had started. The config says so first, at the entry that is one too many.
+    entries = "".join(f'  - {{name: u{i}, kind: mqtt, url: "mqtt://127.0.0.1:1883"}}\n' for i in range(63))
+    path = write(tmp_path, BASE + "upstreams:\n" + entries)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert [str(p) for p in caught.value.problems] == [
+        f"{path}:66: upstreams[62]: 63 upstreams; at most 62 (the buffer keeps one bit per upstream on every "
+        "stored event)"
+    ]
+    ok = write(tmp_path, BASE + "upstreams:\n" + "".join(entries.splitlines(keepends=True)[:62]))
+    assert len(load_config(ok).upstreams) == 62
+
+
 def test_check_warns_about_a_route_that_matches_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
