@@ -13,7 +13,8 @@ all of them, and a subscriber in this process. The offered load adds up to ``--r
 Faults, at random times (seeded) between a warm-up and a drain at the end, never two at once:
 
 - the broker stopped (SIGTERM: Mosquitto writes its persistence file) and started again after 1-4 s;
-- the gateway SIGKILLed and started again at once, as systemd's ``Restart=always`` does; at one of these
+- the gateway SIGKILLed and started again at once (the shipped unit's ``Restart=on-failure`` waits
+  ``RestartSec=5s``; the run does not, to fit more breaks into its minutes); at one of these
   restarts the buffer file is corrupted first (its header overwritten: ``file is not a database``), which the
   buffer must move aside (``buffer.db.corrupt-<UTC>``) and replace;
 - the buffer's filesystem full for a while (a small tmpfs mounted for the run, filled with a file of
