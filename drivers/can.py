@@ -3,13 +3,16 @@ reassembly, DM1), a DBC file (cantools), raw frames.
 
 Interfaces are python-can's own (``socketcan``: can0 through the kernel, slcand or candleLight adapters on
 the kernel's gs_usb driver; ``slcan``: LAWICEL serial adapters such as a CANable on /dev/ttyACM0;
-``gs_usb``: python-can's gs_usb interface over pyusb; ``virtual``: tests). The interface's library does the
-talking; the driver writes no adapter protocol. A device::
+``gs_usb``: python-can's gs_usb interface over pyusb, for candleLight-type adapters on kernels without that
+driver; ``virtual``: tests). The interface's library does the talking; the driver writes no adapter
+protocol. Listen-only is the controller's own mode where the driver opens it: slcan opens with ``L``, gs_usb
+starts the controller with GS_CAN_MODE_LISTEN_ONLY (an adapter without the feature is refused); socketcan's
+mode is the kernel's. A device::
 
     - name: chassis
       driver: can
       interface: slcan           # socketcan | slcan | gs_usb | virtual
-      channel: /dev/ttyACM0      # can0 for socketcan; the serial path for slcan
+      channel: /dev/ttyACM0      # can0 (socketcan); the serial path (slcan); the adapter's index (gs_usb)
       bitrate: 250000
       listen_only: true          # the default: never transmit, never acknowledge
       j1939: true                # decode J1939 and reassemble its transport protocol
@@ -63,8 +66,14 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Final, Literal, NamedTuple
 
 import can
+import usb.core  # type: ignore[import-untyped]  # pyusb ships no type hints
+import usb.util  # type: ignore[import-untyped]
 from can.exceptions import error_check
+from can.interfaces.gs_usb import GsUsbBus
 from can.interfaces.slcan import slcanBus
+from gs_usb.constants import GS_CAN_MODE_LISTEN_ONLY, GS_CAN_MODE_NORMAL  # type: ignore[import-untyped]
+from gs_usb.gs_usb import GsUsb  # type: ignore[import-untyped]  # gs-usb ships no type hints
+from gs_usb.gs_usb_frame import GS_USB_FRAME_SIZE, GS_USB_NONE_ECHO_ID, GsUsbFrame  # type: ignore[import-untyped]
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from protocols import j1939
@@ -644,6 +653,118 @@ _ADAPTER_LINES: Final = frozenset("tTrRdDbBxzZVvNF\r\x07")
 a version, serial number or status reply, or the bare CR / BEL of an answer."""
 
 
+GS_CAN_FEATURE_LISTEN_ONLY: Final = 1 << 0
+"""BT_CONST's feature flag of a controller that can be started listen-only (Linux's gs_usb.c; the gs-usb
+package names the mode flag of the same bit, not the feature)."""
+GS_USB_SAMPLE_POINT: Final = 87.5
+"""Percent: CiA's recommended sample point (the one python-can's gs_usb and the gs-usb package use)."""
+GS_USB_IN: Final = 0x81
+"""The gs_usb bulk IN endpoint: the frames the adapter hears."""
+
+
+class _GsUsbBus(GsUsbBus):
+    """python-can's gs_usb interface (a candleLight-type adapter over pyusb), opened the way a tap must be.
+
+    python-can 4.6's ``GsUsbBus`` starts the controller with the gs-usb package's default flags, normal mode:
+    a controller that acknowledges every frame it hears, one node more on a vehicle's bus, whatever the
+    gateway sends or not. It also reads through ``GsUsb.read``, which takes every USB error for "no frame":
+    an unplugged adapter would be silence, never a lost device. This bus differs in four points; sending and
+    the frame layout stay python-can's and the gs-usb package's:
+
+    - the controller is started with GS_CAN_MODE_LISTEN_ONLY when ``listen_only``, and an adapter whose
+      BT_CONST feature flags lack GS_CAN_FEATURE_LISTEN_ONLY is refused (:class:`ConfigurationError`): the
+      gs-usb package clears a flag the adapter lacks and would start it in normal mode without a word;
+    - no hardware timestamps are asked for (the adapter's count microseconds since its own start and wrap
+      every 71 minutes: no time of day); a frame is stamped when it is read, as with the virtual interface;
+    - the bulk IN endpoint is read here: a timeout is no frame, any other USB error (ENODEV: unplugged) is
+      :class:`can.CanOperationError`, which the source reports as the connection lost (the device is
+      reopened with backoff); the adapter's echoes of frames this bus sent are passed over, as socketcan
+      does without ``receive_own_messages``;
+    - shutdown resets the controller and releases pyusb's claim and handle. python-can's own re-scans the
+      adapter and starts it once more, in normal mode, before stopping it (its workaround for a reopen that
+      failed): on a vehicle bus, a moment of acknowledging frames. Here the next open starts from a device
+      nothing holds (reopening after a close and after an unplug is tested on a faked adapter, no real one).
+    """
+
+    def __init__(self, index: int, bitrate: int, *, listen_only: bool) -> None:
+        try:
+            adapters = GsUsb.scan()
+        except usb.core.NoBackendError as err:
+            raise MissingDependencyError("gs_usb: pyusb finds no libusb (install libusb-1.0)") from err
+        if index >= len(adapters):
+            raise can.CanInitializationError(f"no gs_usb adapter {index} (found {len(adapters)})")
+        adapter = adapters[index]
+        try:
+            capability = adapter.device_capability
+            if listen_only and not capability.feature & GS_CAN_FEATURE_LISTEN_ONLY:
+                raise ConfigurationError(
+                    f"gs_usb adapter {index} ({_usb_name(adapter.gs_usb)}) cannot listen only: its feature "
+                    f"flags 0x{capability.feature:08X} lack GS_CAN_FEATURE_LISTEN_ONLY, and started it would "
+                    "acknowledge every frame on the bus; use an adapter that can, or set listen_only: false"
+                )
+            try:
+                timing = can.BitTiming.from_sample_point(
+                    f_clock=capability.fclk_can, bitrate=bitrate, sample_point=GS_USB_SAMPLE_POINT
+                )
+            except ValueError as err:
+                raise ConfigurationError(
+                    f"gs_usb adapter {index}: bitrate {bitrate} cannot be set on its "
+                    f"{capability.fclk_can} Hz clock: {err}"
+                ) from None
+            # the controller's TSEG1 is prop_seg + phase_seg1; python-can's BitTiming gives it whole
+            prop_seg = 1
+            adapter.set_timing(prop_seg, timing.tseg1 - prop_seg, timing.tseg2, timing.sjw, timing.brp)
+            adapter.start(GS_CAN_MODE_LISTEN_ONLY if listen_only else GS_CAN_MODE_NORMAL)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                usb.util.dispose_resources(adapter.gs_usb)
+            raise
+        self.gs_usb = adapter
+        self.channel_info = f"gs_usb {index}"
+        self._index = index
+        self._bitrate = bitrate
+        can.BusABC.__init__(self, channel=str(index))  # not GsUsbBus.__init__: it opens in normal mode
+
+    def _recv_internal(self, timeout: float | None) -> tuple[can.Message | None, bool]:
+        timeout_ms = 1000 if timeout is None else max(1, round(timeout * 1000))  # libusb's 0 waits forever
+        try:
+            data = self.gs_usb.gs_usb.read(GS_USB_IN, GS_USB_FRAME_SIZE, timeout_ms)
+        except usb.core.USBTimeoutError:
+            return None, False
+        except usb.core.USBError as err:
+            raise can.CanOperationError(f"gs_usb adapter {self._index}: {err}") from err
+        if len(data) != GS_USB_FRAME_SIZE:
+            raise ValueError(f"a gs_usb frame of {len(data)} bytes, not {GS_USB_FRAME_SIZE}")
+        frame = GsUsbFrame()
+        GsUsbFrame.unpack_into(frame, bytes(data), False)
+        if frame.echo_id != GS_USB_NONE_ECHO_ID:
+            return None, False  # the echo of a frame this bus sent: the adapter's receipt, not bus traffic
+        message = can.Message(
+            timestamp=time.time(),
+            arbitration_id=frame.arbitration_id,
+            is_extended_id=frame.is_extended_id,
+            is_remote_frame=frame.is_remote_frame,
+            is_error_frame=frame.is_error_frame,
+            channel=self.channel_info,
+            dlc=frame.can_dlc,
+            data=bytes(frame.data[: frame.can_dlc]),
+        )
+        return message, False
+
+    def shutdown(self) -> None:
+        if self._is_shutdown:
+            return
+        can.BusABC.shutdown(self)
+        self.gs_usb.stop()  # MODE reset; the gs-usb package ignores the USB error of an unplugged adapter
+        with contextlib.suppress(usb.core.USBError):
+            usb.util.dispose_resources(self.gs_usb.gs_usb)
+
+
+def _usb_name(device: Any) -> str:
+    """A USB device as lsusb names it (from its descriptor: no transfer)."""
+    return f"{device.idVendor:04x}:{device.idProduct:04x} on bus {device.bus} address {device.address}"
+
+
 def _open_bus(options: CanOptions) -> Any:
     """python-can's bus for ``options`` (blocking: python-can's slcan waits after opening the port)."""
     kwargs: dict[str, Any] = {}
@@ -656,7 +777,7 @@ def _open_bus(options: CanOptions) -> Any:
             sleep_after_open=options.open_delay_s,
         )
     elif options.interface == "gs_usb":
-        kwargs = {"bitrate": options.bitrate, "index": int(options.channel)}
+        return _GsUsbBus(int(options.channel), options.bitrate, listen_only=options.listen_only)
     elif options.interface == "virtual":
         kwargs = {"rx_queue_size": SOURCE_QUEUE * 4}
     elif options.interface == "socketcan":
