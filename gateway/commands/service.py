@@ -27,9 +27,16 @@ For each message on ``<prefix>/<gateway>/+/cmd`` or ``<prefix>/<gateway>/cmd``, 
 Every request and every result is also an event (``command.request``, ``command.result``) through the
 pipeline into the durable buffer, so the record upstream is complete even when a result message is lost.
 Results wait in a bounded outbox while the broker is away and are published (QoS 1) once it is back;
-requests are never stored to run later. De-duplication is in memory: it does not survive a restart of the
-gateway (a request that was acknowledged to the broker but not answered before a crash has its
-``command.request`` event and no result).
+requests are never stored to run later.
+
+Crash safety: the window is also kept in a journal on disk (:mod:`gateway.commands.journal`,
+``<buffer.path>.commands``): an id is journaled as running before its command runs and with its result
+once that is made, and the journal is loaded into the window at start. A request is acknowledged to the
+broker (``manual_ack``) only once its result is queued for publishing, so one received but not answered
+before a crash is delivered again to the restarted gateway's session: an id whose result is journaled gets
+that result again, and an id journaled as running (the gateway stopped meanwhile) is answered ``error``,
+interrupted with its effect unknown; neither runs again. A journal that fails is logged and counted, and the
+window goes on in memory.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ from drivers.errors import DriverError
 from drivers.event import Event
 from drivers.kinds import COMMAND_REQUEST, COMMAND_RESULT
 from gateway.backoff import Backoff
+from gateway.commands.journal import CommandJournal
 from gateway.commands.protocol import (
     GATEWAY_COMMANDS,
     Malformed,
@@ -157,6 +165,8 @@ class CommandStats:
     outbox_dropped: int
     publish_refused: int
     connected: bool
+    journal_faults: int = 0
+    """Faults of the id journal (unreadable, unwritable): de-duplication went on in memory."""
 
 
 @dataclass(slots=True)
@@ -165,6 +175,31 @@ class _Reply:
 
     topic: str
     correlation: bytes | None
+    ack: _Ack | None = None
+    """Acknowledges the request's PUBLISH once its result is queued (None: nothing to acknowledge)."""
+
+
+class _Ack:
+    """The acknowledgement of one received request, sent at most once (on the connection it came on)."""
+
+    __slots__ = ("_conn", "_mid", "_qos")
+
+    def __init__(self, conn: MqttConnection, mid: int, qos: int) -> None:
+        self._conn: MqttConnection | None = conn
+        self._mid = mid
+        self._qos = qos
+
+    def __call__(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.ack(self._mid, self._qos)
+
+
+INTERRUPTED: Final = (
+    "interrupted: the gateway stopped (restart, crash or power loss) while this command ran; its effect on "
+    "the device is unknown, and it was not run again"
+)
+"""The reason given to a request whose id the journal holds as running, without a result."""
 
 
 @dataclass(slots=True)
@@ -244,6 +279,8 @@ class CommandService:
         self.duplicates = 0
         self.outbox_dropped = 0
         self.publish_refused = 0
+        self.journal = CommandJournal(Path(f"{config.buffer.path}.commands"))
+        self._load_journal()
 
     @property
     def in_flight(self) -> int:
@@ -259,7 +296,38 @@ class CommandService:
             outbox_dropped=self.outbox_dropped,
             publish_refused=self.publish_refused,
             connected=self.connected_event.is_set(),
+            journal_faults=self.journal.faults,
         )
+
+    def _load_journal(self) -> None:
+        """The journal's ids into the window, with their times carried over from wall clock to monotonic;
+        an id journaled as running gets its result now (interrupted: it is never run again)."""
+        entries = self.journal.load()
+        if not entries:
+            return
+        now, mono = self._clock(), self._monotonic()
+        interrupted = 0
+        for entry in entries:
+            result: tuple[Status, str | None, Mapping[str, Any] | None]
+            done_at = entry.done_at
+            if entry.result is not None:
+                result = entry.result
+            else:
+                result, done_at = ("error", INTERRUPTED, None), now
+                self.journal.done(entry.device, entry.id, result, done_at, entry.replayable_until)
+                interrupted += 1
+            self._seen[(entry.device, entry.id)] = _Seen(
+                result=result,
+                done_at=mono - max(0.0, now - done_at),
+                replayable_until=mono + (entry.replayable_until - now) if entry.replayable_until else 0.0,
+            )
+        log.info(
+            "commands: %d request id(s) from the journal %s (%d interrupted by the last stop)",
+            len(entries),
+            self.journal.path,
+            interrupted,
+        )
+        self._prune()
 
     # -- the connection -------------------------------------------------------------------------------------
 
@@ -331,12 +399,14 @@ class CommandService:
                 self._wake.set()
 
         def on_message(message: Incoming) -> None:
+            ack = _Ack(conn, message.mid, message.qos)
             if self._conn is not conn:
-                return
+                return  # not acknowledged: the session delivers it again to the current connection
             try:
-                self._on_message(message)
+                self._on_message(message, ack)
             except Exception:  # a bug here must not take the connection's reader down with it
                 log.exception("commands: a request on %s could not be handled", message.topic)
+                ack()  # not to be delivered again and again
 
         conn = MqttConnection(
             **connection_kwargs(self._mqtt),
@@ -346,6 +416,7 @@ class CommandService:
             on_message=on_message,
             session_expiry_s=expiry if expiry > 0 else None,
             no_delay=True,
+            manual_ack=True,
         )
         self._conn = conn
         self._lost.clear()
@@ -417,16 +488,20 @@ class CommandService:
                 with contextlib.suppress(MqttNotConnected, ValueError):
                     conn.publish(out.topic, out.payload, qos=1, properties=self._properties(out))
             await conn.disconnect(grace_s=1.0)
+        self.journal.close()
 
     # -- requests -----------------------------------------------------------------------------------------
 
-    def _on_message(self, message: Incoming) -> None:
+    def _on_message(self, message: Incoming, ack: _Ack | None = None) -> None:
+        """``ack``: acknowledges the request once its result is queued (with the reply; see _answer)."""
         target = parse_target(message.topic, self._prefix, self._gateway_id)
         if target is None or not message.payload:
+            if ack is not None:
+                ack()
             return  # not ours; or empty, which is how a retained message is cleared, not a request
         self.received += 1
         device = target.device
-        reply = _Reply(self._reply_topic(message, device), message.correlation_data)
+        reply = _Reply(self._reply_topic(message, device), message.correlation_data, ack)
         try:
             request = parse_request(message.payload)
         except Malformed as err:
@@ -473,6 +548,7 @@ class CommandService:
             )
             return
         seen = self._seen[key] = _Seen(replayable_until=self._replayable_until(request))
+        self.journal.running(device, request.id, self._wall(seen.replayable_until))
         self._running[device] += 1
         task = asyncio.create_task(
             self._execute(device, request, reply, seen, run), name=f"command:{request.id}"
@@ -635,6 +711,9 @@ class CommandService:
         self._running[device] -= 1
         seen.result = result
         seen.done_at = self._monotonic()
+        self.journal.done(
+            device, request.id, result, self._wall(seen.done_at), self._wall(seen.replayable_until)
+        )
         waiting, seen.waiting = seen.waiting, []
         duration = seen.done_at - started
         self._answer(device, request.id, request.command, [reply], result, duration_s=duration)
@@ -655,9 +734,16 @@ class CommandService:
         """Answer a request that did not run, and remember its result for repeats of its id (unless the id
         is already remembered: the first result stays the one repeats get)."""
         entry = _Seen(result=result, done_at=self._monotonic(), replayable_until=replayable_until)
-        self._seen.setdefault((device, request_id), entry)
+        if self._seen.setdefault((device, request_id), entry) is entry:
+            self.journal.done(
+                device, request_id, result, self._wall(entry.done_at), self._wall(replayable_until)
+            )
         self._answer(device, request_id, command, [reply], result)
         self._prune()
+
+    def _wall(self, monotonic: float) -> float:
+        """A monotonic time as wall-clock time, for the journal (0 stays 0: none)."""
+        return self._clock() + (monotonic - self._monotonic()) if monotonic else 0.0
 
     def _replayable_until(self, request: Request) -> float:
         age = self._clock() - request.ts
@@ -678,6 +764,7 @@ class CommandService:
             return  # the common case, without copying the keys
         guard = self._hmac_key is not None
         cap = window.count * SIGNED_WINDOW_FACTOR
+        forgotten: list[tuple[str | None, str]] = []
         for key in list(seen):
             entry = seen[key]
             if entry.result is None:
@@ -688,7 +775,9 @@ class CommandService:
             if not old and guard and entry.replayable_until > now and len(seen) <= cap:
                 continue
             del seen[key]
+            forgotten.append(key)
             excess -= 1
+        self.journal.forget(forgotten)
 
     # -- results --------------------------------------------------------------------------------------------
 
@@ -709,6 +798,8 @@ class CommandService:
         for reply in replies:
             self.results[status] += 1
             self._outbox.append(_Out(reply.topic, payload, reply.correlation))
+            if reply.ack is not None:
+                reply.ack()  # the result is queued: the broker may forget the request
         self._trim_outbox()
         self._wake.set()
         record: dict[str, Any] = {

@@ -15,7 +15,9 @@ does, without a Future per message:
 
 For the commands (:mod:`gateway.commands`), a connection can also receive: :meth:`MqttConnection.subscribe`
 and ``on_message(Incoming)``, and keep a persistent session (``session_expiry_s``: clean start off, so the
-broker keeps the subscription and queues QoS 1 requests while the link is down).
+broker keeps the subscription and queues QoS 1 requests while the link is down), and acknowledge what it
+receives itself (``manual_ack``: :meth:`MqttConnection.ack` once a request is answered, so that one received
+but not answered before a crash is delivered again to the next session).
 
 Errors::
 
@@ -54,7 +56,8 @@ LostCallback = Callable[[str], None]
 @dataclass(frozen=True, slots=True)
 class Incoming:
     """A message the broker delivered (``on_message``). paho acknowledges a QoS 1 message once the callback
-    has returned."""
+    has returned, unless the connection has ``manual_ack``: then :meth:`MqttConnection.ack` with ``mid``
+    and ``qos`` does."""
 
     topic: str
     payload: bytes
@@ -63,6 +66,9 @@ class Incoming:
     """MQTT 5 Response Topic, when the publisher set one."""
     correlation_data: bytes | None = None
     """MQTT 5 Correlation Data, when the publisher set it."""
+    mid: int = 0
+    """The PUBLISH packet id (what :meth:`MqttConnection.ack` acknowledges)."""
+    qos: int = 0
 
 
 MessageCallback = Callable[[Incoming], None]
@@ -157,6 +163,7 @@ class MqttConnection:
         on_message: MessageCallback | None = None,
         session_expiry_s: int | None = None,
         no_delay: bool = False,
+        manual_ack: bool = False,
     ) -> None:
         """``session_expiry_s``: None (the default) starts a clean session on every connect; a number keeps
         a persistent session (MQTT 5: clean start off and this Session Expiry Interval; 3.1.1: clean session
@@ -164,7 +171,9 @@ class MqttConnection:
         for (commands): TCP_NODELAY on the socket, and (Linux) TCP_QUICKACK re-armed after every read, so
         that neither side's Nagle waits on the other's delayed ACK (up to some 40 ms each time: Mosquitto
         keeps Nagle on by default, and holds a request for the gateway until its previous segment to it
-        is acknowledged). The forwarder leaves it off: there Nagle's coalescing of a burst is welcome."""
+        is acknowledged). The forwarder leaves it off: there Nagle's coalescing of a burst is welcome.
+        ``manual_ack``: a QoS 1 message received is acknowledged only by :meth:`ack` (the commands: once
+        answered), not when ``on_message`` returns."""
         self.host = host
         self.port = port
         self.client_id = client_id
@@ -199,6 +208,7 @@ class MqttConnection:
             clean_session=None if v5 else session_expiry_s is None,
             protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
             reconnect_on_failure=False,
+            manual_ack=manual_ack,
         )
         client.max_inflight_messages = 0  # the caller bounds its window; paho must not queue behind it
         client.max_queued_messages = 0
@@ -344,6 +354,12 @@ class MqttConnection:
             raise MqttNotConnected(f"publish to {self.host}:{self.port}: {paho.error_string(info.rc)}")
         return info.mid
 
+    def ack(self, mid: int, qos: int) -> None:
+        """Acknowledge the received message ``mid`` (``manual_ack``). On a connection that is no longer up
+        this does nothing: the broker delivers the message again to the next connection of the session."""
+        if self.connected and qos > 0:
+            self._client.ack(mid, qos)
+
     async def subscribe(self, topics: list[str], *, qos: int = 1) -> list[int]:
         """Subscribe to ``topics`` and wait for the SUBACK; return its reason codes, one per topic, in
         order (>= 0x80: refused, e.g. 0x87 not authorised). Raises :class:`MqttNotConnected` if the
@@ -376,6 +392,8 @@ class MqttConnection:
                 retain=bool(message.retain),
                 response_topic=response_topic if isinstance(response_topic, str) else None,
                 correlation_data=bytes(correlation) if isinstance(correlation, bytes | bytearray) else None,
+                mid=message.mid,
+                qos=message.qos,
             )
         )
 
