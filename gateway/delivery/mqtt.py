@@ -11,7 +11,9 @@ does, without a Future per message:
   loop thread, so the serial readers sharing the loop are never starved;
 - :meth:`MqttConnection.publish` is synchronous and returns the packet id (``mid``); the broker's PUBACK is
   reported through ``on_ack(mid, reason_code)``; a lost connection through ``on_lost(reason)``, called
-  once, the moment paho notices (EOF, socket error, keepalive timeout, DISCONNECT from the broker).
+  once, the moment paho notices (EOF, socket error, keepalive timeout, DISCONNECT from the broker);
+- a plain QoS 1 publish, its PUBACK, and the reads and writes under them take the fast paths of
+  :mod:`gateway.delivery.paho_client` (half of paho's CPU per message); anything else is paho's own.
 
 For the commands (:mod:`gateway.commands`), a connection can also receive: :meth:`MqttConnection.subscribe`
 and ``on_message(Incoming)``, and keep a persistent session (``session_expiry_s``: clean start off, so the
@@ -45,6 +47,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from gateway.delivery.paho_client import FastClient
+
 log = logging.getLogger("edgegw.mqtt")
 
 AckCallback = Callable[[int, int], None]
@@ -69,6 +73,8 @@ class Incoming:
     mid: int = 0
     """The PUBLISH packet id (what :meth:`MqttConnection.ack` acknowledges)."""
     qos: int = 0
+    dup: bool = False
+    """The broker's redelivery of a PUBLISH it sent before and saw no acknowledgement of (DUP flag)."""
 
 
 MessageCallback = Callable[[Incoming], None]
@@ -111,34 +117,6 @@ class Will:
     payload: bytes
     qos: int = 1
     retain: bool = True
-
-
-class _Client(paho.Client):
-    """paho's ``Client`` with a cheaper PUBACK path.
-
-    paho 2.x decodes every MQTT 5 PUBACK into a ``ReasonCode`` and a ``Properties`` object (about a third of
-    its CPU per QoS 1 message). A PUBACK is a packet id and, in MQTT 5, an optional reason code byte; this
-    reads those two and does the same bookkeeping as ``_do_on_publish`` (drop the message, release the
-    in-flight slot, mark its info published), then calls ``on_ack_fast`` directly. PUBCOMP and anything
-    unexpected take paho's own path. Pinned to paho-mqtt 2.x (pyproject: <3)."""
-
-    on_ack_fast: AckCallback | None = None
-
-    def _handle_pubackcomp(self, cmd: Literal["PUBACK", "PUBCOMP"]) -> MQTTErrorCode:
-        ack = self.on_ack_fast
-        packet = self._in_packet["packet"]
-        if cmd != "PUBACK" or ack is None or len(packet) < 2:
-            return super()._handle_pubackcomp(cmd)
-        mid = (packet[0] << 8) | packet[1]
-        reason = packet[2] if len(packet) > 2 else 0  # MQTT 5 may omit a 0 reason; 3.1.1 has none
-        with self._out_message_mutex:
-            msg = self._out_messages.pop(mid, None)
-            if msg is None:
-                return MQTTErrorCode.MQTT_ERR_SUCCESS
-            self._inflight_messages -= 1
-        msg.info._set_as_published()
-        ack(mid, reason)
-        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
 
 class MqttConnection:
@@ -202,7 +180,7 @@ class MqttConnection:
         self._subacks: dict[int, asyncio.Future[list[int]]] = {}
 
         v5 = protocol == "5"
-        client = _Client(
+        client = FastClient(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             clean_session=None if v5 else session_expiry_s is None,
@@ -349,7 +327,10 @@ class MqttConnection:
         PUBLISH properties (e.g. Correlation Data), ignored by 3.1.1."""
         if not self.connected:
             raise MqttNotConnected(f"not connected to {self.host}:{self.port}")
-        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        client = self._client
+        if qos == 1 and not retain and properties is None and client.fast_topic(topic):
+            return client.publish_qos1(topic, payload)  # the forwarder's every message: paho's cost spared
+        info = client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise MqttNotConnected(f"publish to {self.host}:{self.port}: {paho.error_string(info.rc)}")
         return info.mid
@@ -394,6 +375,7 @@ class MqttConnection:
                 correlation_data=bytes(correlation) if isinstance(correlation, bytes | bytearray) else None,
                 mid=message.mid,
                 qos=message.qos,
+                dup=bool(message.dup),
             )
         )
 
@@ -572,10 +554,11 @@ class MqttConnection:
         if self._no_delay and _QUICKACK is not None and self._sock is not None:
             with contextlib.suppress(OSError, AttributeError):
                 self._sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
-        # TLS may hold decrypted bytes the selector cannot see: drain them now.
+        # TLS may hold decrypted bytes the selector cannot see, and the client bytes it read but did not
+        # handle yet (it stops after 4,096 packets): come back for them, after the loop's other callbacks.
         sock = self._sock
-        while isinstance(sock, ssl.SSLSocket) and sock.pending() and self._sock is sock:
-            client.loop_read()
+        if sock is not None and (client.buffered() or (isinstance(sock, ssl.SSLSocket) and sock.pending())):
+            self._loop.call_soon(self._readable)
 
     def _writable(self) -> None:
         self._client.loop_write()
