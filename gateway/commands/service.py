@@ -14,7 +14,9 @@ For each message on ``<prefix>/<gateway>/+/cmd`` or ``<prefix>/<gateway>/cmd``, 
 2. HMAC, when ``hmac_key_file`` is set: missing or wrong -> ``refused`` (not remembered: an
    unauthenticated message must not take the id of a genuine one);
 3. de-duplication by (target, id) within ``dedupe_window``: a repeated id gets the first result again (or,
-   while the first is still running, the same result when it comes); it never runs twice;
+   while the first is still running, the same result when it comes; but the broker's own redelivery, its
+   DUP flag set, of a request this process took is the same request: acknowledged, no second result); it
+   never runs twice;
 4. expiry: ``ts`` older than ``max_age_s`` (or further than that in the future) -> ``expired``;
 5. the target: an unknown device -> ``error``; a command its driver does not offer, or one its
    ``commands:`` does not allow -> ``refused``; ``args`` validated against the command's model in pydantic's
@@ -177,6 +179,9 @@ class _Reply:
     correlation: bytes | None
     ack: _Ack | None = None
     """Acknowledges the request's PUBLISH once its result is queued (None: nothing to acknowledge)."""
+    silent: bool = False
+    """The broker's redelivery of a request still running here (its PUBLISH not yet acknowledged, say
+    across a broker restart): acknowledged with the result, which the first delivery's reply carries."""
 
 
 class _Ack:
@@ -213,6 +218,9 @@ class _Seen:
     replayable_until: float = 0.0
     """Monotonic time until which the request would not yet be expired: a replay of it would be judged
     on its id alone."""
+    here: bool = True
+    """Handled by this process, its result published through its outbox (False: loaded from the journal,
+    the result maybe never published before the last stop)."""
 
 
 @dataclass(slots=True)
@@ -320,6 +328,7 @@ class CommandService:
                 result=result,
                 done_at=mono - max(0.0, now - done_at),
                 replayable_until=mono + (entry.replayable_until - now) if entry.replayable_until else 0.0,
+                here=False,
             )
         log.info(
             "commands: %d request id(s) from the journal %s (%d interrupted by the last stop)",
@@ -528,6 +537,11 @@ class CommandService:
         if seen is not None:
             self.duplicates += 1
             self._audit_request(device, _request_record(request, message.topic, duplicate=True))
+            # The broker's redelivery (DUP) of a request this process took is that one request again: its
+            # result is (or will be) in the outbox, which publishes it across reconnects. Acknowledge it with
+            # that result, without a second one. A client's repeat, or a redelivery after a restart, is
+            # answered with the first result again.
+            reply.silent = message.dup and seen.here
             if seen.result is None:
                 seen.waiting.append(reply)
             else:
@@ -796,10 +810,13 @@ class CommandService:
         now = self._clock()
         payload = encode_result(request_id, status, reason, data, now)
         for reply in replies:
-            self.results[status] += 1
-            self._outbox.append(_Out(reply.topic, payload, reply.correlation))
+            if not reply.silent:
+                self.results[status] += 1
+                self._outbox.append(_Out(reply.topic, payload, reply.correlation))
             if reply.ack is not None:
                 reply.ack()  # the result is queued: the broker may forget the request
+        if replies and all(reply.silent for reply in replies):
+            return  # only redeliveries acknowledged: no result was published, none to record
         self._trim_outbox()
         self._wake.set()
         record: dict[str, Any] = {
