@@ -245,7 +245,8 @@ class CanOptions(DriverOptions):
     )
     listen_only: bool = Field(
         True,
-        description="Never transmit (slcan opens with L, a controller that neither sends nor acknowledges). "
+        description="Never transmit: the controller neither sends nor acknowledges (slcan opens with L, "
+        "gs_usb starts listen-only and an adapter that cannot is refused; socketcan: the kernel's setting). "
         "false allows the transmit command.",
     )
     j1939: bool = Field(
