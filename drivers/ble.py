@@ -220,13 +220,7 @@ class BleOptions(DriverOptions):
     @field_validator("service_uuids")
     @classmethod
     def _uuids(cls, value: list[str]) -> list[str]:
-        out = []
-        for text in value:
-            uuid = normalise_uuid(text)
-            if uuid is None:
-                raise ValueError(f"{text!r} is no service UUID (16-bit like fcd2, or 128-bit)")
-            out.append(uuid)
-        return out
+        return [normalise_uuid(text) for text in value]
 
     @field_validator("manufacturer_ids")
     @classmethod

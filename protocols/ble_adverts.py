@@ -96,15 +96,16 @@ _SHORT_UUID: Final = re.compile(r"[0-9a-f]{4}|[0-9a-f]{8}")
 _UUID128: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
-def normalise_uuid(text: str) -> str | None:
+def normalise_uuid(text: str) -> str:
     """``text`` as bleak writes a UUID (128-bit, lowercase): a 16- or 32-bit SIG UUID (``fcd2``, ``0xFCD2``,
-    ``0000fcd2``) expanded on the Bluetooth base UUID, a 128-bit one lowercased; None if it is neither."""
-    text = text.strip().lower().removeprefix("0x")
-    if _SHORT_UUID.fullmatch(text):
-        return f"{int(text, 16):08x}-0000-1000-8000-00805f9b34fb"
-    if _UUID128.fullmatch(text):
-        return text
-    return None
+    ``0000fcd2``) expanded on the Bluetooth base UUID, a 128-bit one lowercased; ValueError if it is
+    neither."""
+    short = text.strip().lower().removeprefix("0x")
+    if _SHORT_UUID.fullmatch(short):
+        return f"{int(short, 16):08x}-0000-1000-8000-00805f9b34fb"
+    if _UUID128.fullmatch(short):
+        return short
+    raise ValueError(f"{text!r} is no service UUID (16-bit like fcd2, or 128-bit)")
 
 
 BTHOME_UUID: Final = full_uuid(0xFCD2)
@@ -227,20 +228,17 @@ def advert_from_json(line: str | bytes) -> Advert:
     raw_service = doc.get("service_data", {})
     if not isinstance(raw_service, dict):
         raise DecodeError("service_data: expected an object")
-    for key, value in raw_service.items():
-        uuid = normalise_uuid(key)
-        if uuid is None:
-            raise DecodeError(f"service_data: {key!r} is no service UUID (16-bit like fcd2, or 128-bit)")
-        service[uuid] = _hex(value, f"service_data.{key}")
     raw_uuids = doc.get("service_uuids", [])
     if not isinstance(raw_uuids, list) or not all(isinstance(u, str) for u in raw_uuids):
         raise DecodeError("service_uuids: expected a list of strings")
-    uuids = []
-    for text in raw_uuids:
-        uuid = normalise_uuid(text)
-        if uuid is None:
-            raise DecodeError(f"service_uuids: {text!r} is no service UUID (16-bit like fcd2, or 128-bit)")
-        uuids.append(uuid)
+    where = "service_data"
+    try:
+        for key, value in raw_service.items():
+            service[normalise_uuid(key)] = _hex(value, f"service_data.{key}")
+        where = "service_uuids"
+        uuids = [normalise_uuid(text) for text in raw_uuids]
+    except ValueError as err:  # normalise_uuid's (a DecodeError of _hex is no ValueError: it goes on up)
+        raise DecodeError(f"{where}: {err}") from None
     tx_power = _int(doc.get("tx_power"), "tx_power", optional=True)
     return Advert(
         address=address,
