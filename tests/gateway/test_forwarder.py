@@ -346,31 +346,28 @@ async def test_a_disconnect_with_acks_still_arriving_never_sets_off_the_will(bro
     four did it here). The connection now half-closes and reads until the broker's own close."""
     run = uuid.uuid4().hex[:6]
     rounds = 60
+
+    def connection(name: str, will: Will | None = None) -> MqttConnection:
+        return MqttConnection(
+            host=broker.host,
+            port=broker.port,
+            client_id=f"linger-{run}-{name}",
+            on_ack=lambda _mid, _rc: None,
+            on_lost=lambda _reason: None,
+            will=will,
+            connect_timeout_s=5.0,
+        )
+
     async with Subscriber(broker, f"linger-{run}/#") as sub:
         for i in range(rounds):
-            conn = MqttConnection(
-                host=broker.host,
-                port=broker.port,
-                client_id=f"linger-{run}-{i}",
-                on_ack=lambda _mid, _rc: None,
-                on_lost=lambda _reason: None,
-                will=Will(f"linger-{run}/will", f"will {i}".encode(), qos=1, retain=False),
-                connect_timeout_s=5.0,
-            )
+            conn = connection(str(i), Will(f"linger-{run}/will", f"will {i}".encode(), qos=1, retain=False))
             await conn.connect()
             await conn.subscribe([f"linger-{run}/data"])  # each message comes back, to arrive at the close
             conn.publish(f"linger-{run}/data", f"data {i}".encode(), qos=1)
             await conn.disconnect()
         # A last message on the will topic, from a connection opened after every close above: once it is
         # in, the broker has long since dealt with each of those closes.
-        last = MqttConnection(
-            host=broker.host,
-            port=broker.port,
-            client_id=f"linger-{run}-last",
-            on_ack=lambda _mid, _rc: None,
-            on_lost=lambda _reason: None,
-            connect_timeout_s=5.0,
-        )
+        last = connection("last")
         await last.connect()
         last.publish(f"linger-{run}/will", b"end", qos=1)
         await last.disconnect()

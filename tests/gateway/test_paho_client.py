@@ -121,6 +121,15 @@ def test_queued_packets_go_out_whole_and_in_order_through_partial_writes(protoco
     assert len(got) == len(expected) + 2 + 2 + len("edgegw/gw/status") + (1 if protocol == "5" else 0) + 6
 
 
+def acking(sock: socket.socket, protocol: str) -> tuple[FastClient, list[tuple[int, int]]]:
+    """A fast client on ``sock`` and the list its ``on_ack_fast`` fills."""
+    fast = client(FastClient, protocol)
+    attach(fast, sock)
+    acks: list[tuple[int, int]] = []
+    fast.on_ack_fast = lambda mid, reason: acks.append((mid, reason))
+    return fast, acks
+
+
 def puback(mid: int, reason: int | None = None) -> bytes:
     body = struct.pack(">H", mid) + (bytes([reason]) if reason is not None else b"")
     return bytes([0x40, len(body)]) + body
@@ -129,10 +138,7 @@ def puback(mid: int, reason: int | None = None) -> bytes:
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 def test_pubacks_read_in_one_go_reach_on_ack_in_order(protocol: str, pair: Pair) -> None:
     a, b = pair
-    fast = client(FastClient, protocol)
-    attach(fast, a)
-    acks: list[tuple[int, int]] = []
-    fast.on_ack_fast = lambda mid, reason: acks.append((mid, reason))
+    fast, acks = acking(a, protocol)
     mids = [fast.publish_qos1("t/x", b"%d" % i) for i in range(1000)]
     fast.loop_write()
     drain(b)
@@ -150,14 +156,9 @@ def test_pubacks_read_in_one_go_reach_on_ack_in_order(protocol: str, pair: Pair)
     assert not fast._fast_mids  # every fast publish acknowledged, none twice
 
 
-def test_a_puback_for_a_message_paho_published_still_reaches_on_ack(
-    pair: Pair,
-) -> None:
+def test_a_puback_for_a_message_paho_published_still_reaches_on_ack(pair: Pair) -> None:
     a, b = pair
-    fast = client(FastClient, "5")
-    attach(fast, a)
-    acks: list[tuple[int, int]] = []
-    fast.on_ack_fast = lambda mid, reason: acks.append((mid, reason))
+    fast, acks = acking(a, "5")
     retained = fast.publish("edgegw/gw/status", b"online", qos=1, retain=True)  # paho's own path
     fast.loop_write()
     drain(b)
@@ -167,9 +168,7 @@ def test_a_puback_for_a_message_paho_published_still_reaches_on_ack(
     assert acks == [(retained.mid, 0)] and retained.is_published()
 
 
-def test_the_socket_closing_is_seen_with_bytes_still_buffered(
-    pair: Pair,
-) -> None:
+def test_the_socket_closing_is_seen_with_bytes_still_buffered(pair: Pair) -> None:
     a, b = pair
     fast = client(FastClient, "5")
     attach(fast, a)
