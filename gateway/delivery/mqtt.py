@@ -337,8 +337,13 @@ class MqttConnection:
 
     def ack(self, mid: int, qos: int) -> None:
         """Acknowledge the received message ``mid`` (``manual_ack``). On a connection that is no longer up
-        this does nothing: the broker delivers the message again to the next connection of the session."""
-        if self.connected and qos > 0:
+        this does nothing: the broker delivers the message again to the next connection of the session.
+
+        "Up" is the socket, not :attr:`connected`: a broker sends what it queued for a resumed session
+        right behind the CONNACK, and those messages are handled (and may be answered) in the same read,
+        before :meth:`connect` has returned and set :attr:`connected`. Their acknowledgements must go out
+        too, else each is delivered again at every reconnect."""
+        if qos > 0 and self._sock is not None and not self._closing:
             self._client.ack(mid, qos)
 
     async def subscribe(self, topics: list[str], *, qos: int = 1) -> list[int]:

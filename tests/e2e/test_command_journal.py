@@ -21,6 +21,7 @@ from firmware_sim.modbus import ModbusSimulator, serve_tcp
 from tests.broker import Mosquitto, Subscriber
 from tests.e2e.harness import GatewayProcess
 from tests.e2e.test_commands import CMD, GW, WRITES, holding, meter, publish, request, site, write_config
+from tests.gateway.ops_helpers import http_get, samples, value
 from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(120)
@@ -118,6 +119,14 @@ async def test_a_command_cut_off_by_sigkill_is_answered_once_as_interrupted_and_
         assert [r["reason"] for r in results(sub, "k-1")] == [result["reason"]] * 2
         assert writes(sim) == {6: 1}
         assert await gw.stop() == 0
+        # Both deliveries were acknowledged once answered, the redelivery too, though it came right behind
+        # the CONNACK: the next session gets nothing of k-1 again. A new request queued behind anything the
+        # broker still held is the mark that all of it has come.
+        await started(gw, 3)
+        publish(broker, CMD, request("read", {"points": ["vt_ratio"]}, rid="k-2"))
+        await sub.wait_until(lambda _: bool(results(sub, "k-2")), timeout=20)
+        assert len(results(sub, "k-1")) == 2
+        assert await gw.stop() == 0
     assert "1 interrupted by the last stop" in gw.log()
 
 
@@ -138,6 +147,9 @@ async def test_a_garbage_journal_does_not_stop_the_gateway(
         assert s.writes() == {6: 1}
         assert service.stats().journal_faults == 1
         assert service.journal.usable  # set aside and started anew
+        assert s.gateway.metrics is not None  # the fault is counted where an operator looks
+        code, body = await http_get(s.gateway.metrics.port, "/metrics")
+        assert code == 200 and value(samples(body.decode()), "edgegw_command_journal_faults_total") == 1
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert f"the id journal {journal} cannot be opened" in logged
     assert "set aside" in logged
