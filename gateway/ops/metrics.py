@@ -366,6 +366,13 @@ class GatewayCollector:
             stats.outbox_dropped,
         )
         yield _value(
+            _counter(
+                "edgegw_command_journal_faults",
+                "Faults of the command id journal (unreadable, unwritable); de-duplication went on in RAM.",
+            ),
+            stats.journal_faults,
+        )
+        yield _value(
             _gauge("edgegw_command_connected", "1 while the command session is connected and subscribed."),
             int(stats.connected),
         )

@@ -588,6 +588,7 @@ async def test_gateway_ping_status_and_reload(tmp_path: Path, broker: Mosquitto)
         assert value(scrape, "edgegw_command_results_total", status="ok") == 3  # ping, status, reload
         assert value(scrape, "edgegw_command_results_total", status="error") == 1
         assert value(scrape, "edgegw_command_requests_total") == 4
+        assert value(scrape, "edgegw_command_journal_faults_total") == 0  # the journal beside the buffer
 
         unknown = await client.send(None, "selfdestruct")
         assert unknown.status == "refused" and "ping, reload, status" in (unknown.reason or "")
