@@ -72,7 +72,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import paho.mqtt.client as paho
 import yaml
@@ -662,6 +662,14 @@ def corrupt_copy(buffer: Path, into: Path) -> CorruptFile:
     return CorruptFile(last, held, dropped)
 
 
+DISK_FULL_LOG: Final = "disk full at "
+"""The gateway's log line when its buffer meets a full filesystem (gateway/delivery/buffer.py)."""
+DISK_FULL_WAIT_S: Final = 60.0
+"""How much longer than planned a disk-full phase may last, waiting for the gateway to meet the full disk."""
+DISK_FULL_HOLD_S: Final = 2.0
+"""How long the disk stays full once the gateway has met it: events go on arriving, refused and counted."""
+
+
 async def _sleep_until(t: float, gateway: Gateway, rss: list[tuple[float, int]]) -> None:
     """Pass time until wall time ``t`` (the plan's clock), sampling the gateway's RSS every second and
     starting it again if it exited by itself."""
@@ -734,8 +742,17 @@ async def run(plan: Plan, tmp: Path, *, progress: Callable[[str], None] = lambda
                 elif action.kind == "disk_full":
                     # with the broker down, so that the backlog needs the room there is not
                     await asyncio.to_thread(broker.stop)
+                    met = gateway.log().count(DISK_FULL_LOG)
                     filler = fill_disk(buffer_dir, 0)
                     await _sleep_until(began + action.length, gateway, outcome.rss_kb)
+                    # The file may still hold free pages, left by an earlier backlog, that take the phase's
+                    # events without asking the filesystem for room: the broker stays down until the gateway
+                    # has met the full disk, and a little longer, so that the phase is one (bounded).
+                    deadline = time.time() + DISK_FULL_WAIT_S
+                    while gateway.log().count(DISK_FULL_LOG) == met and time.time() < deadline:
+                        await _sleep_until(time.time() + 0.5, gateway, outcome.rss_kb)
+                    if gateway.log().count(DISK_FULL_LOG) > met:
+                        await _sleep_until(time.time() + DISK_FULL_HOLD_S, gateway, outcome.rss_kb)
                     filler.unlink()
                     await asyncio.to_thread(broker.start)
                 outcome.breaks.append((began, time.time(), action.kind))
