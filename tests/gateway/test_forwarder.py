@@ -282,6 +282,20 @@ async def test_batching_does_not_wait_to_fill_a_batch(broker: Mosquitto, buffer:
     assert len(json.loads(messages[0].payload)) == 1
 
 
+def bare_connection(host: str, port: int, client_id: str, **extra: Any) -> MqttConnection:
+    """An :class:`MqttConnection` that ignores its acks and its loss (tests of the connection itself);
+    ``extra``: its other options (``will``, ``tls``...)."""
+    return MqttConnection(
+        host=host,
+        port=port,
+        client_id=client_id,
+        on_ack=lambda _mid, _rc: None,
+        on_lost=lambda _reason: None,
+        connect_timeout_s=5.0,
+        **extra,
+    )
+
+
 # -- status: birth, clean stop, last will ----------------------------------------------------------------
 
 
@@ -348,15 +362,7 @@ async def test_a_disconnect_with_acks_still_arriving_never_sets_off_the_will(bro
     rounds = 60
 
     def connection(name: str, will: Will | None = None) -> MqttConnection:
-        return MqttConnection(
-            host=broker.host,
-            port=broker.port,
-            client_id=f"linger-{run}-{name}",
-            on_ack=lambda _mid, _rc: None,
-            on_lost=lambda _reason: None,
-            will=will,
-            connect_timeout_s=5.0,
-        )
+        return bare_connection(broker.host, broker.port, f"linger-{run}-{name}", will=will)
 
     async with Subscriber(broker, f"linger-{run}/#") as sub:
         for i in range(rounds):
@@ -394,15 +400,7 @@ def tls_broker(tls_files: dict[str, Path]) -> Any:
 
 async def test_tls_verifies_the_broker_by_default(tls_broker: Mosquitto, tls_files: dict[str, Path]) -> None:
     def connection(tls: TlsOptions) -> MqttConnection:
-        return MqttConnection(
-            host=tls_broker.host,
-            port=tls_broker.port,
-            client_id=f"tls-{uuid.uuid4().hex[:6]}",
-            on_ack=lambda _mid, _rc: None,
-            on_lost=lambda _reason: None,
-            tls=tls,
-            connect_timeout_s=5.0,
-        )
+        return bare_connection(tls_broker.host, tls_broker.port, f"tls-{uuid.uuid4().hex[:6]}", tls=tls)
 
     for wrong in (TlsOptions(ca_file=str(tls_files["other-ca.crt"])), TlsOptions()):  # wrong CA; system CAs
         with pytest.raises(MqttConnectError, match="CERTIFICATE_VERIFY_FAILED"):

@@ -20,7 +20,7 @@ from gateway.delivery.buffer import SqliteBuffer
 from gateway.delivery.forwarder import Forwarder
 from gateway.delivery.mqtt import MqttConnectError, MqttConnection, TlsOptions
 from tests.broker import Mosquitto, Subscriber, TlsListener
-from tests.gateway.test_forwarder import running
+from tests.gateway.test_forwarder import bare_connection, running
 from tests.pki import KEY_PASSWORD, Pki, make_pki
 from tests.waiting import until
 
@@ -43,15 +43,7 @@ def mtls_broker(pki: Pki) -> Iterator[Mosquitto]:
 
 def connection(broker: Mosquitto, tls: TlsOptions) -> MqttConnection:
     assert broker.tls_port is not None
-    return MqttConnection(
-        host=broker.host,
-        port=broker.tls_port,
-        client_id=f"mtls-{uuid.uuid4().hex[:6]}",
-        on_ack=lambda _mid, _rc: None,
-        on_lost=lambda _reason: None,
-        tls=tls,
-        connect_timeout_s=5.0,
-    )
+    return bare_connection(broker.host, broker.tls_port, f"mtls-{uuid.uuid4().hex[:6]}", tls=tls)
 
 
 async def test_the_right_ca_and_client_certificate_connect(mtls_broker: Mosquitto, pki: Pki) -> None:
