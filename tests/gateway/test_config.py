@@ -358,40 +358,36 @@ def test_a_port_a_reader_opens_alone_is_named_by_no_other_device(tmp_path: Path)
     assert len(load_config(write(tmp_path / "ok.yaml", apart)).devices) == 4
 
 
-def test_devices_on_one_can_channel_must_agree_on_its_settings(tmp_path: Path) -> None:
-    # One reader serves a channel (drivers/interfaces.py), opened at one bitrate: the config says so first.
+@pytest.mark.parametrize(
+    ("second", "disagreement"),
+    [
+        # One reader serves a channel (drivers/interfaces.py), opened at one bitrate.
+        ("bitrate: 500000, j1939: true", "bitrate: 500000, but tap on the same line (bus0) has 250000"),
+        # A controller is either listen-only (it does not even acknowledge frames) or not: one device that
+        # may transmit and one that must never disturb the bus cannot share it.
+        (
+            "listen_only: false, raw_frames: true",
+            "listen_only: False, but tap on the same line (bus0) has True",
+        ),
+    ],
+)
+def test_devices_on_one_can_channel_must_agree_on_its_settings(
+    tmp_path: Path, second: str, disagreement: str
+) -> None:
+    # Said by the config, before anything opens the channel, not when the second device attaches.
     text = (
         MINIMAL
         + "devices:\n"
         + "  - {name: tap, driver: can, interface: virtual, channel: bus0, j1939: true}\n"
-        + "  - {name: body, driver: can, interface: virtual, channel: bus0, bitrate: 500000, j1939: true}\n"
+        + f"  - {{name: body, driver: can, interface: virtual, channel: bus0, {second}}}\n"
         + "  - {name: rear, driver: can, interface: virtual, channel: bus1, bitrate: 500000, j1939: true}\n"
     )
     gateway = write(tmp_path / "gw.yaml", text)
     with pytest.raises(ConfigError) as caught:
         load_config(gateway)
     assert [str(p) for p in caught.value.problems] == [
-        f"{gateway}:10: devices[1].bitrate: 500000, but tap on the same line (bus0) has 250000 (the default) "
-        f"({gateway}:9): devices sharing a line must use the same settings"
-    ]
-
-
-def test_devices_on_one_can_channel_must_agree_on_listen_only(tmp_path: Path) -> None:
-    # A controller is either listen-only (it does not even acknowledge frames) or not: one device that may
-    # transmit and one that must never disturb the bus cannot share it. Said by the config, not at run time.
-    text = (
-        MINIMAL
-        + "devices:\n"
-        + "  - {name: tap, driver: can, interface: virtual, channel: bus0, j1939: true}\n"
-        + "  - {name: body, driver: can, interface: virtual, channel: bus0, listen_only: false,"
-        + " raw_frames: true}\n"
-    )
-    gateway = write(tmp_path / "gw.yaml", text)
-    with pytest.raises(ConfigError) as caught:
-        load_config(gateway)
-    assert [str(p) for p in caught.value.problems] == [
-        f"{gateway}:10: devices[1].listen_only: False, but tap on the same line (bus0) has True "
-        f"(the default) ({gateway}:9): devices sharing a line must use the same settings"
+        f"{gateway}:10: devices[1].{disagreement} (the default) ({gateway}:9): devices sharing a line must "
+        "use the same settings"
     ]
 
 
