@@ -749,9 +749,9 @@ async def run(plan: Plan, tmp: Path, *, progress: Callable[[str], None] = lambda
                     # events without asking the filesystem for room: the broker stays down until the gateway
                     # has met the full disk, and a little longer, so that the phase is one (bounded).
                     deadline = time.time() + DISK_FULL_WAIT_S
-                    while gateway.log().count(DISK_FULL_LOG) == met and time.time() < deadline:
+                    while not (full := gateway.log().count(DISK_FULL_LOG) > met) and time.time() < deadline:
                         await _sleep_until(time.time() + 0.5, gateway, outcome.rss_kb)
-                    if gateway.log().count(DISK_FULL_LOG) > met:
+                    if full:
                         await _sleep_until(time.time() + DISK_FULL_HOLD_S, gateway, outcome.rss_kb)
                     filler.unlink()
                     await asyncio.to_thread(broker.start)
